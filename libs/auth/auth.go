@@ -1,0 +1,192 @@
+// Package auth is Modelport's API keys: generating them, storing only their
+// SHA-256 hash in the apikeys bucket, and verifying a bearer secret.
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/modelport/modelport/libs/errs"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// SecretPrefix starts every API key, so leaked keys are easy to scan for.
+const SecretPrefix = "mp-"
+
+// Key is a stored API key. The secret itself is never stored.
+type Key struct {
+	ID        string    `json:"id"`
+	OwnerID   string    `json:"owner_id"`
+	Prefix    string    `json:"prefix"` // the first characters of the secret, for display
+	Hash      string    `json:"hash"`   // hex SHA-256 of the secret
+	Admin     bool      `json:"admin"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// NewSecret returns a fresh secret: the prefix and 256 random bits.
+func NewSecret() string {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand never fails on supported platforms
+	}
+	return SecretPrefix + base64.RawURLEncoding.EncodeToString(b)
+}
+
+// NewOwnerID returns a fresh owner ID: 12 lowercase hex digits, as in the
+// access name u-8105f7322477/test.
+func NewOwnerID() string {
+	b := make([]byte, 6)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// Hash returns the hex SHA-256 of a secret.
+func Hash(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+// NewKey returns the record for secret, owned by ownerID.
+func NewKey(secret, ownerID string, admin bool) Key {
+	return Key{
+		ID:        uuid.NewString(),
+		OwnerID:   ownerID,
+		Prefix:    secret[:min(len(secret), len(SecretPrefix)+6)],
+		Hash:      Hash(secret),
+		Admin:     admin,
+		CreatedAt: time.Now().UTC(),
+	}
+}
+
+// Keyring stores keys in a JetStream key-value bucket, keyed by hash.
+// It is safe for concurrent use.
+type Keyring struct {
+	kv jetstream.KeyValue
+}
+
+// NewKeyring returns a Keyring on the apikeys bucket.
+func NewKeyring(kv jetstream.KeyValue) *Keyring { return &Keyring{kv: kv} }
+
+// adminKey holds the record of the installation's first admin key.
+const adminKey = "admin"
+
+// Put stores k.
+func (r *Keyring) Put(ctx context.Context, k Key) error {
+	b, err := json.Marshal(k)
+	if err != nil {
+		return err
+	}
+	if _, err := r.kv.Put(ctx, k.Hash, b); err != nil {
+		return fmt.Errorf("store api key %s: %w", k.ID, err)
+	}
+	return nil
+}
+
+// Verify returns the key whose secret is given, or an errs.Unauthorized error.
+func (r *Keyring) Verify(ctx context.Context, secret string) (Key, error) {
+	if !strings.HasPrefix(secret, SecretPrefix) {
+		return Key{}, errs.E(errs.Unauthorized, "invalid API key")
+	}
+	h := Hash(secret)
+	e, err := r.kv.Get(ctx, h)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Key{}, errs.E(errs.Unauthorized, "invalid API key")
+	}
+	if err != nil {
+		return Key{}, errs.Wrap(errs.Unavailable, err, "verify API key")
+	}
+	var k Key
+	if err := json.Unmarshal(e.Value(), &k); err != nil {
+		return Key{}, fmt.Errorf("decode api key: %w", err)
+	}
+	// The lookup was by hash already; compare again in constant time so a
+	// corrupted record can never match a different secret.
+	if subtle.ConstantTimeCompare([]byte(k.Hash), []byte(h)) != 1 {
+		return Key{}, errs.E(errs.Unauthorized, "invalid API key")
+	}
+	return k, nil
+}
+
+// EnsureAdmin makes sure the installation has an admin key and returns its
+// record. With a configured secret, that secret becomes (or stays) an
+// admin key. Without one, a first start generates a secret and returns it
+// in secret; later starts return an empty secret, since only the hash is
+// kept.
+func (r *Keyring) EnsureAdmin(ctx context.Context, configured string) (k Key, secret string, err error) {
+	var first *Key
+	if e, err := r.kv.Get(ctx, adminKey); err == nil {
+		var rec Key
+		if err := json.Unmarshal(e.Value(), &rec); err != nil {
+			return Key{}, "", fmt.Errorf("decode admin record: %w", err)
+		}
+		first = &rec
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Key{}, "", fmt.Errorf("read admin record: %w", err)
+	}
+
+	if configured != "" {
+		if !strings.HasPrefix(configured, SecretPrefix) || len(configured) < len(SecretPrefix)+16 {
+			return Key{}, "", errs.E(errs.Invalid, "admin key must start with %q and have at least 16 more characters", SecretPrefix)
+		}
+		if existing, err := r.Verify(ctx, configured); err == nil && existing.Admin {
+			return existing, "", nil
+		}
+		owner := NewOwnerID()
+		if first != nil {
+			owner = first.OwnerID
+		}
+		k = NewKey(configured, owner, true)
+		if err := r.Put(ctx, k); err != nil {
+			return Key{}, "", err
+		}
+		if first == nil {
+			if err := r.putAdminRecord(ctx, k); err != nil {
+				return Key{}, "", err
+			}
+		}
+		return k, "", nil
+	}
+	if first != nil {
+		return *first, "", nil
+	}
+	secret = NewSecret()
+	k = NewKey(secret, NewOwnerID(), true)
+	if err := r.Put(ctx, k); err != nil {
+		return Key{}, "", err
+	}
+	if err := r.putAdminRecord(ctx, k); err != nil {
+		return Key{}, "", err
+	}
+	return k, secret, nil
+}
+
+func (r *Keyring) putAdminRecord(ctx context.Context, k Key) error {
+	b, _ := json.Marshal(k)
+	if _, err := r.kv.Create(ctx, adminKey, b); err != nil {
+		return fmt.Errorf("store admin record: %w", err)
+	}
+	return nil
+}
+
+type ctxKey struct{}
+
+// NewContext returns ctx carrying the caller's key.
+func NewContext(ctx context.Context, k Key) context.Context { return context.WithValue(ctx, ctxKey{}, k) }
+
+// FromContext returns the caller's key, if ctx has one.
+func FromContext(ctx context.Context) (Key, bool) {
+	k, ok := ctx.Value(ctxKey{}).(Key)
+	return k, ok
+}

@@ -1,0 +1,100 @@
+// Package chtest gives tests a real ClickHouse database: on the server named
+// by MODELPORT_TEST_CLICKHOUSE_ADDR when set (CI starts one), otherwise on a
+// private server started once per test binary. Each call to New creates a
+// fresh database and drops it at cleanup.
+//
+// A test package that uses it runs its tests through Main:
+//
+//	func TestMain(m *testing.M) { os.Exit(chtest.Main(m)) }
+package chtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/google/uuid"
+	"github.com/modelport/modelport/libs/chlocal"
+)
+
+// EnvAddr names the variable with an existing server's Native address.
+const EnvAddr = "MODELPORT_TEST_CLICKHOUSE_ADDR"
+
+var (
+	mu      sync.Mutex
+	private *chlocal.Server
+	tmpDir  string
+)
+
+// Main runs the tests and stops the private server if one was started.
+func Main(m *testing.M) int {
+	code := m.Run()
+	mu.Lock()
+	defer mu.Unlock()
+	if private != nil {
+		private.Stop()
+		os.RemoveAll(tmpDir)
+	}
+	return code
+}
+
+// Addr returns the address of a running server, starting the private one
+// if needed. Without a server it fails the test in CI and skips it
+// elsewhere, saying how to get one.
+func Addr(t testing.TB) string {
+	t.Helper()
+	if addr := os.Getenv(EnvAddr); addr != "" {
+		return addr
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if private != nil {
+		return private.Addr
+	}
+	dir, err := os.MkdirTemp("", "modelport-chtest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := chlocal.Start(context.Background(), dir, 0)
+	if err != nil {
+		os.RemoveAll(dir)
+		msg := fmt.Sprintf("ClickHouse is required: %v (install the Debian package clickhouse-server, or set %s)", err, EnvAddr)
+		if errors.Is(err, chlocal.ErrNotInstalled) && os.Getenv("CI") == "" {
+			t.Skip(msg)
+		}
+		t.Fatal(msg)
+	}
+	private, tmpDir = s, dir
+	return s.Addr
+}
+
+// New creates a fresh database for t and returns the server address and
+// the database name.
+func New(t testing.TB) (addr, database string) {
+	t.Helper()
+	addr = Addr(t)
+	database = "test_" + strings.ReplaceAll(uuid.NewString(), "-", "")
+	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := conn.Exec(ctx, "CREATE DATABASE "+database); err != nil {
+		conn.Close()
+		t.Fatalf("create database: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+database)
+		conn.Close()
+	})
+	return addr, database
+}

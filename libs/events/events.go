@@ -1,0 +1,147 @@
+// Package events is the Go side of Modelport's event contract. Every type
+// here has a JSON Schema in schemas/events named after its subject; a test
+// keeps the two from drifting apart.
+//
+// Events are facts in the past tense. Each is published to JetStream with
+// the header Nats-Msg-Id set to its EventID, which is also the dedupe key
+// all the way into ClickHouse.
+package events
+
+import (
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Event is what every event type provides: the ID used for deduplication
+// and the subject it is published on.
+type Event interface {
+	EventID() string
+	Subject() string
+}
+
+// Meta is embedded first in every event.
+type Meta struct {
+	// ID is a UUIDv7: unique and time-ordered.
+	ID string `json:"event_id"`
+	// OccurredAt is when the fact happened, in UTC.
+	OccurredAt time.Time `json:"occurred_at"`
+}
+
+// NewMeta returns a Meta with a fresh UUIDv7 and the current time.
+func NewMeta() Meta {
+	return Meta{ID: uuid.Must(uuid.NewV7()).String(), OccurredAt: time.Now().UTC()}
+}
+
+// EventID returns the event's ID.
+func (m Meta) EventID() string { return m.ID }
+
+// Subjects. Each stream below captures one domain's subjects.
+const (
+	SubjectServiceCreatedV1   = "deploy.service.created.v1"
+	SubjectInstancePlacedV1   = "scale.instance.placed.v1" // + "." + worker ID
+	SubjectInstanceReadyV1    = "worker.instance.ready.v1"
+	SubjectInstanceStoppedV1  = "worker.instance.stopped.v1"
+	SubjectRequestCompletedV1 = "usage.request.completed.v1"
+)
+
+// ServiceCreatedV1 says a user created a model service.
+// Published by the deployer; consumed by the scaler (placement) and by
+// anyone following the service lifecycle.
+type ServiceCreatedV1 struct {
+	Meta
+	ServiceID     string `json:"service_id"`
+	OwnerID       string `json:"owner_id"`
+	Name          string `json:"name"`
+	AccessName    string `json:"access_name"`
+	BaseModel     string `json:"base_model"`
+	Task          string `json:"task"`
+	Engine        string `json:"engine"`
+	Instances     int    `json:"instances"`
+	BillingMethod string `json:"billing_method"`
+}
+
+// Subject implements Event.
+func (ServiceCreatedV1) Subject() string { return SubjectServiceCreatedV1 }
+
+// InstancePlacedV1 says the scaler placed one instance of a service on a
+// worker. Published by the scaler on SubjectInstancePlacedV1 + "." +
+// WorkerID; consumed by that inference-worker, which starts the instance.
+type InstancePlacedV1 struct {
+	Meta
+	InstanceID string `json:"instance_id"`
+	ServiceID  string `json:"service_id"`
+	WorkerID   string `json:"worker_id"`
+	AccessName string `json:"access_name"`
+	BaseModel  string `json:"base_model"`
+	Task       string `json:"task"`
+	Engine     string `json:"engine"`
+}
+
+// Subject implements Event.
+func (e InstancePlacedV1) Subject() string { return PlacementSubject(e.WorkerID) }
+
+// PlacementSubject is the subject on which placements for one worker arrive.
+func PlacementSubject(workerID string) string { return SubjectInstancePlacedV1 + "." + workerID }
+
+// InstanceReadyV1 says an engine instance answered its readiness check and
+// takes traffic. Published by the inference-worker; consumed by the
+// deployer (ready counts, status).
+type InstanceReadyV1 struct {
+	Meta
+	InstanceID string `json:"instance_id"`
+	ServiceID  string `json:"service_id"`
+	WorkerID   string `json:"worker_id"`
+	Engine     string `json:"engine"`
+	Endpoint   string `json:"endpoint"`
+}
+
+// Subject implements Event.
+func (InstanceReadyV1) Subject() string { return SubjectInstanceReadyV1 }
+
+// InstanceStoppedV1 says an engine instance stopped taking traffic.
+// Published by the inference-worker; consumed by the deployer.
+type InstanceStoppedV1 struct {
+	Meta
+	InstanceID string `json:"instance_id"`
+	ServiceID  string `json:"service_id"`
+	WorkerID   string `json:"worker_id"`
+	Reason     string `json:"reason"`
+}
+
+// Subject implements Event.
+func (InstanceStoppedV1) Subject() string { return SubjectInstanceStoppedV1 }
+
+// RequestCompletedV1 is the metered usage of one API request. Published by
+// the router once the engine has answered; consumed by billing, which
+// stores it in ClickHouse keyed by EventID.
+type RequestCompletedV1 struct {
+	Meta
+	RequestID        string    `json:"request_id"`
+	ServiceID        string    `json:"service_id"`
+	OwnerID          string    `json:"owner_id"`
+	AccessName       string    `json:"access_name"`
+	BaseModel        string    `json:"base_model"`
+	APIKeyID         string    `json:"api_key_id"`
+	InstanceID       string    `json:"instance_id"`
+	Endpoint         string    `json:"endpoint"` // the API path, e.g. "/v1/chat/completions"
+	Status           int       `json:"status"`   // the HTTP status returned to the client
+	PromptTokens     int       `json:"prompt_tokens"`
+	CompletionTokens int       `json:"completion_tokens"`
+	TotalTokens      int       `json:"total_tokens"`
+	StartedAt        time.Time `json:"started_at"`
+	FinishedAt       time.Time `json:"finished_at"`
+}
+
+// Subject implements Event.
+func (RequestCompletedV1) Subject() string { return SubjectRequestCompletedV1 }
+
+// Registry maps each schema name (the subject without a worker suffix) to a
+// zero value of its Go type. The contract test walks it.
+var Registry = map[string]Event{
+	SubjectServiceCreatedV1:   ServiceCreatedV1{},
+	SubjectInstancePlacedV1:   InstancePlacedV1{},
+	SubjectInstanceReadyV1:    InstanceReadyV1{},
+	SubjectInstanceStoppedV1:  InstanceStoppedV1{},
+	SubjectRequestCompletedV1: RequestCompletedV1{},
+}

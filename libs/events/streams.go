@@ -1,0 +1,37 @@
+package events
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Streams are the JetStream streams that hold the events, one per domain.
+// Every service ensures them at start, so any one can come up first.
+var Streams = []jetstream.StreamConfig{
+	{Name: "DEPLOY", Subjects: []string{"deploy.>"}, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute, MaxAge: 30 * 24 * time.Hour},
+	{Name: "SCALE", Subjects: []string{"scale.>"}, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute, MaxAge: 7 * 24 * time.Hour},
+	{Name: "WORKER", Subjects: []string{"worker.>"}, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute, MaxAge: 7 * 24 * time.Hour},
+	// USAGE keeps events long enough to rebuild ClickHouse after an outage.
+	{Name: "USAGE", Subjects: []string{"usage.>"}, Storage: jetstream.FileStorage, Duplicates: 30 * time.Minute, MaxAge: 90 * 24 * time.Hour},
+}
+
+// Stream names, for consumers.
+const (
+	StreamDeploy = "DEPLOY"
+	StreamScale  = "SCALE"
+	StreamWorker = "WORKER"
+	StreamUsage  = "USAGE"
+)
+
+// EnsureStreams creates or updates every stream. It is idempotent.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream) error {
+	for _, cfg := range Streams {
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,209 @@
+// Package httpx holds what every Modelport HTTP edge shares: OpenAI-style
+// error bodies mapped from errs kinds, JSON helpers, and middleware for
+// request IDs, bearer authentication, panics and access logs.
+package httpx
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/modelport/modelport/libs/auth"
+	"github.com/modelport/modelport/libs/errs"
+)
+
+// ErrorBody is the OpenAI error object.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail is the inside of ErrorBody. Param and Code are null when unset.
+type ErrorDetail struct {
+	Message string  `json:"message"`
+	Type    string  `json:"type"`
+	Param   *string `json:"param"`
+	Code    *string `json:"code"`
+}
+
+// statusOf maps each kind to its HTTP status and OpenAI error type, once.
+var statusOf = map[errs.Kind]struct {
+	status int
+	typ    string
+}{
+	errs.Invalid:      {http.StatusBadRequest, "invalid_request_error"},
+	errs.Unauthorized: {http.StatusUnauthorized, "authentication_error"},
+	errs.Forbidden:    {http.StatusForbidden, "permission_error"},
+	errs.NotFound:     {http.StatusNotFound, "not_found_error"},
+	errs.Conflict:     {http.StatusConflict, "conflict_error"},
+	errs.RateLimited:  {http.StatusTooManyRequests, "rate_limit_error"},
+	errs.Unavailable:  {http.StatusServiceUnavailable, "service_unavailable_error"},
+	errs.Internal:     {http.StatusInternalServerError, "server_error"},
+}
+
+// Status returns the HTTP status for err's kind.
+func Status(err error) int { return statusOf[errs.KindOf(err)].status }
+
+// WriteError writes err as an OpenAI error object. Internal errors are
+// logged by the caller's log middleware and shown only as a generic message.
+func WriteError(w http.ResponseWriter, err error) {
+	kind := errs.KindOf(err)
+	m := statusOf[kind]
+	d := ErrorDetail{Message: "internal error", Type: m.typ}
+	if e, ok := errs.As(err); ok {
+		if kind != errs.Internal {
+			d.Message = e.Msg
+		}
+		if e.Param != "" {
+			d.Param = &e.Param
+		}
+	}
+	if kind != errs.Internal {
+		code := kind.String()
+		d.Code = &code
+	}
+	WriteJSON(w, m.status, ErrorBody{Error: d})
+}
+
+// WriteJSON writes v with the given status.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// DecodeJSON reads at most limit bytes of JSON into v. Errors are
+// errs.Invalid and name the offending field where JSON says which.
+func DecodeJSON(r *http.Request, v any, limit int64) error {
+	body := http.MaxBytesReader(nil, r.Body, limit)
+	dec := json.NewDecoder(body)
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		var typeErr *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &tooBig):
+			return errs.E(errs.Invalid, "request body is larger than %d bytes", limit)
+		case errors.As(err, &typeErr):
+			return errs.InvalidParam(typeErr.Field, "%s must be %s, not %s", typeErr.Field, typeErr.Type.Kind(), typeErr.Value)
+		case errors.Is(err, io.EOF):
+			return errs.E(errs.Invalid, "request body is empty; expected JSON")
+		default:
+			return errs.E(errs.Invalid, "request body is not valid JSON: %v", err)
+		}
+	}
+	return nil
+}
+
+type requestIDKey struct{}
+
+// RequestIDFromContext returns the request ID set by RequestID.
+func RequestIDFromContext(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id
+}
+
+// RequestID gives every request an ID: the caller's x-request-id when it is
+// short and printable, otherwise a new one. The response echoes it.
+func RequestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("X-Request-Id")
+		if id == "" || len(id) > 128 || strings.ContainsFunc(id, func(c rune) bool { return c < 0x21 || c > 0x7e }) {
+			id = strings.ReplaceAll(uuid.NewString(), "-", "")
+		}
+		w.Header().Set("X-Request-Id", id)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id)))
+	})
+}
+
+// Verifier checks a bearer secret; *auth.Keyring implements it.
+type Verifier interface {
+	Verify(ctx context.Context, secret string) (auth.Key, error)
+}
+
+// Authenticate requires "Authorization: Bearer <key>" and puts the key in
+// the request context.
+func Authenticate(v Verifier) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h := r.Header.Get("Authorization")
+			secret, ok := strings.CutPrefix(h, "Bearer ")
+			if !ok || secret == "" {
+				WriteError(w, errs.E(errs.Unauthorized, "missing API key: send the header Authorization: Bearer <API key>"))
+				return
+			}
+			k, err := v.Verify(r.Context(), strings.TrimSpace(secret))
+			if err != nil {
+				WriteError(w, err)
+				return
+			}
+			next.ServeHTTP(w, r.WithContext(auth.NewContext(r.Context(), k)))
+		})
+	}
+}
+
+// statusRecorder remembers the status a handler wrote.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// Flush lets streaming handlers flush through the recorder.
+func (s *statusRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// Log writes one line per request: method, path, status, duration, and
+// recovers from a panic in next with a 500.
+func Log(log *slog.Logger) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			rec := &statusRecorder{ResponseWriter: w}
+			defer func() {
+				if p := recover(); p != nil {
+					log.ErrorContext(r.Context(), "panic", "panic", fmt.Sprint(p), "path", r.URL.Path)
+					if rec.status == 0 {
+						WriteError(rec, errs.E(errs.Internal, "panic"))
+					}
+				}
+				log.InfoContext(r.Context(), "http", "method", r.Method, "path", r.URL.Path,
+					"status", rec.status, "ms", time.Since(start).Milliseconds(),
+					"request_id", RequestIDFromContext(r.Context()))
+			}()
+			next.ServeHTTP(rec, r)
+		})
+	}
+}
+
+// Chain applies middleware so that the first one listed is the outermost.
+func Chain(h http.Handler, mw ...func(http.Handler) http.Handler) http.Handler {
+	for i := len(mw) - 1; i >= 0; i-- {
+		h = mw[i](h)
+	}
+	return h
+}

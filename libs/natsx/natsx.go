@@ -1,0 +1,94 @@
+// Package natsx is how Modelport services talk over NATS JetStream:
+// connecting, publishing events with their dedupe ID and trace context, and
+// consuming them with typed handlers whose errors map to Ack, Nak or Term.
+package natsx
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/modelport/modelport/libs/events"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+)
+
+const tracerName = "github.com/modelport/modelport/libs/natsx"
+
+// Connect dials NATS with reconnects that never give up, so a service rides
+// out a NATS restart, and returns the connection and its JetStream context.
+func Connect(url, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.RetryOnFailedConnect(true),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrl()) }),
+	)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to nats %s: %w", url, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return nc, js, nil
+}
+
+// Publisher publishes events to JetStream. It is safe for concurrent use.
+type Publisher struct {
+	js jetstream.JetStream
+}
+
+// NewPublisher returns a Publisher on js.
+func NewPublisher(js jetstream.JetStream) *Publisher { return &Publisher{js: js} }
+
+// Publish sends ev and waits for JetStream to store it. The message ID is
+// the event ID, so a retried publish is stored once. The trace context of
+// ctx travels in the headers.
+func (p *Publisher) Publish(ctx context.Context, ev events.Event) error {
+	ctx, span := otel.Tracer(tracerName).Start(ctx, "publish "+ev.Subject(),
+		trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(
+			attribute.String("messaging.system", "nats"),
+			attribute.String("messaging.destination.name", ev.Subject()),
+			attribute.String("messaging.message.id", ev.EventID()),
+		))
+	defer span.End()
+
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", ev.Subject(), err)
+	}
+	msg := nats.NewMsg(ev.Subject())
+	msg.Data = data
+	msg.Header.Set(jetstream.MsgIDHeader, ev.EventID())
+	otel.GetTextMapPropagator().Inject(ctx, HeaderCarrier(msg.Header))
+
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("publish %s %s: %w", ev.Subject(), ev.EventID(), ctx.Err())
+			case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+			}
+		}
+		if _, lastErr = p.js.PublishMsg(ctx, msg); lastErr == nil {
+			return nil
+		}
+	}
+	span.RecordError(lastErr)
+	return fmt.Errorf("publish %s %s: %w", ev.Subject(), ev.EventID(), lastErr)
+}

@@ -1,0 +1,131 @@
+// Package state holds the records Modelport services keep in JetStream
+// key-value buckets and share with each other: one owner writes each
+// bucket, the others read or watch it.
+//
+//	bucket     key                          owner            readers
+//	services   <service id>                 deployer         router, scaler, billing
+//	names      <owner id>.<name>            deployer         (uniqueness only)
+//	placements <service id>.<instance id>   scaler           scaler
+//	instances  <service id>.<instance id>   inference-worker router, deployer
+//	workers    <worker id>                  inference-worker scaler (TTL: a worker that stops beating disappears)
+//	apikeys    <sha256 of the secret>       deployer         router, deployer, billing
+package state
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Bucket names.
+const (
+	BucketServices   = "services"
+	BucketNames      = "names"
+	BucketPlacements = "placements"
+	BucketInstances  = "instances"
+	BucketWorkers    = "workers"
+	BucketAPIKeys    = "apikeys"
+)
+
+// WorkerTTL is how long a worker stays listed after its last heartbeat.
+const WorkerTTL = 15 * time.Second
+
+// Buckets are the key-value buckets' configurations.
+var Buckets = []jetstream.KeyValueConfig{
+	{Bucket: BucketServices, History: 5, Storage: jetstream.FileStorage},
+	{Bucket: BucketNames, Storage: jetstream.FileStorage},
+	{Bucket: BucketPlacements, Storage: jetstream.FileStorage},
+	{Bucket: BucketInstances, Storage: jetstream.FileStorage},
+	{Bucket: BucketWorkers, Storage: jetstream.FileStorage, TTL: WorkerTTL},
+	{Bucket: BucketAPIKeys, Storage: jetstream.FileStorage},
+}
+
+// EnsureBuckets creates or updates every bucket and returns them by name.
+func EnsureBuckets(ctx context.Context, js jetstream.JetStream) (map[string]jetstream.KeyValue, error) {
+	kvs := make(map[string]jetstream.KeyValue, len(Buckets))
+	for _, cfg := range Buckets {
+		kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)
+		}
+		kvs[cfg.Bucket] = kv
+	}
+	return kvs, nil
+}
+
+// Task types a service can serve.
+const (
+	TaskTextGeneration     = "text-generation"
+	TaskImageUnderstanding = "image-understanding"
+	TaskImageGeneration    = "image-generation"
+)
+
+// Billing methods.
+const (
+	BillingPerToken        = "per-token"
+	BillingPerInstanceHour = "per-instance-hour"
+)
+
+// Service statuses.
+const (
+	StatusDeploying = "deploying"
+	StatusRunning   = "running"
+	StatusFailed    = "failed"
+)
+
+// Service is a deployed model service.
+type Service struct {
+	ID             string    `json:"id"`
+	OwnerID        string    `json:"owner_id"`
+	Name           string    `json:"name"`
+	AccessName     string    `json:"access_name"`
+	BaseModel      string    `json:"base_model"`
+	Task           string    `json:"task"`
+	Engine         string    `json:"engine"`
+	Instances      int       `json:"instances"`
+	ReadyInstances int       `json:"ready_instances"`
+	Status         string    `json:"status"`
+	BillingMethod  string    `json:"billing_method"`
+	CreatedAt      time.Time `json:"created_at"`
+	UpdatedAt      time.Time `json:"updated_at"`
+}
+
+// Placement is the scaler's decision to run one instance on one worker.
+type Placement struct {
+	InstanceID string    `json:"instance_id"`
+	ServiceID  string    `json:"service_id"`
+	WorkerID   string    `json:"worker_id"`
+	PlacedAt   time.Time `json:"placed_at"`
+}
+
+// Instance statuses.
+const (
+	InstanceStarting = "starting"
+	InstanceReady    = "ready"
+	InstanceStopped  = "stopped"
+)
+
+// Instance is a running engine instance as its worker reports it.
+type Instance struct {
+	ID        string    `json:"id"`
+	ServiceID string    `json:"service_id"`
+	WorkerID  string    `json:"worker_id"`
+	Engine    string    `json:"engine"`
+	Endpoint  string    `json:"endpoint"` // the engine's own OpenAI base URL, ending in /v1
+	Status    string    `json:"status"`
+	StartedAt time.Time `json:"started_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Worker is an inference-worker's heartbeat.
+type Worker struct {
+	ID       string    `json:"id"`
+	Capacity int       `json:"capacity"` // instances it can hold
+	Running  int       `json:"running"`
+	BeatAt   time.Time `json:"beat_at"`
+}
+
+// InstanceKey is the key of an instance or placement: "<service>.<instance>".
+func InstanceKey(serviceID, instanceID string) string { return serviceID + "." + instanceID }
