@@ -183,7 +183,9 @@ func (r *Keyring) putAdminRecord(ctx context.Context, k Key) error {
 type ctxKey struct{}
 
 // NewContext returns ctx carrying the caller's key.
-func NewContext(ctx context.Context, k Key) context.Context { return context.WithValue(ctx, ctxKey{}, k) }
+func NewContext(ctx context.Context, k Key) context.Context {
+	return context.WithValue(ctx, ctxKey{}, k)
+}
 
 // FromContext returns the caller's key, if ctx has one.
 func FromContext(ctx context.Context) (Key, bool) {

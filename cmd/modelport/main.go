@@ -1,0 +1,81 @@
+// Command modelport is the all-in-one Modelport: "modelport up" runs the
+// deployer, scaler, router, inference-worker and billing in one process
+// around an embedded NATS server with JetStream.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/modelport/modelport/libs/config"
+	"github.com/modelport/modelport/libs/telemetry"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "modelport:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: modelport <command>
+
+commands:
+  up    run the whole platform in this process (embedded NATS, local ClickHouse)
+
+settings (environment): MODELPORT_DATA_DIR, MODELPORT_HTTP_ADDR, MODELPORT_NATS_PORT,
+MODELPORT_CLICKHOUSE_ADDR, MODELPORT_CLICKHOUSE_DB, MODELPORT_ADMIN_KEY,
+MODELPORT_CLICKHOUSE_INSTALL, MODELPORT_LOG_LEVEL
+`
+
+func run(ctx context.Context, args []string, getenv config.Getenv, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("no command")
+	}
+	switch args[0] {
+	case "up":
+		return up(ctx, getenv, stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", args[0])
+	}
+}
+
+func up(ctx context.Context, getenv config.Getenv, stdout, stderr io.Writer) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(config.String(getenv, "MODELPORT_LOG_LEVEL", "warn"))); err != nil {
+		return fmt.Errorf("MODELPORT_LOG_LEVEL: %w", err)
+	}
+	log, shutdown := telemetry.Setup(ctx, "modelport", stderr, level)
+	defer shutdown(context.WithoutCancel(ctx))
+
+	p, err := startPlatform(ctx, getenv, log)
+	if err != nil {
+		return err
+	}
+	defer p.Close(context.WithoutCancel(ctx))
+
+	fmt.Fprintf(stdout, "Modelport is running.\n\n")
+	fmt.Fprintf(stdout, "  OpenAI API (router):  %s/v1\n", p.BaseURL)
+	fmt.Fprintf(stdout, "  Control API:          %s/api/v1\n", p.BaseURL)
+	fmt.Fprintf(stdout, "  Console:              not built yet; use the control API\n")
+	fmt.Fprintf(stdout, "  NATS:                 %s\n", p.NATSURL)
+	if p.AdminKey != "" {
+		fmt.Fprintf(stdout, "  Admin API key:        %s\n                        (shown once: only its hash is stored)\n", p.AdminKey)
+	} else {
+		fmt.Fprintf(stdout, "  Admin API key:        %s… (shown at first start; set MODELPORT_ADMIN_KEY to add one)\n", p.AdminKeyPrefix)
+	}
+	fmt.Fprintf(stdout, "\nStop with Ctrl-C.\n")
+	return p.Wait(ctx)
+}

@@ -1,0 +1,128 @@
+// Package runner is the shared main of a Modelport service binary: it
+// reads the common settings, sets up telemetry, opens the bus, starts the
+// service and serves its HTTP handler (with /healthz) until a signal.
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/modelport/modelport/libs/config"
+	"github.com/modelport/modelport/libs/httpx"
+	"github.com/modelport/modelport/libs/natsx"
+	"github.com/modelport/modelport/libs/telemetry"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+)
+
+// Common are the settings every service binary reads.
+type Common struct {
+	NATSURL  string // MODELPORT_NATS_URL
+	HTTPAddr string // MODELPORT_HTTP_ADDR
+	LogLevel slog.Level
+}
+
+// CommonFromEnv reads Common with defaults for a local NATS.
+func CommonFromEnv(getenv config.Getenv, defaultHTTPAddr string) (Common, error) {
+	c := Common{
+		NATSURL:  config.String(getenv, "MODELPORT_NATS_URL", "nats://127.0.0.1:4222"),
+		HTTPAddr: config.String(getenv, "MODELPORT_HTTP_ADDR", defaultHTTPAddr),
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(config.String(getenv, "MODELPORT_LOG_LEVEL", "info"))); err != nil {
+		return c, fmt.Errorf("MODELPORT_LOG_LEVEL: %w", err)
+	}
+	return c, nil
+}
+
+// Service is a started service: its HTTP handler (nil if it has none) and
+// how to stop it.
+type Service struct {
+	Handler http.Handler
+	Stop    func(context.Context)
+}
+
+// StartFunc starts a service on an open bus. It returns once the service
+// is running; background work ends when ctx is done.
+type StartFunc func(ctx context.Context, bus *natsx.Bus, log *slog.Logger) (Service, error)
+
+// Run is a service binary's whole life: telemetry, bus, start, serve
+// HTTP, and a graceful stop when ctx ends.
+func Run(ctx context.Context, name string, getenv config.Getenv, stderr io.Writer, defaultHTTPAddr string, start StartFunc) error {
+	common, err := CommonFromEnv(getenv, defaultHTTPAddr)
+	if err != nil {
+		return err
+	}
+	log, shutdownTelemetry := telemetry.Setup(ctx, name, stderr, common.LogLevel)
+	defer shutdownTelemetry(context.WithoutCancel(ctx))
+
+	bus, err := natsx.Open(ctx, common.NATSURL, name, log)
+	if err != nil {
+		return err
+	}
+	defer bus.Close()
+
+	svc, err := start(ctx, bus, log)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	ln, err := net.Listen("tcp", common.HTTPAddr)
+	if err != nil {
+		svc.Stop(context.WithoutCancel(ctx))
+		return fmt.Errorf("listen %s: %w", common.HTTPAddr, err)
+	}
+	log.Info("serving", "addr", ln.Addr().String(), "nats", common.NATSURL)
+	err = Serve(ctx, ln, Edge(WithHealth(svc.Handler, bus), name, log), log)
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
+	defer cancel()
+	svc.Stop(stopCtx)
+	return err
+}
+
+// WithHealth adds GET /healthz, which answers 200 while NATS is connected,
+// to h (which may be nil).
+func WithHealth(h http.Handler, bus *natsx.Bus) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if !bus.Conn.IsConnected() {
+			http.Error(w, "nats disconnected", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	if h != nil {
+		mux.Handle("/", h)
+	}
+	return mux
+}
+
+// Edge wraps an HTTP handler in the middleware every public edge shares,
+// outermost first: tracing, request ID, access log (which also recovers).
+func Edge(h http.Handler, name string, log *slog.Logger) http.Handler {
+	return otelhttp.NewHandler(httpx.Chain(h, httpx.RequestID, httpx.Log(log)), name)
+}
+
+// Serve serves h on ln until ctx ends, then shuts down gracefully.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		log.Warn("http shutdown", "err", err)
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,225 @@
+// Package deploy is the deployer's domain: creating model services,
+// validating them against the catalog, and keeping their ready counts and
+// status in step with the instances that workers report.
+package deploy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/modelport/modelport/libs/auth"
+	"github.com/modelport/modelport/libs/catalog"
+	"github.com/modelport/modelport/libs/errs"
+	"github.com/modelport/modelport/libs/events"
+	"github.com/modelport/modelport/libs/state"
+)
+
+// MaxInstances bounds one service's instance count.
+const MaxInstances = 64
+
+// Store persists services. Implemented by internal/kvstore.
+type Store interface {
+	// Create stores a new service; a name its owner already uses is errs.Conflict.
+	Create(ctx context.Context, s state.Service) error
+	// Get returns a service and its revision, or errs.NotFound.
+	Get(ctx context.Context, id string) (state.Service, uint64, error)
+	// Update replaces a service if its revision is still rev, else errs.Conflict.
+	Update(ctx context.Context, s state.Service, rev uint64) error
+	// List returns every service.
+	List(ctx context.Context) ([]state.Service, error)
+	// Instances returns the instances workers report for a service.
+	Instances(ctx context.Context, serviceID string) ([]state.Instance, error)
+}
+
+// Publisher publishes events.
+type Publisher interface {
+	Publish(ctx context.Context, ev events.Event) error
+}
+
+// CreateRequest is what a user asks for.
+type CreateRequest struct {
+	Name          string `json:"name"`
+	BaseModel     string `json:"base_model"`
+	Task          string `json:"task"`
+	Instances     int    `json:"instances"`
+	BillingMethod string `json:"billing_method"`
+}
+
+// Manager creates and reads services. It is safe for concurrent use.
+type Manager struct {
+	store   Store
+	catalog *catalog.Catalog
+	pub     Publisher
+	now     func() time.Time
+}
+
+// NewManager returns a Manager.
+func NewManager(store Store, cat *catalog.Catalog, pub Publisher) *Manager {
+	return &Manager{store: store, catalog: cat, pub: pub, now: func() time.Time { return time.Now().UTC() }}
+}
+
+// Catalog returns the deployable models.
+func (m *Manager) Catalog() []catalog.Model { return m.catalog.Models() }
+
+var namePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// Validate checks a request against the catalog and fills defaults: one
+// instance, per-token billing, and the model's only task when it has one.
+func (m *Manager) Validate(req *CreateRequest) error {
+	if !namePattern.MatchString(req.Name) {
+		return errs.InvalidParam("name", "name must be 1-63 lowercase letters, digits or hyphens, starting and ending with a letter or digit")
+	}
+	model, ok := m.catalog.Lookup(req.BaseModel)
+	if !ok {
+		return errs.InvalidParam("base_model", "unknown base model %q; GET /api/v1/catalog lists them", req.BaseModel)
+	}
+	if req.Task == "" && len(model.Tasks) == 1 {
+		req.Task = model.Tasks[0]
+	}
+	switch req.Task {
+	case state.TaskTextGeneration, state.TaskImageUnderstanding, state.TaskImageGeneration:
+	default:
+		return errs.InvalidParam("task", "task must be one of text-generation, image-understanding, image-generation")
+	}
+	if !model.Supports(req.Task) {
+		return errs.InvalidParam("task", "base model %s does not support %s (it supports %v)", model.Name, req.Task, model.Tasks)
+	}
+	if req.Instances == 0 {
+		req.Instances = 1
+	}
+	if req.Instances < 1 || req.Instances > MaxInstances {
+		return errs.InvalidParam("instances", "instances must be between 1 and %d", MaxInstances)
+	}
+	if req.BillingMethod == "" {
+		req.BillingMethod = state.BillingPerToken
+	}
+	if req.BillingMethod != state.BillingPerToken && req.BillingMethod != state.BillingPerInstanceHour {
+		return errs.InvalidParam("billing_method", "billing_method must be per-token or per-instance-hour")
+	}
+	return nil
+}
+
+// Create validates req, stores the service with status deploying, and
+// publishes ServiceCreatedV1. If the publish fails the service still
+// exists; the scaler also reconciles from the services bucket.
+func (m *Manager) Create(ctx context.Context, caller auth.Key, req CreateRequest) (state.Service, error) {
+	if err := m.Validate(&req); err != nil {
+		return state.Service{}, err
+	}
+	model, _ := m.catalog.Lookup(req.BaseModel)
+	now := m.now()
+	s := state.Service{
+		ID:            uuid.NewString(),
+		OwnerID:       caller.OwnerID,
+		Name:          req.Name,
+		AccessName:    AccessName(caller.OwnerID, req.Name),
+		BaseModel:     model.Name,
+		Task:          req.Task,
+		Engine:        model.Engine,
+		Instances:     req.Instances,
+		Status:        state.StatusDeploying,
+		BillingMethod: req.BillingMethod,
+		CreatedAt:     now,
+		UpdatedAt:     now,
+	}
+	if err := m.store.Create(ctx, s); err != nil {
+		return state.Service{}, err
+	}
+	ev := events.ServiceCreatedV1{
+		Meta: events.NewMeta(), ServiceID: s.ID, OwnerID: s.OwnerID, Name: s.Name, AccessName: s.AccessName,
+		BaseModel: s.BaseModel, Task: s.Task, Engine: s.Engine, Instances: s.Instances, BillingMethod: s.BillingMethod,
+	}
+	if err := m.pub.Publish(ctx, ev); err != nil {
+		return s, fmt.Errorf("service %s stored, announce it: %w", s.ID, err)
+	}
+	return s, nil
+}
+
+// AccessName is the name clients send as "model": u-<owner>/<name>.
+func AccessName(ownerID, name string) string { return "u-" + ownerID + "/" + name }
+
+// Get returns a service the caller may see. Another owner's service is
+// NotFound, so names do not leak.
+func (m *Manager) Get(ctx context.Context, caller auth.Key, id string) (state.Service, error) {
+	s, _, err := m.store.Get(ctx, id)
+	if err != nil {
+		return state.Service{}, err
+	}
+	if !caller.Admin && s.OwnerID != caller.OwnerID {
+		return state.Service{}, errs.E(errs.NotFound, "service %s not found", id)
+	}
+	return s, nil
+}
+
+// List returns the services the caller may see, oldest first.
+func (m *Manager) List(ctx context.Context, caller auth.Key) ([]state.Service, error) {
+	all, err := m.store.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []state.Service{}
+	for _, s := range all {
+		if caller.Admin || s.OwnerID == caller.OwnerID {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+// Instances returns a service's instances. Only admins see them: they
+// expose internal endpoints.
+func (m *Manager) Instances(ctx context.Context, caller auth.Key, id string) ([]state.Instance, error) {
+	if !caller.Admin {
+		return nil, errs.E(errs.Forbidden, "only admins can list instances")
+	}
+	if _, err := m.Get(ctx, caller, id); err != nil {
+		return nil, err
+	}
+	return m.store.Instances(ctx, id)
+}
+
+// RefreshReady recounts a service's ready instances from the instances
+// bucket and updates its status and engine. Recounting, rather than adding
+// one per event, makes it safe to call for a redelivered event.
+func (m *Manager) RefreshReady(ctx context.Context, serviceID string) error {
+	for attempt := 0; attempt < 10; attempt++ {
+		s, rev, err := m.store.Get(ctx, serviceID)
+		if errs.KindOf(err) == errs.NotFound {
+			return nil // deleted meanwhile: nothing to count
+		}
+		if err != nil {
+			return err
+		}
+		insts, err := m.store.Instances(ctx, serviceID)
+		if err != nil {
+			return err
+		}
+		ready, engine := 0, s.Engine
+		for _, in := range insts {
+			if in.Status == state.InstanceReady {
+				ready++
+				engine = in.Engine
+			}
+		}
+		status := s.Status
+		switch {
+		case ready >= s.Instances:
+			status = state.StatusRunning
+		case s.Status == state.StatusRunning:
+			status = state.StatusDeploying
+		}
+		if s.ReadyInstances == ready && s.Status == status && s.Engine == engine {
+			return nil
+		}
+		s.ReadyInstances, s.Status, s.Engine, s.UpdatedAt = ready, status, engine, m.now()
+		err = m.store.Update(ctx, s, rev)
+		if errs.KindOf(err) != errs.Conflict {
+			return err
+		}
+	}
+	return errors.New("refresh ready instances: too many concurrent updates")
+}

@@ -1,0 +1,28 @@
+package transport
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/modelport/modelport/libs/events"
+	"github.com/modelport/modelport/libs/natsx"
+	"github.com/modelport/modelport/services/deployer/internal/deploy"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ConsumeInstanceEvents keeps services' ready counts current from the
+// workers' instance events.
+func ConsumeInstanceEvents(ctx context.Context, js jetstream.JetStream, m *deploy.Manager, log *slog.Logger) error {
+	if err := natsx.Consume(ctx, js, natsx.Subscription{
+		Stream: events.StreamWorker, Durable: "deployer-instance-ready", Filter: events.SubjectInstanceReadyV1,
+	}, log, func(ctx context.Context, ev events.InstanceReadyV1) error {
+		return m.RefreshReady(ctx, ev.ServiceID)
+	}); err != nil {
+		return err
+	}
+	return natsx.Consume(ctx, js, natsx.Subscription{
+		Stream: events.StreamWorker, Durable: "deployer-instance-stopped", Filter: events.SubjectInstanceStoppedV1,
+	}, log, func(ctx context.Context, ev events.InstanceStoppedV1) error {
+		return m.RefreshReady(ctx, ev.ServiceID)
+	})
+}

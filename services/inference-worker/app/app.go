@@ -1,0 +1,147 @@
+// Package app wires the inference-worker: settings, the engine, the worker,
+// its placement consumer and heartbeats. The service binary and the
+// all-in-one binary both start it through Start.
+package app
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/modelport/modelport/libs/config"
+	"github.com/modelport/modelport/libs/events"
+	"github.com/modelport/modelport/libs/natsx"
+	"github.com/modelport/modelport/libs/runner"
+	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/inference-worker/internal/engine"
+	"github.com/modelport/modelport/services/inference-worker/internal/transport"
+	"github.com/modelport/modelport/services/inference-worker/internal/worker"
+)
+
+// Config is the worker's settings.
+type Config struct {
+	ID                string        // MODELPORT_WORKER_ID; default: host name and a random suffix
+	Capacity          int           // MODELPORT_WORKER_CAPACITY: instances it holds
+	ListenHost        string        // MODELPORT_WORKER_LISTEN_HOST: where instances listen
+	AdvertiseHost     string        // MODELPORT_WORKER_ADVERTISE_HOST: how the router reaches them
+	FirstPort         int           // MODELPORT_WORKER_PORTS "9100-9131"; 0: any free port
+	LastPort          int           //
+	Heartbeat         time.Duration // MODELPORT_WORKER_HEARTBEAT
+	TimeToFirstToken  time.Duration // MODELPORT_SIM_TTFT: the simulator's time to first token
+	InterTokenLatency time.Duration // MODELPORT_SIM_ITL: the simulator's time per further token
+}
+
+// ConfigFromEnv reads Config.
+func ConfigFromEnv(getenv config.Getenv) (Config, error) {
+	host, _ := os.Hostname()
+	c := Config{
+		ID:            config.String(getenv, "MODELPORT_WORKER_ID", fmt.Sprintf("%s-%s", sanitize(host), uuid.NewString()[:8])),
+		ListenHost:    config.String(getenv, "MODELPORT_WORKER_LISTEN_HOST", "127.0.0.1"),
+		AdvertiseHost: getenv("MODELPORT_WORKER_ADVERTISE_HOST"),
+	}
+	var err error
+	if c.Capacity, err = config.Int(getenv, "MODELPORT_WORKER_CAPACITY", 16); err != nil {
+		return c, err
+	}
+	if c.Heartbeat, err = config.Duration(getenv, "MODELPORT_WORKER_HEARTBEAT", 2*time.Second); err != nil {
+		return c, err
+	}
+	if c.TimeToFirstToken, err = config.Duration(getenv, "MODELPORT_SIM_TTFT", 0); err != nil {
+		return c, err
+	}
+	if c.InterTokenLatency, err = config.Duration(getenv, "MODELPORT_SIM_ITL", 0); err != nil {
+		return c, err
+	}
+	if r := getenv("MODELPORT_WORKER_PORTS"); r != "" {
+		first, last, ok := strings.Cut(r, "-")
+		a, err1 := strconv.Atoi(first)
+		b, err2 := strconv.Atoi(last)
+		if !ok || err1 != nil || err2 != nil || a < 1 || b < a || b > 65535 {
+			return c, fmt.Errorf("MODELPORT_WORKER_PORTS: %q is not a range like 9100-9131", r)
+		}
+		c.FirstPort, c.LastPort = a, b
+	}
+	return c, c.Validate()
+}
+
+// Validate checks the settings.
+func (c Config) Validate() error {
+	switch {
+	case c.ID == "" || strings.ContainsAny(c.ID, ".*> \t"):
+		return fmt.Errorf("MODELPORT_WORKER_ID %q must be non-empty without dots, spaces or wildcards", c.ID)
+	case c.Capacity < 1:
+		return fmt.Errorf("MODELPORT_WORKER_CAPACITY must be at least 1")
+	case c.Heartbeat <= 0 || c.Heartbeat >= state.WorkerTTL:
+		return fmt.Errorf("MODELPORT_WORKER_HEARTBEAT must be between 0 and %s", state.WorkerTTL)
+	}
+	return nil
+}
+
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '.' || r == '*' || r == '>' || r == ' ' {
+			return '-'
+		}
+		return r
+	}, s)
+}
+
+// Start starts a worker on bus: stale records from an earlier run under the
+// same ID are cleared, heartbeats begin, and placements are consumed.
+func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (runner.Service, error) {
+	log = log.With("worker_id", cfg.ID)
+	store := &transport.Store{Instances: bus.KV(state.BucketInstances), Workers: bus.KV(state.BucketWorkers)}
+	stale, err := store.StaleInstances(ctx, cfg.ID)
+	if err != nil {
+		return runner.Service{}, err
+	}
+	for _, in := range stale {
+		if err := store.DeleteInstance(ctx, in.ServiceID, in.ID); err != nil {
+			return runner.Service{}, err
+		}
+		if err := bus.Publisher.Publish(ctx, events.InstanceStoppedV1{
+			Meta: events.NewMeta(), InstanceID: in.ID, ServiceID: in.ServiceID, WorkerID: cfg.ID, Reason: "worker restarted",
+		}); err != nil {
+			return runner.Service{}, err
+		}
+	}
+
+	eng := &engine.Simulator{
+		Ports:            engine.Ports{Host: cfg.ListenHost, First: cfg.FirstPort, Last: cfg.LastPort, Advertise: cfg.AdvertiseHost},
+		TimeToFirstToken: cfg.TimeToFirstToken, InterTokenLatency: cfg.InterTokenLatency,
+	}
+	w := worker.New(cfg.ID, cfg.Capacity, eng, store, bus.Publisher, log)
+	if err := w.Heartbeat(ctx); err != nil {
+		return runner.Service{}, err
+	}
+	beatCtx, stopBeats := context.WithCancel(ctx)
+	go func() {
+		t := time.NewTicker(cfg.Heartbeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-beatCtx.Done():
+				return
+			case <-t.C:
+				if err := w.Heartbeat(beatCtx); err != nil && beatCtx.Err() == nil {
+					log.Warn("heartbeat", "err", err)
+				}
+			}
+		}
+	}()
+	if err := transport.ConsumePlacements(ctx, bus.JS, w, log); err != nil {
+		stopBeats()
+		return runner.Service{}, err
+	}
+	log.Info("worker started", "capacity", cfg.Capacity, "engine", eng.Name())
+	return runner.Service{Stop: func(ctx context.Context) {
+		stopBeats()
+		w.Shutdown(ctx, "worker stopped")
+		_ = bus.KV(state.BucketWorkers).Delete(ctx, cfg.ID)
+	}}, nil
+}

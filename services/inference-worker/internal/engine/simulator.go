@@ -1,0 +1,51 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/modelport/modelport/services/inference-worker/internal/simulator"
+)
+
+// Simulator starts simulator instances inside the worker process. Its name,
+// "simulator", is what instances and services report as their engine.
+type Simulator struct {
+	Ports             Ports
+	TimeToFirstToken  time.Duration
+	InterTokenLatency time.Duration
+}
+
+// Name is the engine's name as services report it.
+func (*Simulator) Name() string { return "simulator" }
+
+// Start serves spec on a port from s.Ports.
+func (s *Simulator) Start(_ context.Context, spec Spec) (Instance, error) {
+	ln, err := s.Ports.Listen()
+	if err != nil {
+		return nil, fmt.Errorf("simulator %s: %w", spec.InstanceID, err)
+	}
+	srv := simulator.Start(simulator.Config{
+		ServedName:        spec.ServedName,
+		BaseModel:         spec.BaseModel,
+		TimeToFirstToken:  s.TimeToFirstToken,
+		InterTokenLatency: s.InterTokenLatency,
+	}, ln)
+	host := s.Ports.Advertise
+	if host == "" {
+		host = s.Ports.Host
+	}
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	return &simInstance{srv: srv, base: "http://" + net.JoinHostPort(host, port)}, nil
+}
+
+type simInstance struct {
+	srv  *simulator.Server
+	base string
+}
+
+func (i *simInstance) Endpoint() string               { return i.base + "/v1" }
+func (i *simInstance) HealthURL() string              { return i.base + "/health" }
+func (i *simInstance) Stop(ctx context.Context) error { return i.srv.Shutdown(ctx) }

@@ -1,0 +1,55 @@
+// Package transport connects the worker to JetStream: the placements it
+// consumes and the buckets where it records instances and heartbeats.
+package transport
+
+import (
+	"context"
+	"errors"
+
+	"github.com/modelport/modelport/libs/errs"
+	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/inference-worker/internal/worker"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Store implements worker.Store on the instances and workers buckets.
+type Store struct {
+	Instances jetstream.KeyValue
+	Workers   jetstream.KeyValue
+}
+
+var _ worker.Store = (*Store)(nil)
+
+// PutInstance implements worker.Store.
+func (s *Store) PutInstance(ctx context.Context, inst state.Instance) error {
+	return state.Put(ctx, s.Instances, state.InstanceKey(inst.ServiceID, inst.ID), inst)
+}
+
+// DeleteInstance implements worker.Store.
+func (s *Store) DeleteInstance(ctx context.Context, serviceID, instanceID string) error {
+	err := s.Instances.Delete(ctx, state.InstanceKey(serviceID, instanceID))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return errs.Wrap(errs.Unavailable, err, "delete instance %s", instanceID)
+	}
+	return nil
+}
+
+// Beat implements worker.Store.
+func (s *Store) Beat(ctx context.Context, w state.Worker) error {
+	return state.Put(ctx, s.Workers, w.ID, w)
+}
+
+// StaleInstances lists instance records left by an earlier run of workerID.
+func (s *Store) StaleInstances(ctx context.Context, workerID string) ([]state.Instance, error) {
+	all, err := state.List[state.Instance](ctx, s.Instances, ">")
+	if err != nil {
+		return nil, err
+	}
+	var mine []state.Instance
+	for _, in := range all {
+		if in.WorkerID == workerID {
+			mine = append(mine, in)
+		}
+	}
+	return mine, nil
+}

@@ -1,0 +1,54 @@
+// Package app wires the router: the routing table and its watchers, the
+// gateway and the OpenAI API. The service binary and the all-in-one binary
+// both start it through Start.
+package app
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/modelport/modelport/libs/auth"
+	"github.com/modelport/modelport/libs/config"
+	"github.com/modelport/modelport/libs/natsx"
+	"github.com/modelport/modelport/libs/runner"
+	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/router/internal/gateway"
+	"github.com/modelport/modelport/services/router/internal/routing"
+	"github.com/modelport/modelport/services/router/internal/transport"
+)
+
+// Config is the router's settings.
+type Config struct {
+	EngineTimeout time.Duration // MODELPORT_ENGINE_TIMEOUT: the longest an engine may take to answer
+	ReadyWait     time.Duration // MODELPORT_READY_WAIT: how long a request waits for a ready instance
+}
+
+// ConfigFromEnv reads Config.
+func ConfigFromEnv(getenv config.Getenv) (Config, error) {
+	var c Config
+	var err error
+	if c.EngineTimeout, err = config.Duration(getenv, "MODELPORT_ENGINE_TIMEOUT", 10*time.Minute); err != nil {
+		return c, err
+	}
+	c.ReadyWait, err = config.Duration(getenv, "MODELPORT_READY_WAIT", 10*time.Second)
+	return c, err
+}
+
+// Start starts the router on bus. It returns once the routing table holds
+// the current services and instances.
+func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (runner.Service, error) {
+	table := routing.NewTable()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	if err := transport.WatchTable(watchCtx, bus.KV(state.BucketServices), bus.KV(state.BucketInstances), table, log); err != nil {
+		stopWatch()
+		return runner.Service{}, err
+	}
+	g := gateway.New(table, transport.NewEngineClient(cfg.EngineTimeout), bus.Publisher, log)
+	g.ReadyWait = cfg.ReadyWait
+	keys := auth.NewKeyring(bus.KV(state.BucketAPIKeys))
+	return runner.Service{
+		Handler: transport.NewHandler(g, keys, log),
+		Stop:    func(context.Context) { stopWatch() },
+	}, nil
+}

@@ -1,0 +1,39 @@
+// Package transport feeds the scaler: service events from JetStream and a
+// periodic sweep.
+package transport
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/modelport/modelport/libs/events"
+	"github.com/modelport/modelport/libs/natsx"
+	"github.com/modelport/modelport/services/scaler/internal/scale"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ConsumeServiceEvents places instances for each created service.
+func ConsumeServiceEvents(ctx context.Context, js jetstream.JetStream, s *scale.Scaler, log *slog.Logger) error {
+	return natsx.Consume(ctx, js, natsx.Subscription{
+		Stream: events.StreamDeploy, Durable: "scaler-service-created", Filter: events.SubjectServiceCreatedV1,
+	}, log, func(ctx context.Context, ev events.ServiceCreatedV1) error {
+		return s.ReconcileService(ctx, ev.ServiceID)
+	})
+}
+
+// Sweep reconciles every service each interval until ctx ends.
+func Sweep(ctx context.Context, s *scale.Scaler, every time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.ReconcileAll(ctx); err != nil && ctx.Err() == nil {
+				log.WarnContext(ctx, "reconcile sweep", "err", err)
+			}
+		}
+	}
+}
