@@ -96,7 +96,9 @@ func startPlatform(ctx context.Context, getenv config.Getenv, log *slog.Logger) 
 	if err != nil {
 		return nil, err
 	}
-	wcfg, err := worker.ConfigFromEnv(getenv)
+	// One machine, one worker: a stable ID lets it start its instances
+	// again after a restart.
+	wcfg, err := worker.ConfigFromEnv(config.Chain(getenv, config.Map(map[string]string{"MODELPORT_WORKER_ID": "local"})))
 	if err != nil {
 		return nil, err
 	}

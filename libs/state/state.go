@@ -92,11 +92,17 @@ type Service struct {
 	UpdatedAt      time.Time `json:"updated_at"`
 }
 
-// Placement is the scaler's decision to run one instance on one worker.
+// Placement is the scaler's decision to run one instance on one worker. It
+// carries what the worker needs to start the instance, so a restarted
+// worker can start its placements again from this bucket alone.
 type Placement struct {
 	InstanceID string    `json:"instance_id"`
 	ServiceID  string    `json:"service_id"`
 	WorkerID   string    `json:"worker_id"`
+	AccessName string    `json:"access_name"`
+	BaseModel  string    `json:"base_model"`
+	Task       string    `json:"task"`
+	Engine     string    `json:"engine"`
 	PlacedAt   time.Time `json:"placed_at"`
 }
 

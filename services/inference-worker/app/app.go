@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -72,8 +73,8 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 // Validate checks the settings.
 func (c Config) Validate() error {
 	switch {
-	case c.ID == "" || strings.ContainsAny(c.ID, ".*> \t"):
-		return fmt.Errorf("MODELPORT_WORKER_ID %q must be non-empty without dots, spaces or wildcards", c.ID)
+	case !workerIDPattern.MatchString(c.ID):
+		return fmt.Errorf("MODELPORT_WORKER_ID %q must be 1-64 letters, digits, '-' or '_'", c.ID)
 	case c.Capacity < 1:
 		return fmt.Errorf("MODELPORT_WORKER_CAPACITY must be at least 1")
 	case c.Heartbeat <= 0 || c.Heartbeat >= state.WorkerTTL:
@@ -82,20 +83,26 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// workerIDPattern keeps worker IDs usable as key-value keys and as the
+// last token of the placement subject.
+var workerIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// sanitize turns a host name into a worker ID prefix.
 func sanitize(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r == '.' || r == '*' || r == '>' || r == ' ' {
-			return '-'
+	s = strings.Map(func(r rune) rune {
+		if r < 128 && (r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return r
 		}
-		return r
+		return '-'
 	}, s)
+	return s[:min(len(s), 40)]
 }
 
 // Start starts a worker on bus: stale records from an earlier run under the
 // same ID are cleared, heartbeats begin, and placements are consumed.
 func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (runner.Service, error) {
 	log = log.With("worker_id", cfg.ID)
-	store := &transport.Store{Instances: bus.KV(state.BucketInstances), Workers: bus.KV(state.BucketWorkers)}
+	store := &transport.Store{Instances: bus.KV(state.BucketInstances), Workers: bus.KV(state.BucketWorkers), Placements: bus.KV(state.BucketPlacements)}
 	stale, err := store.StaleInstances(ctx, cfg.ID)
 	if err != nil {
 		return runner.Service{}, err
@@ -134,6 +141,23 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 			}
 		}
 	}()
+	// Placements made before this start (the worker restarted) run again.
+	placed, err := store.PlacedOn(ctx, cfg.ID)
+	if err != nil {
+		stopBeats()
+		return runner.Service{}, err
+	}
+	for _, p := range placed {
+		go func() {
+			ev := events.InstancePlacedV1{
+				Meta: events.NewMeta(), InstanceID: p.InstanceID, ServiceID: p.ServiceID, WorkerID: p.WorkerID,
+				AccessName: p.AccessName, BaseModel: p.BaseModel, Task: p.Task, Engine: p.Engine,
+			}
+			if err := w.StartInstance(beatCtx, ev); err != nil {
+				log.Warn("restart placed instance", "instance_id", p.InstanceID, "err", err)
+			}
+		}()
+	}
 	if err := transport.ConsumePlacements(ctx, bus.JS, w, log); err != nil {
 		stopBeats()
 		return runner.Service{}, err

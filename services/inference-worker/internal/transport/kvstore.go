@@ -12,10 +12,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Store implements worker.Store on the instances and workers buckets.
+// Store implements worker.Store on the instances and workers buckets, and
+// reads the placements bucket on start.
 type Store struct {
-	Instances jetstream.KeyValue
-	Workers   jetstream.KeyValue
+	Instances  jetstream.KeyValue
+	Workers    jetstream.KeyValue
+	Placements jetstream.KeyValue
 }
 
 var _ worker.Store = (*Store)(nil)
@@ -42,13 +44,23 @@ func (s *Store) Beat(ctx context.Context, w state.Worker) error {
 // StaleInstances lists instance records left by an earlier run of workerID.
 func (s *Store) StaleInstances(ctx context.Context, workerID string) ([]state.Instance, error) {
 	all, err := state.List[state.Instance](ctx, s.Instances, ">")
+	return filterWorker(all, err, workerID, func(in state.Instance) string { return in.WorkerID })
+}
+
+// PlacedOn lists the instances the scaler placed on workerID.
+func (s *Store) PlacedOn(ctx context.Context, workerID string) ([]state.Placement, error) {
+	all, err := state.List[state.Placement](ctx, s.Placements, ">")
+	return filterWorker(all, err, workerID, func(p state.Placement) string { return p.WorkerID })
+}
+
+func filterWorker[T any](all []T, err error, workerID string, worker func(T) string) ([]T, error) {
 	if err != nil {
 		return nil, err
 	}
-	var mine []state.Instance
-	for _, in := range all {
-		if in.WorkerID == workerID {
-			mine = append(mine, in)
+	var mine []T
+	for _, v := range all {
+		if worker(v) == workerID {
+			mine = append(mine, v)
 		}
 	}
 	return mine, nil

@@ -114,13 +114,17 @@ func leastLoaded(workers []state.Worker, placed map[string]int) (state.Worker, b
 }
 
 func (s *Scaler) place(ctx context.Context, svc state.Service, workerID string) error {
-	p := state.Placement{InstanceID: uuid.NewString(), ServiceID: svc.ID, WorkerID: workerID, PlacedAt: time.Now().UTC()}
+	p := state.Placement{
+		InstanceID: uuid.NewString(), ServiceID: svc.ID, WorkerID: workerID,
+		AccessName: svc.AccessName, BaseModel: svc.BaseModel, Task: svc.Task, Engine: svc.Engine,
+		PlacedAt: time.Now().UTC(),
+	}
 	if err := s.store.Place(ctx, p); err != nil {
 		return err
 	}
 	ev := events.InstancePlacedV1{
-		Meta: events.NewMeta(), InstanceID: p.InstanceID, ServiceID: svc.ID, WorkerID: workerID,
-		AccessName: svc.AccessName, BaseModel: svc.BaseModel, Task: svc.Task, Engine: svc.Engine,
+		Meta: events.NewMeta(), InstanceID: p.InstanceID, ServiceID: p.ServiceID, WorkerID: p.WorkerID,
+		AccessName: p.AccessName, BaseModel: p.BaseModel, Task: p.Task, Engine: p.Engine,
 	}
 	if err := s.pub.Publish(ctx, ev); err != nil {
 		// Without the event no worker starts it: take the slot back so the
