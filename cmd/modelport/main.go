@@ -28,7 +28,8 @@ func main() {
 const usage = `usage: modelport <command>
 
 commands:
-  up    run the whole platform in this process (embedded NATS, local ClickHouse)
+  up     run the whole platform in this process (embedded NATS, local ClickHouse)
+  bench  measure the request path against a direct-to-engine baseline
 
 settings (environment): MODELPORT_DATA_DIR, MODELPORT_HTTP_ADDR, MODELPORT_NATS_PORT,
 MODELPORT_CLICKHOUSE_ADDR, MODELPORT_CLICKHOUSE_DB, MODELPORT_ADMIN_KEY,
@@ -43,6 +44,8 @@ func run(ctx context.Context, args []string, getenv config.Getenv, stdout, stder
 	switch args[0] {
 	case "up":
 		return up(ctx, getenv, stdout, stderr)
+	case "bench":
+		return bench(ctx, args[1:], stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -60,6 +63,13 @@ func up(ctx context.Context, getenv config.Getenv, stdout, stderr io.Writer) err
 	log, shutdown := telemetry.Setup(ctx, "modelport", stderr, level)
 	defer shutdown(context.WithoutCancel(ctx))
 
+	cfg, err := upConfigFromEnv(getenv)
+	if err != nil {
+		return err
+	}
+	if ch := ensureClickHouse(ctx, cfg, log); ch != nil {
+		defer ch.Stop()
+	}
 	p, err := startPlatform(ctx, getenv, log)
 	if err != nil {
 		return err

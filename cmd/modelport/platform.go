@@ -55,14 +55,13 @@ type platform struct {
 	NATSURL        string
 
 	nats  *server.Server
-	ch    *chlocal.Server
 	bus   *natsx.Bus
 	stops []func(context.Context)
 	srv   *http.Server
 	done  chan error
 }
 
-// startPlatform starts NATS, ClickHouse where needed, the five services and
+// startPlatform starts NATS, the five services and
 // the shared HTTP listener. Close stops them in reverse order.
 func startPlatform(ctx context.Context, getenv config.Getenv, log *slog.Logger) (p *platform, err error) {
 	cfg, err := upConfigFromEnv(getenv)
@@ -84,7 +83,6 @@ func startPlatform(ctx context.Context, getenv config.Getenv, log *slog.Logger) 
 		return nil, err
 	}
 	p.NATSURL = p.nats.ClientURL()
-	p.ch = ensureClickHouse(ctx, cfg, log)
 
 	p.bus, err = natsx.Open(ctx, p.NATSURL, "modelport", log)
 	if err != nil {
@@ -173,7 +171,7 @@ func ensureClickHouse(ctx context.Context, cfg upConfig, log *slog.Logger) *chlo
 			log.Warn("ClickHouse is not installed; billing will wait for it and usage stays in JetStream (set MODELPORT_CLICKHOUSE_INSTALL=1 to install the Debian package)")
 			return nil
 		}
-		log.Info("installing ClickHouse from the Debian package clickhouse-server")
+		log.Warn("ClickHouse is missing: installing the Debian package clickhouse-server")
 		if err := chlocal.Install(ctx); err != nil {
 			log.Warn("ClickHouse install failed; billing will wait for it", "err", err)
 			return nil
@@ -214,8 +212,5 @@ func (p *platform) Close(ctx context.Context) {
 	if p.nats != nil {
 		p.nats.Shutdown()
 		p.nats.WaitForShutdown()
-	}
-	if p.ch != nil {
-		p.ch.Stop()
 	}
 }

@@ -1,0 +1,44 @@
+# Modelport. `make run` starts the whole platform; `make test` runs every test.
+GO       ?= go
+PKGS     := github.com/modelport/modelport/...
+SERVICES := deployer scaler router inference-worker billing
+
+.PHONY: all build run test test-short vet fmt tidy bench clean
+
+all: build
+
+## build: bin/modelport (all-in-one) and one binary per service
+build:
+	@mkdir -p bin
+	$(GO) build -o bin/modelport ./cmd/modelport
+	@for s in $(SERVICES); do echo "$(GO) build -o bin/$$s ./services/$$s/cmd/$$s"; $(GO) build -o bin/$$s ./services/$$s/cmd/$$s || exit 1; done
+
+## run: the all-in-one platform on embedded NATS and a local ClickHouse
+run: build
+	MODELPORT_CLICKHOUSE_INSTALL=$${MODELPORT_CLICKHOUSE_INSTALL:-1} bin/modelport up
+
+## test: vet, then every test with the race detector (needs ClickHouse; see README)
+test: vet
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+## test-short: the tests that need no binaries built
+test-short:
+	$(GO) test -short -count=1 $(PKGS)
+
+vet:
+	@test -z "$$(gofmt -l libs services cmd)" || { echo "gofmt needed:"; gofmt -l libs services cmd; exit 1; }
+	$(GO) vet $(PKGS)
+
+fmt:
+	gofmt -w libs services cmd
+
+## tidy: go mod tidy in every module
+tidy:
+	@for m in libs $(addprefix services/,$(SERVICES)) cmd/modelport; do (cd $$m && GOWORK=off $(GO) mod tidy) || exit 1; done
+
+## bench: the benchmark suite; rewrites docs/benchmarks.md
+bench: build
+	bin/modelport bench -requests 4000 -concurrency 16 -out docs/benchmarks.md
+
+clean:
+	rm -rf bin
