@@ -84,7 +84,7 @@ func startPlatform(ctx context.Context, getenv config.Getenv, log *slog.Logger) 
 	}
 	p.NATSURL = p.nats.ClientURL()
 
-	p.bus, err = natsx.Open(ctx, p.NATSURL, "modelport", log)
+	p.bus, err = natsx.Open(ctx, p.NATSURL, "modelport", 1, log)
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -74,6 +75,9 @@ func NewKey(secret, ownerID string, admin bool) Key {
 // It is safe for concurrent use.
 type Keyring struct {
 	kv jetstream.KeyValue
+
+	mu    sync.RWMutex
+	cache map[string]Key // by hash; nil until Follow
 }
 
 // NewKeyring returns a Keyring on the apikeys bucket.
@@ -100,6 +104,14 @@ func (r *Keyring) Verify(ctx context.Context, secret string) (Key, error) {
 		return Key{}, errs.E(errs.Unauthorized, "invalid API key")
 	}
 	h := Hash(secret)
+	r.mu.RLock()
+	k, ok := r.cache[h]
+	r.mu.RUnlock()
+	if ok {
+		return k, nil
+	}
+	// Not cached, or no cache: a key created a moment ago may not have
+	// come through the watch yet, so the bucket has the last word.
 	e, err := r.kv.Get(ctx, h)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return Key{}, errs.E(errs.Unauthorized, "invalid API key")
@@ -107,7 +119,6 @@ func (r *Keyring) Verify(ctx context.Context, secret string) (Key, error) {
 	if err != nil {
 		return Key{}, errs.Wrap(errs.Unavailable, err, "verify API key")
 	}
-	var k Key
 	if err := json.Unmarshal(e.Value(), &k); err != nil {
 		return Key{}, fmt.Errorf("decode api key: %w", err)
 	}
@@ -117,6 +128,54 @@ func (r *Keyring) Verify(ctx context.Context, secret string) (Key, error) {
 		return Key{}, errs.E(errs.Unauthorized, "invalid API key")
 	}
 	return k, nil
+}
+
+// Follow keeps an in-memory copy of the bucket, so Verify needs no round
+// trip to NATS for known keys. It returns once the copy is loaded; updates
+// (new and revoked keys) follow until ctx ends.
+func (r *Keyring) Follow(ctx context.Context) error {
+	w, err := r.kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch api keys: %w", err)
+	}
+	r.mu.Lock()
+	r.cache = map[string]Key{}
+	r.mu.Unlock()
+	apply := func(e jetstream.KeyValueEntry) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if e.Operation() != jetstream.KeyValuePut {
+			delete(r.cache, e.Key())
+			return
+		}
+		var k Key
+		if err := json.Unmarshal(e.Value(), &k); err == nil && k.Hash == e.Key() {
+			r.cache[e.Key()] = k
+		}
+	}
+	for e := range w.Updates() {
+		if e == nil {
+			break
+		}
+		apply(e)
+	}
+	go func() {
+		defer w.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e != nil {
+					apply(e)
+				}
+			}
+		}
+	}()
+	return nil
 }
 
 // EnsureAdmin makes sure the installation has an admin key and returns its

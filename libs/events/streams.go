@@ -26,9 +26,11 @@ const (
 	StreamUsage  = "USAGE"
 )
 
-// EnsureStreams creates or updates every stream. It is idempotent.
-func EnsureStreams(ctx context.Context, js jetstream.JetStream) error {
+// EnsureStreams creates or updates every stream with the given number of
+// replicas (1 on a single server, 3 on a cluster). It is idempotent.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, replicas int) error {
 	for _, cfg := range Streams {
+		cfg.Replicas = max(replicas, 1)
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
 		}

@@ -20,18 +20,18 @@ type Bus struct {
 	buckets   map[string]jetstream.KeyValue
 }
 
-// Open connects to url and ensures every stream and bucket exists, so any
-// service can start first.
-func Open(ctx context.Context, url, name string, log *slog.Logger) (*Bus, error) {
+// Open connects to url and ensures every stream and bucket exists with the
+// given number of replicas, so any service can start first.
+func Open(ctx context.Context, url, name string, replicas int, log *slog.Logger) (*Bus, error) {
 	nc, js, err := Connect(url, name, log)
 	if err != nil {
 		return nil, err
 	}
-	if err := events.EnsureStreams(ctx, js); err != nil {
+	if err := events.EnsureStreams(ctx, js, replicas); err != nil {
 		nc.Close()
 		return nil, err
 	}
-	kvs, err := state.EnsureBuckets(ctx, js)
+	kvs, err := state.EnsureBuckets(ctx, js, replicas)
 	if err != nil {
 		nc.Close()
 		return nil, err

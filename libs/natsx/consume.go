@@ -30,6 +30,10 @@ type Subscription struct {
 	// DeliverNew starts a new consumer at the end of the stream instead of
 	// the beginning.
 	DeliverNew bool
+	// InactiveThreshold removes the consumer after this long without a
+	// reader; zero keeps it forever. Per-instance consumers set it, so
+	// those of replaced instances do not pile up.
+	InactiveThreshold time.Duration
 }
 
 // Backoff is the redelivery delay after a failed attempt.
@@ -48,6 +52,7 @@ func Consume[T any](ctx context.Context, js jetstream.JetStream, sub Subscriptio
 		AckWait:       30 * time.Second,
 		MaxAckPending: 256,
 	}
+	cfg.InactiveThreshold = sub.InactiveThreshold
 	if sub.DeliverNew {
 		cfg.DeliverPolicy = jetstream.DeliverNewPolicy
 	}

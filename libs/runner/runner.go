@@ -23,6 +23,7 @@ import (
 // Common are the settings every service binary reads.
 type Common struct {
 	NATSURL  string // MODELPORT_NATS_URL
+	Replicas int    // MODELPORT_JETSTREAM_REPLICAS: 1, or 3 on a NATS cluster
 	HTTPAddr string // MODELPORT_HTTP_ADDR
 	LogLevel slog.Level
 }
@@ -32,6 +33,10 @@ func CommonFromEnv(getenv config.Getenv, defaultHTTPAddr string) (Common, error)
 	c := Common{
 		NATSURL:  config.String(getenv, "MODELPORT_NATS_URL", "nats://127.0.0.1:4222"),
 		HTTPAddr: config.String(getenv, "MODELPORT_HTTP_ADDR", defaultHTTPAddr),
+	}
+	var err error
+	if c.Replicas, err = config.Int(getenv, "MODELPORT_JETSTREAM_REPLICAS", 1); err != nil {
+		return c, err
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(config.String(getenv, "MODELPORT_LOG_LEVEL", "info"))); err != nil {
 		return c, fmt.Errorf("MODELPORT_LOG_LEVEL: %w", err)
@@ -60,7 +65,7 @@ func Run(ctx context.Context, name string, getenv config.Getenv, stderr io.Write
 	log, shutdownTelemetry := telemetry.Setup(ctx, name, stderr, common.LogLevel)
 	defer shutdownTelemetry(context.WithoutCancel(ctx))
 
-	bus, err := natsx.Open(ctx, common.NATSURL, name, log)
+	bus, err := natsx.Open(ctx, common.NATSURL, name, common.Replicas, log)
 	if err != nil {
 		return err
 	}

@@ -42,10 +42,12 @@ var Buckets = []jetstream.KeyValueConfig{
 	{Bucket: BucketAPIKeys, Storage: jetstream.FileStorage},
 }
 
-// EnsureBuckets creates or updates every bucket and returns them by name.
-func EnsureBuckets(ctx context.Context, js jetstream.JetStream) (map[string]jetstream.KeyValue, error) {
+// EnsureBuckets creates or updates every bucket with the given number of
+// replicas and returns them by name.
+func EnsureBuckets(ctx context.Context, js jetstream.JetStream, replicas int) (map[string]jetstream.KeyValue, error) {
 	kvs := make(map[string]jetstream.KeyValue, len(Buckets))
 	for _, cfg := range Buckets {
+		cfg.Replicas = max(replicas, 1)
 		kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
 		if err != nil {
 			return nil, fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)

@@ -47,6 +47,10 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	g := gateway.New(table, transport.NewEngineClient(cfg.EngineTimeout), bus.Publisher, log)
 	g.ReadyWait = cfg.ReadyWait
 	keys := auth.NewKeyring(bus.KV(state.BucketAPIKeys))
+	if err := keys.Follow(watchCtx); err != nil {
+		stopWatch()
+		return runner.Service{}, err
+	}
 	return runner.Service{
 		Handler: transport.NewHandler(g, keys, log),
 		Stop:    func(context.Context) { stopWatch() },

@@ -25,6 +25,9 @@ func NewHandler(m *deploy.Manager, keys httpx.Verifier, log *slog.Logger) http.H
 	mux.HandleFunc("GET /api/v1/services", h.list)
 	mux.HandleFunc("GET /api/v1/services/{id}", h.get)
 	mux.HandleFunc("GET /api/v1/services/{id}/instances", h.instances)
+	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
+		httpx.WriteError(w, errs.E(errs.NotFound, "no route for %s %s", r.Method, r.URL.Path))
+	})
 	return httpx.Authenticate(keys)(mux)
 }
 

@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/natsx"
@@ -17,5 +18,7 @@ func ConsumePlacements(ctx context.Context, js jetstream.JetStream, w *worker.Wo
 		Stream:  events.StreamScale,
 		Durable: "inference-worker-" + w.ID(),
 		Filter:  events.PlacementSubject(w.ID()),
+		// A worker replaced under a new ID leaves its consumer behind.
+		InactiveThreshold: 24 * time.Hour,
 	}, log, w.StartInstance)
 }
