@@ -110,20 +110,18 @@ func benchService(ctx context.Context, c *http.Client, base, key string) (string
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		var insts struct {
-			Data []struct {
-				Endpoint string `json:"endpoint"`
-				Status   string `json:"status"`
-			} `json:"data"`
+		var insts []struct {
+			Endpoint string `json:"endpoint"`
+			Status   string `json:"status"`
 		}
 		if err := benchCall(ctx, c, "GET", base+"/api/v1/services/"+created.ID+"/instances", key, nil, &insts); err != nil {
 			return "", "", err
 		}
-		if len(insts.Data) == 1 && insts.Data[0].Status == "ready" {
+		if len(insts) == 1 && insts[0].Status == "ready" {
 			// The router learns of the instance through a watch; give it
 			// the same chance the instance list had.
 			time.Sleep(100 * time.Millisecond)
-			return created.AccessName, insts.Data[0].Endpoint, nil
+			return created.AccessName, insts[0].Endpoint, nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

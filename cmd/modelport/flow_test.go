@@ -109,6 +109,16 @@ func runFlow(t *testing.T, ep endpoints, chAddr, chDB string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
+	// The catalog lists what can be deployed.
+	var models []struct {
+		Name   string   `json:"name"`
+		Tasks  []string `json:"tasks"`
+		Engine string   `json:"engine"`
+	}
+	if s := call(t, "GET", ep.control+"/api/v1/catalog", testAdminKey, nil, &models); s != 200 || len(models) == 0 || models[0].Name == "" || len(models[0].Tasks) == 0 || models[0].Engine == "" {
+		t.Fatalf("catalog: status %d, %+v", s, models)
+	}
+
 	// 1-2. Create a service through the control API.
 	var svc service
 	status := call(t, "POST", ep.control+"/api/v1/services", testAdminKey, map[string]any{
@@ -141,6 +151,10 @@ func runFlow(t *testing.T, ep endpoints, chAddr, chDB string) {
 	}
 
 	// 3-4. The scaler places two instances and the worker starts them.
+	var list []service
+	if s := call(t, "GET", ep.control+"/api/v1/services", testAdminKey, nil, &list); s != 200 || len(list) != 1 || list[0].ID != svc.ID {
+		t.Errorf("service list: status %d, %+v", s, list)
+	}
 	eventually(t, 30*time.Second, "service running", func() error {
 		var got service
 		if s := call(t, "GET", ep.control+"/api/v1/services/"+svc.ID, testAdminKey, nil, &got); s != 200 {
@@ -154,16 +168,18 @@ func runFlow(t *testing.T, ep endpoints, chAddr, chDB string) {
 		}
 		return nil
 	})
-	var insts struct {
-		Data []struct {
-			ID, WorkerID, Engine, Endpoint, Status string
-		} `json:"data"`
+	var insts []struct {
+		ID       string `json:"id"`
+		WorkerID string `json:"worker_id"`
+		Engine   string `json:"engine"`
+		Endpoint string `json:"endpoint"`
+		Status   string `json:"status"`
 	}
-	if s := call(t, "GET", ep.control+"/api/v1/services/"+svc.ID+"/instances", testAdminKey, nil, &insts); s != 200 || len(insts.Data) != 2 {
+	if s := call(t, "GET", ep.control+"/api/v1/services/"+svc.ID+"/instances", testAdminKey, nil, &insts); s != 200 || len(insts) != 2 {
 		t.Fatalf("instances: status %d, %+v", s, insts)
 	}
-	for _, in := range insts.Data {
-		if in.Status != "ready" || !strings.HasPrefix(in.Endpoint, "http://") || !strings.HasSuffix(in.Endpoint, "/v1") {
+	for _, in := range insts {
+		if in.Status != "ready" || in.Engine != "simulator" || in.ID == "" || in.WorkerID == "" || !strings.HasPrefix(in.Endpoint, "http://") || !strings.HasSuffix(in.Endpoint, "/v1") {
 			t.Errorf("instance %+v", in)
 		}
 	}

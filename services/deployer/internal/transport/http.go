@@ -16,7 +16,8 @@ import (
 const maxBody = 1 << 20
 
 // NewHandler returns the control API, /api/v1/catalog and
-// /api/v1/services..., behind bearer authentication.
+// /api/v1/services..., behind bearer authentication. Lists are bare JSON
+// arrays.
 func NewHandler(m *deploy.Manager, keys httpx.Verifier, log *slog.Logger) http.Handler {
 	h := &handler{m: m, log: log}
 	mux := http.NewServeMux()
@@ -50,7 +51,7 @@ func caller(r *http.Request) auth.Key {
 }
 
 func (h *handler) catalog(w http.ResponseWriter, _ *http.Request) {
-	httpx.WriteJSON(w, http.StatusOK, map[string]any{"object": "list", "data": h.m.Catalog()})
+	httpx.WriteJSON(w, http.StatusOK, h.m.Catalog())
 }
 
 func (h *handler) create(w http.ResponseWriter, r *http.Request) {
@@ -74,7 +75,7 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	httpx.WriteJSON(w, http.StatusOK, map[string]any{"object": "list", "data": list})
+	httpx.WriteJSON(w, http.StatusOK, list)
 }
 
 func (h *handler) get(w http.ResponseWriter, r *http.Request) {
@@ -92,5 +93,5 @@ func (h *handler) instances(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	httpx.WriteJSON(w, http.StatusOK, map[string]any{"object": "list", "data": list})
+	httpx.WriteJSON(w, http.StatusOK, list)
 }
