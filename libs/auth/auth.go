@@ -182,61 +182,97 @@ func (r *Keyring) Follow(ctx context.Context) error {
 // record. With a configured secret, that secret becomes (or stays) an
 // admin key. Without one, a first start generates a secret and returns it
 // in secret; later starts return an empty secret, since only the hash is
-// kept.
+// kept. Concurrent first starts agree on one admin owner: the first to
+// claim the admin record wins and the others adopt it.
 func (r *Keyring) EnsureAdmin(ctx context.Context, configured string) (k Key, secret string, err error) {
-	var first *Key
-	if e, err := r.kv.Get(ctx, adminKey); err == nil {
-		var rec Key
-		if err := json.Unmarshal(e.Value(), &rec); err != nil {
-			return Key{}, "", fmt.Errorf("decode admin record: %w", err)
-		}
-		first = &rec
-	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return Key{}, "", fmt.Errorf("read admin record: %w", err)
+	if configured != "" && (!strings.HasPrefix(configured, SecretPrefix) || len(configured) < len(SecretPrefix)+16) {
+		return Key{}, "", errs.E(errs.Invalid, "admin key must start with %q and have at least 16 more characters", SecretPrefix)
 	}
-
-	if configured != "" {
-		if !strings.HasPrefix(configured, SecretPrefix) || len(configured) < len(SecretPrefix)+16 {
-			return Key{}, "", errs.E(errs.Invalid, "admin key must start with %q and have at least 16 more characters", SecretPrefix)
-		}
-		if existing, err := r.Verify(ctx, configured); err == nil && existing.Admin {
-			return existing, "", nil
-		}
-		owner := NewOwnerID()
+	first, err := r.adminRecord(ctx)
+	if err != nil {
+		return Key{}, "", err
+	}
+	if configured == "" {
 		if first != nil {
-			owner = first.OwnerID
+			return *first, "", nil
 		}
-		k = NewKey(configured, owner, true)
+		// The key is stored before it is claimed, so a crash in between
+		// can never leave an admin record whose key does not exist.
+		secret = NewSecret()
+		k = NewKey(secret, NewOwnerID(), true)
 		if err := r.Put(ctx, k); err != nil {
 			return Key{}, "", err
 		}
-		if first == nil {
-			if err := r.putAdminRecord(ctx, k); err != nil {
-				return Key{}, "", err
-			}
+		winner, won, err := r.claimAdmin(ctx, k)
+		if err != nil {
+			return Key{}, "", err
 		}
-		return k, "", nil
+		if !won {
+			_ = r.kv.Delete(ctx, k.Hash)
+			return winner, "", nil
+		}
+		return k, secret, nil
 	}
+
+	if existing, err := r.Verify(ctx, configured); err == nil && existing.Admin {
+		return existing, "", nil
+	}
+	k = NewKey(configured, NewOwnerID(), true)
 	if first != nil {
-		return *first, "", nil
+		k.OwnerID = first.OwnerID
+	} else {
+		winner, won, err := r.claimAdmin(ctx, k)
+		if err != nil {
+			return Key{}, "", err
+		}
+		if !won {
+			k.OwnerID = winner.OwnerID
+		}
 	}
-	secret = NewSecret()
-	k = NewKey(secret, NewOwnerID(), true)
 	if err := r.Put(ctx, k); err != nil {
 		return Key{}, "", err
 	}
-	if err := r.putAdminRecord(ctx, k); err != nil {
-		return Key{}, "", err
-	}
-	return k, secret, nil
+	return k, "", nil
 }
 
-func (r *Keyring) putAdminRecord(ctx context.Context, k Key) error {
-	b, _ := json.Marshal(k)
-	if _, err := r.kv.Create(ctx, adminKey, b); err != nil {
-		return fmt.Errorf("store admin record: %w", err)
+// adminRecord returns the installation's first admin key, or nil.
+func (r *Keyring) adminRecord(ctx context.Context) (*Key, error) {
+	e, err := r.kv.Get(ctx, adminKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
 	}
-	return nil
+	if err != nil {
+		return nil, fmt.Errorf("read admin record: %w", err)
+	}
+	var rec Key
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return nil, fmt.Errorf("decode admin record: %w", err)
+	}
+	return &rec, nil
+}
+
+// claimAdmin makes k the installation's admin record unless another start
+// did first, in which case it returns that one's record and won false.
+func (r *Keyring) claimAdmin(ctx context.Context, k Key) (winner Key, won bool, err error) {
+	b, err := json.Marshal(k)
+	if err != nil {
+		return Key{}, false, err
+	}
+	_, err = r.kv.Create(ctx, adminKey, b)
+	if err == nil {
+		return k, true, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return Key{}, false, fmt.Errorf("store admin record: %w", err)
+	}
+	rec, err := r.adminRecord(ctx)
+	if err != nil {
+		return Key{}, false, err
+	}
+	if rec == nil {
+		return Key{}, false, errors.New("admin record vanished while claiming it")
+	}
+	return *rec, false, nil
 }
 
 type ctxKey struct{}

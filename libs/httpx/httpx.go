@@ -89,6 +89,8 @@ func DecodeJSON(r *http.Request, v any, limit int64) error {
 		switch {
 		case errors.As(err, &tooBig):
 			return errs.E(errs.Invalid, "request body is larger than %d bytes", limit)
+		case errors.As(err, &typeErr) && typeErr.Field == "":
+			return errs.E(errs.Invalid, "request body must be a JSON object, not %s", typeErr.Value)
 		case errors.As(err, &typeErr):
 			return errs.InvalidParam(typeErr.Field, "%s must be %s, not %s", typeErr.Field, typeErr.Type.Kind(), typeErr.Value)
 		case errors.Is(err, io.EOF):
@@ -96,6 +98,9 @@ func DecodeJSON(r *http.Request, v any, limit int64) error {
 		default:
 			return errs.E(errs.Invalid, "request body is not valid JSON: %v", err)
 		}
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errs.E(errs.Invalid, "request body has data after the JSON value")
 	}
 	return nil
 }
@@ -131,9 +136,8 @@ type Verifier interface {
 func Authenticate(v Verifier) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			h := r.Header.Get("Authorization")
-			secret, ok := strings.CutPrefix(h, "Bearer ")
-			if !ok || secret == "" {
+			scheme, secret, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+			if !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(secret) == "" {
 				WriteError(w, errs.E(errs.Unauthorized, "missing API key: send the header Authorization: Bearer <API key>"))
 				return
 			}

@@ -1,7 +1,10 @@
 // Package simulator is Modelport's simulator engine: an OpenAI-compatible
 // HTTP server that answers without a model, for tests, benchmarks and
-// machines without a GPU. Every answer says it comes from the simulator;
-// nothing it writes is presented as a real model's output.
+// machines without a GPU. Every answer opens with a notice that it is
+// simulated (a max_tokens below the notice's length cuts it short, as a
+// limit must), carries system_fingerprint "modelport-simulator", and the
+// instance reports engine "simulator": nothing it writes passes for a real
+// model's output.
 package simulator
 
 import (
@@ -236,7 +239,7 @@ func truncateTokens(text string, n int) string {
 	end := 0
 	count := 0
 	for _, l := range locs {
-		c := 1 + (len([]rune(text[l[0]:l[1]]))-1)/6
+		c := pieceTokens(text[l[0]:l[1]])
 		if count+c > n {
 			break
 		}

@@ -40,7 +40,7 @@ func (t *Table) PutService(s state.Service) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if old, ok := t.byID[s.ID]; ok && old.AccessName != s.AccessName {
-		delete(t.byAccess, old.AccessName)
+		t.releaseName(old)
 	}
 	t.byID[s.ID] = s
 	t.byAccess[s.AccessName] = s
@@ -51,8 +51,15 @@ func (t *Table) DeleteService(id string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if old, ok := t.byID[id]; ok {
-		delete(t.byAccess, old.AccessName)
+		t.releaseName(old)
 		delete(t.byID, id)
+	}
+}
+
+// releaseName drops old's access name unless another service holds it now.
+func (t *Table) releaseName(old state.Service) {
+	if cur, ok := t.byAccess[old.AccessName]; ok && cur.ID == old.ID {
+		delete(t.byAccess, old.AccessName)
 	}
 }
 
