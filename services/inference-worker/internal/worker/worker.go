@@ -48,6 +48,7 @@ type Worker struct {
 	instances map[string]*running
 }
 
+// running is an instance of this worker; inst is nil while it starts.
 type running struct {
 	inst   engine.Instance
 	record state.Instance
@@ -75,25 +76,27 @@ func (w *Worker) StartInstance(ctx context.Context, p events.InstancePlacedV1) e
 	}
 	w.mu.Lock()
 	r, ok := w.instances[p.InstanceID]
-	if !ok && len(w.instances) >= w.capacity {
+	switch {
+	case ok && r.inst == nil:
+		w.mu.Unlock()
+		return errs.E(errs.Unavailable, "instance %s is still starting", p.InstanceID)
+	case ok:
+		w.mu.Unlock()
+		return w.announce(ctx, r.record)
+	case len(w.instances) >= w.capacity:
 		w.mu.Unlock()
 		return errs.E(errs.Unavailable, "worker %s is full (%d instances)", w.id, w.capacity)
 	}
+	// Reserve the slot, so a concurrent delivery of the same placement
+	// neither starts a second instance nor overfills the worker.
+	w.instances[p.InstanceID] = &running{}
 	w.mu.Unlock()
-	if ok {
-		return w.announce(ctx, r.record)
-	}
 
-	inst, err := w.engine.Start(ctx, engine.Spec{
-		InstanceID: p.InstanceID, ServedName: p.AccessName, BaseModel: p.BaseModel, Task: p.Task,
-	})
+	inst, err := w.startReady(ctx, p)
 	if err != nil {
-		return fmt.Errorf("start instance %s: %w", p.InstanceID, err)
-	}
-	readyCtx, cancel := context.WithTimeout(ctx, w.readyTimeout)
-	defer cancel()
-	if err := engine.WaitReady(readyCtx, inst); err != nil {
-		_ = inst.Stop(context.WithoutCancel(ctx))
+		w.mu.Lock()
+		delete(w.instances, p.InstanceID)
+		w.mu.Unlock()
 		return err
 	}
 	now := time.Now().UTC()
@@ -102,10 +105,34 @@ func (w *Worker) StartInstance(ctx context.Context, p events.InstancePlacedV1) e
 		Endpoint: inst.Endpoint(), Status: state.InstanceReady, StartedAt: now, UpdatedAt: now,
 	}
 	w.mu.Lock()
+	if _, reserved := w.instances[p.InstanceID]; !reserved {
+		// Shutdown ran while it started: it must not outlive the worker.
+		w.mu.Unlock()
+		_ = inst.Stop(context.WithoutCancel(ctx))
+		return errs.E(errs.Unavailable, "worker %s stopped while instance %s started", w.id, p.InstanceID)
+	}
 	w.instances[p.InstanceID] = &running{inst: inst, record: rec}
 	w.mu.Unlock()
 	w.log.InfoContext(ctx, "instance ready", "instance_id", rec.ID, "service_id", rec.ServiceID, "endpoint", rec.Endpoint)
 	return w.announce(ctx, rec)
+}
+
+// startReady starts the engine instance and waits until it answers its
+// health check; an instance that never does is stopped.
+func (w *Worker) startReady(ctx context.Context, p events.InstancePlacedV1) (engine.Instance, error) {
+	inst, err := w.engine.Start(ctx, engine.Spec{
+		InstanceID: p.InstanceID, ServedName: p.AccessName, BaseModel: p.BaseModel, Task: p.Task,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start instance %s: %w", p.InstanceID, err)
+	}
+	readyCtx, cancel := context.WithTimeout(ctx, w.readyTimeout)
+	defer cancel()
+	if err := engine.WaitReady(readyCtx, inst); err != nil {
+		_ = inst.Stop(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	return inst, nil
 }
 
 func (w *Worker) announce(ctx context.Context, rec state.Instance) error {
@@ -133,6 +160,9 @@ func (w *Worker) Shutdown(ctx context.Context, reason string) {
 	w.instances = map[string]*running{}
 	w.mu.Unlock()
 	for id, r := range all {
+		if r.inst == nil {
+			continue // still starting: its start fails with the closed context
+		}
 		if err := w.store.DeleteInstance(ctx, r.record.ServiceID, id); err != nil {
 			w.log.WarnContext(ctx, "remove instance record", "instance_id", id, "err", err)
 		}
