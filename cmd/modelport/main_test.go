@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/modelport/modelport/libs/chtest"
 	"github.com/modelport/modelport/libs/config"
@@ -18,7 +20,92 @@ func TestMain(m *testing.M) { os.Exit(chtest.Main(m)) }
 // embedded NATS, real ClickHouse.
 func TestAllInOne(t *testing.T) {
 	chAddr, chDB := chtest.New(t)
-	env := config.Map(map[string]string{
+	env := testEnv(t, chAddr, chDB)
+	log := testLogger()
+	p, err := startPlatform(context.Background(), env, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close(context.Background()) })
+	runFlow(t, endpoints{control: p.BaseURL, router: p.BaseURL, usage: p.BaseURL}, chAddr, chDB)
+}
+
+// TestRestart stops the all-in-one platform and starts it again on the same
+// data folder: the service is still there, its instances start again, it
+// answers, and billing keeps counting from where it was.
+func TestRestart(t *testing.T) {
+	chAddr, chDB := chtest.New(t)
+	env := testEnv(t, chAddr, chDB)
+	log := testLogger()
+
+	p, err := startPlatform(context.Background(), env, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var svc service
+	if s := call(t, "POST", p.BaseURL+"/api/v1/services", testAdminKey, map[string]any{"name": "survivor", "base_model": "qwen2.5-7b-instruct"}, &svc); s != 201 {
+		t.Fatalf("create: status %d", s)
+	}
+	first := chatUntilOK(t, p.BaseURL, svc.AccessName)
+	p.Close(context.Background())
+
+	p, err = startPlatform(context.Background(), env, log)
+	if err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	t.Cleanup(func() { p.Close(context.Background()) })
+	var again service
+	if s := call(t, "GET", p.BaseURL+"/api/v1/services/"+svc.ID, testAdminKey, nil, &again); s != 200 || again.AccessName != svc.AccessName {
+		t.Fatalf("after restart: status %d, service %+v", s, again)
+	}
+	second := chatUntilOK(t, p.BaseURL, svc.AccessName)
+	eventually(t, 30*time.Second, "service running again", func() error {
+		var got service
+		call(t, "GET", p.BaseURL+"/api/v1/services/"+svc.ID, testAdminKey, nil, &got)
+		if got.Status != "running" || got.ReadyInstances != 1 {
+			return fmt.Errorf("status %s, ready %d", got.Status, got.ReadyInstances)
+		}
+		return nil
+	})
+	want := usageTotals{ServiceID: svc.ID, Requests: 2, PromptTokens: first.PromptTokens + second.PromptTokens,
+		CompletionTokens: first.CompletionTokens + second.CompletionTokens, TotalTokens: first.TotalTokens + second.TotalTokens}
+	eventually(t, 30*time.Second, "usage across the restart", func() error {
+		var got usageTotals
+		call(t, "GET", p.BaseURL+"/api/v1/usage?service_id="+svc.ID, testAdminKey, nil, &got)
+		if got != want {
+			return fmt.Errorf("usage %+v, want %+v", got, want)
+		}
+		return nil
+	})
+}
+
+// chatUntilOK calls the service until it answers (it may still be
+// starting) and returns the usage of the answer.
+func chatUntilOK(t *testing.T, base, model string) usageTotals {
+	t.Helper()
+	var u usageTotals
+	eventually(t, 30*time.Second, "chat answered", func() error {
+		var resp struct {
+			Usage struct {
+				PromptTokens     uint64 `json:"prompt_tokens"`
+				CompletionTokens uint64 `json:"completion_tokens"`
+				TotalTokens      uint64 `json:"total_tokens"`
+			} `json:"usage"`
+		}
+		s := call(t, "POST", base+"/v1/chat/completions", testAdminKey, map[string]any{
+			"model": model, "messages": []map[string]string{{"role": "user", "content": "still there?"}},
+		}, &resp)
+		if s != 200 {
+			return fmt.Errorf("status %d", s)
+		}
+		u = usageTotals{Requests: 1, PromptTokens: resp.Usage.PromptTokens, CompletionTokens: resp.Usage.CompletionTokens, TotalTokens: resp.Usage.TotalTokens}
+		return nil
+	})
+	return u
+}
+
+func testEnv(t *testing.T, chAddr, chDB string) config.Getenv {
+	return config.Map(map[string]string{
 		"MODELPORT_DATA_DIR":        t.TempDir(),
 		"MODELPORT_HTTP_ADDR":       "127.0.0.1:0",
 		"MODELPORT_NATS_PORT":       "-1",
@@ -26,15 +113,15 @@ func TestAllInOne(t *testing.T) {
 		"MODELPORT_CLICKHOUSE_DB":   chDB,
 		"MODELPORT_ADMIN_KEY":       testAdminKey,
 		"MODELPORT_SCALER_SWEEP":    "500ms",
+		"MODELPORT_READY_WAIT":      "2s",
 	})
-	log, _ := telemetry.Setup(context.Background(), "modelport-test", io.Discard, slog.LevelError)
+}
+
+func testLogger() *slog.Logger {
 	if testing.Verbose() {
-		log, _ = telemetry.Setup(context.Background(), "modelport-test", os.Stderr, slog.LevelInfo)
+		log, _ := telemetry.Setup(context.Background(), "modelport-test", os.Stderr, slog.LevelInfo)
+		return log
 	}
-	p, err := startPlatform(context.Background(), env, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close(context.Background()) })
-	runFlow(t, endpoints{control: p.BaseURL, router: p.BaseURL, usage: p.BaseURL}, chAddr, chDB)
+	log, _ := telemetry.Setup(context.Background(), "modelport-test", io.Discard, slog.LevelError)
+	return log
 }

@@ -50,7 +50,9 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	}
 	svc := billing.New(store, transport.Services{KV: bus.KV(state.BucketServices)})
 	runCtx, stop := context.WithCancel(ctx)
+	stopped := make(chan struct{})
 	go func() {
+		defer close(stopped)
 		for attempt := uint64(1); runCtx.Err() == nil; attempt++ {
 			err := store.Migrate(runCtx)
 			if err == nil {
@@ -65,14 +67,22 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 			}
 		}
 		log.Info("ClickHouse ready", "addr", cfg.ClickHouseAddr, "database", cfg.ClickHouseDB)
-		if err := transport.ConsumeUsage(runCtx, bus.JS, svc, transport.BatchConfig{Size: cfg.BatchSize, MaxWait: cfg.BatchWait}, log); err != nil {
+		consumed, err := transport.ConsumeUsage(runCtx, bus.JS, svc, transport.BatchConfig{Size: cfg.BatchSize, MaxWait: cfg.BatchWait}, log)
+		if err != nil {
 			log.Error("usage consumer", "err", err)
+			return
 		}
+		<-consumed
 	}()
 	return runner.Service{
 		Handler: transport.NewHandler(svc, auth.NewKeyring(bus.KV(state.BucketAPIKeys)), log),
-		Stop: func(context.Context) {
+		Stop: func(ctx context.Context) {
 			stop()
+			select {
+			case <-stopped:
+			case <-ctx.Done():
+				log.Warn("usage consumer still busy at stop; its batch will be redelivered")
+			}
 			_ = store.Close()
 		},
 	}, nil

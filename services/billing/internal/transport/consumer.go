@@ -23,11 +23,13 @@ type BatchConfig struct {
 	MaxWait time.Duration
 }
 
-// ConsumeUsage stores usage events in batches until ctx ends. Events are
-// acked only after their batch is in the store; when the store fails, the
-// batch is redelivered after a backoff, so nothing is lost, and the
-// store's dedupe by event ID keeps redeliveries from counting twice.
-func ConsumeUsage(ctx context.Context, js jetstream.JetStream, svc *billing.Service, cfg BatchConfig, log *slog.Logger) error {
+// ConsumeUsage stores usage events in batches until ctx ends, then closes
+// the returned channel once the batch in hand is stored and acked, so a
+// clean stop leaves nothing waiting for redelivery. Events are acked only
+// after their batch is in the store; when the store fails, the batch is
+// redelivered after a backoff, so nothing is lost, and the store's dedupe
+// by event ID keeps redeliveries from counting twice.
+func ConsumeUsage(ctx context.Context, js jetstream.JetStream, svc *billing.Service, cfg BatchConfig, log *slog.Logger) (<-chan struct{}, error) {
 	cons, err := js.CreateOrUpdateConsumer(ctx, events.StreamUsage, jetstream.ConsumerConfig{
 		Durable:       Durable,
 		FilterSubject: events.SubjectRequestCompletedV1,
@@ -36,9 +38,11 @@ func ConsumeUsage(ctx context.Context, js jetstream.JetStream, svc *billing.Serv
 		MaxAckPending: 4 * cfg.Size,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		failures := uint64(0)
 		for ctx.Err() == nil {
 			err := consumeBatch(ctx, cons, svc, cfg, log)
@@ -58,7 +62,7 @@ func ConsumeUsage(ctx context.Context, js jetstream.JetStream, svc *billing.Serv
 			}
 		}
 	}()
-	return nil
+	return done, nil
 }
 
 func consumeBatch(ctx context.Context, cons jetstream.Consumer, svc *billing.Service, cfg BatchConfig, log *slog.Logger) error {
@@ -88,7 +92,10 @@ func consumeBatch(ctx context.Context, cons jetstream.Consumer, svc *billing.Ser
 	if len(batch) == 0 {
 		return nil
 	}
-	if err := svc.Record(ctx, batch); err != nil {
+	// The batch in hand is finished even when ctx ends meanwhile.
+	storeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := svc.Record(storeCtx, batch); err != nil {
 		for _, m := range held {
 			_ = m.Nak()
 		}
