@@ -50,8 +50,8 @@ var statusOf = map[errs.Kind]struct {
 // Status returns the HTTP status for err's kind.
 func Status(err error) int { return statusOf[errs.KindOf(err)].status }
 
-// WriteError writes err as an OpenAI error object. Internal errors are
-// logged by the caller's log middleware and shown only as a generic message.
+// WriteError writes err as an OpenAI error object. Internal errors show
+// only a generic message; Fail also logs them.
 func WriteError(w http.ResponseWriter, err error) {
 	kind := errs.KindOf(err)
 	m := statusOf[kind]
@@ -69,6 +69,16 @@ func WriteError(w http.ResponseWriter, err error) {
 		d.Code = &code
 	}
 	WriteJSON(w, m.status, ErrorBody{Error: d})
+}
+
+// Fail writes err for the request and logs it when it is internal: the
+// edge is the one place an error is logged, and the caller sees only its
+// kind.
+func Fail(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	if errs.KindOf(err) == errs.Internal {
+		log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	WriteError(w, err)
 }
 
 // WriteJSON writes v with the given status.

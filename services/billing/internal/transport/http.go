@@ -5,7 +5,6 @@ import (
 	"net/http"
 
 	"github.com/modelport/modelport/libs/auth"
-	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/httpx"
 	"github.com/modelport/modelport/services/billing/internal/billing"
 )
@@ -18,10 +17,7 @@ func NewHandler(svc *billing.Service, keys httpx.Verifier, log *slog.Logger) htt
 		k, _ := auth.FromContext(r.Context())
 		t, err := svc.Totals(r.Context(), k, r.URL.Query().Get("service_id"))
 		if err != nil {
-			if errs.KindOf(err) == errs.Internal {
-				log.ErrorContext(r.Context(), "usage api", "err", err)
-			}
-			httpx.WriteError(w, err)
+			httpx.Fail(w, r, log, err)
 			return
 		}
 		httpx.WriteJSON(w, http.StatusOK, t)

@@ -37,12 +37,8 @@ type handler struct {
 	log *slog.Logger
 }
 
-// fail writes err; internal errors are logged here, once, at the edge.
 func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
-	if errs.KindOf(err) == errs.Internal {
-		h.log.ErrorContext(r.Context(), "control api", "path", r.URL.Path, "err", err)
-	}
-	httpx.WriteError(w, err)
+	httpx.Fail(w, r, h.log, err)
 }
 
 func caller(r *http.Request) auth.Key {

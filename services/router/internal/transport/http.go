@@ -35,10 +35,7 @@ type handler struct {
 }
 
 func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
-	if errs.KindOf(err) == errs.Internal {
-		h.log.ErrorContext(r.Context(), "openai api", "path", r.URL.Path, "err", err)
-	}
-	httpx.WriteError(w, err)
+	httpx.Fail(w, r, h.log, err)
 }
 
 func (h *handler) chat(w http.ResponseWriter, r *http.Request) {
