@@ -6,6 +6,7 @@ package errs
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Kind classifies an error by what the caller can do about it.
@@ -22,9 +23,15 @@ const (
 	Forbidden
 	RateLimited
 	Unavailable
+	// TooLarge is a request body or part over its limit.
+	TooLarge
+	// Upstream is an engine that failed or answered nonsense.
+	Upstream
+	// Timeout is an engine that did not answer in time.
+	Timeout
 )
 
-var kindNames = [...]string{"internal", "invalid", "not_found", "conflict", "unauthorized", "forbidden", "rate_limited", "unavailable"}
+var kindNames = [...]string{"internal", "invalid", "not_found", "conflict", "unauthorized", "forbidden", "rate_limited", "unavailable", "too_large", "upstream_error", "timeout"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -40,6 +47,8 @@ type Error struct {
 	Msg   string
 	Param string
 	Err   error
+	// RetryAfter tells a RateLimited or Unavailable caller when to retry.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {

@@ -10,7 +10,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -44,6 +46,9 @@ var statusOf = map[errs.Kind]struct {
 	errs.Conflict:     {http.StatusConflict, "conflict_error"},
 	errs.RateLimited:  {http.StatusTooManyRequests, "rate_limit_error"},
 	errs.Unavailable:  {http.StatusServiceUnavailable, "service_unavailable_error"},
+	errs.TooLarge:     {http.StatusRequestEntityTooLarge, "invalid_request_error"},
+	errs.Upstream:     {http.StatusBadGateway, "server_error"},
+	errs.Timeout:      {http.StatusGatewayTimeout, "server_error"},
 	errs.Internal:     {http.StatusInternalServerError, "server_error"},
 }
 
@@ -62,6 +67,9 @@ func WriteError(w http.ResponseWriter, err error) {
 		}
 		if e.Param != "" {
 			d.Param = &e.Param
+		}
+		if e.RetryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(e.RetryAfter.Seconds()))))
 		}
 	}
 	if kind != errs.Internal {
@@ -98,7 +106,7 @@ func DecodeJSON(r *http.Request, v any, limit int64) error {
 		var typeErr *json.UnmarshalTypeError
 		switch {
 		case errors.As(err, &tooBig):
-			return errs.E(errs.Invalid, "request body is larger than %d bytes", limit)
+			return errs.E(errs.TooLarge, "request body is larger than %d bytes", limit)
 		case errors.As(err, &typeErr) && typeErr.Field == "":
 			return errs.E(errs.Invalid, "request body must be a JSON object, not %s", typeErr.Value)
 		case errors.As(err, &typeErr):

@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/errs"
@@ -60,6 +61,29 @@ func str(p *string) string {
 	return *p
 }
 
+func TestWriteErrorRetryAfter(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"rounded up to whole seconds", &errs.Error{Kind: errs.RateLimited, Msg: "slow down", RetryAfter: 1500 * time.Millisecond}, "2"},
+		{"absent when unset", errs.E(errs.RateLimited, "slow down"), ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			httpx.WriteError(rec, tc.err)
+			if got := rec.Header().Get("Retry-After"); got != tc.want {
+				t.Errorf("Retry-After = %q, want %q", got, tc.want)
+			}
+			if rec.Code != http.StatusTooManyRequests {
+				t.Errorf("status = %d, want 429", rec.Code)
+			}
+		})
+	}
+}
+
 func TestWriteError(t *testing.T) {
 	const null = "<null>"
 	tests := []struct {
@@ -86,6 +110,18 @@ func TestWriteError(t *testing.T) {
 		{
 			name: "forbidden", err: errs.E(errs.Forbidden, "only admins"),
 			wantStatus: 403, wantType: "permission_error", wantMessage: "only admins", wantParam: null, wantCode: "forbidden",
+		},
+		{
+			name: "too large", err: errs.E(errs.TooLarge, "body over 1 MiB"),
+			wantStatus: 413, wantType: "invalid_request_error", wantMessage: "body over 1 MiB", wantParam: null, wantCode: "too_large",
+		},
+		{
+			name: "engine failed", err: errs.E(errs.Upstream, "engine failed"),
+			wantStatus: 502, wantType: "server_error", wantMessage: "engine failed", wantParam: null, wantCode: "upstream_error",
+		},
+		{
+			name: "engine timed out", err: errs.E(errs.Timeout, "engine timed out"),
+			wantStatus: 504, wantType: "server_error", wantMessage: "engine timed out", wantParam: null, wantCode: "timeout",
 		},
 		{
 			name: "not found", err: errs.E(errs.NotFound, "service s1 not found"),
@@ -332,12 +368,13 @@ func TestDecodeJSON(t *testing.T) {
 		wantErr   bool
 		wantParam string
 		wantInMsg string
+		wantKind  errs.Kind // Invalid unless set
 	}{
 		{name: "valid", body: `{"name":"chat","instances":2}`, limit: 1 << 10, want: request{Name: "chat", Instances: 2}},
 		{name: "unknown fields ignored", body: `{"name":"chat","extra":true}`, limit: 1 << 10, want: request{Name: "chat"}},
 		{
 			name: "too large", body: `{"name":"` + strings.Repeat("x", 2000) + `"}`, limit: 1 << 10,
-			wantErr: true, wantInMsg: "1024",
+			wantErr: true, wantInMsg: "1024", wantKind: errs.TooLarge,
 		},
 		{
 			name: "wrong type", body: `{"name":"chat","instances":"two"}`, limit: 1 << 10,
@@ -369,7 +406,11 @@ func TestDecodeJSON(t *testing.T) {
 				}
 				return
 			}
-			if got, want := errs.KindOf(err), errs.Invalid; got != want {
+			want := errs.Invalid
+			if tc.wantKind != 0 {
+				want = tc.wantKind
+			}
+			if got := errs.KindOf(err); got != want {
 				t.Fatalf("kind = %v, want %v (err %v)", got, want, err)
 			}
 			e, _ := errs.As(err)

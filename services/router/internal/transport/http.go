@@ -41,7 +41,7 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 func (h *handler) chat(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
 	if err != nil {
-		h.fail(w, r, errs.E(errs.Invalid, "request body is larger than %d bytes or unreadable", MaxBody))
+		h.fail(w, r, errs.E(errs.TooLarge, "request body is larger than %d bytes or unreadable", MaxBody))
 		return
 	}
 	k, _ := auth.FromContext(r.Context())
