@@ -17,7 +17,9 @@ type Bus struct {
 	Conn      *nats.Conn
 	JS        jetstream.JetStream
 	Publisher *Publisher
-	buckets   map[string]jetstream.KeyValue
+	// Replicas is how many copies JetStream keeps of each stream and bucket.
+	Replicas int
+	buckets  map[string]jetstream.KeyValue
 }
 
 // Open connects to url and ensures every stream and bucket exists with the
@@ -36,7 +38,7 @@ func Open(ctx context.Context, url, name string, replicas int, log *slog.Logger)
 		nc.Close()
 		return nil, err
 	}
-	return &Bus{Conn: nc, JS: js, Publisher: NewPublisher(js), buckets: kvs}, nil
+	return &Bus{Conn: nc, JS: js, Publisher: NewPublisher(js), Replicas: max(replicas, 1), buckets: kvs}, nil
 }
 
 // KV returns a state bucket by name; it panics on a name not in state.Buckets.

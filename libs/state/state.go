@@ -27,7 +27,13 @@ const (
 	BucketInstances  = "instances"
 	BucketWorkers    = "workers"
 	BucketAPIKeys    = "apikeys"
+	// BucketImages is an object store: generated images the router serves
+	// by URL for ImageTTL.
+	BucketImages = "images"
 )
+
+// ImageTTL is how long a generated image can be downloaded.
+const ImageTTL = time.Hour
 
 // WorkerTTL is how long a worker stays listed after its last heartbeat.
 const WorkerTTL = 15 * time.Second

@@ -6,6 +6,7 @@ package app
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/modelport/modelport/libs/auth"
@@ -20,14 +21,16 @@ import (
 
 // Config is the router's settings.
 type Config struct {
-	EngineTimeout time.Duration // MODELPORT_ENGINE_TIMEOUT: the longest an engine may take to answer
+	EngineTimeout time.Duration // MODELPORT_ENGINE_TIMEOUT: the longest an engine may take to start answering
 	ReadyWait     time.Duration // MODELPORT_READY_WAIT: how long a request waits for a ready instance
+	PublicURL     string        // MODELPORT_PUBLIC_URL: the router's address as clients see it, for image URLs
 }
 
 // ConfigFromEnv reads Config.
 func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 	var c Config
 	var err error
+	c.PublicURL = strings.TrimSuffix(getenv("MODELPORT_PUBLIC_URL"), "/")
 	if c.EngineTimeout, err = config.Duration(getenv, "MODELPORT_ENGINE_TIMEOUT", 10*time.Minute); err != nil {
 		return c, err
 	}
@@ -46,13 +49,18 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	}
 	g := gateway.New(table, transport.NewEngineClient(cfg.EngineTimeout), bus.Publisher, log)
 	g.ReadyWait = cfg.ReadyWait
+	images, err := transport.NewImageStore(ctx, bus.JS, bus.Replicas)
+	if err != nil {
+		stopWatch()
+		return runner.Service{}, err
+	}
 	keys := auth.NewKeyring(bus.KV(state.BucketAPIKeys))
 	if err := keys.Follow(watchCtx); err != nil {
 		stopWatch()
 		return runner.Service{}, err
 	}
 	return runner.Service{
-		Handler: transport.NewHandler(g, keys, log),
+		Handler: transport.NewHandler(g, images, cfg.PublicURL, keys, log),
 		Stop:    func(context.Context) { stopWatch() },
 	}, nil
 }

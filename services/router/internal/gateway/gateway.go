@@ -1,20 +1,17 @@
 // Package gateway is the router's domain: it checks an OpenAI request
 // against the caller and the service it names, forwards it to a ready
-// instance, and meters the answer.
+// instance, and meters the answer, exactly once per request.
 package gateway
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/events"
@@ -22,11 +19,12 @@ import (
 	"github.com/modelport/modelport/services/router/internal/routing"
 )
 
-// Engine sends a request body to an instance's OpenAI base URL. A
-// transport failure before any answer is errs.Unavailable, so the gateway
-// may try another instance.
+// Engine sends a request to an instance's OpenAI base URL. A failure
+// before any answer (refused, reset) is errs.Unavailable, so the gateway
+// may try another instance; no answer in time is errs.Timeout. The caller
+// closes the returned body.
 type Engine interface {
-	Post(ctx context.Context, endpoint, path string, body []byte) (status int, resp []byte, err error)
+	Open(ctx context.Context, endpoint, path string, body []byte) (status int, resp io.ReadCloser, err error)
 }
 
 // Publisher publishes usage events.
@@ -40,106 +38,23 @@ type Gateway struct {
 	engine Engine
 	pub    Publisher
 	log    *slog.Logger
-	// ReadyWait bounds how long a request waits for a ready instance.
+	// ReadyWait bounds how long a request waits for a ready instance, as
+	// when a service is still deploying.
 	ReadyWait time.Duration
+	// FailCooldown is how long an instance that failed stays out of rotation.
+	FailCooldown time.Duration
 }
 
 // New returns a Gateway.
 func New(table *routing.Table, engine Engine, pub Publisher, log *slog.Logger) *Gateway {
-	return &Gateway{table: table, engine: engine, pub: pub, log: log, ReadyWait: 10 * time.Second}
+	return &Gateway{table: table, engine: engine, pub: pub, log: log, ReadyWait: 10 * time.Second, FailCooldown: 5 * time.Second}
 }
 
-// chatRequest is the part of a chat request the gateway checks; the body
-// is forwarded as it came, so every other field reaches the engine.
-type chatRequest struct {
-	Model    string            `json:"model"`
-	Messages []json.RawMessage `json:"messages"`
-	Stream   bool              `json:"stream"`
-}
-
-// Usage is the OpenAI usage object.
-type Usage struct {
-	PromptTokens     int `json:"prompt_tokens"`
-	CompletionTokens int `json:"completion_tokens"`
-	TotalTokens      int `json:"total_tokens"`
-}
-
-// chatCompletion is the engine's answer: the gateway sets id and model and
-// keeps the rest as the engine wrote it.
-type chatCompletion struct {
-	ID                string            `json:"id"`
-	Object            string            `json:"object"`
-	Created           int64             `json:"created"`
-	Model             string            `json:"model"`
-	Choices           []json.RawMessage `json:"choices"`
-	Usage             *Usage            `json:"usage"`
-	SystemFingerprint string            `json:"system_fingerprint,omitempty"`
-}
-
-// ChatCompletion answers POST /v1/chat/completions for caller. It returns
-// the response body for the client.
-func (g *Gateway) ChatCompletion(ctx context.Context, caller auth.Key, requestID string, body []byte) ([]byte, error) {
-	started := time.Now().UTC()
-	var req chatRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) {
-			return nil, errs.InvalidParam(typeErr.Field, "%s has the wrong type: expected %s", typeErr.Field, typeErr.Type.Kind())
-		}
-		return nil, errs.E(errs.Invalid, "request body is not valid JSON: %v", err)
-	}
-	if req.Model == "" {
-		return nil, errs.InvalidParam("model", "model is required: the service's access name, such as u-<owner>/<name>")
-	}
-	if len(req.Messages) == 0 {
-		return nil, errs.InvalidParam("messages", "messages must be a non-empty array")
-	}
-	if req.Stream {
-		return nil, errs.InvalidParam("stream", "streaming responses are not available yet; send stream: false")
-	}
-	svc, err := g.service(caller, req.Model)
-	if err != nil {
-		return nil, err
-	}
-	if svc.Task == state.TaskImageGeneration {
-		return nil, errs.InvalidParam("model", "%s is an image-generation service; use POST /v1/images/generations", svc.AccessName)
-	}
-
-	status, resp, inst, err := g.forward(ctx, svc, "/chat/completions", body)
-	if err != nil {
-		return nil, err
-	}
-	if status != 200 {
-		return nil, engineError(status, resp)
-	}
-	var cc chatCompletion
-	if err := json.Unmarshal(resp, &cc); err != nil {
-		return nil, errs.Wrap(errs.Internal, err, "engine answer is not a chat completion")
-	}
-	if cc.Usage == nil {
-		return nil, errs.E(errs.Internal, "engine %s answered without usage", inst.ID)
-	}
-	cc.ID = "cmp-" + strings.ReplaceAll(uuid.NewString(), "-", "")
-	cc.Object = "chat.completion"
-	cc.Model = svc.AccessName
-	out, err := json.Marshal(cc)
-	if err != nil {
-		return nil, err
-	}
-	// Usage is recorded before the client sees the answer, so an answer
-	// never goes unbilled; the event ID makes a retried publish count once.
-	ev := events.RequestCompletedV1{
-		Meta: events.NewMeta(), RequestID: requestID, ServiceID: svc.ID, OwnerID: svc.OwnerID,
-		AccessName: svc.AccessName, BaseModel: svc.BaseModel, APIKeyID: caller.ID, InstanceID: inst.ID,
-		Endpoint: "/v1/chat/completions", Status: 200,
-		PromptTokens: cc.Usage.PromptTokens, CompletionTokens: cc.Usage.CompletionTokens, TotalTokens: cc.Usage.TotalTokens,
-		StartedAt: started, FinishedAt: time.Now().UTC(),
-	}
-	if err := g.pub.Publish(context.WithoutCancel(ctx), ev); err != nil {
-		g.log.ErrorContext(ctx, "usage event not recorded", "request_id", requestID, "service_id", svc.ID, "err", err)
-		return nil, errs.Wrap(errs.Unavailable, err, "usage could not be recorded; the request was not billed, retry it")
-	}
-	return out, nil
+// Call is one API request as the gateway sees it.
+type Call struct {
+	Caller    auth.Key
+	RequestID string
+	Body      []byte
 }
 
 // service resolves an access name for caller. Another owner's service is
@@ -152,60 +67,94 @@ func (g *Gateway) service(caller auth.Key, model string) (state.Service, error) 
 	return svc, nil
 }
 
+// upstream is an engine's answer being read; release frees the instance.
+type upstream struct {
+	status   int
+	body     io.ReadCloser
+	instance state.Instance
+	release  func()
+	fail     func() // takes the instance out of rotation
+}
+
+func (u *upstream) close() {
+	u.body.Close()
+	u.release()
+}
+
 // forward sends body to the least-loaded ready instance, waiting up to
-// ReadyWait for one, and tries one other instance if the first cannot be
-// reached.
-func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, body []byte) (int, []byte, state.Instance, error) {
+// ReadyWait for one. An instance that cannot be reached, or answers 502 or
+// 503 before any byte reached the client, is taken out of rotation for a
+// while and the request is tried once more on another instance.
+func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, body []byte) (*upstream, error) {
 	var tried []string
 	deadline := time.Now().Add(g.ReadyWait)
 	for {
 		ep, release, ok := g.table.Pick(svc.ID, tried...)
 		if !ok {
 			if len(tried) > 0 || time.Now().After(deadline) {
-				return 0, nil, state.Instance{}, errs.E(errs.Unavailable, "service %s has no ready instance; it is %s", svc.AccessName, svc.Status)
+				return nil, &errs.Error{Kind: errs.Unavailable, RetryAfter: time.Second,
+					Msg: fmt.Sprintf("service %s has no ready instance (it is %s); retry shortly", svc.AccessName, svc.Status)}
 			}
 			select {
 			case <-ctx.Done():
-				return 0, nil, state.Instance{}, ctx.Err()
-			case <-time.After(50 * time.Millisecond):
+				return nil, ctx.Err()
+			case <-time.After(20 * time.Millisecond):
 				continue
 			}
 		}
-		status, resp, err := g.engine.Post(ctx, ep.Instance.Endpoint, path, body)
-		release()
-		if err == nil {
-			return status, resp, ep.Instance, nil
+		status, resp, err := g.engine.Open(ctx, ep.Instance.Endpoint, path, body)
+		retry := errs.KindOf(err) == errs.Unavailable || err == nil && (status == 502 || status == 503)
+		if retry && ctx.Err() == nil {
+			if resp != nil {
+				resp.Close()
+			}
+			release()
+			ep.MarkFailed(g.FailCooldown)
+			if len(tried) == 0 {
+				g.log.WarnContext(ctx, "instance failed before answering; trying another", "instance_id", ep.Instance.ID, "status", status, "err", err)
+				tried = append(tried, ep.Instance.ID)
+				continue
+			}
+			if err == nil {
+				return nil, errs.E(errs.Upstream, "engine failed with status %d", status)
+			}
+			return nil, err
 		}
-		if errs.KindOf(err) != errs.Unavailable || len(tried) > 0 {
-			return 0, nil, state.Instance{}, err
+		if err != nil {
+			release()
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, err
 		}
-		g.log.WarnContext(ctx, "instance unreachable, trying another", "instance_id", ep.Instance.ID, "err", err)
-		tried = append(tried, ep.Instance.ID)
+		cooldown := g.FailCooldown
+		return &upstream{status: status, body: resp, instance: ep.Instance, release: release, fail: func() { ep.MarkFailed(cooldown) }}, nil
 	}
 }
 
-// engineError turns an engine's error answer into an error for the client:
-// the engine's message for request errors, a gateway error otherwise.
-func engineError(status int, body []byte) error {
-	var e struct {
-		Error struct {
-			Message string  `json:"message"`
-			Param   *string `json:"param"`
-		} `json:"error"`
+// meter publishes the usage of one answered request. Usage is recorded
+// before the client has the whole answer, and the event ID makes a retried
+// publish count once.
+func (g *Gateway) meter(ctx context.Context, c Call, svc state.Service, inst state.Instance, endpoint string, status int, u Usage, started time.Time) error {
+	ev := events.RequestCompletedV1{
+		Meta: events.NewMeta(), RequestID: c.RequestID, ServiceID: svc.ID, OwnerID: svc.OwnerID,
+		AccessName: svc.AccessName, BaseModel: svc.BaseModel, APIKeyID: c.Caller.ID, InstanceID: inst.ID,
+		Endpoint: endpoint, Status: status,
+		PromptTokens: u.PromptTokens, CompletionTokens: u.CompletionTokens, TotalTokens: u.PromptTokens + u.CompletionTokens,
+		StartedAt: started, FinishedAt: time.Now().UTC(),
 	}
-	_ = json.Unmarshal(body, &e)
-	msg := e.Error.Message
-	if msg == "" {
-		msg = string(bytes.TrimSpace(body[:min(len(body), 200)]))
+	if err := g.pub.Publish(context.WithoutCancel(ctx), ev); err != nil {
+		g.log.ErrorContext(ctx, "usage event not recorded", "request_id", c.RequestID, "service_id", svc.ID, "err", err)
+		return errs.Wrap(errs.Unavailable, err, "usage could not be recorded; the request was not billed, retry it")
 	}
-	if status >= 400 && status < 500 && status != 404 {
-		out := &errs.Error{Kind: errs.Invalid, Msg: msg}
-		if e.Error.Param != nil {
-			out.Param = *e.Error.Param
-		}
-		return out
-	}
-	return errs.E(errs.Internal, "engine failed with status %d: %s", status, msg)
+	return nil
+}
+
+// Usage is the OpenAI usage object of a chat completion.
+type Usage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+	TotalTokens      int `json:"total_tokens"`
 }
 
 // Models lists the services caller may call, as OpenAI model objects.
@@ -213,17 +162,36 @@ func (g *Gateway) Models(caller auth.Key) []Model {
 	out := []Model{}
 	for _, s := range g.table.Services() {
 		if caller.Admin || s.OwnerID == caller.OwnerID {
-			out = append(out, Model{ID: s.AccessName, Object: "model", Created: s.CreatedAt.Unix(), OwnedBy: "u-" + s.OwnerID})
+			out = append(out, modelOf(s))
 		}
 	}
 	slices.SortFunc(out, func(a, b Model) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 
-// Model is the OpenAI model object.
+// Model returns one service caller may call, or NotFound.
+func (g *Gateway) Model(caller auth.Key, id string) (Model, error) {
+	svc, err := g.service(caller, id)
+	if err != nil {
+		return Model{}, err
+	}
+	return modelOf(svc), nil
+}
+
+func modelOf(s state.Service) Model {
+	return Model{ID: s.AccessName, Object: "model", Created: s.CreatedAt.Unix(), OwnedBy: "u-" + s.OwnerID,
+		BaseModel: s.BaseModel, Task: s.Task, Engine: s.Engine}
+}
+
+// Model is the OpenAI model object, with what Modelport adds: the base
+// model, the task, and the engine serving it ("simulator" where no real
+// engine runs).
 type Model struct {
-	ID      string `json:"id"`
-	Object  string `json:"object"`
-	Created int64  `json:"created"`
-	OwnedBy string `json:"owned_by"`
+	ID        string `json:"id"`
+	Object    string `json:"object"`
+	Created   int64  `json:"created"`
+	OwnedBy   string `json:"owned_by"`
+	BaseModel string `json:"base_model"`
+	Task      string `json:"task"`
+	Engine    string `json:"engine"`
 }

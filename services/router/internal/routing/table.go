@@ -8,18 +8,28 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/modelport/modelport/libs/state"
 )
 
-// Endpoint is one ready instance and its load.
+// Endpoint is one ready instance, its load and its health.
 type Endpoint struct {
 	Instance    state.Instance
 	outstanding atomic.Int64
+	downUntil   atomic.Int64 // unix nanoseconds; 0 when healthy
 }
 
 // Outstanding returns the number of requests in flight to the instance.
 func (e *Endpoint) Outstanding() int64 { return e.outstanding.Load() }
+
+// MarkFailed takes the instance out of rotation for cooldown; it is tried
+// again afterwards, or sooner if every other instance is out too.
+func (e *Endpoint) MarkFailed(cooldown time.Duration) {
+	e.downUntil.Store(time.Now().Add(cooldown).UnixNano())
+}
+
+func (e *Endpoint) down(now int64) bool { return e.downUntil.Load() > now }
 
 // Table is safe for concurrent use. Writers are the bucket watchers;
 // readers are requests.
@@ -124,15 +134,18 @@ func (t *Table) DeleteInstance(serviceID, instanceID string) {
 
 // Pick returns the ready instance of a service with the fewest
 // outstanding requests, ties broken at random, skipping the instance IDs
-// in exclude. The caller must call release when the request ends.
+// in exclude and, while any other is healthy, instances marked failed.
+// The caller must call release when the request ends.
 func (t *Table) Pick(serviceID string, exclude ...string) (e *Endpoint, release func(), ok bool) {
 	t.mu.RLock()
 	eps := t.endpoints[serviceID]
 	t.mu.RUnlock()
+	now := time.Now().UnixNano()
+	healthy := slices.ContainsFunc(eps, func(c *Endpoint) bool { return !c.down(now) && !slices.Contains(exclude, c.Instance.ID) })
 	var best *Endpoint
 	ties := 0
 	for _, c := range eps {
-		if slices.Contains(exclude, c.Instance.ID) {
+		if slices.Contains(exclude, c.Instance.ID) || healthy && c.down(now) {
 			continue
 		}
 		switch {

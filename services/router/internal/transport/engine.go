@@ -3,8 +3,10 @@ package transport
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"time"
 
@@ -20,15 +22,19 @@ type EngineClient struct {
 
 var _ gateway.Engine = (*EngineClient)(nil)
 
-// NewEngineClient returns a client whose requests end after timeout.
-func NewEngineClient(timeout time.Duration) *EngineClient {
+// NewEngineClient returns a client that waits at most firstByte for an
+// engine to start answering. A stream, once started, may run as long as
+// the engine keeps it going.
+func NewEngineClient(firstByte time.Duration) *EngineClient {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 256
-	return &EngineClient{client: &http.Client{Timeout: timeout, Transport: otelhttp.NewTransport(tr)}}
+	tr.ResponseHeaderTimeout = firstByte
+	tr.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	return &EngineClient{client: &http.Client{Transport: otelhttp.NewTransport(tr)}}
 }
 
-// Post implements gateway.Engine.
-func (c *EngineClient) Post(ctx context.Context, endpoint, path string, body []byte) (int, []byte, error) {
+// Open implements gateway.Engine.
+func (c *EngineClient) Open(ctx context.Context, endpoint, path string, body []byte) (int, io.ReadCloser, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint+path, bytes.NewReader(body))
 	if err != nil {
 		return 0, nil, fmt.Errorf("engine request: %w", err)
@@ -36,15 +42,15 @@ func (c *EngineClient) Post(ctx context.Context, endpoint, path string, body []b
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.client.Do(req)
 	if err != nil {
-		if ctx.Err() != nil {
+		var netErr net.Error
+		switch {
+		case ctx.Err() != nil:
 			return 0, nil, ctx.Err()
+		case errors.As(err, &netErr) && netErr.Timeout():
+			return 0, nil, errs.Wrap(errs.Timeout, err, "the engine did not answer in time")
+		default:
+			return 0, nil, errs.Wrap(errs.Unavailable, err, "engine %s unreachable", endpoint)
 		}
-		return 0, nil, errs.Wrap(errs.Unavailable, err, "engine %s unreachable", endpoint)
 	}
-	defer resp.Body.Close()
-	out, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, nil, errs.Wrap(errs.Internal, err, "read engine answer")
-	}
-	return resp.StatusCode, out, nil
+	return resp.StatusCode, resp.Body, nil
 }

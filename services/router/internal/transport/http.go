@@ -4,6 +4,7 @@
 package transport
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -17,35 +18,117 @@ import (
 // MaxBody bounds a request body (images arrive inline as data URLs).
 const MaxBody = 32 << 20
 
-// NewHandler returns the OpenAI API under /v1, behind bearer authentication.
-func NewHandler(g *gateway.Gateway, keys httpx.Verifier, log *slog.Logger) http.Handler {
-	h := &handler{g: g, log: log}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/chat/completions", h.chat)
-	mux.HandleFunc("GET /v1/models", h.models)
-	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+// NewHandler returns the OpenAI API under /v1. Everything but image
+// downloads (whose unguessable names are their credential, as with signed
+// URLs) needs a bearer key.
+func NewHandler(g *gateway.Gateway, images *ImageStore, publicURL string, keys httpx.Verifier, log *slog.Logger) http.Handler {
+	h := &handler{g: g, images: images, publicURL: publicURL, log: log}
+	api := http.NewServeMux()
+	api.HandleFunc("POST /v1/chat/completions", h.chat)
+	api.HandleFunc("POST /v1/images/generations", h.generateImages)
+	api.HandleFunc("GET /v1/models", h.models)
+	api.HandleFunc("GET /v1/models/{model...}", h.model)
+	api.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, errs.E(errs.NotFound, "no route for %s %s", r.Method, r.URL.Path))
 	})
-	return httpx.Authenticate(keys)(mux)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+imagePath+"{name}", images.serve)
+	mux.Handle("/v1/", httpx.Authenticate(keys)(api))
+	return mux
 }
 
 type handler struct {
-	g   *gateway.Gateway
-	log *slog.Logger
+	g         *gateway.Gateway
+	images    *ImageStore
+	publicURL string
+	log       *slog.Logger
 }
 
-func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
-	httpx.Fail(w, r, h.log, err)
+func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) { httpx.Fail(w, r, h.log, err) }
+
+// call reads the request into a gateway call.
+func call(w http.ResponseWriter, r *http.Request) (gateway.Call, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return gateway.Call{}, errs.E(errs.TooLarge, "request body is larger than %d bytes", MaxBody)
+		}
+		return gateway.Call{}, errs.Wrap(errs.Invalid, err, "request body unreadable")
+	}
+	k, _ := auth.FromContext(r.Context())
+	return gateway.Call{Caller: k, RequestID: httpx.RequestIDFromContext(r.Context()), Body: body}, nil
 }
 
 func (h *handler) chat(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	c, err := call(w, r)
 	if err != nil {
-		h.fail(w, r, errs.E(errs.TooLarge, "request body is larger than %d bytes or unreadable", MaxBody))
+		h.fail(w, r, err)
 		return
 	}
-	k, _ := auth.FromContext(r.Context())
-	out, err := h.g.ChatCompletion(r.Context(), k, httpx.RequestIDFromContext(r.Context()), body)
+	reply, err := h.g.Chat(r.Context(), c)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if reply.Stream == nil {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(reply.Body)
+		return
+	}
+	h.stream(w, r, reply.Stream)
+}
+
+// stream sends a chat completion as server-sent events. The usage is
+// recorded before "data: [DONE]", and also when the stream ends early.
+func (h *handler) stream(w http.ResponseWriter, r *http.Request, s *gateway.Stream) {
+	defer s.Close()
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	send := func(data []byte) error {
+		if _, err := w.Write([]byte("data: ")); err != nil {
+			return err
+		}
+		if _, err := w.Write(data); err != nil {
+			return err
+		}
+		if _, err := w.Write([]byte("\n\n")); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
+	for {
+		data, err := s.Next()
+		if errors.Is(err, io.EOF) {
+			if err := s.Close(); err != nil {
+				h.log.ErrorContext(r.Context(), "stream usage", "err", err)
+			}
+			_ = send([]byte("[DONE]"))
+			return
+		}
+		if err != nil {
+			if r.Context().Err() == nil {
+				h.log.WarnContext(r.Context(), "stream failed", "err", err)
+				_ = send(gateway.ErrorEvent(err))
+			}
+			return
+		}
+		if err := send(data); err != nil {
+			return // the client went away; Close meters what was produced
+		}
+	}
+}
+
+func (h *handler) generateImages(w http.ResponseWriter, r *http.Request) {
+	c, err := call(w, r)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	out, err := h.g.GenerateImages(r.Context(), c, h.images, baseURL(r, h.publicURL))
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -57,4 +140,14 @@ func (h *handler) chat(w http.ResponseWriter, r *http.Request) {
 func (h *handler) models(w http.ResponseWriter, r *http.Request) {
 	k, _ := auth.FromContext(r.Context())
 	httpx.WriteJSON(w, http.StatusOK, map[string]any{"object": "list", "data": h.g.Models(k)})
+}
+
+func (h *handler) model(w http.ResponseWriter, r *http.Request) {
+	k, _ := auth.FromContext(r.Context())
+	m, err := h.g.Model(k, r.PathValue("model"))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, m)
 }

@@ -1,0 +1,168 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/modelport/modelport/libs/errs"
+	"github.com/modelport/modelport/libs/state"
+)
+
+// Stream is a streaming chat completion on its way from the engine to the
+// client. Next yields the chunks to send; Close records the usage. It is
+// used by one goroutine.
+type Stream struct {
+	g       *Gateway
+	ctx     context.Context
+	call    Call
+	svc     state.Service
+	up      *upstream
+	id      string
+	started time.Time
+	opts    streamOptions // what the client asked for
+	lines   *lineReader
+
+	usage    Usage
+	sawUsage bool
+	chunks   int // content chunks, for an engine that reports no usage
+	finished bool
+	failed   error
+	once     sync.Once
+}
+
+// Next returns the data of the next event to send, io.EOF once the engine
+// has finished, or the error that ended the stream (send ErrorEvent(err)).
+func (s *Stream) Next() ([]byte, error) {
+	for {
+		data, err := s.lines.event()
+		if err != nil {
+			switch {
+			case s.ctx.Err() != nil:
+				s.failed = s.ctx.Err()
+			case errors.Is(err, io.EOF):
+				s.up.fail()
+				s.failed = errs.E(errs.Upstream, "the engine ended the stream early")
+			default:
+				s.up.fail()
+				s.failed = errs.Wrap(errs.Upstream, err, "the engine's stream broke")
+			}
+			return nil, s.failed
+		}
+		if bytes.Equal(data, []byte("[DONE]")) {
+			s.finished = true
+			return nil, io.EOF
+		}
+		out, skip, err := s.rewrite(data)
+		if err != nil {
+			s.failed = err
+			return nil, err
+		}
+		if !skip {
+			return out, nil
+		}
+	}
+}
+
+// rewrite turns an engine chunk into the client's: Modelport's id and the
+// access name, and usage only where the client asked for it.
+func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, false, errs.Wrap(errs.Upstream, err, "the engine sent a malformed chunk")
+	}
+	if e, ok := m["error"]; ok {
+		return nil, false, engineError(502, append(append([]byte(`{"error":`), e...), '}'))
+	}
+	var u *Usage
+	if raw, ok := m["usage"]; ok && json.Unmarshal(raw, &u) == nil && u != nil {
+		s.usage, s.sawUsage = *u, true
+	}
+	final := string(bytes.TrimSpace(m["choices"])) == "[]"
+	switch {
+	case final && !s.opts.IncludeUsage:
+		return nil, true, nil
+	case !final && !s.opts.ContinuousUsageStats:
+		delete(m, "usage")
+	}
+	if !final {
+		s.chunks++
+	}
+	m["id"], _ = marshal(s.id)
+	m["model"], _ = marshal(s.svc.AccessName)
+	out, err = marshal(m)
+	return out, false, err
+}
+
+// Close ends the stream and records its usage exactly once: as the engine
+// reported it, or, for a stream cut short, the usage up to the cut.
+func (s *Stream) Close() error {
+	var err error
+	s.once.Do(func() {
+		s.up.close()
+		status := 200
+		switch {
+		case !s.finished && s.ctx.Err() != nil:
+			status = 499 // the client went away
+		case !s.finished:
+			status = 502
+		}
+		u := s.usage
+		if !s.sawUsage {
+			if s.chunks == 0 {
+				return
+			}
+			s.g.log.WarnContext(s.ctx, "engine reported no usage in its stream; billing its chunks as completion tokens", "service_id", s.svc.ID)
+			u = Usage{CompletionTokens: s.chunks}
+		}
+		err = s.g.meter(s.ctx, s.call, s.svc, s.up.instance, "/v1/chat/completions", status, u, s.started)
+	})
+	return err
+}
+
+// lineReader reads server-sent events.
+type lineReader struct {
+	r *bufio.Reader
+}
+
+func newLineReader(r io.Reader) *lineReader { return &lineReader{r: bufio.NewReaderSize(r, 64<<10)} }
+
+// event returns the data of the next event with data; comments and other
+// fields are skipped, and multi-line data is joined with newlines.
+func (l *lineReader) event() ([]byte, error) {
+	var data []byte
+	for {
+		line, err := l.r.ReadBytes('\n')
+		if err != nil && (len(line) == 0 || !errors.Is(err, io.EOF)) {
+			return nil, err
+		}
+		line = bytes.TrimRight(line, "\r\n")
+		if len(line) == 0 {
+			if data != nil {
+				return data, nil
+			}
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if v, ok := bytes.CutPrefix(line, []byte("data:")); ok {
+			v = bytes.TrimPrefix(v, []byte(" "))
+			if data != nil {
+				data = append(data, '\n')
+			}
+			data = append(data, v...)
+		}
+		if err != nil { // the last line had no newline
+			if data != nil {
+				return data, nil
+			}
+			return nil, err
+		}
+	}
+}
