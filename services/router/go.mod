@@ -7,6 +7,7 @@ require (
 	github.com/modelport/modelport/libs v0.0.0
 	github.com/nats-io/nats.go v1.55.0
 	go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp v0.72.0
+	golang.org/x/time v0.16.0
 )
 
 require (

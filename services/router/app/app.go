@@ -24,6 +24,7 @@ type Config struct {
 	EngineTimeout time.Duration // MODELPORT_ENGINE_TIMEOUT: the longest an engine may take to start answering
 	ReadyWait     time.Duration // MODELPORT_READY_WAIT: how long a request waits for a ready instance
 	PublicURL     string        // MODELPORT_PUBLIC_URL: the router's address as clients see it, for image URLs
+	RateLimit     int           // MODELPORT_RATE_LIMIT_RPM: requests per minute per API key; 0: no limit
 }
 
 // ConfigFromEnv reads Config.
@@ -32,6 +33,9 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 	var err error
 	c.PublicURL = strings.TrimSuffix(getenv("MODELPORT_PUBLIC_URL"), "/")
 	if c.EngineTimeout, err = config.Duration(getenv, "MODELPORT_ENGINE_TIMEOUT", 10*time.Minute); err != nil {
+		return c, err
+	}
+	if c.RateLimit, err = config.Int(getenv, "MODELPORT_RATE_LIMIT_RPM", 0); err != nil {
 		return c, err
 	}
 	c.ReadyWait, err = config.Duration(getenv, "MODELPORT_READY_WAIT", 10*time.Second)
@@ -60,7 +64,7 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		return runner.Service{}, err
 	}
 	return runner.Service{
-		Handler: transport.NewHandler(g, images, cfg.PublicURL, keys, log),
+		Handler: transport.NewHandler(g, images, cfg.PublicURL, keys, transport.NewKeyLimiter(cfg.RateLimit), log),
 		Stop:    func(context.Context) { stopWatch() },
 	}, nil
 }

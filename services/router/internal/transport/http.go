@@ -21,7 +21,7 @@ const MaxBody = 32 << 20
 // NewHandler returns the OpenAI API under /v1. Everything but image
 // downloads (whose unguessable names are their credential, as with signed
 // URLs) needs a bearer key.
-func NewHandler(g *gateway.Gateway, images *ImageStore, publicURL string, keys httpx.Verifier, log *slog.Logger) http.Handler {
+func NewHandler(g *gateway.Gateway, images *ImageStore, publicURL string, keys httpx.Verifier, limits *KeyLimiter, log *slog.Logger) http.Handler {
 	h := &handler{g: g, images: images, publicURL: publicURL, log: log}
 	api := http.NewServeMux()
 	api.HandleFunc("POST /v1/chat/completions", h.chat)
@@ -33,7 +33,7 @@ func NewHandler(g *gateway.Gateway, images *ImageStore, publicURL string, keys h
 	})
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+imagePath+"{name}", images.serve)
-	mux.Handle("/v1/", httpx.Authenticate(keys)(api))
+	mux.Handle("/v1/", httpx.Chain(api, httpx.Authenticate(keys), limits.Limit))
 	return mux
 }
 
