@@ -75,7 +75,9 @@ func (g *Gateway) Chat(ctx context.Context, c Call) (*Reply, error) {
 }
 
 // readLimited reads at most limit bytes of r.
-func readLimited(r io.Reader, limit int64) ([]byte, error) { return io.ReadAll(io.LimitReader(r, limit)) }
+func readLimited(r io.Reader, limit int64) ([]byte, error) {
+	return io.ReadAll(io.LimitReader(r, limit))
+}
 
 // newCompletionID returns "cmp-" and 32 hex digits.
 func newCompletionID() string { return "cmp-" + strings.ReplaceAll(uuid.NewString(), "-", "") }

@@ -44,7 +44,9 @@ type handler struct {
 	log       *slog.Logger
 }
 
-func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) { httpx.Fail(w, r, h.log, err) }
+func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
+	httpx.Fail(w, r, h.log, err)
+}
 
 // call reads the request into a gateway call.
 func call(w http.ResponseWriter, r *http.Request) (gateway.Call, error) {
