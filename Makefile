@@ -38,7 +38,7 @@ tidy:
 
 ## bench: the benchmark suite; rewrites docs/benchmarks.md
 bench: build
-	bin/modelport bench -requests 4000 -concurrency 16 -out docs/benchmarks.md
+	bin/modelport bench -requests 3000 -out docs/benchmarks.md
 
 clean:
 	rm -rf bin

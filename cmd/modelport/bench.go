@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -22,13 +23,12 @@ import (
 )
 
 // bench measures the request path: the same chat completions sent straight
-// to a simulator instance (the baseline) and through the router (auth,
-// routing, forwarding, usage event stored in JetStream). Both run in one
-// process, in one run, so the ratio holds on a noisy machine.
+// to a simulator instance (the baseline) and through the router (API-key
+// check, routing, forwarding, usage event stored in JetStream). Both run in
+// one process, in one run, so the ratios hold on a noisy machine.
 func bench(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	requests := fs.Int("requests", 4000, "requests per scenario")
-	concurrency := fs.Int("concurrency", 16, "concurrent clients")
+	requests := fs.Int("requests", 3000, "requests per scenario at the highest concurrency")
 	out := fs.String("out", "", "write the report (markdown) to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -53,49 +53,77 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	defer p.Close(context.WithoutCancel(ctx))
 
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: *concurrency * 2}}
-	svc, endpoint, err := benchService(ctx, client, p.BaseURL, key)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256}}
+	model, endpoint, err := benchService(ctx, client, p.BaseURL, key)
 	if err != nil {
 		return err
 	}
-	body := func(i int) []byte {
-		b, _ := json.Marshal(map[string]any{
-			"model":      svc,
-			"messages":   []map[string]string{{"role": "user", "content": fmt.Sprintf("Benchmark request %d: say something short.", i)}},
-			"max_tokens": 32,
-		})
-		return b
-	}
-	scenarios := []struct {
-		name, url, key string
-	}{
-		{"engine direct (baseline)", endpoint + "/chat/completions", ""},
-		{"through the router", p.BaseURL + "/v1/chat/completions", key},
-	}
-	// Warm both paths, then measure each twice, interleaved, and keep the
-	// better run of each to damp noise from the machine.
-	results := make([]benchResult, len(scenarios))
-	for round := 0; round < 3; round++ {
-		for i, s := range scenarios {
+	var cases []benchCase
+	for _, stream := range []bool{false, true} {
+		for _, conc := range []int{1, 64} {
 			n := *requests
-			if round == 0 {
-				n = min(n, 200)
+			if conc == 1 {
+				n = max(*requests/6, 100)
 			}
-			r, err := runLoad(ctx, client, s.url, s.key, n, *concurrency, body)
-			if err != nil {
-				return fmt.Errorf("%s: %w", s.name, err)
-			}
-			if round > 0 && (results[i].rps == 0 || r.rps > results[i].rps) {
-				results[i] = r
+			cases = append(cases, benchCase{stream: stream, concurrency: conc, requests: n})
+		}
+	}
+	targets := []benchTarget{
+		{name: "engine direct", url: endpoint + "/chat/completions"},
+		{name: "router", url: p.BaseURL + "/v1/chat/completions", key: key},
+	}
+	for i := range cases {
+		c := &cases[i]
+		body := func(n int) []byte {
+			b, _ := json.Marshal(map[string]any{
+				"model":      model,
+				"messages":   []map[string]string{{"role": "user", "content": fmt.Sprintf("Benchmark request %d: say something short.", n)}},
+				"max_tokens": 32,
+				"stream":     c.stream,
+			})
+			return b
+		}
+		// A warm-up, then two measured runs per target, interleaved; the
+		// better run of each is kept to damp noise from the machine.
+		for round := 0; round < 3; round++ {
+			for t, target := range targets {
+				n := c.requests
+				if round == 0 {
+					n = min(n, 100)
+				}
+				r, err := runLoad(ctx, client, target, n, c.concurrency, c.stream, body)
+				if err != nil {
+					return fmt.Errorf("%s, %s: %w", target.name, c, err)
+				}
+				if round > 0 && (c.results[t].rps == 0 || r.p50 < c.results[t].p50) {
+					c.results[t] = r
+				}
 			}
 		}
 	}
-	report := benchReport(*requests, *concurrency, scenarios[0].name, scenarios[1].name, results[0], results[1])
+	report := benchReport(*requests, cases)
 	fmt.Fprint(stdout, report)
 	if *out != "" {
 		return os.WriteFile(*out, []byte(report), 0o644)
 	}
 	return nil
+}
+
+type benchTarget struct{ name, url, key string }
+
+type benchCase struct {
+	stream      bool
+	concurrency int
+	requests    int
+	results     [2]benchResult // engine direct, router
+}
+
+func (c benchCase) String() string {
+	mode := "non-streaming"
+	if c.stream {
+		mode = "streaming"
+	}
+	return fmt.Sprintf("%s at concurrency %d", mode, c.concurrency)
 }
 
 // benchService deploys a one-instance service and returns its access name
@@ -152,13 +180,15 @@ func benchCall(ctx context.Context, c *http.Client, method, url, key string, in,
 }
 
 type benchResult struct {
-	rps           float64
-	p50, p90, p99 time.Duration
+	rps      float64
+	p50, p99 time.Duration
 }
 
-// runLoad sends n requests from concurrency clients and measures them.
-// Any failed request fails the run: a benchmark of errors measures nothing.
-func runLoad(ctx context.Context, c *http.Client, url, key string, n, concurrency int, body func(int) []byte) (benchResult, error) {
+// runLoad sends n requests from concurrency clients. It measures each
+// request's latency: the whole answer, or for a stream the time to its
+// first content chunk (time to first token). Any failed request fails the
+// run: a benchmark of errors measures nothing.
+func runLoad(ctx context.Context, c *http.Client, target benchTarget, n, concurrency int, stream bool, body func(int) []byte) (benchResult, error) {
 	lat := make([]time.Duration, n)
 	next := make(chan int)
 	errc := make(chan error, concurrency)
@@ -169,24 +199,12 @@ func runLoad(ctx context.Context, c *http.Client, url, key string, n, concurrenc
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				req, _ := http.NewRequestWithContext(ctx, "POST", url, bytes.NewReader(body(i)))
-				req.Header.Set("Content-Type", "application/json")
-				if key != "" {
-					req.Header.Set("Authorization", "Bearer "+key)
-				}
-				t0 := time.Now()
-				resp, err := c.Do(req)
+				d, err := timeRequest(ctx, c, target, body(i), stream)
 				if err != nil {
-					errc <- err
+					errc <- fmt.Errorf("request %d: %w", i, err)
 					return
 				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					errc <- fmt.Errorf("request %d: status %d", i, resp.StatusCode)
-					return
-				}
-				lat[i] = time.Since(t0)
+				lat[i] = d
 			}
 		}()
 	}
@@ -213,28 +231,69 @@ feed:
 	elapsed := time.Since(start)
 	slices.Sort(lat)
 	q := func(f float64) time.Duration { return lat[min(n-1, int(f*float64(n)))] }
-	return benchResult{rps: float64(n) / elapsed.Seconds(), p50: q(0.50), p90: q(0.90), p99: q(0.99)}, nil
+	return benchResult{rps: float64(n) / elapsed.Seconds(), p50: q(0.50), p99: q(0.99)}, nil
 }
 
-func benchReport(requests, concurrency int, baseName, routerName string, base, router benchResult) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "# Benchmarks\n\nWritten by `make bench` (`bin/modelport bench -requests %d -concurrency %d -out docs/benchmarks.md`) on %s.\n\n",
-		requests, concurrency, time.Now().UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(&b, "Machine: %s, %d CPUs, %s %s/%s.\n\n", cpuModel(), runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
-	b.WriteString("## End-to-end request path\n\n")
-	b.WriteString("Non-streaming chat completions (`max_tokens` 32) against one simulator instance with no added latency, so every microsecond is serving overhead. ")
-	b.WriteString("The baseline posts straight to the instance; the second scenario goes through the router: API-key check, routing table, forwarding, and the usage event stored in JetStream before the answer returns. ")
-	b.WriteString("Each scenario runs twice after a warm-up, interleaved, and the better run is kept. Absolute numbers move with the machine; the ratios are the figures to compare.\n\n")
-	b.WriteString("| scenario | requests/s | p50 | p90 | p99 |\n|---|---:|---:|---:|---:|\n")
-	for _, r := range []struct {
-		name string
-		res  benchResult
-	}{{baseName, base}, {routerName, router}} {
-		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %s |\n", r.name, r.res.rps, ms(r.res.p50), ms(r.res.p90), ms(r.res.p99))
+func timeRequest(ctx context.Context, c *http.Client, target benchTarget, body []byte, stream bool) (time.Duration, error) {
+	req, _ := http.NewRequestWithContext(ctx, "POST", target.url, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	if target.key != "" {
+		req.Header.Set("Authorization", "Bearer "+target.key)
 	}
-	fmt.Fprintf(&b, "\n| ratio (router / baseline) | throughput %.2f× | p50 %.2f× | p90 %.2f× | p99 %.2f× |\n|---|---|---|---|---|\n",
-		router.rps/base.rps, ratio(router.p50, base.p50), ratio(router.p90, base.p90), ratio(router.p99, base.p99))
-	fmt.Fprintf(&b, "\nAdded latency at the median: %s per request.\n", ms(router.p50-base.p50))
+	t0 := time.Now()
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		return 0, fmt.Errorf("status %d: %s", resp.StatusCode, b)
+	}
+	if !stream {
+		_, err := io.Copy(io.Discard, resp.Body)
+		return time.Since(t0), err
+	}
+	var ttft time.Duration
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if ttft == 0 && strings.HasPrefix(line, "data: ") && strings.Contains(line, `"content":"`) && !strings.Contains(line, `"content":""`) {
+			ttft = time.Since(t0)
+		}
+		if line == "data: [DONE]" {
+			if ttft == 0 {
+				return 0, fmt.Errorf("stream without content")
+			}
+			return ttft, nil
+		}
+	}
+	return 0, fmt.Errorf("stream ended without [DONE]: %v", sc.Err())
+}
+
+func benchReport(requests int, cases []benchCase) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Benchmarks\n\nWritten by `make bench` (`bin/modelport bench -requests %d -out docs/benchmarks.md`) on %s.\n\n",
+		requests, time.Now().UTC().Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(&b, "Machine: %s, %d CPUs, %s %s/%s.\n\n", cpuModel(), runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	b.WriteString("## End-to-end request path: the router's added latency\n\n")
+	b.WriteString("Chat completions (`max_tokens` 32) against one simulator instance with no added latency, so every microsecond measured is serving overhead. ")
+	b.WriteString("The baseline posts straight to the instance; the router path adds the API-key check, the routing table, forwarding, and the usage event stored in JetStream before the answer completes. ")
+	b.WriteString("Latency is the whole answer for non-streaming requests and the time to the first content chunk (time to first token) for streaming ones. ")
+	b.WriteString("Everything runs on the same machine as the load generator. Each case runs twice per target after a warm-up, interleaved, and the run with the better median is kept. ")
+	b.WriteString("Absolute numbers move with the machine; the ratios, taken in one run, are the figures to compare.\n\n")
+	b.WriteString("| case | requests | engine p50 | router p50 | **p50 ratio** | engine p99 | router p99 | **p99 ratio** | engine req/s | router req/s |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, c := range cases {
+		e, r := c.results[0], c.results[1]
+		fmt.Fprintf(&b, "| %s | %d | %s | %s | **%.2f×** | %s | %s | **%.2f×** | %.0f | %.0f |\n",
+			c, c.requests, ms(e.p50), ms(r.p50), ratio(r.p50, e.p50), ms(e.p99), ms(r.p99), ratio(r.p99, e.p99), e.rps, r.rps)
+	}
+	b.WriteString("\nAdded latency at the median, router minus engine:")
+	for _, c := range cases {
+		fmt.Fprintf(&b, " %s: %s;", c, ms(c.results[1].p50-c.results[0].p50))
+	}
+	b.WriteString("\n")
 	return b.String()
 }
 

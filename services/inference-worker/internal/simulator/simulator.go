@@ -1,22 +1,31 @@
 // Package simulator is Modelport's simulator engine: an OpenAI-compatible
 // HTTP server that answers without a model, for tests, benchmarks and
-// machines without a GPU. Every answer opens with a notice that it is
+// machines without a GPU. Every text answer opens with a notice that it is
 // simulated (a max_tokens below the notice's length cuts it short, as a
-// limit must), carries system_fingerprint "modelport-simulator", and the
-// instance reports engine "simulator": nothing it writes passes for a real
-// model's output.
+// limit must; stop strings never do), every answer carries
+// system_fingerprint "modelport-simulator", generated images carry a PNG
+// comment saying they are simulated, and the instance reports engine
+// "simulator": nothing it writes passes for a real model's output.
+//
+// Answers are deterministic: the same request (messages, seed, n and the
+// other options) gets the same text, tool calls, logprobs and images; only
+// "created" changes. The server speaks:
+//
+//	GET  /health
+//	GET  /v1/models
+//	POST /v1/chat/completions   (stream, n, stop, tools, response_format,
+//	                             logprobs, image inputs)
+//	POST /v1/images/generations (b64_json PNGs)
 package simulator
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
-	"math/rand/v2"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 )
 
@@ -26,26 +35,40 @@ type Config struct {
 	ServedName string
 	// BaseModel is the catalog model being simulated, named in answers.
 	BaseModel string
-	// TimeToFirstToken and InterTokenLatency shape how long an answer takes.
+	// TimeToFirstToken and InterTokenLatency shape how long an answer takes:
+	// a chat answer waits TimeToFirstToken, then InterTokenLatency per
+	// completion token; an image generation waits TimeToFirstToken.
 	TimeToFirstToken  time.Duration
 	InterTokenLatency time.Duration
 }
 
-// Server is one running simulated engine instance.
+// maxBodyBytes bounds a request body; data URLs of images count towards it.
+const maxBodyBytes = 32 << 20
+
+// fingerprint is every answer's system_fingerprint.
+const fingerprint = "modelport-simulator"
+
+// Server is one running simulated engine instance. It is safe for
+// concurrent use.
 type Server struct {
-	cfg  Config
-	http *http.Server
-	ln   net.Listener
-	done chan struct{}
+	cfg   Config
+	http  *http.Server
+	ln    net.Listener
+	done  chan struct{}
+	fetch *http.Client // fetches http(s) image URLs
 }
 
 // Start serves the simulator on ln until Shutdown.
 func Start(cfg Config, ln net.Listener) *Server {
-	s := &Server{cfg: cfg, ln: ln, done: make(chan struct{})}
+	s := &Server{
+		cfg: cfg, ln: ln, done: make(chan struct{}),
+		fetch: &http.Client{Timeout: imageFetchTimeout},
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
 	mux.HandleFunc("GET /v1/models", s.models)
 	mux.HandleFunc("POST /v1/chat/completions", s.chat)
+	mux.HandleFunc("POST /v1/images/generations", s.imageGenerations)
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		defer close(s.done)
@@ -74,179 +97,81 @@ func (s *Server) models(w http.ResponseWriter, _ *http.Request) {
 	})
 }
 
-type chatRequest struct {
-	Model               string    `json:"model"`
-	Messages            []message `json:"messages"`
-	MaxTokens           *int      `json:"max_tokens"`
-	MaxCompletionTokens *int      `json:"max_completion_tokens"`
-	Seed                *int64    `json:"seed"`
-	Stream              bool      `json:"stream"`
+// requestError is a request the simulator refuses, as the OpenAI error
+// body reports it.
+type requestError struct {
+	status int
+	param  string // "" is written as null
+	msg    string
 }
 
-type message struct {
-	Role    string          `json:"role"`
-	Content json.RawMessage `json:"content"`
+func (e *requestError) Error() string { return e.msg }
+
+// invalid is a 400 about param.
+func invalid(param, format string, args ...any) *requestError {
+	return &requestError{status: http.StatusBadRequest, param: param, msg: fmt.Sprintf(format, args...)}
 }
 
-type contentPart struct {
-	Type string `json:"type"`
-	Text string `json:"text"`
-}
-
-// imagePartTokens is what one image part costs, as a low-detail image does
-// in OpenAI's accounting.
-const imagePartTokens = 85
-
-// text returns a message's text and the number of image parts in it.
-func (m message) text() (string, int, error) {
-	if len(m.Content) == 0 || string(m.Content) == "null" {
-		return "", 0, nil
+// decodeBody reads the whole body, bounded by maxBodyBytes, into v. Reading
+// to the end lets the server notice a client that goes away mid-answer. A
+// JSON value of the wrong type is reported with its field as param, the
+// way the decoder names it ("temperature", "stream_options.include_usage").
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) *requestError {
+	var buf bytes.Buffer
+	if r.ContentLength > 0 {
+		buf.Grow(int(min(r.ContentLength, maxBodyBytes+1)) + bytes.MinRead)
 	}
-	var s string
-	if err := json.Unmarshal(m.Content, &s); err == nil {
-		return s, 0, nil
-	}
-	var parts []contentPart
-	if err := json.Unmarshal(m.Content, &parts); err != nil {
-		return "", 0, errors.New("content must be a string or an array of content parts")
-	}
-	var b strings.Builder
-	images := 0
-	for _, p := range parts {
-		switch p.Type {
-		case "text":
-			b.WriteString(p.Text)
-		case "image_url":
-			images++
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	body := buf.Bytes()
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return &requestError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("request body exceeds %d MiB", maxBodyBytes>>20)}
 		}
+		return invalid("", "reading request body: %v", err)
 	}
-	return b.String(), images, nil
-}
-
-func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
-	var req chatRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 32<<20)).Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid JSON: "+err.Error(), "")
-		return
-	}
-	if req.Model != s.cfg.ServedName {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("model %q is not served here", req.Model), "model")
-		return
-	}
-	if len(req.Messages) == 0 {
-		writeError(w, http.StatusBadRequest, "messages must not be empty", "messages")
-		return
-	}
-	if req.Stream {
-		writeError(w, http.StatusBadRequest, "streaming is not supported by this simulator version", "stream")
-		return
-	}
-	// Prompt accounting in the style of chat templates: a few tokens per
-	// message for role markers, and three to prime the reply.
-	prompt := 3
-	h := fnv.New64a()
-	for _, m := range req.Messages {
-		text, images, err := m.text()
-		if err != nil {
-			writeError(w, http.StatusBadRequest, err.Error(), "messages")
-			return
-		}
-		prompt += 4 + CountTokens(m.Role) + CountTokens(text) + images*imagePartTokens
-		h.Write([]byte(m.Role))
-		h.Write([]byte(text))
-	}
-	limit := -1
-	for _, p := range []*int{req.MaxCompletionTokens, req.MaxTokens} {
-		if p != nil {
-			if *p < 1 {
-				writeError(w, http.StatusBadRequest, "max_tokens must be at least 1", "max_tokens")
-				return
+	if err := json.Unmarshal(body, v); err != nil {
+		if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
+			if te.Field == "" {
+				return invalid("", "request body must be a JSON object")
 			}
-			limit = *p
-			break
+			return invalid(te.Field, "%s has the wrong type: got JSON %s, want %s", te.Field, te.Value, jsonKind(te.Type.Kind().String()))
 		}
+		return invalid("", "invalid JSON: %v", err)
 	}
-	seed := h.Sum64()
-	if req.Seed != nil {
-		seed ^= uint64(*req.Seed)
-	}
-	content, completion, finish := s.generate(seed, prompt, limit)
+	return nil
+}
 
-	delay := s.cfg.TimeToFirstToken + time.Duration(completion)*s.cfg.InterTokenLatency
+// jsonKind names a Go kind as the JSON type a client should send.
+func jsonKind(kind string) string {
+	switch kind {
+	case "int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64":
+		return "an integer"
+	case "float32", "float64":
+		return "a number"
+	case "bool":
+		return "a boolean"
+	case "string":
+		return "a string"
+	case "slice", "array":
+		return "an array"
+	default:
+		return "an object"
+	}
+}
+
+// sleep waits d or until ctx ends; it reports whether the wait completed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
 	select {
-	case <-r.Context().Done():
-		return
-	case <-time.After(delay):
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
-	writeJSON(w, http.StatusOK, map[string]any{
-		"id":      fmt.Sprintf("chatcmpl-sim-%016x", seed),
-		"object":  "chat.completion",
-		"created": time.Now().Unix(),
-		"model":   s.cfg.ServedName,
-		"choices": []map[string]any{{
-			"index":         0,
-			"message":       map[string]any{"role": "assistant", "content": content},
-			"finish_reason": finish,
-			"logprobs":      nil,
-		}},
-		"usage": map[string]int{
-			"prompt_tokens":     prompt,
-			"completion_tokens": completion,
-			"total_tokens":      prompt + completion,
-		},
-		"system_fingerprint": "modelport-simulator",
-	})
-}
-
-var vocabulary = strings.Fields(`the a model service token answer request stream batch
-	instance router worker engine latency prompt reply simulated deterministic
-	text image billing usage event cluster node queue fast steady ready scale
-	and of to in for with on is it this that which`)
-
-// generate writes a deterministic reply for seed. It opens with a notice
-// that the answer is simulated, then adds vocabulary words until a length
-// drawn from seed or the caller's limit is reached. It returns the text,
-// its token count and the finish reason.
-func (s *Server) generate(seed uint64, promptTokens, limit int) (string, int, string) {
-	rng := rand.New(rand.NewPCG(seed, 0x5eed))
-	target := 16 + rng.IntN(48)
-	finish := "stop"
-	if limit >= 0 && limit < target {
-		target, finish = limit, "length"
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "[simulated by the Modelport simulator engine for %s; not real model output] Your prompt had %d tokens.", s.cfg.BaseModel, promptTokens)
-	for CountTokens(b.String()) < target {
-		b.WriteString(" ")
-		b.WriteString(vocabulary[rng.IntN(len(vocabulary))])
-	}
-	text := b.String()
-	// Trim to the token budget: the notice alone may exceed a tiny limit.
-	for n := CountTokens(text); n > target; n = CountTokens(text) {
-		cut := strings.LastIndexAny(text[:len(text)-1], " ")
-		if cut <= 0 {
-			text = truncateTokens(text, target)
-			break
-		}
-		text = text[:cut]
-	}
-	return text, CountTokens(text), finish
-}
-
-// truncateTokens keeps the first n pre-tokens of text.
-func truncateTokens(text string, n int) string {
-	locs := pretoken.FindAllStringIndex(text, -1)
-	end := 0
-	count := 0
-	for _, l := range locs {
-		c := pieceTokens(text[l[0]:l[1]])
-		if count+c > n {
-			break
-		}
-		count += c
-		end = l[1]
-	}
-	return text[:end]
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -264,3 +189,6 @@ func writeError(w http.ResponseWriter, status int, msg, param string) {
 		"message": msg, "type": "invalid_request_error", "param": p, "code": nil,
 	}})
 }
+
+// fail writes e as an OpenAI error body.
+func fail(w http.ResponseWriter, e *requestError) { writeError(w, e.status, e.msg, e.param) }

@@ -1,0 +1,151 @@
+package simulator
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+)
+
+// chunk is one server-sent event of a streamed chat answer.
+type chunk struct {
+	ID                string        `json:"id"`
+	Object            string        `json:"object"`
+	Created           int64         `json:"created"`
+	Model             string        `json:"model"`
+	SystemFingerprint string        `json:"system_fingerprint"`
+	Choices           []chunkChoice `json:"choices"`
+	Usage             *usage        `json:"usage,omitempty"`
+}
+
+type chunkChoice struct {
+	Index        int             `json:"index"`
+	Delta        delta           `json:"delta"`
+	Logprobs     *choiceLogprobs `json:"logprobs"`
+	FinishReason *string         `json:"finish_reason"`
+}
+
+type delta struct {
+	Role      string     `json:"role,omitempty"`
+	Content   *string    `json:"content,omitempty"`
+	ToolCalls []toolCall `json:"tool_calls,omitempty"`
+}
+
+// step is one streamed piece of a choice and the choice's completion
+// tokens once it is sent.
+type step struct {
+	delta    delta
+	logprobs *choiceLogprobs
+	tokens   int
+}
+
+// steps is how c is streamed: a token per chunk for text; for a tool call,
+// the call's id and name, then its arguments a token at a time.
+func (c *choice) steps() []step {
+	if c.toolCall != nil {
+		zero := 0
+		head := *c.toolCall
+		head.Index, head.Function.Arguments = &zero, ""
+		out := []step{{delta: delta{ToolCalls: []toolCall{head}}, tokens: CountTokens(head.Function.Name)}}
+		sent := head.Function.Name
+		for _, piece := range splitTokens(c.toolCall.Function.Arguments) {
+			sent += piece
+			out = append(out, step{
+				delta:  delta{ToolCalls: []toolCall{{Index: &zero, Function: functionCall{Arguments: piece}}}},
+				tokens: CountTokens(sent),
+			})
+		}
+		return out
+	}
+	out := make([]step, len(c.pieces))
+	for i := range c.pieces {
+		out[i] = step{delta: delta{Content: &c.pieces[i]}, tokens: i + 1}
+		if c.logprobs != nil {
+			out[i].logprobs = &choiceLogprobs{Content: c.logprobs[i : i+1]}
+		}
+	}
+	return out
+}
+
+// stream sends a as server-sent events: a chunk per choice with the
+// assistant role, then, after TimeToFirstToken, a chunk per token, taking
+// the choices in turn and waiting InterTokenLatency between chunks; then a
+// chunk per choice with its finish reason, a usage chunk when asked for,
+// and [DONE]. It stops as soon as the client goes away.
+func (s *Server) stream(w http.ResponseWriter, r *http.Request, p *chatParams, a *chatAnswer) {
+	ctx := r.Context()
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+
+	sent := make([]int, len(a.choices)) // completion tokens sent, per choice
+	send := func(choices []chunkChoice, u *usage) bool {
+		c := chunk{
+			ID: a.id, Object: "chat.completion.chunk", Created: a.created, Model: s.cfg.ServedName,
+			SystemFingerprint: fingerprint, Choices: choices, Usage: u,
+		}
+		if u == nil && p.continuousUsage {
+			total := 0
+			for _, n := range sent {
+				total += n
+			}
+			so := newUsage(a.prompt, total)
+			c.Usage = &so
+		}
+		b, err := json.Marshal(c)
+		if err != nil {
+			return false
+		}
+		if _, err := w.Write(append(append([]byte("data: "), b...), '\n', '\n')); err != nil {
+			return false
+		}
+		if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+			return false
+		}
+		return ctx.Err() == nil
+	}
+
+	empty := ""
+	for i := range a.choices {
+		if !send([]chunkChoice{{Index: i, Delta: delta{Role: "assistant", Content: &empty}}}, nil) {
+			return
+		}
+	}
+	steps := make([][]step, len(a.choices))
+	longest := 0
+	for i := range a.choices {
+		steps[i] = a.choices[i].steps()
+		longest = max(longest, len(steps[i]))
+	}
+	wait := s.cfg.TimeToFirstToken
+	for k := range longest {
+		for i := range steps {
+			if k >= len(steps[i]) {
+				continue
+			}
+			if !sleep(ctx, wait) {
+				return
+			}
+			wait = s.cfg.InterTokenLatency
+			st := steps[i][k]
+			sent[i] = st.tokens
+			if !send([]chunkChoice{{Index: i, Delta: st.delta, Logprobs: st.logprobs}}, nil) {
+				return
+			}
+		}
+	}
+	for i := range a.choices {
+		if !send([]chunkChoice{{Index: i, FinishReason: &a.choices[i].finish}}, nil) {
+			return
+		}
+	}
+	if p.includeUsage {
+		u := newUsage(a.prompt, a.completionTokens())
+		if !send([]chunkChoice{}, &u) {
+			return
+		}
+	}
+	_, _ = w.Write([]byte("data: [DONE]\n\n"))
+	_ = rc.Flush()
+}
