@@ -1,0 +1,315 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"image"
+	"image/png"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelport/modelport/libs/chtest"
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+)
+
+// TestOpenAIClient drives the router with the official Go client across
+// the API surface: chat with and without streaming, models, image
+// understanding and generation, and the typed errors. At the end billing
+// must hold exactly the usage every answer reported.
+func TestOpenAIClient(t *testing.T) {
+	chAddr, chDB := chtest.New(t)
+	p, err := startPlatform(context.Background(), testEnv(t, chAddr, chDB), testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close(context.Background()) })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	text := deployRunning(t, p.BaseURL, "text", "qwen2.5-7b-instruct", "text-generation")
+	vision := deployRunning(t, p.BaseURL, "vision", "qwen2-vl-7b-instruct", "image-understanding")
+	painter := deployRunning(t, p.BaseURL, "painter", "stable-diffusion-xl", "image-generation")
+	client := openai.NewClient(option.WithBaseURL(p.BaseURL+"/v1/"), option.WithAPIKey(testAdminKey), option.WithMaxRetries(0))
+	billed := map[string]*usageTotals{text.ID: {ServiceID: text.ID}, vision.ID: {ServiceID: vision.ID}, painter.ID: {ServiceID: painter.ID}}
+	bill := func(svc string, prompt, completion int64) {
+		b := billed[svc]
+		b.Requests++
+		b.PromptTokens += uint64(prompt)
+		b.CompletionTokens += uint64(completion)
+		b.TotalTokens += uint64(prompt + completion)
+	}
+	user := func(s string) []openai.ChatCompletionMessageParamUnion {
+		return []openai.ChatCompletionMessageParamUnion{openai.UserMessage(s)}
+	}
+
+	t.Run("chat", func(t *testing.T) {
+		resp, err := client.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
+			Model: text.AccessName, Messages: user("Say this is a test!"),
+			Temperature: openai.Float(0.7), TopP: openai.Float(0.9), Seed: openai.Int(7), N: openai.Int(2),
+			Stop: openai.ChatCompletionNewParamsStopUnion{OfStringArray: []string{"never-appears"}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Choices) != 2 || resp.Choices[0].Message.Content == resp.Choices[1].Message.Content {
+			t.Errorf("n=2: choices %+v", resp.Choices)
+		}
+		if !strings.Contains(resp.RawJSON(), `"tool_calls":[]`) {
+			t.Errorf("answer without tool_calls []: %s", resp.RawJSON())
+		}
+		bill(text.ID, resp.Usage.PromptTokens, resp.Usage.CompletionTokens)
+	})
+
+	t.Run("tool call", func(t *testing.T) {
+		resp, err := client.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
+			Model: text.AccessName, Messages: user("What's the weather in Paris?"),
+			Tools: []openai.ChatCompletionToolUnionParam{openai.ChatCompletionFunctionTool(openai.FunctionDefinitionParam{
+				Name:       "get_weather",
+				Parameters: openai.FunctionParameters{"type": "object", "properties": map[string]any{"city": map[string]any{"type": "string"}}, "required": []string{"city"}},
+			})},
+			ToolChoice: openai.ChatCompletionToolChoiceOptionUnionParam{OfAuto: openai.String("required")},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls := resp.Choices[0].Message.ToolCalls
+		if len(calls) != 1 || calls[0].Function.Name != "get_weather" || !strings.Contains(calls[0].Function.Arguments, `"city"`) || resp.Choices[0].FinishReason != "tool_calls" {
+			t.Errorf("tool calls %+v, finish %q", calls, resp.Choices[0].FinishReason)
+		}
+		bill(text.ID, resp.Usage.PromptTokens, resp.Usage.CompletionTokens)
+	})
+
+	t.Run("streaming", func(t *testing.T) {
+		for _, includeUsage := range []bool{true, false} {
+			params := openai.ChatCompletionNewParams{Model: text.AccessName, Messages: user("Stream me a few words."), MaxTokens: openai.Int(40)}
+			if includeUsage {
+				params.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
+			}
+			stream := client.Chat.Completions.NewStreaming(ctx, params)
+			var acc openai.ChatCompletionAccumulator
+			var chunks, withUsage, finishes int
+			ids := map[string]bool{}
+			for stream.Next() {
+				c := stream.Current()
+				acc.AddChunk(c)
+				chunks++
+				ids[c.ID] = true
+				if c.JSON.Usage.Valid() {
+					withUsage++
+				}
+				for _, ch := range c.Choices {
+					if ch.FinishReason != "" {
+						finishes++
+					}
+				}
+				if c.Model != text.AccessName {
+					t.Errorf("chunk model %q", c.Model)
+				}
+			}
+			if err := stream.Err(); err != nil {
+				t.Fatalf("include_usage=%v: %v", includeUsage, err)
+			}
+			if len(ids) != 1 || !strings.HasPrefix(acc.ID, "cmp-") || finishes != 1 || chunks < 3 {
+				t.Errorf("include_usage=%v: ids %v, finishes %d, chunks %d", includeUsage, ids, finishes, chunks)
+			}
+			if !strings.Contains(acc.Choices[0].Message.Content, "simulat") {
+				t.Errorf("streamed content %q", acc.Choices[0].Message.Content)
+			}
+			u := acc.Usage
+			switch {
+			case includeUsage && (withUsage != 1 || u.TotalTokens != u.PromptTokens+u.CompletionTokens || u.CompletionTokens == 0):
+				t.Errorf("include_usage: %d chunks with usage, usage %+v", withUsage, u)
+			case !includeUsage && withUsage != 0:
+				t.Errorf("usage sent to a client that did not ask: %d chunks", withUsage)
+			}
+			if includeUsage {
+				bill(text.ID, u.PromptTokens, u.CompletionTokens)
+			} else {
+				// Billed all the same: the router asked the engine for usage.
+				want := billed[text.ID]
+				before := *want
+				eventually(t, 30*time.Second, "unasked stream usage billed", func() error {
+					var got usageTotals
+					call(t, "GET", p.BaseURL+"/api/v1/usage?service_id="+text.ID, testAdminKey, nil, &got)
+					if got.Requests != before.Requests+1 {
+						return fmt.Errorf("requests %d, want %d", got.Requests, before.Requests+1)
+					}
+					*want = got
+					return nil
+				})
+			}
+		}
+	})
+
+	t.Run("models", func(t *testing.T) {
+		page, err := client.Models.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]bool{}
+		for _, m := range page.Data {
+			got[m.ID] = true
+		}
+		for _, s := range []service{text, vision, painter} {
+			if !got[s.AccessName] {
+				t.Errorf("models list lacks %s: %v", s.AccessName, got)
+			}
+		}
+		m, err := client.Models.Get(ctx, vision.AccessName)
+		if err != nil || m.ID != vision.AccessName {
+			t.Errorf("models get: %+v, %v", m, err)
+		}
+	})
+
+	t.Run("image understanding", func(t *testing.T) {
+		img := image.NewRGBA(image.Rect(0, 0, 37, 21))
+		for i := range img.Pix {
+			img.Pix[i] = []byte{200, 30, 40, 255}[i%4]
+		}
+		var buf bytes.Buffer
+		if err := png.Encode(&buf, img); err != nil {
+			t.Fatal(err)
+		}
+		url := "data:image/png;base64," + base64.StdEncoding.EncodeToString(buf.Bytes())
+		resp, err := client.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
+			Model: vision.AccessName,
+			Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage([]openai.ChatCompletionContentPartUnionParam{
+				openai.TextContentPart("What is in this picture?"),
+				openai.ImageContentPart(openai.ChatCompletionContentPartImageImageURLParam{URL: url, Detail: "low"}),
+			})},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		content := resp.Choices[0].Message.Content
+		if !strings.Contains(content, "37x21") || !strings.Contains(strings.ToLower(content), "#c81e28") {
+			t.Errorf("answer does not describe the 37x21 #c81e28 image: %q", content)
+		}
+		bill(vision.ID, resp.Usage.PromptTokens, resp.Usage.CompletionTokens)
+
+		// The same image sent to a text-only service is refused.
+		_, err = client.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{
+			Model: text.AccessName,
+			Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage([]openai.ChatCompletionContentPartUnionParam{
+				openai.ImageContentPart(openai.ChatCompletionContentPartImageImageURLParam{URL: url}),
+			})},
+		})
+		wantAPIError(t, err, http.StatusBadRequest, "messages[0].content[0]")
+	})
+
+	t.Run("image generation", func(t *testing.T) {
+		resp, err := client.Images.Generate(ctx, openai.ImageGenerateParams{
+			Model: painter.AccessName, Prompt: "a red square on a blue sea", Size: "256x256",
+			ResponseFormat: openai.ImageGenerateParamsResponseFormatB64JSON, N: openai.Int(2),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Data) != 2 {
+			t.Fatalf("images: %d, want 2", len(resp.Data))
+		}
+		raw, err := base64.StdEncoding.DecodeString(resp.Data[0].B64JSON)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkPNG(t, raw, 256, 256)
+		bill(painter.ID, resp.Usage.InputTokens, resp.Usage.OutputTokens)
+
+		resp, err = client.Images.Generate(ctx, openai.ImageGenerateParams{
+			Model: painter.AccessName, Prompt: "a lighthouse", Size: "64x64", ResponseFormat: openai.ImageGenerateParamsResponseFormatURL,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(resp.Data[0].URL, p.BaseURL+"/v1/images/files/") {
+			t.Fatalf("image url %q", resp.Data[0].URL)
+		}
+		got, err := http.Get(resp.Data[0].URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer got.Body.Close()
+		var img bytes.Buffer
+		_, _ = img.ReadFrom(got.Body)
+		if got.StatusCode != 200 || got.Header.Get("Content-Type") != "image/png" {
+			t.Fatalf("GET image: %d %s", got.StatusCode, got.Header.Get("Content-Type"))
+		}
+		checkPNG(t, img.Bytes(), 64, 64)
+		bill(painter.ID, resp.Usage.InputTokens, resp.Usage.OutputTokens)
+
+		_, err = client.Images.Generate(ctx, openai.ImageGenerateParams{Model: text.AccessName, Prompt: "a cat"})
+		wantAPIError(t, err, http.StatusBadRequest, "model")
+	})
+
+	t.Run("errors", func(t *testing.T) {
+		bad := openai.NewClient(option.WithBaseURL(p.BaseURL+"/v1/"), option.WithAPIKey("mp-wrong-key-0000000000000000"), option.WithMaxRetries(0))
+		_, err := bad.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: text.AccessName, Messages: user("hi")})
+		wantAPIError(t, err, http.StatusUnauthorized, "")
+		_, err = client.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "u-000000000000/none", Messages: user("hi")})
+		wantAPIError(t, err, http.StatusNotFound, "model")
+		_, err = client.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: text.AccessName, Messages: user("hi"), Temperature: openai.Float(7)})
+		wantAPIError(t, err, http.StatusBadRequest, "temperature")
+		_, err = client.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: text.AccessName, Messages: user(strings.Repeat("x", 33<<20))})
+		wantAPIError(t, err, http.StatusRequestEntityTooLarge, "")
+		_, err = client.Models.Get(ctx, "u-000000000000/none")
+		wantAPIError(t, err, http.StatusNotFound, "model")
+	})
+
+	for id, want := range billed {
+		eventually(t, 30*time.Second, "usage of "+id, func() error {
+			var got usageTotals
+			call(t, "GET", p.BaseURL+"/api/v1/usage?service_id="+id, testAdminKey, nil, &got)
+			if got != *want {
+				return fmt.Errorf("billed %+v, want %+v", got, *want)
+			}
+			return nil
+		})
+	}
+}
+
+// deployRunning creates a one-instance service and waits until it runs.
+func deployRunning(t *testing.T, base, name, model, task string) service {
+	t.Helper()
+	var svc service
+	if s := call(t, "POST", base+"/api/v1/services", testAdminKey, map[string]any{"name": name, "base_model": model, "task": task}, &svc); s != 201 {
+		t.Fatalf("create %s: status %d", name, s)
+	}
+	eventually(t, 30*time.Second, name+" running", func() error {
+		var got service
+		call(t, "GET", base+"/api/v1/services/"+svc.ID, testAdminKey, nil, &got)
+		if got.Status != "running" {
+			return fmt.Errorf("status %s", got.Status)
+		}
+		return nil
+	})
+	return svc
+}
+
+func wantAPIError(t *testing.T, err error, status int, param string) {
+	t.Helper()
+	var apiErr *openai.Error
+	if !errors.As(err, &apiErr) {
+		t.Errorf("error %v, want an API error with status %d", err, status)
+		return
+	}
+	if apiErr.StatusCode != status || !strings.Contains(apiErr.Param, param) {
+		t.Errorf("API error status %d param %q (%s), want status %d param %q", apiErr.StatusCode, apiErr.Param, apiErr.Message, status, param)
+	}
+}
+
+func checkPNG(t *testing.T, raw []byte, w, h int) {
+	t.Helper()
+	img, err := png.Decode(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatalf("not a PNG: %v", err)
+	}
+	if b := img.Bounds(); b.Dx() != w || b.Dy() != h {
+		t.Errorf("image %dx%d, want %dx%d", b.Dx(), b.Dy(), w, h)
+	}
+}
