@@ -17,9 +17,14 @@ build:
 run: build
 	MODELPORT_CLICKHOUSE_INSTALL=$${MODELPORT_CLICKHOUSE_INSTALL:-1} bin/modelport up
 
-## test: vet, then every test with the race detector (needs ClickHouse; see README)
-test: vet
+## test: vet, then every test with the race detector (needs ClickHouse and Node; see README)
+test: vet clients/node/node_modules
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+# The official openai npm package, for the client compatibility test.
+clients/node/node_modules: clients/node/package-lock.json
+	npm ci --prefix clients/node --no-audit --no-fund
+	@touch $@
 
 ## test-short: the tests that need no binaries built
 test-short:
