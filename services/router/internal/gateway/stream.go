@@ -74,6 +74,7 @@ func (s *Stream) Next() ([]byte, error) {
 func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(data, &m); err != nil {
+		s.up.fail()
 		return nil, false, errs.Wrap(errs.Upstream, err, "the engine sent a malformed chunk")
 	}
 	if e, ok := m["error"]; ok {
@@ -138,11 +139,9 @@ func (l *lineReader) event() ([]byte, error) {
 	var data []byte
 	for {
 		line, err := l.r.ReadBytes('\n')
-		if err != nil && (len(line) == 0 || !errors.Is(err, io.EOF)) {
-			return nil, err
-		}
 		line = bytes.TrimRight(line, "\r\n")
 		if len(line) == 0 {
+			// A blank line ends an event; so does the end of the body.
 			if data != nil {
 				return data, nil
 			}
@@ -158,7 +157,7 @@ func (l *lineReader) event() ([]byte, error) {
 			}
 			data = append(data, v...)
 		}
-		if err != nil { // the last line had no newline
+		if err != nil { // the body ended without a newline
 			if data != nil {
 				return data, nil
 			}
