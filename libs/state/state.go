@@ -81,6 +81,8 @@ const (
 	StatusDeploying = "deploying"
 	StatusRunning   = "running"
 	StatusFailed    = "failed"
+	StatusDeleting  = "deleting"
+	StatusDeleted   = "deleted"
 )
 
 // Service is a deployed model service.

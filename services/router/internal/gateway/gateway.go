@@ -58,10 +58,12 @@ type Call struct {
 }
 
 // service resolves an access name for caller. Another owner's service is
-// NotFound, not Forbidden, so names do not leak.
+// NotFound, not Forbidden, so names do not leak; so is a service being
+// deleted, from the moment the deletion is accepted.
 func (g *Gateway) service(caller auth.Key, model string) (state.Service, error) {
 	svc, ok := g.table.Resolve(model)
-	if !ok || (!caller.Admin && svc.OwnerID != caller.OwnerID) {
+	gone := svc.Status == state.StatusDeleting || svc.Status == state.StatusDeleted
+	if !ok || gone || (!caller.Admin && svc.OwnerID != caller.OwnerID) {
 		return state.Service{}, &errs.Error{Kind: errs.NotFound, Param: "model", Msg: fmt.Sprintf("the model %q does not exist or you do not have access to it", model)}
 	}
 	return svc, nil
@@ -161,6 +163,9 @@ type Usage struct {
 func (g *Gateway) Models(caller auth.Key) []Model {
 	out := []Model{}
 	for _, s := range g.table.Services() {
+		if s.Status == state.StatusDeleting || s.Status == state.StatusDeleted {
+			continue
+		}
 		if caller.Admin || s.OwnerID == caller.OwnerID {
 			out = append(out, modelOf(s))
 		}

@@ -761,3 +761,24 @@ func complete(g *gateway.Gateway, ctx context.Context, caller auth.Key, requestI
 	}
 	return reply.Body, nil
 }
+
+// TestDeletedServiceIsNotFound: once a deletion is accepted the access name
+// stops resolving, before the record itself is gone.
+func TestDeletedServiceIsNotFound(t *testing.T) {
+	for _, status := range []string{state.StatusDeleting, state.StatusDeleted} {
+		t.Run(status, func(t *testing.T) {
+			f := newFixture()
+			gone := aliceChat
+			gone.Status = status
+			f.table.PutService(gone)
+			_, err := complete(f.g, context.Background(), alice, "req-1", chatBody(aliceChat.AccessName))
+			checkErr(t, err, errs.NotFound, "model")
+			if _, err := f.g.Model(alice, aliceChat.AccessName); errs.KindOf(err) != errs.NotFound {
+				t.Errorf("Model: %v, want NotFound", err)
+			}
+			if got := f.eng.endpoints(); len(got) != 0 {
+				t.Errorf("engine called: %v", got)
+			}
+		})
+	}
+}
