@@ -32,7 +32,6 @@ type Stream struct {
 	sawUsage bool
 	chunks   int // content chunks, for an engine that reports no usage
 	finished bool
-	failed   error
 	once     sync.Once
 }
 
@@ -44,15 +43,14 @@ func (s *Stream) Next() ([]byte, error) {
 		if err != nil {
 			switch {
 			case s.ctx.Err() != nil:
-				s.failed = s.ctx.Err()
+				return nil, s.ctx.Err()
 			case errors.Is(err, io.EOF):
 				s.up.fail()
-				s.failed = errs.E(errs.Upstream, "the engine ended the stream early")
+				return nil, errs.E(errs.Upstream, "the engine ended the stream early")
 			default:
 				s.up.fail()
-				s.failed = errs.Wrap(errs.Upstream, err, "the engine's stream broke")
+				return nil, errs.Wrap(errs.Upstream, err, "the engine's stream broke")
 			}
-			return nil, s.failed
 		}
 		if bytes.Equal(data, []byte("[DONE]")) {
 			s.finished = true
@@ -60,7 +58,6 @@ func (s *Stream) Next() ([]byte, error) {
 		}
 		out, skip, err := s.rewrite(data)
 		if err != nil {
-			s.failed = err
 			return nil, err
 		}
 		if !skip {
