@@ -385,6 +385,11 @@ func TestFreshEventsValidate(t *testing.T) {
 			Meta: events.NewMeta(), InstanceID: instanceID, ServiceID: serviceID, WorkerID: workerID,
 			Reason: "engine exited: status 1",
 		}},
+		{"InstanceFailedV1", events.InstanceFailedV1{
+			Meta: events.NewMeta(), InstanceID: instanceID, ServiceID: serviceID, WorkerID: workerID,
+			Engine: "vllm", Reason: "crashed 5 times within 10m0s; last: exit status 1", ExitCode: 1, Restarts: 4,
+			LogTail: "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n",
+		}},
 		{"RequestCompletedV1", events.RequestCompletedV1{
 			Meta: events.NewMeta(), RequestID: "a1b2c3d4e5f60718293a4b5c6d7e8f90", ServiceID: serviceID,
 			OwnerID: ownerID, AccessName: accessName, BaseModel: "qwen2-vl-7b-instruct",

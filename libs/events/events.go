@@ -42,6 +42,7 @@ const (
 	SubjectInstancePlacedV1   = "scale.instance.placed.v1" // + "." + worker ID
 	SubjectInstanceReadyV1    = "worker.instance.ready.v1"
 	SubjectInstanceStoppedV1  = "worker.instance.stopped.v1"
+	SubjectInstanceFailedV1   = "worker.instance.failed.v1"
 	SubjectRequestCompletedV1 = "usage.request.completed.v1"
 )
 
@@ -112,6 +113,35 @@ type InstanceStoppedV1 struct {
 // Subject implements Event.
 func (InstanceStoppedV1) Subject() string { return SubjectInstanceStoppedV1 }
 
+// InstanceFailedV1 says the inference-worker gave up on an engine
+// instance: it crashed too often in a short time, never answered its
+// readiness check, or could not be started at all. The worker has removed
+// the instance's record and freed its slot. Published by the
+// inference-worker; consumed by whoever decides what to do next (the
+// deployer's service status, the scaler's placement) and by people reading
+// the reason and the log tail.
+type InstanceFailedV1 struct {
+	Meta
+	InstanceID string `json:"instance_id"`
+	ServiceID  string `json:"service_id"`
+	WorkerID   string `json:"worker_id"`
+	Engine     string `json:"engine"`
+	Reason     string `json:"reason"`
+	// ExitCode is the engine's last exit status; -1 when it was killed by
+	// a signal, stopped by the worker, or never started.
+	ExitCode int `json:"exit_code"`
+	// Restarts counts the restarts after crashes before the worker gave up.
+	Restarts int `json:"restarts"`
+	// LogTail is the end of the engine's output, at most MaxLogTail bytes.
+	LogTail string `json:"log_tail"`
+}
+
+// MaxLogTail bounds InstanceFailedV1.LogTail, in bytes of valid UTF-8.
+const MaxLogTail = 8 << 10
+
+// Subject implements Event.
+func (InstanceFailedV1) Subject() string { return SubjectInstanceFailedV1 }
+
 // RequestCompletedV1 is the metered usage of one API request. Published by
 // the router once the engine has answered; consumed by billing, which
 // stores it in ClickHouse keyed by EventID.
@@ -143,5 +173,6 @@ var Registry = map[string]Event{
 	SubjectInstancePlacedV1:   InstancePlacedV1{},
 	SubjectInstanceReadyV1:    InstanceReadyV1{},
 	SubjectInstanceStoppedV1:  InstanceStoppedV1{},
+	SubjectInstanceFailedV1:   InstanceFailedV1{},
 	SubjectRequestCompletedV1: RequestCompletedV1{},
 }

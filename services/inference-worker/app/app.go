@@ -8,13 +8,17 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/modelport/modelport/libs/catalog"
 	"github.com/modelport/modelport/libs/config"
+	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/runner"
@@ -35,6 +39,9 @@ type Config struct {
 	Heartbeat         time.Duration // MODELPORT_WORKER_HEARTBEAT
 	TimeToFirstToken  time.Duration // MODELPORT_SIM_TTFT: the simulator's time to first token
 	InterTokenLatency time.Duration // MODELPORT_SIM_ITL: the simulator's time per further token
+	GPUs              int           // MODELPORT_WORKER_GPUS; default: the GPUs nvidia-smi lists, else 0
+	Engines           []string      // MODELPORT_WORKER_ENGINES: real engines this worker may run, e.g. "vllm,llama.cpp"
+	CatalogFile       string        // MODELPORT_CATALOG: a catalog file replacing the built-in one
 }
 
 // ConfigFromEnv reads Config.
@@ -58,6 +65,18 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 	if c.InterTokenLatency, err = config.Duration(getenv, "MODELPORT_SIM_ITL", 0); err != nil {
 		return c, err
 	}
+	if c.GPUs, err = config.Int(getenv, "MODELPORT_WORKER_GPUS", -1); err != nil {
+		return c, err
+	}
+	if c.GPUs < 0 {
+		c.GPUs = countGPUs()
+	}
+	for _, e := range strings.Split(getenv("MODELPORT_WORKER_ENGINES"), ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			c.Engines = append(c.Engines, e)
+		}
+	}
+	c.CatalogFile = getenv("MODELPORT_CATALOG")
 	if r := getenv("MODELPORT_WORKER_PORTS"); r != "" {
 		first, last, ok := strings.Cut(r, "-")
 		a, err1 := strconv.Atoi(first)
@@ -80,7 +99,43 @@ func (c Config) Validate() error {
 	case c.Heartbeat <= 0 || c.Heartbeat >= state.WorkerTTL:
 		return fmt.Errorf("MODELPORT_WORKER_HEARTBEAT must be between 0 and %s", state.WorkerTTL)
 	}
+	for _, e := range c.Engines {
+		if _, ok := engine.Adapters[e]; !ok {
+			return fmt.Errorf("MODELPORT_WORKER_ENGINES: %q is not an engine (vllm, llama.cpp, sglang, ollama)", e)
+		}
+	}
 	return nil
+}
+
+// countGPUs asks nvidia-smi how many GPUs the machine has; none without it.
+func countGPUs() int {
+	out, err := exec.Command("nvidia-smi", "-L").Output()
+	if err != nil {
+		return 0
+	}
+	return strings.Count(string(out), "GPU ")
+}
+
+// specs completes a placement's spec from the catalog, and decides where
+// it runs: on the catalog's engine where this worker may run it and has
+// the GPUs, else on the simulator, which then says so in every answer and
+// in the instance's engine.
+func specs(cat *catalog.Catalog, cfg Config) worker.SpecFunc {
+	return func(spec engine.Spec) (engine.Spec, error) {
+		m, ok := cat.Lookup(spec.BaseModel)
+		if !ok {
+			return spec, errs.E(errs.Invalid, "base model %q is not in this worker's catalog", spec.BaseModel)
+		}
+		spec.Source, spec.ContextLength, spec.GPUs, spec.TensorParallel = m.Source, m.ContextLength, m.GPUs, m.TensorParallel
+		if m.FineTuned() {
+			spec.Adapter = engine.LoRA{Name: spec.ServedName, Path: m.Adapter}
+		}
+		spec.Engine = m.Engine
+		if !slices.Contains(cfg.Engines, m.Engine) || m.GPUs > cfg.GPUs {
+			spec.Engine, spec.GPUs = "simulator", 0
+		}
+		return spec, nil
+	}
 }
 
 // workerIDPattern keeps worker IDs usable as key-value keys and as the
@@ -118,11 +173,16 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		}
 	}
 
-	eng := &engine.Simulator{
+	cat, err := catalog.Load(cfg.CatalogFile)
+	if err != nil {
+		return runner.Service{}, err
+	}
+	eng := &engine.Registry{
 		Ports:            engine.Ports{Host: cfg.ListenHost, First: cfg.FirstPort, Last: cfg.LastPort, Advertise: cfg.AdvertiseHost},
+		Log:              log,
 		TimeToFirstToken: cfg.TimeToFirstToken, InterTokenLatency: cfg.InterTokenLatency,
 	}
-	w := worker.New(cfg.ID, cfg.Capacity, eng, store, bus.Publisher, log)
+	w := worker.New(cfg.ID, cfg.Capacity, eng, store, bus.Publisher, log, worker.WithSpecs(specs(cat, cfg)), worker.WithGPUs(cfg.GPUs))
 	if err := w.Heartbeat(ctx); err != nil {
 		return runner.Service{}, err
 	}
@@ -162,7 +222,7 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		stopBeats()
 		return runner.Service{}, err
 	}
-	log.Info("worker started", "capacity", cfg.Capacity, "engine", eng.Name())
+	log.Info("worker started", "capacity", cfg.Capacity, "gpus", cfg.GPUs, "engines", cfg.Engines)
 	return runner.Service{Stop: func(ctx context.Context) {
 		stopBeats()
 		w.Shutdown(ctx, "worker stopped")

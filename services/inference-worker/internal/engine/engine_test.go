@@ -4,13 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -119,77 +116,6 @@ func TestPortsListenAny(t *testing.T) {
 	}
 }
 
-// instance is an engine.Instance at a test server.
-type instance struct{ base string }
-
-func (i instance) Endpoint() string           { return i.base + "/v1" }
-func (i instance) HealthURL() string          { return i.base + "/health" }
-func (i instance) Stop(context.Context) error { return nil }
-
-func TestWaitReady(t *testing.T) {
-	tests := []struct {
-		name     string
-		readyAt  int64 // the poll that first answers 200; 0: never
-		timeout  time.Duration
-		wantErr  bool
-		minPolls int64
-	}{
-		{name: "ready at once", readyAt: 1, timeout: 5 * time.Second, minPolls: 1},
-		{name: "ready after a few polls", readyAt: 4, timeout: 5 * time.Second, minPolls: 4},
-		{name: "never ready", timeout: 150 * time.Millisecond, wantErr: true, minPolls: 2},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			var polls atomic.Int64
-			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if r.URL.Path != "/health" || r.Method != http.MethodGet {
-					t.Errorf("%s %s, want GET /health", r.Method, r.URL.Path)
-				}
-				if n := polls.Add(1); tc.readyAt == 0 || n < tc.readyAt {
-					w.WriteHeader(http.StatusServiceUnavailable)
-					return
-				}
-				w.WriteHeader(http.StatusOK)
-			}))
-			defer srv.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), tc.timeout)
-			defer cancel()
-			start := time.Now()
-			err := engine.WaitReady(ctx, instance{base: srv.URL})
-			if tc.wantErr {
-				if !errors.Is(err, context.DeadlineExceeded) {
-					t.Fatalf("err = %v, want the context's deadline", err)
-				}
-				if !strings.Contains(err.Error(), srv.URL) {
-					t.Errorf("error %q does not name the instance", err)
-				}
-				if elapsed := time.Since(start); elapsed > 2*time.Second {
-					t.Errorf("returned %v after the deadline", elapsed)
-				}
-			} else if err != nil {
-				t.Fatalf("WaitReady: %v", err)
-			}
-			if got := polls.Load(); got < tc.minPolls {
-				t.Errorf("polled %d times, want at least %d", got, tc.minPolls)
-			}
-			if !tc.wantErr {
-				if got, want := polls.Load(), tc.readyAt; got != want {
-					t.Errorf("polled %d times, want %d: no poll after ready", got, want)
-				}
-			}
-		})
-	}
-	t.Run("unreachable", func(t *testing.T) {
-		srv := httptest.NewServer(http.NotFoundHandler())
-		srv.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		defer cancel()
-		if err := engine.WaitReady(ctx, instance{base: srv.URL}); !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("err = %v, want the context's deadline", err)
-		}
-	})
-}
-
 func TestSimulatorStart(t *testing.T) {
 	tests := []struct {
 		name      string
@@ -211,8 +137,11 @@ func TestSimulatorStart(t *testing.T) {
 			if !strings.HasPrefix(ep, "http://"+tc.wantHost+":") || !strings.HasSuffix(ep, "/v1") {
 				t.Errorf("endpoint = %q, want http://%s:<port>/v1", ep, tc.wantHost)
 			}
-			if got, want := inst.HealthURL(), strings.TrimSuffix(ep, "/v1")+"/health"; got != want {
-				t.Errorf("health URL = %q, want %q", got, want)
+			if got, want := inst.Engine(), "simulator"; got != want {
+				t.Errorf("engine = %q, want %q", got, want)
+			}
+			if ev := <-inst.Events(); ev.State != engine.Ready {
+				t.Errorf("first event %+v, want ready", ev)
 			}
 		})
 	}
@@ -228,10 +157,8 @@ func TestSimulatorServes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := engine.WaitReady(ctx, inst); err != nil {
-		t.Fatalf("WaitReady: %v", err)
+	if ev := <-inst.Events(); ev.State != engine.Ready {
+		t.Fatalf("first event %+v, want ready", ev)
 	}
 
 	client := &http.Client{Timeout: 5 * time.Second}
@@ -291,6 +218,9 @@ func TestSimulatorServes(t *testing.T) {
 
 	if err := inst.Stop(context.Background()); err != nil {
 		t.Fatalf("Stop: %v", err)
+	}
+	if ev, ok := <-inst.Events(); ok {
+		t.Errorf("event %+v after Stop, want the channel closed", ev)
 	}
 	client.CloseIdleConnections()
 	if resp, err := post(served); err == nil {

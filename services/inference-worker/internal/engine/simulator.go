@@ -38,14 +38,23 @@ func (s *Simulator) Start(_ context.Context, spec Spec) (Instance, error) {
 		host = s.Ports.Host
 	}
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-	return &simInstance{srv: srv, base: "http://" + net.JoinHostPort(host, port)}, nil
+	inst := &simInstance{srv: srv, base: "http://" + net.JoinHostPort(host, port), events: newEvents()}
+	// It serves from the moment it listens.
+	inst.events.send(Event{State: Ready})
+	return inst, nil
 }
 
 type simInstance struct {
-	srv  *simulator.Server
-	base string
+	srv    *simulator.Server
+	base   string
+	events *events
 }
 
-func (i *simInstance) Endpoint() string               { return i.base + "/v1" }
-func (i *simInstance) HealthURL() string              { return i.base + "/health" }
-func (i *simInstance) Stop(ctx context.Context) error { return i.srv.Shutdown(ctx) }
+func (i *simInstance) Engine() string       { return "simulator" }
+func (i *simInstance) Endpoint() string     { return i.base + "/v1" }
+func (i *simInstance) HealthURL() string    { return i.base + "/health" }
+func (i *simInstance) Events() <-chan Event { return i.events.ch }
+func (i *simInstance) Stop(ctx context.Context) error {
+	defer i.events.close()
+	return i.srv.Shutdown(ctx)
+}

@@ -22,12 +22,13 @@ type choice struct {
 	toolCall *toolCall // nil for a text answer
 	finish   string
 	tokens   int       // completion tokens
-	pieces   []string  // content's tokens, as they are streamed
-	logprobs []logprob // one per piece when logprobs are asked for
+	pieces   []piece   // content's tokens, as they are streamed
+	logprobs []logprob // one per token when logprobs are asked for
 }
 
-// answer builds choice i of a request whose prompt hashed to seed.
-func (s *Server) answer(p *chatParams, seed uint64, i, promptTokens int, images []imageInfo) choice {
+// answer builds choice i of a request for base whose prompt hashed to
+// seed.
+func answer(p *chatParams, base string, seed uint64, i, promptTokens int, images []imageInfo) choice {
 	seed = choiceSeed(seed, i)
 	if p.toolChoice == toolsRequired || p.toolChoice == toolsNamed {
 		call := callTool(p, seed)
@@ -41,15 +42,19 @@ func (s *Server) answer(p *chatParams, seed uint64, i, promptTokens int, images 
 	}
 	var c choice
 	if p.jsonMode {
-		text, _ := s.text(seed, promptTokens, images, -1, p.stops)
-		c.content, c.finish = jsonAnswer(text, p.limit)
+		words, _ := replyText(base, seed, promptTokens, images, -1, p.stops)
+		c.content, c.finish = jsonAnswer(words, p.limit)
 	} else {
-		c.content, c.finish = s.text(seed, promptTokens, images, p.limit, p.stops)
+		c.content, c.finish = replyText(base, seed, promptTokens, images, p.limit, p.stops)
 	}
 	c.pieces = splitTokens(c.content)
-	c.tokens = len(c.pieces)
+	var tokens [][]byte
+	for _, pc := range c.pieces {
+		tokens = append(tokens, pc.tokens...)
+	}
+	c.tokens = len(tokens)
 	if p.logprobs {
-		c.logprobs = logprobsFor(seed, c.pieces, p.topLogprobs)
+		c.logprobs = logprobsFor(seed, tokens, p.topLogprobs)
 	}
 	return c
 }
@@ -58,11 +63,11 @@ func (s *Server) answer(p *chatParams, seed uint64, i, promptTokens int, images 
 // CountTokens(name+prefix) <= limit.
 func truncateArguments(name, args string, limit int) string {
 	kept := ""
-	for _, piece := range splitTokens(args) {
-		if CountTokens(name+kept+piece) > limit {
+	for _, pc := range splitTokens(args) {
+		if CountTokens(name+kept+pc.text) > limit {
 			break
 		}
-		kept += piece
+		kept += pc.text
 	}
 	return kept
 }
@@ -73,18 +78,18 @@ func choiceSeed(seed uint64, i int) uint64 {
 	return seed ^ uint64(i)*0x9e3779b97f4a7c15
 }
 
-// text writes a deterministic reply for seed: the notice, a line per
-// image, the prompt's token count, then vocabulary words until a length
-// drawn from seed or the caller's limit is reached. Without a limit the
-// length covers at least everything before the words, so the notice is
-// never cut short by chance. Stop strings are looked for after the notice
-// and the image lines, and cut the text before the first one found. It
-// returns the text and the finish reason.
-func (s *Server) text(seed uint64, promptTokens int, images []imageInfo, limit int, stops []string) (string, string) {
+// replyText writes a deterministic reply for seed: the notice naming
+// base, a line per image, the prompt's token count, then vocabulary words
+// until a length drawn from seed or the caller's limit is reached. Without
+// a limit the length covers at least everything before the words, so the
+// notice is never cut short by chance. Stop strings are looked for after
+// the notice and the image lines, and cut the text before the first one
+// found. It returns the text and the finish reason.
+func replyText(base string, seed uint64, promptTokens int, images []imageInfo, limit int, stops []string) (string, string) {
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
 	target := 16 + rng.IntN(48)
 	var b strings.Builder
-	fmt.Fprintf(&b, notice, s.cfg.BaseModel)
+	fmt.Fprintf(&b, notice, base)
 	for k, im := range images {
 		fmt.Fprintf(&b, " image %d: %s.", k+1, im.describe())
 	}
@@ -95,9 +100,13 @@ func (s *Server) text(seed uint64, promptTokens int, images []imageInfo, limit i
 	if limit >= 0 && limit < target {
 		target, finish = limit, "length"
 	}
-	for CountTokens(b.String()) < target {
-		b.WriteString(" ")
-		b.WriteString(vocabulary[rng.IntN(len(vocabulary))])
+	// The text so far ends in a full stop and each word is letters after a
+	// space, which cl100k_base pre-tokenizes on its own: counts add up word
+	// by word, without encoding the whole text again.
+	for n := CountTokens(b.String()); n < target; {
+		word := " " + vocabulary[rng.IntN(len(vocabulary))]
+		b.WriteString(word)
+		n += CountTokens(word)
 	}
 	text := b.String()
 	// Trim to the token budget: the notice alone may exceed a tiny limit.
@@ -126,22 +135,6 @@ func firstStop(text string, stops []string) int {
 		}
 	}
 	return at
-}
-
-// truncateTokens keeps the first n pre-tokens of text.
-func truncateTokens(text string, n int) string {
-	locs := pretoken.FindAllStringIndex(text, -1)
-	end := 0
-	count := 0
-	for _, l := range locs {
-		c := pieceTokens(text[l[0]:l[1]])
-		if count+c > n {
-			break
-		}
-		count += c
-		end = l[1]
-	}
-	return text[:end]
 }
 
 // jsonAnswer wraps text in the JSON object that json_object and

@@ -48,6 +48,7 @@ func newUsage(prompt, completion int) usage {
 type chatAnswer struct {
 	id      string
 	created int64
+	model   string // the served name asked for
 	prompt  int
 	choices []choice
 }
@@ -67,8 +68,9 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	if req.Model != s.cfg.ServedName {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("model %q is not served here", req.Model), "model")
+	base, ok := s.baseModel(req.Model)
+	if !ok {
+		notServed(w, req.Model)
 		return
 	}
 	p, err := req.validate()
@@ -76,7 +78,7 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	a, err := s.prepare(r, p)
+	a, err := s.prepare(r, p, req.Model, base)
 	if err != nil {
 		fail(w, err)
 		return
@@ -85,12 +87,19 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 		s.stream(w, r, p, a)
 		return
 	}
-	delay := s.cfg.TimeToFirstToken + time.Duration(a.completionTokens())*s.cfg.InterTokenLatency
-	if !sleep(r.Context(), delay) {
+	tokens := a.completionTokens()
+	if n := s.cfg.CrashAfterTokens; n > 0 && tokens >= n {
+		// The engine dies n tokens into the answer.
+		if sleep(r.Context(), s.cfg.TimeToFirstToken+time.Duration(n)*s.cfg.InterTokenLatency) {
+			cut(w)
+		}
+		return
+	}
+	if !sleep(r.Context(), s.cfg.TimeToFirstToken+time.Duration(tokens)*s.cfg.InterTokenLatency) {
 		return
 	}
 	out := chatCompletion{
-		ID: a.id, Object: "chat.completion", Created: a.created, Model: s.cfg.ServedName,
+		ID: a.id, Object: "chat.completion", Created: a.created, Model: a.model,
 		Usage: newUsage(a.prompt, a.completionTokens()), SystemFingerprint: fingerprint,
 	}
 	for i, c := range a.choices {
@@ -117,7 +126,7 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 // message for role markers, three to prime the reply, and each image's
 // cost by OpenAI's tile formula. The seed hashes each message's role, text
 // and image descriptions, mixed with the request's seed.
-func (s *Server) prepare(r *http.Request, p *chatParams) (*chatAnswer, *requestError) {
+func (s *Server) prepare(r *http.Request, p *chatParams, model, base string) (*chatAnswer, *requestError) {
 	prompt := 3
 	h := fnv.New64a()
 	var images []imageInfo
@@ -143,9 +152,9 @@ func (s *Server) prepare(r *http.Request, p *chatParams) (*chatAnswer, *requestE
 	if p.seed != nil {
 		seed ^= uint64(*p.seed)
 	}
-	a := &chatAnswer{id: fmt.Sprintf("chatcmpl-sim-%016x", seed), created: time.Now().Unix(), prompt: prompt}
+	a := &chatAnswer{id: fmt.Sprintf("chatcmpl-sim-%016x", seed), created: time.Now().Unix(), model: model, prompt: prompt}
 	for i := range p.n {
-		a.choices = append(a.choices, s.answer(p, seed, i, prompt, images))
+		a.choices = append(a.choices, answer(p, base, seed, i, prompt, images))
 	}
 	return a, nil
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/binary"
-	"fmt"
 	"hash/crc32"
 	"hash/fnv"
 	"image"
@@ -69,8 +68,8 @@ func (s *Server) imageGenerations(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
-	if req.Model != s.cfg.ServedName {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("model %q is not served here", req.Model), "model")
+	if _, ok := s.baseModel(req.Model); !ok {
+		notServed(w, req.Model)
 		return
 	}
 	if strings.TrimSpace(req.Prompt) == "" {

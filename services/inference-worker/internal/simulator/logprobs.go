@@ -25,19 +25,22 @@ type topLogprob struct {
 	Bytes   []int   `json:"bytes"`
 }
 
-// logprobsFor returns deterministic logprobs for tokens, the pieces of
-// one choice's content. Each token is given a probability in [0.5, 0.99),
-// so it is the most likely one at its position; the alternatives listed in
-// top_logprobs (after the token itself) are vocabulary words sharing the
-// rest of the probability, each half as likely as the one before, so the
-// probabilities at a position never sum past 1.
-func logprobsFor(seed uint64, tokens []string, top int) []logprob {
+// logprobsFor returns deterministic logprobs for tokens, the tokens of
+// one choice's content as bytes. Each token is given a probability in
+// [0.5, 0.99), so it is the most likely one at its position; the
+// alternatives listed in top_logprobs (after the token itself) are
+// vocabulary words sharing the rest of the probability, each half as
+// likely as the one before, so the probabilities at a position never sum
+// past 1. A token holding part of a character is named with \xNN escapes
+// (see tokenString); its bytes are exact.
+func logprobsFor(seed uint64, tokens [][]byte, top int) []logprob {
 	rng := rand.New(rand.NewPCG(seed, 0x109b))
 	out := make([]logprob, len(tokens))
-	for i, tok := range tokens {
+	for i, raw := range tokens {
+		tok := tokenString(raw)
 		p := 0.5 + 0.49*rng.Float64()
 		lp := math.Log(p)
-		e := logprob{Token: tok, Logprob: lp, Bytes: byteValues(tok), TopLogprobs: []topLogprob{}}
+		e := logprob{Token: tok, Logprob: lp, Bytes: byteValues(string(raw)), TopLogprobs: []topLogprob{}}
 		if top > 0 {
 			e.TopLogprobs = append(e.TopLogprobs, topLogprob{Token: tok, Logprob: lp, Bytes: e.Bytes})
 			lead := ""

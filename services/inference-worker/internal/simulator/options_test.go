@@ -172,7 +172,7 @@ func TestChatTools(t *testing.T) {
 		{name: "auto", extra: map[string]any{"tool_choice": "auto"}},
 		{name: "absent", extra: nil},
 		{name: "none", extra: map[string]any{"tool_choice": "none"}},
-		{name: "cut by max_tokens", extra: map[string]any{"tool_choice": named("get_weather"), "max_tokens": 8}, wantCall: map[string]string{"get_weather": `{"city":"simula`}, wantFinish: "length"},
+		{name: "cut by max_tokens", extra: map[string]any{"tool_choice": named("get_weather"), "max_tokens": 8}, wantCall: map[string]string{"get_weather": `{"city":"simulated","`}, wantFinish: "length"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

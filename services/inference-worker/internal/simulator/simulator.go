@@ -9,13 +9,18 @@
 //
 // Answers are deterministic: the same request (messages, seed, n and the
 // other options) gets the same text, tool calls, logprobs and images; only
-// "created" changes. The server speaks:
+// "created" changes. Tokens are counted, and streamed, in cl100k_base. The
+// server speaks:
 //
 //	GET  /health
 //	GET  /v1/models
 //	POST /v1/chat/completions   (stream, n, stop, tools, response_format,
 //	                             logprobs, image inputs)
 //	POST /v1/images/generations (b64_json PNGs)
+//
+// For tests of what sits in front of an engine, Config shapes load (a
+// concurrency limit with a bounded queue) and injects failures (errors, a
+// crash mid-answer, a slow start).
 package simulator
 
 import (
@@ -26,20 +31,44 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
+	"sync"
 	"time"
 )
 
-// Config tunes a simulated instance.
+// Config tunes a simulated instance. The zero value of each load-shaping
+// and failure field turns it off.
 type Config struct {
-	// ServedName is the model name the instance answers to.
+	// ServedName is the model name the instance answers to; empty for an
+	// instance that serves only the models added with AddModel.
 	ServedName string
-	// BaseModel is the catalog model being simulated, named in answers.
+	// BaseModel is the catalog model being simulated, named in answers;
+	// ServedName when empty.
 	BaseModel string
 	// TimeToFirstToken and InterTokenLatency shape how long an answer takes:
 	// a chat answer waits TimeToFirstToken, then InterTokenLatency per
 	// completion token; an image generation waits TimeToFirstToken.
 	TimeToFirstToken  time.Duration
 	InterTokenLatency time.Duration
+
+	// MaxConcurrent bounds the chat and image requests being answered at
+	// once; 0 is unlimited. Up to MaxQueue more wait for a slot, or until
+	// their client goes away; beyond that a request gets 429 with
+	// Retry-After: 1.
+	MaxConcurrent int
+	MaxQueue      int
+	// ErrorRate is the share of chat and image requests, 0 to 1, that fail
+	// with 500 "simulated engine failure". Which ones is drawn from Seed,
+	// so a given sequence of requests fails the same way every run.
+	ErrorRate float64
+	Seed      uint64
+	// CrashAfterTokens, when positive, kills an answer that many completion
+	// tokens in: a stream is cut without [DONE], and a longer non-streamed
+	// answer gets its connection closed instead of a response.
+	CrashAfterTokens int
+	// SlowStart is how long after New the instance is loading: until then
+	// GET /health and the API answer 503.
+	SlowStart time.Duration
 }
 
 // maxBodyBytes bounds a request body; data URLs of images count towards it.
@@ -48,28 +77,68 @@ const maxBodyBytes = 32 << 20
 // fingerprint is every answer's system_fingerprint.
 const fingerprint = "modelport-simulator"
 
-// Server is one running simulated engine instance. It is safe for
-// concurrent use.
+// Server is one simulated engine instance. It is safe for concurrent use.
 type Server struct {
-	cfg   Config
-	http  *http.Server
-	ln    net.Listener
-	done  chan struct{}
-	fetch *http.Client // fetches http(s) image URLs
+	cfg     Config
+	started time.Time
+	handler http.Handler
+	fetch   *http.Client // fetches http(s) image URLs
+	gate    *gate
+	faults  *faults
+
+	mu     sync.RWMutex
+	models map[string]Model // by served name
+	order  []string         // served names, as added
+
+	// Set by Start.
+	http *http.Server
+	ln   net.Listener
+	done chan struct{}
 }
 
-// Start serves the simulator on ln until Shutdown.
-func Start(cfg Config, ln net.Listener) *Server {
+// Model is a name the instance answers to and the base model it
+// simulates under that name.
+type Model struct {
+	Name      string
+	BaseModel string
+}
+
+// New returns an instance that serves requests through ServeHTTP:
+//
+//	GET  /health
+//	GET  /v1/models
+//	POST /v1/chat/completions
+//	POST /v1/images/generations
+//
+// Its SlowStart counts from now.
+func New(cfg Config) *Server {
+	if cfg.BaseModel == "" {
+		cfg.BaseModel = cfg.ServedName
+	}
 	s := &Server{
-		cfg: cfg, ln: ln, done: make(chan struct{}),
-		fetch: &http.Client{Timeout: imageFetchTimeout},
+		cfg: cfg, started: time.Now(),
+		fetch:  &http.Client{Timeout: imageFetchTimeout},
+		gate:   newGate(cfg.MaxConcurrent, cfg.MaxQueue),
+		faults: newFaults(cfg.ErrorRate, cfg.Seed),
+		models: map[string]Model{},
+	}
+	if cfg.ServedName != "" {
+		s.AddModel(cfg.ServedName, cfg.BaseModel)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
-	mux.HandleFunc("GET /v1/models", s.models)
-	mux.HandleFunc("POST /v1/chat/completions", s.chat)
-	mux.HandleFunc("POST /v1/images/generations", s.imageGenerations)
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	mux.HandleFunc("GET /health", s.health)
+	mux.Handle("GET /v1/models", s.loaded(http.HandlerFunc(s.listModels)))
+	mux.Handle("POST /v1/chat/completions", s.loaded(s.shaped(http.HandlerFunc(s.chat))))
+	mux.Handle("POST /v1/images/generations", s.loaded(s.shaped(http.HandlerFunc(s.imageGenerations))))
+	s.handler = mux
+	return s
+}
+
+// Start serves a new instance on ln until Shutdown.
+func Start(cfg Config, ln net.Listener) *Server {
+	s := New(cfg)
+	s.ln, s.done = ln, make(chan struct{})
+	s.http = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		defer close(s.done)
 		_ = s.http.Serve(ln)
@@ -77,24 +146,97 @@ func Start(cfg Config, ln net.Listener) *Server {
 	return s
 }
 
-// Addr is the listening address.
+// ServeHTTP answers one request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
+
+// Addr is the listening address of an instance from Start.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
-// Shutdown stops accepting requests and waits for those in flight.
+// Shutdown stops an instance from Start: it stops accepting requests and
+// waits for those in flight.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.http.Shutdown(ctx)
 	<-s.done
 	return err
 }
 
-func (s *Server) models(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{
-		"object": "list",
-		"data": []map[string]any{{
-			"id": s.cfg.ServedName, "object": "model", "created": time.Now().Unix(),
-			"owned_by": "modelport-simulator", "root": s.cfg.BaseModel,
-		}},
-	})
+// Ready reports whether the instance has finished its simulated start.
+func (s *Server) Ready() bool { return time.Since(s.started) >= s.cfg.SlowStart }
+
+// AddModel makes the instance answer to name as base, or renames what it
+// simulates under name when it already does.
+func (s *Server) AddModel(name, base string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.models[name]; !ok {
+		s.order = append(s.order, name)
+	}
+	s.models[name] = Model{Name: name, BaseModel: base}
+}
+
+// RemoveModel stops the instance answering to name; it reports whether it
+// did.
+func (s *Server) RemoveModel(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.models[name]; !ok {
+		return false
+	}
+	delete(s.models, name)
+	s.order = slices.DeleteFunc(s.order, func(n string) bool { return n == name })
+	return true
+}
+
+// Models lists the names the instance answers to, in the order they were
+// added.
+func (s *Server) Models() []Model {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]Model, len(s.order))
+	for i, name := range s.order {
+		out[i] = s.models[name]
+	}
+	return out
+}
+
+// Model returns what the instance serves under name.
+func (s *Server) Model(name string) (Model, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	m, ok := s.models[name]
+	return m, ok
+}
+
+// baseModel is the base model name is served as.
+func (s *Server) baseModel(name string) (string, bool) {
+	m, ok := s.Model(name)
+	return m.BaseModel, ok
+}
+
+// health answers 200 once loaded, 503 before.
+func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
+	if !s.Ready() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+func (s *Server) listModels(w http.ResponseWriter, _ *http.Request) {
+	now := time.Now().Unix()
+	data := []map[string]any{}
+	for _, m := range s.Models() {
+		data = append(data, map[string]any{
+			"id": m.Name, "object": "model", "created": now,
+			"owned_by": "modelport-simulator", "root": m.BaseModel,
+		})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
+}
+
+// notServed is the 404 for a model the instance does not answer to.
+func notServed(w http.ResponseWriter, model string) {
+	writeError(w, http.StatusNotFound, fmt.Sprintf("model %q is not served here", model), "model")
 }
 
 // requestError is a request the simulator refuses, as the OpenAI error
@@ -117,17 +259,9 @@ func invalid(param, format string, args ...any) *requestError {
 // JSON value of the wrong type is reported with its field as param, the
 // way the decoder names it ("temperature", "stream_options.include_usage").
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) *requestError {
-	var buf bytes.Buffer
-	if r.ContentLength > 0 {
-		buf.Grow(int(min(r.ContentLength, maxBodyBytes+1)) + bytes.MinRead)
-	}
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, maxBodyBytes))
-	body := buf.Bytes()
-	if err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return &requestError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("request body exceeds %d MiB", maxBodyBytes>>20)}
-		}
-		return invalid("", "reading request body: %v", err)
+	body, rerr := readBody(w, r)
+	if rerr != nil {
+		return rerr
 	}
 	if err := json.Unmarshal(body, v); err != nil {
 		if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
@@ -139,6 +273,21 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) *requestError {
 		return invalid("", "invalid JSON: %v", err)
 	}
 	return nil
+}
+
+// readBody reads the whole body, bounded by maxBodyBytes.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *requestError) {
+	var buf bytes.Buffer
+	if r.ContentLength > 0 {
+		buf.Grow(int(min(r.ContentLength, maxBodyBytes+1)) + bytes.MinRead)
+	}
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, maxBodyBytes)); err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return nil, &requestError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("request body exceeds %d MiB", maxBodyBytes>>20)}
+		}
+		return nil, invalid("", "reading request body: %v", err)
+	}
+	return buf.Bytes(), nil
 }
 
 // jsonKind names a Go kind as the JSON type a client should send.
@@ -181,12 +330,18 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, status int, msg, param string) {
+	writeErrorType(w, status, msg, "invalid_request_error", param)
+}
+
+// writeErrorType writes an OpenAI error body of type typ; param "" is
+// written as null.
+func writeErrorType(w http.ResponseWriter, status int, msg, typ, param string) {
 	var p any
 	if param != "" {
 		p = param
 	}
 	writeJSON(w, status, map[string]any{"error": map[string]any{
-		"message": msg, "type": "invalid_request_error", "param": p, "code": nil,
+		"message": msg, "type": typ, "param": p, "code": nil,
 	}})
 }
 

@@ -399,3 +399,58 @@ func TestModelsAndHealth(t *testing.T) {
 		t.Errorf("GET /health = %d, want %d", got, want)
 	}
 }
+
+// An instance started without a served name answers to the models added
+// to it, each under its own base model, until they are removed.
+func TestAddAndRemoveModels(t *testing.T) {
+	s := listen(t, simulator.Config{})
+	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	base := "http://" + s.Addr().String() + "/v1"
+	ids := func() []string {
+		_, body := get(t, base+"/models")
+		var list struct {
+			Data []struct {
+				ID      string `json:"id"`
+				OwnedBy string `json:"owned_by"`
+				Root    string `json:"root"`
+			} `json:"data"`
+		}
+		if err := json.Unmarshal(body, &list); err != nil {
+			t.Fatalf("decode %s: %v", body, err)
+		}
+		out := []string{}
+		for _, m := range list.Data {
+			if m.OwnedBy != "modelport-simulator" {
+				t.Errorf("model %s owned_by %q", m.ID, m.OwnedBy)
+			}
+			out = append(out, m.ID+"="+m.Root)
+		}
+		return out
+	}
+	hi := messages("user", "hi")
+	if got := ids(); len(got) != 0 {
+		t.Errorf("models = %v, want none", got)
+	}
+	if status, body := post(t, base+"/chat/completions", map[string]any{"model": "llama3:8b", "messages": hi}); status != http.StatusNotFound {
+		t.Errorf("status %d, want 404: %s", status, body)
+	}
+
+	s.AddModel("llama3:8b", "llama3:8b")
+	s.AddModel("u-1/chat", "llama3:8b")
+	if got, want := strings.Join(ids(), " "), "llama3:8b=llama3:8b u-1/chat=llama3:8b"; got != want {
+		t.Errorf("models = %s, want %s", got, want)
+	}
+	c := chat(t, base, map[string]any{"model": "u-1/chat", "messages": hi})
+	if got, want := c.Model, "u-1/chat"; got != want {
+		t.Errorf("model = %q, want %q", got, want)
+	}
+	if !strings.Contains(c.Choices[0].Message.Content, "simulator engine for llama3:8b;") {
+		t.Errorf("content %q does not name the base model", c.Choices[0].Message.Content)
+	}
+	if !s.RemoveModel("llama3:8b") || s.RemoveModel("llama3:8b") {
+		t.Error("RemoveModel: want true, then false")
+	}
+	if got, want := strings.Join(ids(), " "), "u-1/chat=llama3:8b"; got != want {
+		t.Errorf("models = %s, want %s", got, want)
+	}
+}

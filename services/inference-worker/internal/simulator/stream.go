@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"time"
 )
 
 // chunk is one server-sent event of a streamed chat answer.
@@ -38,8 +39,9 @@ type step struct {
 	tokens   int
 }
 
-// steps is how c is streamed: a token per chunk for text; for a tool call,
-// the call's id and name, then its arguments a token at a time.
+// steps is how c is streamed: a piece per chunk for text, which is a
+// token, or the few tokens that make up a whole character; for a tool
+// call, the call's id and name, then its arguments a piece at a time.
 func (c *choice) steps() []step {
 	if c.toolCall != nil {
 		zero := 0
@@ -47,30 +49,35 @@ func (c *choice) steps() []step {
 		head.Index, head.Function.Arguments = &zero, ""
 		out := []step{{delta: delta{ToolCalls: []toolCall{head}}, tokens: CountTokens(head.Function.Name)}}
 		sent := head.Function.Name
-		for _, piece := range splitTokens(c.toolCall.Function.Arguments) {
-			sent += piece
+		for _, pc := range splitTokens(c.toolCall.Function.Arguments) {
+			sent += pc.text
 			out = append(out, step{
-				delta:  delta{ToolCalls: []toolCall{{Index: &zero, Function: functionCall{Arguments: piece}}}},
+				delta:  delta{ToolCalls: []toolCall{{Index: &zero, Function: functionCall{Arguments: pc.text}}}},
 				tokens: CountTokens(sent),
 			})
 		}
 		return out
 	}
 	out := make([]step, len(c.pieces))
+	sent := 0
 	for i := range c.pieces {
-		out[i] = step{delta: delta{Content: &c.pieces[i]}, tokens: i + 1}
+		n := len(c.pieces[i].tokens)
+		out[i] = step{delta: delta{Content: &c.pieces[i].text}, tokens: sent + n}
 		if c.logprobs != nil {
-			out[i].logprobs = &choiceLogprobs{Content: c.logprobs[i : i+1]}
+			out[i].logprobs = &choiceLogprobs{Content: c.logprobs[sent : sent+n]}
 		}
+		sent += n
 	}
 	return out
 }
 
 // stream sends a as server-sent events: a chunk per choice with the
-// assistant role, then, after TimeToFirstToken, a chunk per token, taking
-// the choices in turn and waiting InterTokenLatency between chunks; then a
-// chunk per choice with its finish reason, a usage chunk when asked for,
-// and [DONE]. It stops as soon as the client goes away.
+// assistant role, then, after TimeToFirstToken, a chunk per piece (see
+// steps), taking the choices in turn and waiting InterTokenLatency per
+// token between chunks; then a chunk per choice with its finish reason, a
+// usage chunk when asked for, and [DONE]. It stops as soon as the client
+// goes away. With CrashAfterTokens, the connection is closed, without
+// [DONE], as soon as that many completion tokens have been sent.
 func (s *Server) stream(w http.ResponseWriter, r *http.Request, p *chatParams, a *chatAnswer) {
 	ctx := r.Context()
 	rc := http.NewResponseController(w)
@@ -82,7 +89,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p *chatParams, a
 	sent := make([]int, len(a.choices)) // completion tokens sent, per choice
 	send := func(choices []chunkChoice, u *usage) bool {
 		c := chunk{
-			ID: a.id, Object: "chat.completion.chunk", Created: a.created, Model: s.cfg.ServedName,
+			ID: a.id, Object: "chat.completion.chunk", Created: a.created, Model: a.model,
 			SystemFingerprint: fingerprint, Choices: choices, Usage: u,
 		}
 		if u == nil && p.continuousUsage {
@@ -119,18 +126,26 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p *chatParams, a
 		longest = max(longest, len(steps[i]))
 	}
 	wait := s.cfg.TimeToFirstToken
+	total := 0 // completion tokens sent, over the choices
 	for k := range longest {
 		for i := range steps {
 			if k >= len(steps[i]) {
 				continue
 			}
-			if !sleep(ctx, wait) {
+			st := steps[i][k]
+			// A chunk of several tokens took as long as they all did.
+			n := max(st.tokens-sent[i], 1)
+			if !sleep(ctx, wait+time.Duration(n-1)*s.cfg.InterTokenLatency) {
 				return
 			}
 			wait = s.cfg.InterTokenLatency
-			st := steps[i][k]
+			total += st.tokens - sent[i]
 			sent[i] = st.tokens
 			if !send([]chunkChoice{{Index: i, Delta: st.delta, Logprobs: st.logprobs}}, nil) {
+				return
+			}
+			if s.cfg.CrashAfterTokens > 0 && total >= s.cfg.CrashAfterTokens {
+				cut(w)
 				return
 			}
 		}

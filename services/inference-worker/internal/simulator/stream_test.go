@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/modelport/modelport/services/inference-worker/internal/simulator"
 )
@@ -460,5 +461,65 @@ func TestStreamStopsWhenClientLeaves(t *testing.T) {
 	defer scancel()
 	if err := s.Shutdown(sctx); err != nil {
 		t.Fatalf("shutdown after the client left: %v; the stream handler is still running", err)
+	}
+}
+
+// A base model named in CJK and emoji puts characters that take several
+// tokens into the notice. Each chunk still carries whole characters, so
+// it is valid UTF-8 on its own; such a chunk counts all its tokens, and
+// the usage adds up to CountTokens of the content.
+func TestStreamKeepsCharactersWhole(t *testing.T) {
+	base := startWith(t, simulator.Config{ServedName: servedName, BaseModel: "模型-🦙-测试 😀😃"})
+	req := map[string]any{"model": servedName, "messages": messages("user", "你好 👋"), "logprobs": true}
+	want := chatFull(t, base, req)
+	content := *want.Choices[0].Message.Content
+	if !strings.Contains(content, "模型-🦙-测试 😀😃") {
+		t.Fatalf("content %q does not name the base model", content)
+	}
+	req["stream_options"] = map[string]any{"include_usage": true, "continuous_usage_stats": true}
+	chunks := streamChat(t, base, req)
+
+	var joined strings.Builder
+	prev, grouped, entries := 0, 0, 0
+	for i, c := range chunks {
+		if len(c.Choices) == 0 || c.Choices[0].Delta.Content == nil || c.Choices[0].Delta.Role != nil {
+			continue
+		}
+		text := *c.Choices[0].Delta.Content
+		if text == "" || !utf8.ValidString(text) || strings.ContainsRune(text, utf8.RuneError) {
+			t.Errorf("chunk %d carries %q: want whole characters", i, text)
+		}
+		joined.WriteString(text)
+		n := c.Usage.CompletionTokens - prev
+		prev = c.Usage.CompletionTokens
+		if n < 1 {
+			t.Errorf("chunk %d %q: completion_tokens grew by %d", i, text, n)
+		}
+		if n > 1 {
+			grouped++
+		}
+		if got := len(c.Choices[0].Logprobs.Content); got != n {
+			t.Errorf("chunk %d %q: %d logprobs entries, want one per token, %d", i, text, got, n)
+		}
+		entries += n
+		var raw []byte
+		for _, e := range c.Choices[0].Logprobs.Content {
+			raw = append(raw, intsToBytes(e.Bytes)...)
+		}
+		if got := string(raw); got != text {
+			t.Errorf("chunk %d: logprobs bytes spell %q, want %q", i, got, text)
+		}
+	}
+	if got := joined.String(); got != content {
+		t.Errorf("chunks join to\n%q\nwant\n%q", got, content)
+	}
+	if grouped == 0 {
+		t.Error("no chunk carried more than one token; the emoji should")
+	}
+	if got, want := prev, simulator.CountTokens(content); got != want || entries != want {
+		t.Errorf("completion_tokens ends at %d over %d entries, want CountTokens(content) = %d", got, entries, want)
+	}
+	if got, want := want.Usage.CompletionTokens, simulator.CountTokens(content); got != want {
+		t.Errorf("non-streamed completion_tokens = %d, want %d", got, want)
 	}
 }

@@ -1,70 +1,124 @@
 package simulator
 
 import (
-	"regexp"
+	"fmt"
 	"strings"
+	"sync"
 	"unicode/utf8"
+
+	"github.com/pkoukk/tiktoken-go"
+	tiktoken_loader "github.com/pkoukk/tiktoken-go-loader"
 )
 
-// pretoken splits text the way GPT-style BPE tokenizers do before merging:
-// contractions, words with their leading space, runs of up to three digits,
-// punctuation runs, and whitespace.
-var pretoken = regexp.MustCompile(`'(?:s|t|re|ve|m|ll|d)| ?\p{L}+| ?\p{N}{1,3}| ?[^\s\p{L}\p{N}]+|\s+`)
+// encoding is cl100k_base, loaded once from the ranks compiled into the
+// binary: the simulator never downloads anything, so it counts tokens the
+// same way on a machine without a network.
+var encoding = sync.OnceValue(func() *tiktoken.Tiktoken {
+	// The loader must be set before the first GetEncoding: the default one
+	// fetches the ranks over HTTP.
+	tiktoken.SetBpeLoader(tiktoken_loader.NewOfflineLoader())
+	enc, err := tiktoken.GetEncoding(tiktoken.MODEL_CL100K_BASE)
+	if err != nil {
+		// The ranks are embedded; only a broken build gets here.
+		panic(fmt.Sprintf("simulator: loading cl100k_base: %v", err))
+	}
+	return enc
+})
 
-// CountTokens estimates how many BPE tokens text has: one per pre-token,
-// plus one for every further six characters of a long word (its leading
-// space aside), which a BPE vocabulary would split. It is deterministic, so prompt and completion
-// counts agree between the engine, the router and billing.
+// CountTokens is how many cl100k_base BPE tokens text has, the encoding of
+// GPT-4 and GPT-3.5: exact, and deterministic, so prompt and completion
+// counts agree between the engine, the router and billing. Special-token
+// text such as "<|endoftext|>" is counted as ordinary text. The first call
+// loads the encoding (a fraction of a second); it is safe for concurrent
+// use.
 func CountTokens(text string) int {
-	n := 0
-	for _, p := range pretoken.FindAllString(text, -1) {
-		n += pieceTokens(p)
+	if text == "" {
+		return 0
 	}
-	return n
+	return len(encoding().EncodeOrdinary(text))
 }
 
-// pieceTokens is the token count of one pre-token.
-func pieceTokens(p string) int {
-	return 1 + max(utf8.RuneCountInString(strings.TrimPrefix(p, " "))-1, 0)/6
-}
-
-// splitTokens cuts text into the tokens CountTokens counts, in order:
-// each pre-token, a long one cut after its leading space and every six
-// characters. The pieces concatenate to text, and len(splitTokens(t)) ==
-// CountTokens(t); the simulator streams one piece per chunk.
-func splitTokens(text string) []string {
-	var out []string
-	at := 0
-	for _, l := range pretoken.FindAllStringIndex(text, -1) {
-		if l[0] > at { // not reached for valid UTF-8, kept so no byte is lost
-			out = append(out, text[at:l[0]])
-		}
-		out = append(out, splitPiece(text[l[0]:l[1]])...)
-		at = l[1]
+// tokenize returns text's tokens, each as its bytes. A token may hold part
+// of a UTF-8 character: CJK and emoji often take several tokens each.
+func tokenize(text string) [][]byte {
+	if text == "" {
+		return nil
 	}
-	if at < len(text) {
-		out = append(out, text[at:])
+	enc := encoding()
+	ids := enc.EncodeOrdinary(text)
+	out := make([][]byte, len(ids))
+	for i, id := range ids {
+		out[i] = []byte(enc.Decode([]int{id}))
 	}
 	return out
 }
 
-// splitPiece cuts one pre-token into pieceTokens(p) parts.
-func splitPiece(p string) []string {
-	if pieceTokens(p) == 1 {
-		return []string{p}
-	}
-	lead := 0
-	if strings.HasPrefix(p, " ") {
-		lead = 1
-	}
-	var out []string
-	start, runes := 0, 0
-	for i := range p[lead:] {
-		if runes == 6 {
-			out = append(out, p[start:lead+i])
-			start, runes = lead+i, 0
+// piece is what one streamed chunk carries: one token, or the run of
+// consecutive tokens it takes to end on a whole UTF-8 character.
+type piece struct {
+	text   string
+	tokens [][]byte // the tokens, as bytes; at least one
+}
+
+// splitTokens cuts text into pieces in order. The pieces concatenate to
+// text, each is valid UTF-8 when text is, and their tokens add up to
+// CountTokens(text).
+func splitTokens(text string) []piece {
+	var out []piece
+	var run [][]byte
+	var buf []byte
+	for _, tok := range tokenize(text) {
+		run = append(run, tok)
+		buf = append(buf, tok...)
+		if utf8.Valid(buf) {
+			out = append(out, piece{text: string(buf), tokens: run})
+			run, buf = nil, nil
 		}
-		runes++
 	}
-	return append(out, p[start:])
+	if len(run) > 0 { // only for text that is not valid UTF-8; no byte is lost
+		out = append(out, piece{text: string(buf), tokens: run})
+	}
+	return out
+}
+
+// truncateTokens keeps the longest run of whole pieces from the start of
+// text that is at most n tokens long, so a cut never splits a character.
+func truncateTokens(text string, n int) string {
+	pieces := splitTokens(text)
+	count, end := 0, 0
+	for _, p := range pieces {
+		if count+len(p.tokens) > n {
+			break
+		}
+		count += len(p.tokens)
+		end += len(p.text)
+	}
+	// A prefix of a token sequence almost always encodes to those same
+	// tokens; step back further in the rare case it does not.
+	for end > 0 && CountTokens(text[:end]) > n {
+		_, size := utf8.DecodeLastRuneInString(text[:end])
+		end -= size
+	}
+	return text[:end]
+}
+
+// tokenString is how logprobs name a token: its text, with each byte that
+// is part of a character split across tokens written as \xNN, as OpenAI
+// does.
+func tokenString(tok []byte) string {
+	if utf8.Valid(tok) {
+		return string(tok)
+	}
+	var b strings.Builder
+	for len(tok) > 0 {
+		r, size := utf8.DecodeRune(tok)
+		if r == utf8.RuneError && size <= 1 {
+			fmt.Fprintf(&b, `\x%02x`, tok[0])
+			size = 1
+		} else {
+			b.WriteRune(r)
+		}
+		tok = tok[size:]
+	}
+	return b.String()
 }

@@ -1,0 +1,231 @@
+package engine
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"strconv"
+	"strings"
+)
+
+// Adapter knows how to run one engine as a process. Its method only
+// computes: it starts nothing, so tests can check the exact command line.
+type Adapter interface {
+	// Name is the engine's name as the catalog uses it.
+	Name() string
+	// Command is how to run spec listening on host:port.
+	Command(spec Spec, host string, port int) (Command, error)
+}
+
+// Command is how to run one engine instance.
+type Command struct {
+	// Program is looked up on the engine search path: "vllm".
+	Program string
+	// Args follow the program name.
+	Args []string
+	// Env is set on top of the worker's environment.
+	Env map[string]string
+	// Health is the path that answers 200 once the instance takes requests.
+	Health string
+	// Setup are requests made, in order, each time the engine becomes
+	// healthy, before the instance counts as ready.
+	Setup []Request
+}
+
+// Request is an HTTP request to an engine.
+type Request struct {
+	Method string
+	Path   string
+	Body   string // JSON
+}
+
+// Adapters are the engines that run as processes, by name.
+var Adapters = map[string]Adapter{
+	"vllm":      VLLM{},
+	"llama.cpp": LlamaCpp{},
+	"sglang":    SGLang{},
+	"ollama":    Ollama{},
+}
+
+// env is the environment every adapter sets: the spec's own variables,
+// then the GPUs the instance may use. A spec without GPUs sees none, so
+// that a CPU model cannot take GPU memory; one the worker assigned no
+// devices to sees whatever the worker sees.
+func env(spec Spec) map[string]string {
+	e := maps.Clone(spec.Env)
+	if e == nil {
+		e = map[string]string{}
+	}
+	switch {
+	case spec.GPUs == 0:
+		e["CUDA_VISIBLE_DEVICES"] = "-1"
+	case len(spec.Devices) > 0:
+		ids := make([]string, len(spec.Devices))
+		for i, d := range spec.Devices {
+			ids[i] = strconv.Itoa(d)
+		}
+		e["CUDA_VISIBLE_DEVICES"] = strings.Join(ids, ",")
+	}
+	return e
+}
+
+// check rejects what no adapter can run.
+func check(engine string, spec Spec) error {
+	switch {
+	case spec.Source == "":
+		return fmt.Errorf("%s: instance %s has no model source", engine, spec.InstanceID)
+	case spec.ServedName == "":
+		return fmt.Errorf("%s: instance %s has no served name", engine, spec.InstanceID)
+	case spec.Adapter.Path == "" && spec.Adapter.Name != "":
+		return fmt.Errorf("%s: instance %s: LoRA adapter %q has no path", engine, spec.InstanceID, spec.Adapter.Name)
+	case len(spec.Devices) > 0 && len(spec.Devices) != spec.GPUs:
+		return fmt.Errorf("%s: instance %s needs %d GPUs, was given %d", engine, spec.InstanceID, spec.GPUs, len(spec.Devices))
+	case spec.GPUs < 0 || spec.ContextLength < 0 || spec.TensorParallel < 0:
+		return fmt.Errorf("%s: instance %s: negative GPUs, context length or tensor parallel size", engine, spec.InstanceID)
+	}
+	return nil
+}
+
+// hasLoRA reports whether spec serves a LoRA adapter.
+func hasLoRA(spec Spec) bool { return spec.Adapter.Path != "" }
+
+// errNoLoRA is returned by engines that cannot serve a LoRA adapter.
+var errNoLoRA = errors.New("LoRA adapters are not supported")
+
+// VLLM runs vLLM's OpenAI-compatible server.
+type VLLM struct{}
+
+// Name implements Adapter.
+func (VLLM) Name() string { return "vllm" }
+
+// Command implements Adapter. With a LoRA adapter the base model is served
+// under its catalog name and the adapter under the served name, so the
+// access name reaches the adapter.
+func (v VLLM) Command(spec Spec, host string, port int) (Command, error) {
+	if err := check(v.Name(), spec); err != nil {
+		return Command{}, err
+	}
+	served := spec.ServedName
+	if hasLoRA(spec) {
+		served = spec.BaseModel
+		if served == "" || served == spec.ServedName {
+			served = spec.Source
+		}
+	}
+	args := []string{"serve", spec.Source, "--served-model-name", served, "--host", host, "--port", strconv.Itoa(port)}
+	if spec.ContextLength > 0 {
+		args = append(args, "--max-model-len", strconv.Itoa(spec.ContextLength))
+	}
+	args = append(args, "--tensor-parallel-size", strconv.Itoa(max(spec.TensorParallel, 1)))
+	if hasLoRA(spec) {
+		args = append(args, "--enable-lora", "--lora-modules", spec.ServedName+"="+spec.Adapter.Path)
+	}
+	return Command{Program: "vllm", Args: args, Env: env(spec), Health: "/health"}, nil
+}
+
+// LlamaCpp runs llama.cpp's llama-server.
+type LlamaCpp struct{}
+
+// Name implements Adapter.
+func (LlamaCpp) Name() string { return "llama.cpp" }
+
+// Command implements Adapter. A source that is a GGUF file or a path is
+// loaded with -m; anything else is a Hugging Face repository, which
+// llama-server downloads with -hf. Every layer goes to the GPUs when the
+// instance has any. A LoRA adapter applies to every request.
+func (l LlamaCpp) Command(spec Spec, host string, port int) (Command, error) {
+	if err := check(l.Name(), spec); err != nil {
+		return Command{}, err
+	}
+	model := "-m"
+	if !isPath(spec.Source) {
+		model = "-hf"
+	}
+	args := []string{model, spec.Source, "--alias", spec.ServedName, "--host", host, "--port", strconv.Itoa(port)}
+	if spec.ContextLength > 0 {
+		args = append(args, "-c", strconv.Itoa(spec.ContextLength))
+	}
+	layers := "999"
+	if spec.GPUs == 0 {
+		layers = "0"
+	}
+	args = append(args, "-ngl", layers)
+	if hasLoRA(spec) {
+		args = append(args, "--lora", spec.Adapter.Path)
+	}
+	return Command{Program: "llama-server", Args: args, Env: env(spec), Health: "/health"}, nil
+}
+
+// isPath reports whether a model source names a local file rather than a
+// repository.
+func isPath(source string) bool {
+	return strings.HasPrefix(source, "/") || strings.HasPrefix(source, ".") ||
+		strings.HasSuffix(strings.ToLower(source), ".gguf")
+}
+
+// SGLang runs SGLang's server.
+type SGLang struct{}
+
+// Name implements Adapter.
+func (SGLang) Name() string { return "sglang" }
+
+// Command implements Adapter. A LoRA adapter is loaded under the served
+// name; SGLang applies it to requests that name it as
+// "<served name>:<served name>" or pass it as lora_path.
+func (s SGLang) Command(spec Spec, host string, port int) (Command, error) {
+	if err := check(s.Name(), spec); err != nil {
+		return Command{}, err
+	}
+	args := []string{"-m", "sglang.launch_server", "--model-path", spec.Source, "--served-model-name", spec.ServedName,
+		"--host", host, "--port", strconv.Itoa(port)}
+	if spec.ContextLength > 0 {
+		args = append(args, "--context-length", strconv.Itoa(spec.ContextLength))
+	}
+	args = append(args, "--tp", strconv.Itoa(max(spec.TensorParallel, 1)))
+	if hasLoRA(spec) {
+		args = append(args, "--lora-paths", spec.ServedName+"="+spec.Adapter.Path)
+	}
+	return Command{Program: "python3", Args: args, Env: env(spec), Health: "/health"}, nil
+}
+
+// Ollama runs an Ollama server per instance.
+type Ollama struct{}
+
+// Name implements Adapter.
+func (Ollama) Name() string { return "ollama" }
+
+// Command implements Adapter. Once the server answers, the model is pulled
+// and copied to the served name, so the OpenAI API at /v1 answers for the
+// access name. Ollama takes LoRA adapters only through a Modelfile, which
+// this adapter does not write.
+func (o Ollama) Command(spec Spec, host string, port int) (Command, error) {
+	if err := check(o.Name(), spec); err != nil {
+		return Command{}, err
+	}
+	if hasLoRA(spec) {
+		return Command{}, fmt.Errorf("ollama: instance %s: %w", spec.InstanceID, errNoLoRA)
+	}
+	e := env(spec)
+	e["OLLAMA_HOST"] = net.JoinHostPort(host, strconv.Itoa(port))
+	if spec.ContextLength > 0 {
+		e["OLLAMA_CONTEXT_LENGTH"] = strconv.Itoa(spec.ContextLength)
+	}
+	return Command{
+		Program: "ollama", Args: []string{"serve"}, Env: e, Health: "/",
+		Setup: []Request{
+			{Method: "POST", Path: "/api/pull", Body: jsonBody(map[string]any{"model": spec.Source, "stream": false})},
+			{Method: "POST", Path: "/api/copy", Body: jsonBody(map[string]any{"source": spec.Source, "destination": spec.ServedName})},
+		},
+	}, nil
+}
+
+// jsonBody encodes a request body; map keys come out sorted.
+func jsonBody(v map[string]any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // strings and booleans always encode
+	}
+	return string(b)
+}
