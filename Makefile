@@ -7,11 +7,12 @@ SERVICES := deployer scaler router inference-worker billing
 
 all: build
 
-## build: bin/modelport (all-in-one) and one binary per service
+## build: bin/modelport (all-in-one), one binary per service, and the simulator engine
 build:
 	@mkdir -p bin
 	$(GO) build -o bin/modelport ./cmd/modelport
 	@for s in $(SERVICES); do echo "$(GO) build -o bin/$$s ./services/$$s/cmd/$$s"; $(GO) build -o bin/$$s ./services/$$s/cmd/$$s || exit 1; done
+	$(GO) build -o bin/modelport-simulator ./services/inference-worker/cmd/modelport-simulator
 
 ## run: the all-in-one platform on embedded NATS and a local ClickHouse
 run: build

@@ -135,12 +135,15 @@ type Instance struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
-// Worker is an inference-worker's heartbeat.
+// Worker is an inference-worker's heartbeat: what it can hold and what it runs.
 type Worker struct {
-	ID       string    `json:"id"`
-	Capacity int       `json:"capacity"` // instances it can hold
-	Running  int       `json:"running"`
-	BeatAt   time.Time `json:"beat_at"`
+	ID        string    `json:"id"`
+	Capacity  int       `json:"capacity"` // instances it can hold
+	Running   int       `json:"running"`
+	GPUs      int       `json:"gpus"`      // GPUs it hands out
+	FreeGPUs  int       `json:"free_gpus"` // of those, not assigned to an instance
+	Instances []string  `json:"instances"` // IDs of its instances
+	BeatAt    time.Time `json:"beat_at"`
 }
 
 // InstanceKey is the key of an instance or placement: "<service>.<instance>".

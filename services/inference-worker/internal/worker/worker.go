@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -375,9 +376,18 @@ func logTail(s string, n int) string {
 // Heartbeat records that the worker is alive and how full it is.
 func (w *Worker) Heartbeat(ctx context.Context) error {
 	w.mu.Lock()
-	n := len(w.instances)
+	beat := state.Worker{ID: w.id, Capacity: w.capacity, Running: len(w.instances), GPUs: len(w.gpus), Instances: []string{}, BeatAt: time.Now().UTC()}
+	for id := range w.instances {
+		beat.Instances = append(beat.Instances, id)
+	}
+	for _, taken := range w.gpus {
+		if !taken {
+			beat.FreeGPUs++
+		}
+	}
 	w.mu.Unlock()
-	return w.store.Beat(ctx, state.Worker{ID: w.id, Capacity: w.capacity, Running: n, BeatAt: time.Now().UTC()})
+	slices.Sort(beat.Instances)
+	return w.store.Beat(ctx, beat)
 }
 
 // Shutdown stops every instance, removes its record and announces it, all

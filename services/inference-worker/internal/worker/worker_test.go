@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -684,9 +685,10 @@ func TestHeartbeat(t *testing.T) {
 	if got, want := len(f.st.beats), 3; got != want {
 		t.Fatalf("%d beats, want %d", got, want)
 	}
+	wantInstances := [][]string{{}, {"i-1"}, {"i-1", "i-2"}}
 	for i, b := range f.st.beats {
-		want := state.Worker{ID: workerID, Capacity: 3, Running: i, BeatAt: b.BeatAt}
-		if b != want {
+		want := state.Worker{ID: workerID, Capacity: 3, Running: i, Instances: wantInstances[i], BeatAt: b.BeatAt}
+		if !reflect.DeepEqual(b, want) {
 			t.Errorf("beat %d = %+v, want %+v", i, b, want)
 		}
 		if b.BeatAt.IsZero() || b.BeatAt.Location() != time.UTC {
