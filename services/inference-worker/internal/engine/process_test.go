@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/modelport/modelport/services/inference-worker/internal/fakeengine"
 	"io"
 	"maps"
 	"net/http"
@@ -43,7 +44,7 @@ type fakeProcess struct {
 
 func newFakeProcess(t *testing.T, a engine.Adapter, p supervisor.Policy, vars ...string) fakeProcess {
 	t.Helper()
-	dir := fakeEngines(t)
+	dir := fakeengine.Dir(t)
 	record := filepath.Join(t.TempDir(), "record.json")
 	environ := append([]string{"PATH=" + dir, "MODELPORT_SIM_RECORD=" + record}, vars...)
 	return fakeProcess{
@@ -436,7 +437,7 @@ func TestProcessRejects(t *testing.T) {
 }
 
 func TestRegistry(t *testing.T) {
-	dir := fakeEngines(t)
+	dir := fakeengine.Dir(t)
 	r := &engine.Registry{Ports: engine.Ports{Host: "127.0.0.1"}, Environ: []string{"PATH=" + dir}, Policy: fast}
 	if got, want := r.Names(), []string{"llama.cpp", "ollama", "sglang", "simulator", "vllm"}; !slices.Equal(got, want) {
 		t.Errorf("names %v, want %v", got, want)
@@ -481,7 +482,7 @@ func TestRegistry(t *testing.T) {
 }
 
 func TestRegistrySharesPorts(t *testing.T) {
-	dir := fakeEngines(t)
+	dir := fakeengine.Dir(t)
 	lns := reserve(t, 2)
 	first, last := port(lns[0]), port(lns[1])
 	for _, ln := range lns {

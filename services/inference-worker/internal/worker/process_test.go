@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"github.com/modelport/modelport/services/inference-worker/internal/fakeengine"
 	"io"
 	"net/http"
 	"slices"
@@ -20,7 +21,7 @@ import (
 // the simulator standing in for vLLM: an instance that gets ready, one
 // whose engine crashes and restarts, and one whose engine never starts.
 func TestWorkerRunsEngineProcesses(t *testing.T) {
-	dir := fakeEngines(t)
+	dir := fakeengine.Dir(t)
 	reg := &engine.Registry{
 		Ports:   engine.Ports{Host: "127.0.0.1"},
 		Environ: []string{"PATH=" + dir},
