@@ -9,6 +9,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"github.com/modelport/modelport/services/inference-worker/internal/supervisor"
 	"net"
 	"sync"
 )
@@ -88,19 +89,9 @@ type Event struct {
 	Failure *Failure
 }
 
-// Failure is why an instance was given up on.
-type Failure struct {
-	// Reason is for people: "crashed 5 times within 10m0s; last: exit
-	// status 1", "not healthy within 20m0s".
-	Reason string
-	// ExitCode is the engine's last exit status; -1 when it was killed by
-	// a signal or never started.
-	ExitCode int
-	// LogTail is the end of the engine's output.
-	LogTail string
-}
-
-func (f *Failure) Error() string { return f.Reason }
+// Failure is why an instance was given up on: the supervisor's account
+// for engine processes, the same shape for any other engine.
+type Failure = supervisor.Failure
 
 // Engine starts instances of one serving engine.
 type Engine interface {

@@ -145,8 +145,7 @@ func (i *processInstance) notify(st supervisor.Status) {
 	case supervisor.Ready:
 		i.events.send(Event{State: Ready, Restarts: st.Restarts})
 	case supervisor.Failed:
-		f := st.Failure
-		i.events.send(Event{State: Failed, Restarts: st.Restarts, Failure: &Failure{Reason: f.Reason, ExitCode: f.ExitCode, LogTail: f.LogTail}})
+		i.events.send(Event{State: Failed, Restarts: st.Restarts, Failure: st.Failure})
 	}
 }
 
