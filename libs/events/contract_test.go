@@ -390,6 +390,17 @@ func TestFreshEventsValidate(t *testing.T) {
 			Engine: "vllm", Reason: "crashed 5 times within 10m0s; last: exit status 1", ExitCode: 1, Restarts: 4,
 			LogTail: "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n",
 		}},
+		{"ServiceScaledV1", events.ServiceScaledV1{
+			Meta: events.NewMeta(), ServiceID: serviceID, OwnerID: ownerID, From: 2, To: 0,
+			Reason: "autoscaler: idle for 15m0s",
+		}},
+		{"ServiceDeletedV1", events.ServiceDeletedV1{
+			Meta: events.NewMeta(), ServiceID: serviceID, OwnerID: ownerID, Name: "test", AccessName: accessName,
+		}},
+		{"InstanceReleasedV1", events.InstanceReleasedV1{
+			Meta: events.NewMeta(), InstanceID: instanceID, ServiceID: serviceID, WorkerID: workerID,
+			Reason: "scaled down to 1",
+		}},
 		{"RequestCompletedV1", events.RequestCompletedV1{
 			Meta: events.NewMeta(), RequestID: "a1b2c3d4e5f60718293a4b5c6d7e8f90", ServiceID: serviceID,
 			OwnerID: ownerID, AccessName: accessName, BaseModel: "qwen2-vl-7b-instruct",

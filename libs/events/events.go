@@ -44,6 +44,9 @@ const (
 	SubjectInstanceStoppedV1  = "worker.instance.stopped.v1"
 	SubjectInstanceFailedV1   = "worker.instance.failed.v1"
 	SubjectRequestCompletedV1 = "usage.request.completed.v1"
+	SubjectServiceScaledV1    = "deploy.service.scaled.v1"
+	SubjectServiceDeletedV1   = "deploy.service.deleted.v1"
+	SubjectInstanceReleasedV1 = "scale.instance.released.v1" // + "." + worker ID
 )
 
 // ServiceCreatedV1 says a user created a model service.
@@ -166,6 +169,55 @@ type RequestCompletedV1 struct {
 // Subject implements Event.
 func (RequestCompletedV1) Subject() string { return SubjectRequestCompletedV1 }
 
+// ServiceScaledV1 says a service's desired instance count changed.
+// Published by the deployer (a user's scale request, or an autoscaling
+// decision, with its reason); consumed by the scaler, which places or
+// releases instances until the service has To of them.
+type ServiceScaledV1 struct {
+	Meta
+	ServiceID string `json:"service_id"`
+	OwnerID   string `json:"owner_id"`
+	From      int    `json:"from_instances"`
+	To        int    `json:"to_instances"`
+	Reason    string `json:"reason"`
+}
+
+// Subject implements Event.
+func (ServiceScaledV1) Subject() string { return SubjectServiceScaledV1 }
+
+// ServiceDeletedV1 says a user deleted a service. From OccurredAt on the
+// router answers 404 for its access name and nothing more is billed for it.
+// Published by the deployer; consumed by the scaler (release every
+// instance) and billing (stop accruing).
+type ServiceDeletedV1 struct {
+	Meta
+	ServiceID  string `json:"service_id"`
+	OwnerID    string `json:"owner_id"`
+	Name       string `json:"name"`
+	AccessName string `json:"access_name"`
+}
+
+// Subject implements Event.
+func (ServiceDeletedV1) Subject() string { return SubjectServiceDeletedV1 }
+
+// InstanceReleasedV1 says the scaler took an instance off a worker (scale
+// down, deletion, or a worker replaced). Published by the scaler on
+// SubjectInstanceReleasedV1 + "." + WorkerID; consumed by that worker,
+// which drains and stops the instance.
+type InstanceReleasedV1 struct {
+	Meta
+	InstanceID string `json:"instance_id"`
+	ServiceID  string `json:"service_id"`
+	WorkerID   string `json:"worker_id"`
+	Reason     string `json:"reason"`
+}
+
+// Subject implements Event.
+func (e InstanceReleasedV1) Subject() string { return ReleaseSubject(e.WorkerID) }
+
+// ReleaseSubject is the subject on which releases for one worker arrive.
+func ReleaseSubject(workerID string) string { return SubjectInstanceReleasedV1 + "." + workerID }
+
 // Registry maps each schema name (the subject without a worker suffix) to a
 // zero value of its Go type. The contract test walks it.
 var Registry = map[string]Event{
@@ -175,4 +227,7 @@ var Registry = map[string]Event{
 	SubjectInstanceStoppedV1:  InstanceStoppedV1{},
 	SubjectInstanceFailedV1:   InstanceFailedV1{},
 	SubjectRequestCompletedV1: RequestCompletedV1{},
+	SubjectServiceScaledV1:    ServiceScaledV1{},
+	SubjectServiceDeletedV1:   ServiceDeletedV1{},
+	SubjectInstanceReleasedV1: InstanceReleasedV1{},
 }
