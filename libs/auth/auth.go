@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -32,6 +33,11 @@ type Key struct {
 	Hash      string    `json:"hash"`   // hex SHA-256 of the secret
 	Admin     bool      `json:"admin"`
 	CreatedAt time.Time `json:"created_at"`
+	// Name is the owner's label for the key, such as "ci".
+	Name string `json:"name,omitempty"`
+	// Services, when not empty, are the IDs of the only services the key
+	// may call; empty means every service of its owner.
+	Services []string `json:"services,omitempty"`
 }
 
 // NewSecret returns a fresh secret: the prefix and 256 random bits.
@@ -273,6 +279,77 @@ func (r *Keyring) claimAdmin(ctx context.Context, k Key) (winner Key, won bool, 
 		return Key{}, false, errors.New("admin record vanished while claiming it")
 	}
 	return *rec, false, nil
+}
+
+// OwnerKeys returns the keys owned by ownerID, oldest first. It reads the
+// whole bucket, which is fine for the few keys an installation holds.
+func (r *Keyring) OwnerKeys(ctx context.Context, ownerID string) ([]Key, error) {
+	all, err := r.all(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []Key{}
+	for _, k := range all {
+		if k.OwnerID == ownerID {
+			out = append(out, k)
+		}
+	}
+	slices.SortFunc(out, func(a, b Key) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out, nil
+}
+
+// Revoke deletes the key with the given ID if ownerID owns it; any other
+// key, someone else's included, is errs.NotFound. An admin key cannot be
+// revoked (errs.Forbidden): the installation would lose its admin. Readers
+// following the bucket drop the key as the deletion reaches them.
+func (r *Keyring) Revoke(ctx context.Context, ownerID, id string) error {
+	keys, err := r.OwnerKeys(ctx, ownerID)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if k.ID != id {
+			continue
+		}
+		if k.Admin {
+			return errs.E(errs.Forbidden, "the admin key cannot be revoked")
+		}
+		if err := r.kv.Delete(ctx, k.Hash); err != nil {
+			return errs.Wrap(errs.Unavailable, err, "revoke api key %s", id)
+		}
+		return nil
+	}
+	return errs.E(errs.NotFound, "API key %s not found", id)
+}
+
+// all returns every stored key, without the admin record.
+func (r *Keyring) all(ctx context.Context) ([]Key, error) {
+	w, err := r.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, errs.Wrap(errs.Unavailable, err, "list api keys")
+	}
+	defer w.Stop()
+	var out []Key
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok || e == nil {
+				return out, nil
+			}
+			var k Key
+			if err := json.Unmarshal(e.Value(), &k); err != nil || k.Hash != e.Key() {
+				continue // the admin record, or not a key
+			}
+			out = append(out, k)
+		}
+	}
 }
 
 type ctxKey struct{}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"reflect"
 	"regexp"
 	"strings"
 	"sync"
@@ -99,7 +100,7 @@ func TestContext(t *testing.T) {
 	}
 	k := auth.Key{ID: "k1", OwnerID: "o1"}
 	got, ok := auth.FromContext(auth.NewContext(context.Background(), k))
-	if !ok || got != k {
+	if !ok || !reflect.DeepEqual(got, k) {
 		t.Errorf("FromContext = %+v, %v; want %+v", got, ok, k)
 	}
 }
@@ -161,7 +162,7 @@ func TestVerify(t *testing.T) {
 			if got, want := errs.KindOf(err), errs.Unauthorized; got != want {
 				t.Fatalf("kind = %v, want %v (err %v)", got, want, err)
 			}
-			if k != (auth.Key{}) {
+			if !reflect.DeepEqual(k, auth.Key{}) {
 				t.Errorf("Verify returned %+v with the error", k)
 			}
 		})

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -269,7 +270,7 @@ func TestAuthenticate(t *testing.T) {
 				t.Errorf("verifier asked %q, want %q", v.got, tc.wantAsked)
 			}
 			if tc.wantStatus == http.StatusOK {
-				if seen == nil || *seen != key {
+				if seen == nil || !reflect.DeepEqual(*seen, key) {
 					t.Errorf("handler saw key %v, want %+v", seen, key)
 				}
 				return

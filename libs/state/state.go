@@ -83,6 +83,12 @@ const (
 	StatusFailed    = "failed"
 	StatusDeleting  = "deleting"
 	StatusDeleted   = "deleted"
+	// StatusScaling is a running service whose desired instance count
+	// changed and whose ready count has not caught up yet.
+	StatusScaling = "scaling"
+	// StatusIdle is a service scaled to zero with no instance left: it
+	// exists and keeps its name, but serves nothing until scaled up.
+	StatusIdle = "idle"
 )
 
 // Service is a deployed model service.

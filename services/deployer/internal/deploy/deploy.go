@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -33,6 +34,9 @@ type Store interface {
 	List(ctx context.Context) ([]state.Service, error)
 	// Instances returns the instances workers report for a service.
 	Instances(ctx context.Context, serviceID string) ([]state.Instance, error)
+	// ReleaseName frees a deleted service's name for reuse. It is a no-op
+	// when the name is free or already claimed by another service.
+	ReleaseName(ctx context.Context, s state.Service) error
 }
 
 // Publisher publishes events.
@@ -55,6 +59,11 @@ type Manager struct {
 	catalog *catalog.Catalog
 	pub     Publisher
 	now     func() time.Time
+
+	// lifecycle serializes owners' scale and delete requests from store to
+	// publish, so this process announces them in the order they were
+	// stored: each ServiceScaledV1's From is the previous one's To.
+	lifecycle sync.Mutex
 }
 
 // NewManager returns a Manager.
@@ -155,21 +164,6 @@ func (m *Manager) Get(ctx context.Context, caller auth.Key, id string) (state.Se
 	return s, nil
 }
 
-// List returns the services the caller may see, oldest first.
-func (m *Manager) List(ctx context.Context, caller auth.Key) ([]state.Service, error) {
-	all, err := m.store.List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := []state.Service{}
-	for _, s := range all {
-		if caller.Admin || s.OwnerID == caller.OwnerID {
-			out = append(out, s)
-		}
-	}
-	return out, nil
-}
-
 // Instances returns a service's instances. Only admins see them: they
 // expose internal endpoints.
 func (m *Manager) Instances(ctx context.Context, caller auth.Key, id string) ([]state.Instance, error) {
@@ -184,15 +178,22 @@ func (m *Manager) Instances(ctx context.Context, caller auth.Key, id string) ([]
 
 // RefreshReady recounts a service's ready instances from the instances
 // bucket and updates its status and engine. Recounting, rather than adding
-// one per event, makes it safe to call for a redelivered event.
+// one per event, makes it safe to call for a redelivered event. A deleting
+// service with no instance left becomes deleted and frees its name; a
+// deleting or deleted service never comes back to life.
 func (m *Manager) RefreshReady(ctx context.Context, serviceID string) error {
 	for attempt := 0; attempt < 10; attempt++ {
 		s, rev, err := m.store.Get(ctx, serviceID)
 		if errs.KindOf(err) == errs.NotFound {
-			return nil // deleted meanwhile: nothing to count
+			return nil // removed meanwhile: nothing to count
 		}
 		if err != nil {
 			return err
+		}
+		if s.Status == state.StatusDeleted {
+			// Done already; freeing the name again covers a release that
+			// failed after the status was stored.
+			return m.store.ReleaseName(ctx, s)
 		}
 		insts, err := m.store.Instances(ctx, serviceID)
 		if err != nil {
@@ -205,21 +206,51 @@ func (m *Manager) RefreshReady(ctx context.Context, serviceID string) error {
 				engine = in.Engine
 			}
 		}
-		status := s.Status
-		switch {
-		case ready >= s.Instances:
-			status = state.StatusRunning
-		case s.Status == state.StatusRunning:
-			status = state.StatusDeploying
+		status := settle(s.Status, s.Instances, ready)
+		if s.Status == state.StatusDeleting && len(insts) == 0 {
+			status, ready = state.StatusDeleted, 0
 		}
 		if s.ReadyInstances == ready && s.Status == status && s.Engine == engine {
 			return nil
 		}
 		s.ReadyInstances, s.Status, s.Engine, s.UpdatedAt = ready, status, engine, m.now()
 		err = m.store.Update(ctx, s, rev)
-		if errs.KindOf(err) != errs.Conflict {
+		if errs.KindOf(err) == errs.Conflict {
+			continue
+		}
+		if err != nil {
 			return err
 		}
+		if status == state.StatusDeleted {
+			return m.store.ReleaseName(ctx, s)
+		}
+		return nil
 	}
 	return errors.New("refresh ready instances: too many concurrent updates")
+}
+
+// settle returns a service's status once ready of its desired instances
+// are ready. A deploying (or failed) service runs once it has at least
+// the desired count; a scaling one once it has exactly that count, so a
+// scale-down stays scaling until the extra instances are gone. Desired
+// zero with nothing left is idle. Deleting and deleted are left alone.
+func settle(status string, desired, ready int) string {
+	switch {
+	case status == state.StatusDeleting || status == state.StatusDeleted:
+		return status
+	case desired == 0 && ready == 0:
+		return state.StatusIdle
+	case desired == 0:
+		return state.StatusScaling
+	case status == state.StatusScaling || status == state.StatusIdle:
+		if ready == desired {
+			return state.StatusRunning
+		}
+		return state.StatusScaling
+	case ready >= desired:
+		return state.StatusRunning
+	case status == state.StatusRunning:
+		return state.StatusDeploying
+	}
+	return status
 }

@@ -25,8 +25,9 @@ type fakeStore struct {
 	instances map[string][]state.Instance
 	rev       uint64
 
-	creates int
-	updates int
+	creates  int
+	updates  int
+	released []string // IDs of services whose names were released
 	// conflicts is how many of the next Update calls fail with a Conflict;
 	// before failing, each bumps the stored revision as a concurrent
 	// writer would.
@@ -94,6 +95,13 @@ func (f *fakeStore) Instances(_ context.Context, serviceID string) ([]state.Inst
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]state.Instance{}, f.instances[serviceID]...), nil
+}
+
+func (f *fakeStore) ReleaseName(_ context.Context, s state.Service) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.released = append(f.released, s.ID)
+	return nil
 }
 
 // put stores s directly, as if created earlier.
@@ -399,7 +407,7 @@ func TestList(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			list, err := m.List(context.Background(), tc.caller)
+			list, _, err := m.List(context.Background(), tc.caller, deploy.ListOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -84,7 +84,12 @@ func (s *Store) List(ctx context.Context) ([]state.Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	slices.SortFunc(all, func(a, b state.Service) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	slices.SortFunc(all, func(a, b state.Service) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
 	return all, nil
 }
 
@@ -98,4 +103,25 @@ func (s *Store) Instances(ctx context.Context, serviceID string) ([]state.Instan
 		insts = []state.Instance{}
 	}
 	return insts, nil
+}
+
+// ReleaseName implements deploy.Store: it deletes the owner's name only
+// while it still points at s, so a name already reused stays claimed.
+func (s *Store) ReleaseName(ctx context.Context, svc state.Service) error {
+	nameKey := svc.OwnerID + "." + svc.Name
+	e, err := s.names.Get(ctx, nameKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return errs.Wrap(errs.Unavailable, err, "read name %s", svc.Name)
+	}
+	if string(e.Value()) != svc.ID {
+		return nil
+	}
+	err = s.names.Delete(ctx, nameKey, jetstream.LastRevision(e.Revision()))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return errs.Wrap(errs.Unavailable, err, "release name %s", svc.Name)
+	}
+	return nil
 }

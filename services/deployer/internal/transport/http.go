@@ -3,8 +3,14 @@
 package transport
 
 import (
+	"bytes"
+	"cmp"
+	"encoding/json"
+	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strconv"
 
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/errs"
@@ -15,17 +21,22 @@ import (
 // maxBody bounds control API request bodies.
 const maxBody = 1 << 20
 
-// NewHandler returns the control API, /api/v1/catalog and
-// /api/v1/services..., behind bearer authentication. Lists are bare JSON
-// arrays.
-func NewHandler(m *deploy.Manager, keys httpx.Verifier, log *slog.Logger) http.Handler {
-	h := &handler{m: m, log: log}
+// NewHandler returns the control API, /api/v1/catalog, /api/v1/services...
+// and /api/v1/keys..., behind bearer authentication. Lists are bare JSON
+// arrays; a services page with more after it says where in a Link header.
+func NewHandler(m *deploy.Manager, ks *deploy.Keys, keys httpx.Verifier, log *slog.Logger) http.Handler {
+	h := &handler{m: m, ks: ks, log: log}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/catalog", h.catalog)
 	mux.HandleFunc("POST /api/v1/services", h.create)
 	mux.HandleFunc("GET /api/v1/services", h.list)
 	mux.HandleFunc("GET /api/v1/services/{id}", h.get)
+	mux.HandleFunc("DELETE /api/v1/services/{id}", h.delete)
+	mux.HandleFunc("POST /api/v1/services/{id}/scale", h.scale)
 	mux.HandleFunc("GET /api/v1/services/{id}/instances", h.instances)
+	mux.HandleFunc("POST /api/v1/keys", h.createKey)
+	mux.HandleFunc("GET /api/v1/keys", h.listKeys)
+	mux.HandleFunc("DELETE /api/v1/keys/{id}", h.revokeKey)
 	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, errs.E(errs.NotFound, "no route for %s %s", r.Method, r.URL.Path))
 	})
@@ -34,6 +45,7 @@ func NewHandler(m *deploy.Manager, keys httpx.Verifier, log *slog.Logger) http.H
 
 type handler struct {
 	m   *deploy.Manager
+	ks  *deploy.Keys
 	log *slog.Logger
 }
 
@@ -66,12 +78,35 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) list(w http.ResponseWriter, r *http.Request) {
-	list, err := h.m.List(r.Context(), caller(r))
+	q := r.URL.Query()
+	opts := deploy.ListOptions{Status: q.Get("status"), Task: q.Get("task"), After: q.Get("after")}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			h.fail(w, r, errs.InvalidParam("limit", "limit must be a whole number"))
+			return
+		}
+		if n == 0 {
+			n = -1 // an explicit 0 is out of range, not the default
+		}
+		opts.Limit = n
+	}
+	page, more, err := h.m.List(r.Context(), caller(r), opts)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	httpx.WriteJSON(w, http.StatusOK, list)
+	if more {
+		next := url.Values{"after": {page[len(page)-1].ID}, "limit": {strconv.Itoa(cmp.Or(opts.Limit, deploy.DefaultLimit))}}
+		if opts.Status != "" {
+			next.Set("status", opts.Status)
+		}
+		if opts.Task != "" {
+			next.Set("task", opts.Task)
+		}
+		w.Header().Set("Link", "</api/v1/services?"+next.Encode()+`>; rel="next"`)
+	}
+	httpx.WriteJSON(w, http.StatusOK, page)
 }
 
 func (h *handler) get(w http.ResponseWriter, r *http.Request) {
@@ -90,4 +125,81 @@ func (h *handler) instances(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httpx.WriteJSON(w, http.StatusOK, list)
+}
+
+func (h *handler) scale(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Instances *int `json:"instances"`
+	}
+	if err := httpx.DecodeJSON(r, &req, maxBody); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if req.Instances == nil {
+		h.fail(w, r, errs.InvalidParam("instances", "instances is required"))
+		return
+	}
+	s, err := h.m.Scale(r.Context(), caller(r), r.PathValue("id"), *req.Instances)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, s)
+}
+
+// delete takes its confirmation from a JSON body; an empty body is a
+// missing confirmation, reported as such.
+func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		ConfirmName string `json:"confirm_name"`
+	}
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		h.fail(w, r, errs.E(errs.TooLarge, "request body is larger than %d bytes", maxBody))
+		return
+	}
+	if len(bytes.TrimSpace(b)) > 0 {
+		if err := json.Unmarshal(b, &req); err != nil {
+			h.fail(w, r, errs.InvalidParam("confirm_name", "send {\"confirm_name\": \"<the service's name>\"}: %v", err))
+			return
+		}
+	}
+	s, err := h.m.Delete(r.Context(), caller(r), r.PathValue("id"), req.ConfirmName)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusAccepted, s)
+}
+
+func (h *handler) createKey(w http.ResponseWriter, r *http.Request) {
+	var req deploy.KeyRequest
+	if err := httpx.DecodeJSON(r, &req, maxBody); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	k, err := h.ks.Create(r.Context(), caller(r), req)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/api/v1/keys/"+k.ID)
+	httpx.WriteJSON(w, http.StatusCreated, k)
+}
+
+func (h *handler) listKeys(w http.ResponseWriter, r *http.Request) {
+	list, err := h.ks.List(r.Context(), caller(r))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, list)
+}
+
+func (h *handler) revokeKey(w http.ResponseWriter, r *http.Request) {
+	if err := h.ks.Revoke(r.Context(), caller(r), r.PathValue("id")); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }

@@ -59,12 +59,16 @@ type Call struct {
 
 // service resolves an access name for caller. Another owner's service is
 // NotFound, not Forbidden, so names do not leak; so is a service being
-// deleted, from the moment the deletion is accepted.
+// deleted, from the moment the deletion is accepted. A key restricted to
+// some services gets Forbidden for its owner's other services.
 func (g *Gateway) service(caller auth.Key, model string) (state.Service, error) {
 	svc, ok := g.table.Resolve(model)
 	gone := svc.Status == state.StatusDeleting || svc.Status == state.StatusDeleted
 	if !ok || gone || (!caller.Admin && svc.OwnerID != caller.OwnerID) {
 		return state.Service{}, &errs.Error{Kind: errs.NotFound, Param: "model", Msg: fmt.Sprintf("the model %q does not exist or you do not have access to it", model)}
+	}
+	if len(caller.Services) > 0 && !slices.Contains(caller.Services, svc.ID) {
+		return state.Service{}, &errs.Error{Kind: errs.Forbidden, Param: "model", Msg: fmt.Sprintf("this API key may not call the model %q", model)}
 	}
 	return svc, nil
 }

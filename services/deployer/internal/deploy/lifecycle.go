@@ -1,0 +1,201 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/modelport/modelport/libs/auth"
+	"github.com/modelport/modelport/libs/errs"
+	"github.com/modelport/modelport/libs/events"
+	"github.com/modelport/modelport/libs/state"
+)
+
+// ScaleReason is the reason ServiceScaledV1 gives for an owner's request.
+const ScaleReason = "requested by the owner"
+
+// maxAttempts bounds the read-modify-write retries on a revision conflict.
+const maxAttempts = 10
+
+// Scale sets a service's desired instance count to n (0 to MaxInstances;
+// 0 scales to zero) and publishes ServiceScaledV1 when it changed. The
+// status becomes scaling while the ready count differs from n, running
+// when it already matches, and idle for zero with nothing left. Another
+// owner's service is NotFound; a deleting or deleted one is Conflict. If
+// the publish fails the new count is stored all the same and the error
+// says so.
+func (m *Manager) Scale(ctx context.Context, caller auth.Key, id string, n int) (state.Service, error) {
+	if n < 0 || n > MaxInstances {
+		return state.Service{}, errs.InvalidParam("instances", "instances must be between 0 and %d", MaxInstances)
+	}
+	m.lifecycle.Lock()
+	defer m.lifecycle.Unlock()
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		s, rev, err := m.owned(ctx, caller, id)
+		if err != nil {
+			return state.Service{}, err
+		}
+		if s.Status == state.StatusDeleting || s.Status == state.StatusDeleted {
+			return state.Service{}, errs.E(errs.Conflict, "service %s is %s and cannot be scaled", id, s.Status)
+		}
+		from := s.Instances
+		if from == n {
+			return s, nil
+		}
+		s.Instances, s.UpdatedAt = n, m.now()
+		switch {
+		case n == 0 && s.ReadyInstances == 0:
+			s.Status = state.StatusIdle
+		case n == s.ReadyInstances:
+			s.Status = state.StatusRunning
+		default:
+			s.Status = state.StatusScaling
+		}
+		err = m.store.Update(ctx, s, rev)
+		if errs.KindOf(err) == errs.Conflict {
+			continue
+		}
+		if err != nil {
+			return state.Service{}, err
+		}
+		ev := events.ServiceScaledV1{Meta: events.NewMeta(), ServiceID: s.ID, OwnerID: s.OwnerID, From: from, To: n, Reason: ScaleReason}
+		if err := m.pub.Publish(ctx, ev); err != nil {
+			return s, fmt.Errorf("service %s scaled to %d, announce it: %w", s.ID, n, err)
+		}
+		return s, nil
+	}
+	return state.Service{}, errs.E(errs.Unavailable, "service %s is changing too often; retry", id)
+}
+
+// Delete starts deleting a service whose name the caller confirms: it
+// stores status deleting and publishes ServiceDeletedV1, after which the
+// router answers 404 for it and the scaler releases its instances.
+// RefreshReady finishes the deletion once no instance remains; a service
+// without instances is finished at once. A wrong or missing confirmation
+// is Invalid (param confirm_name) and changes nothing. Deleting a service
+// that is already deleting or deleted returns it unchanged.
+func (m *Manager) Delete(ctx context.Context, caller auth.Key, id, confirmName string) (state.Service, error) {
+	m.lifecycle.Lock()
+	defer m.lifecycle.Unlock()
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		s, rev, err := m.owned(ctx, caller, id)
+		if err != nil {
+			return state.Service{}, err
+		}
+		if confirmName != s.Name {
+			return state.Service{}, errs.InvalidParam("confirm_name", "confirm_name must be the service's name, %q", s.Name)
+		}
+		if s.Status == state.StatusDeleting || s.Status == state.StatusDeleted {
+			return s, nil
+		}
+		s.Status, s.UpdatedAt = state.StatusDeleting, m.now()
+		err = m.store.Update(ctx, s, rev)
+		if errs.KindOf(err) == errs.Conflict {
+			continue
+		}
+		if err != nil {
+			return state.Service{}, err
+		}
+		ev := events.ServiceDeletedV1{Meta: events.NewMeta(), ServiceID: s.ID, OwnerID: s.OwnerID, Name: s.Name, AccessName: s.AccessName}
+		if err := m.pub.Publish(ctx, ev); err != nil {
+			return s, fmt.Errorf("service %s marked deleting, announce it: %w", s.ID, err)
+		}
+		// No instance event may ever come for a service without
+		// instances, so look now.
+		if err := m.RefreshReady(ctx, s.ID); err != nil {
+			return s, nil // the next instance event finishes it
+		}
+		if done, _, err := m.store.Get(ctx, s.ID); err == nil {
+			s = done
+		}
+		return s, nil
+	}
+	return state.Service{}, errs.E(errs.Unavailable, "service %s is changing too often; retry", id)
+}
+
+// owned returns a service the caller may change, with its revision.
+// Another owner's service is NotFound, as in Get.
+func (m *Manager) owned(ctx context.Context, caller auth.Key, id string) (state.Service, uint64, error) {
+	s, rev, err := m.store.Get(ctx, id)
+	if err != nil {
+		return state.Service{}, 0, err
+	}
+	if !caller.Admin && s.OwnerID != caller.OwnerID {
+		return state.Service{}, 0, errs.E(errs.NotFound, "service %s not found", id)
+	}
+	return s, rev, nil
+}
+
+// Page bounds.
+const (
+	DefaultLimit = 100
+	MaxLimit     = 500
+)
+
+// ListOptions filter and page a listing. Zero values mean no filter, the
+// default limit, and the first page.
+type ListOptions struct {
+	Status string // only services with this status; deleted ones only when asked for
+	Task   string // only services of this task
+	Limit  int    // at most this many, 1 to MaxLimit
+	After  string // the ID of the last service of the previous page
+}
+
+var statuses = []string{
+	state.StatusDeploying, state.StatusRunning, state.StatusScaling, state.StatusIdle,
+	state.StatusFailed, state.StatusDeleting, state.StatusDeleted,
+}
+
+var tasks = []string{state.TaskTextGeneration, state.TaskImageUnderstanding, state.TaskImageGeneration}
+
+// List returns a page of the services the caller may see, oldest first,
+// and whether more follow. Deleted services are left out unless
+// opts.Status asks for them. The cursor is a service ID, so a page stays
+// put while services are created after it.
+func (m *Manager) List(ctx context.Context, caller auth.Key, opts ListOptions) (page []state.Service, more bool, err error) {
+	if opts.Status != "" && !slices.Contains(statuses, opts.Status) {
+		return nil, false, errs.InvalidParam("status", "status must be one of %v", statuses)
+	}
+	if opts.Task != "" && !slices.Contains(tasks, opts.Task) {
+		return nil, false, errs.InvalidParam("task", "task must be one of %v", tasks)
+	}
+	if opts.Limit == 0 {
+		opts.Limit = DefaultLimit
+	}
+	if opts.Limit < 1 || opts.Limit > MaxLimit {
+		return nil, false, errs.InvalidParam("limit", "limit must be between 1 and %d", MaxLimit)
+	}
+	all, err := m.store.List(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	visible := all[:0:0]
+	for _, s := range all {
+		if caller.Admin || s.OwnerID == caller.OwnerID {
+			visible = append(visible, s)
+		}
+	}
+	if opts.After != "" {
+		// The cursor is looked up among all the caller's services, so it
+		// still works when its service changed status or was deleted.
+		i := slices.IndexFunc(visible, func(s state.Service) bool { return s.ID == opts.After })
+		if i < 0 {
+			return nil, false, errs.InvalidParam("after", "after: no service %q", opts.After)
+		}
+		visible = visible[i+1:]
+	}
+	page = []state.Service{}
+	for _, s := range visible {
+		switch {
+		case opts.Status == "" && s.Status == state.StatusDeleted:
+		case opts.Status != "" && s.Status != opts.Status:
+		case opts.Task != "" && s.Task != opts.Task:
+		default:
+			if len(page) == opts.Limit {
+				return page, true, nil
+			}
+			page = append(page, s)
+		}
+	}
+	return page, false, nil
+}
