@@ -338,7 +338,7 @@ func TestListHTTP(t *testing.T) {
 		}
 		next = ""
 		if l := resp.Header.Get("Link"); l != "" {
-			next = l[1 : bytes.IndexByte([]byte(l), '>')]
+			next = l[1:bytes.IndexByte([]byte(l), '>')]
 		}
 	}
 	if fmt.Sprint(seen) != fmt.Sprint(ids) {
