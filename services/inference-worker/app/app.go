@@ -1,5 +1,5 @@
 // Package app wires the inference-worker: settings, the engine, the worker,
-// its placement consumer and heartbeats. The service binary and the
+// its placement and release consumers and heartbeats. The service binary and the
 // all-in-one binary both start it through Start.
 package app
 
@@ -219,6 +219,10 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		}()
 	}
 	if err := transport.ConsumePlacements(ctx, bus.JS, w, log); err != nil {
+		stopBeats()
+		return runner.Service{}, err
+	}
+	if err := transport.ConsumeReleases(ctx, bus.JS, w, log); err != nil {
 		stopBeats()
 		return runner.Service{}, err
 	}

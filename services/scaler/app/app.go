@@ -1,5 +1,5 @@
-// Package app wires the scaler: its store, the service-event consumer and
-// the periodic sweep. The service binary and the all-in-one binary both
+// Package app wires the scaler: its store, the service-event consumers
+// and the periodic sweep. The service binary and the all-in-one binary both
 // start it through Start.
 package app
 
@@ -30,7 +30,7 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 
 // Start starts the scaler on bus.
 func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (runner.Service, error) {
-	store := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketWorkers), bus.KV(state.BucketPlacements))
+	store := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketWorkers), bus.KV(state.BucketPlacements), bus.KV(state.BucketInstances))
 	s := scale.New(store, bus.Publisher, log)
 	if err := transport.ConsumeServiceEvents(ctx, bus.JS, s, log); err != nil {
 		return runner.Service{}, err

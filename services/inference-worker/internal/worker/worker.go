@@ -62,6 +62,11 @@ func WithGPUs(n int) Option { return func(w *Worker) { w.gpus = make([]bool, max
 // their own start too; this catches one that never reports.
 func WithReadyTimeout(d time.Duration) Option { return func(w *Worker) { w.readyTimeout = d } }
 
+// WithDrain sets how long a released instance keeps serving the requests
+// it already has, after its record is removed so the router sends it no
+// new ones; default 2 seconds.
+func WithDrain(d time.Duration) Option { return func(w *Worker) { w.drain = max(d, 0) } }
+
 // Worker is one inference-worker. Its methods are safe for concurrent use.
 type Worker struct {
 	id           string
@@ -72,6 +77,7 @@ type Worker struct {
 	log          *slog.Logger
 	specs        SpecFunc
 	readyTimeout time.Duration
+	drain        time.Duration
 
 	mu        sync.Mutex
 	instances map[string]*running
@@ -98,6 +104,7 @@ func New(id string, capacity int, eng Engine, store Store, pub Publisher, log *s
 		id: id, capacity: capacity, engine: eng, store: store, pub: pub, log: log,
 		specs:        func(s engine.Spec) (engine.Spec, error) { return s, nil },
 		readyTimeout: 30 * time.Minute,
+		drain:        2 * time.Second,
 		instances:    map[string]*running{},
 	}
 	for _, o := range opts {
@@ -187,6 +194,65 @@ func (w *Worker) StartInstance(ctx context.Context, p events.InstancePlacedV1) e
 	w.log.InfoContext(ctx, "instance starting", "instance_id", p.InstanceID, "service_id", p.ServiceID,
 		"engine", inst.Engine(), "endpoint", inst.Endpoint(), "gpus", devices)
 	go w.follow(context.WithoutCancel(ctx), r)
+	return nil
+}
+
+// StopInstance stops an instance the scaler released. It first removes the
+// instance's record, so the router sends it no new requests, waits the
+// drain period for the requests in flight, then stops the engine, frees
+// the slot and its GPUs and publishes InstanceStoppedV1 with the release's
+// reason. Releasing an instance this worker does not run is a no-op: it was
+// released, failed or shut down already. An instance whose engine is still
+// starting is an errs.Unavailable error, so the release is retried once
+// there is an engine to stop.
+func (w *Worker) StopInstance(ctx context.Context, ev events.InstanceReleasedV1) error {
+	if ev.WorkerID != w.id {
+		return errs.E(errs.Invalid, "release of %s is for worker %s, not %s", ev.InstanceID, ev.WorkerID, w.id)
+	}
+	w.mu.Lock()
+	r, known := w.instances[ev.InstanceID]
+	w.mu.Unlock()
+	if !known {
+		return nil
+	}
+	r.mu.Lock()
+	if r.gone {
+		r.mu.Unlock()
+		return nil
+	}
+	if r.inst == nil {
+		r.mu.Unlock()
+		return errs.E(errs.Unavailable, "instance %s is still starting", ev.InstanceID)
+	}
+	// Under r.mu, so no ready announcement can write the record back.
+	if err := w.store.DeleteInstance(ctx, r.record.ServiceID, ev.InstanceID); err != nil {
+		r.mu.Unlock()
+		return err
+	}
+	r.gone = true
+	inst, rec := r.inst, r.record
+	r.mu.Unlock()
+	w.log.InfoContext(ctx, "instance draining", "instance_id", rec.ID, "service_id", rec.ServiceID, "reason", ev.Reason, "drain", w.drain)
+
+	// The instance is committed to stopping: a cancelled ctx shortens the
+	// drain but does not leave the engine running.
+	stopCtx := context.WithoutCancel(ctx)
+	t := time.NewTimer(w.drain)
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		t.Stop()
+	}
+	if err := inst.Stop(stopCtx); err != nil {
+		w.log.WarnContext(ctx, "stop released instance", "instance_id", rec.ID, "err", err)
+	}
+	w.remove(rec.ID, r)
+	if err := w.pub.Publish(stopCtx, events.InstanceStoppedV1{
+		Meta: events.NewMeta(), InstanceID: rec.ID, ServiceID: rec.ServiceID, WorkerID: w.id, Reason: ev.Reason,
+	}); err != nil {
+		return fmt.Errorf("announce stopped instance %s: %w", rec.ID, err)
+	}
+	w.log.InfoContext(ctx, "instance stopped", "instance_id", rec.ID, "service_id", rec.ServiceID, "reason", ev.Reason)
 	return nil
 }
 

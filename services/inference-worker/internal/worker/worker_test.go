@@ -104,6 +104,7 @@ type fakeStore struct {
 	deleted   []string
 	beats     []state.Worker
 	putErr    error
+	onDelete  func(key string) // called before a record is deleted, when set
 }
 
 func newFakeStore() *fakeStore { return &fakeStore{instances: map[string]state.Instance{}} }
@@ -120,6 +121,9 @@ func (f *fakeStore) PutInstance(_ context.Context, in state.Instance) error {
 }
 
 func (f *fakeStore) DeleteInstance(_ context.Context, serviceID, instanceID string) error {
+	if f.onDelete != nil {
+		f.onDelete(state.InstanceKey(serviceID, instanceID))
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	key := state.InstanceKey(serviceID, instanceID)

@@ -1,9 +1,10 @@
-// Package kvstore implements scale.Store on the services, workers and
-// placements buckets.
+// Package kvstore implements scale.Store on the services, workers,
+// placements and instances buckets.
 package kvstore
 
 import (
 	"context"
+	"errors"
 	"strings"
 
 	"github.com/modelport/modelport/libs/errs"
@@ -17,13 +18,16 @@ type Store struct {
 	services   jetstream.KeyValue
 	workers    jetstream.KeyValue
 	placements jetstream.KeyValue
+	instances  jetstream.KeyValue
 }
 
 var _ scale.Store = (*Store)(nil)
 
-// New returns a Store.
-func New(services, workers, placements jetstream.KeyValue) *Store {
-	return &Store{services: services, workers: workers, placements: placements}
+// New returns a Store. The scaler only reads the services and workers
+// buckets; it writes placements, and deletes from instances only the
+// records of workers that died.
+func New(services, workers, placements, instances jetstream.KeyValue) *Store {
+	return &Store{services: services, workers: workers, placements: placements, instances: instances}
 }
 
 // Service implements scale.Store.
@@ -60,6 +64,20 @@ func (s *Store) Place(ctx context.Context, p state.Placement) error {
 func (s *Store) Unplace(ctx context.Context, p state.Placement) error {
 	if err := s.placements.Delete(ctx, state.InstanceKey(p.ServiceID, p.InstanceID)); err != nil {
 		return errs.Wrap(errs.Unavailable, err, "remove placement %s", p.InstanceID)
+	}
+	return nil
+}
+
+// Instances implements scale.Store.
+func (s *Store) Instances(ctx context.Context) ([]state.Instance, error) {
+	return state.List[state.Instance](ctx, s.instances, ">")
+}
+
+// DeleteInstance implements scale.Store; a record already gone is no error.
+func (s *Store) DeleteInstance(ctx context.Context, serviceID, instanceID string) error {
+	err := s.instances.Delete(ctx, state.InstanceKey(serviceID, instanceID))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return errs.Wrap(errs.Unavailable, err, "delete instance %s", instanceID)
 	}
 	return nil
 }

@@ -1,8 +1,9 @@
 // Package scale is the scaler's domain: turning a service's desired
-// instance count into placements on live workers.
+// instance count into placements on live workers, in both directions.
 package scale
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -15,7 +16,8 @@ import (
 	"github.com/modelport/modelport/libs/state"
 )
 
-// Store reads services and workers and records placements. Implemented by
+// Store reads services, workers and instances, records placements, and
+// removes the instance records of workers that died. Implemented by
 // internal/kvstore.
 type Store interface {
 	Service(ctx context.Context, id string) (state.Service, error)
@@ -24,6 +26,8 @@ type Store interface {
 	Placements(ctx context.Context) ([]state.Placement, error)
 	Place(ctx context.Context, p state.Placement) error
 	Unplace(ctx context.Context, p state.Placement) error
+	Instances(ctx context.Context) ([]state.Instance, error)
+	DeleteInstance(ctx context.Context, serviceID, instanceID string) error
 }
 
 // Publisher publishes events.
@@ -31,62 +35,148 @@ type Publisher interface {
 	Publish(ctx context.Context, ev events.Event) error
 }
 
-// Scaler places instances. Reconciles are serialized, so the event handler
-// and the periodic sweep never place the same slot twice.
+// Option configures a Scaler.
+type Option func(*Scaler)
+
+// WithClock has the scaler read the time from now; tests move it forward.
+func WithClock(now func() time.Time) Option { return func(s *Scaler) { s.now = now } }
+
+// Scaler places and releases instances. Reconciles are serialized, so the
+// event handlers and the periodic sweep never place or release the same
+// slot twice. Its methods are safe for concurrent use.
 type Scaler struct {
-	store Store
-	pub   Publisher
-	log   *slog.Logger
-	mu    sync.Mutex
+	store   Store
+	pub     Publisher
+	log     *slog.Logger
+	now     func() time.Time
+	started time.Time
+	mu      sync.Mutex
 }
 
 // New returns a Scaler.
-func New(store Store, pub Publisher, log *slog.Logger) *Scaler {
-	return &Scaler{store: store, pub: pub, log: log}
+func New(store Store, pub Publisher, log *slog.Logger, opts ...Option) *Scaler {
+	s := &Scaler{store: store, pub: pub, log: log, now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
+	s.started = s.now()
+	return s
 }
 
-// ReconcileService places the missing instances of one service.
+// ReconcileService brings one service to its desired instance count:
+// desired is its Instances, or zero once it is deleting or deleted. It
+// first forgets placements on dead workers, then releases the extra
+// instances or places the missing ones. A service whose record no longer
+// exists has all its placements released.
 func (s *Scaler) ReconcileService(ctx context.Context, serviceID string) error {
-	svc, err := s.store.Service(ctx, serviceID)
-	if err != nil {
-		return err
-	}
-	return s.reconcile(ctx, []state.Service{svc})
+	return s.reconcile(ctx, func(ctx context.Context) ([]state.Service, func(string) bool, error) {
+		only := func(id string) bool { return id == serviceID }
+		svc, err := s.store.Service(ctx, serviceID)
+		switch {
+		case errs.KindOf(err) == errs.NotFound:
+			return nil, only, nil
+		case err != nil:
+			return nil, nil, err
+		}
+		return []state.Service{svc}, only, nil
+	})
 }
 
-// ReconcileAll places the missing instances of every service; it is the
-// sweep that repairs anything an event alone did not.
+// ReconcileAll reconciles every service, and releases the placements of
+// services that no longer exist; it is the sweep that repairs anything an
+// event alone did not.
 func (s *Scaler) ReconcileAll(ctx context.Context) error {
-	all, err := s.store.Services(ctx)
-	if err != nil {
-		return err
-	}
-	return s.reconcile(ctx, all)
+	return s.reconcile(ctx, func(ctx context.Context) ([]state.Service, func(string) bool, error) {
+		all, err := s.store.Services(ctx)
+		return all, func(string) bool { return true }, err
+	})
 }
 
-func (s *Scaler) reconcile(ctx context.Context, services []state.Service) error {
+// loadFunc returns the services to reconcile and which service IDs the
+// reconcile may touch. It runs under the scaler's lock, so a service it
+// lists existed before any placement the reconcile then reads.
+type loadFunc func(ctx context.Context) (services []state.Service, inScope func(serviceID string) bool, err error)
+
+func (s *Scaler) reconcile(ctx context.Context, load loadFunc) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	services, inScope, err := load(ctx)
+	if err != nil {
+		return err
+	}
 	placements, err := s.store.Placements(ctx)
 	if err != nil {
 		return err
 	}
-	perService := map[string]int{}
-	perWorker := map[string]int{}
-	for _, p := range placements {
-		perService[p.ServiceID]++
-		perWorker[p.WorkerID]++
+	workers, err := s.store.LiveWorkers(ctx)
+	if err != nil {
+		return err
 	}
-	var workers []state.Worker
-	for _, svc := range services {
-		missing := svc.Instances - perService[svc.ID]
-		if missing <= 0 || svc.Status == state.StatusFailed {
-			continue
-		}
-		if workers == nil {
-			if workers, err = s.store.LiveWorkers(ctx); err != nil {
+	instances, err := s.store.Instances(ctx)
+	if err != nil {
+		return err
+	}
+	live := map[string]bool{}
+	for _, w := range workers {
+		live[w.ID] = true
+	}
+	ready := map[string]bool{}
+	for _, in := range instances {
+		ready[state.InstanceKey(in.ServiceID, in.ID)] = in.Status == state.InstanceReady
+	}
+
+	// Placements on dead workers are forgotten, and so are their instance
+	// records, so the router stops routing to them; their slots are
+	// placed again below.
+	now := s.now()
+	perService := map[string][]state.Placement{}
+	perWorker := map[string]int{}
+	placed := map[string]bool{}
+	for _, p := range placements {
+		if inScope(p.ServiceID) && s.dead(p.WorkerID, p.PlacedAt, live, now) {
+			if err := s.forget(ctx, p); err != nil {
 				return err
 			}
+			continue
+		}
+		perService[p.ServiceID] = append(perService[p.ServiceID], p)
+		perWorker[p.WorkerID]++
+		placed[state.InstanceKey(p.ServiceID, p.InstanceID)] = true
+	}
+	// Records of dead workers' instances whose placements are already gone
+	// (released while the worker died) would never be removed otherwise.
+	for _, in := range instances {
+		key := state.InstanceKey(in.ServiceID, in.ID)
+		if inScope(in.ServiceID) && !placed[key] && s.dead(in.WorkerID, in.UpdatedAt, live, now) {
+			if err := s.store.DeleteInstance(ctx, in.ServiceID, in.ID); err != nil {
+				return err
+			}
+			s.log.WarnContext(ctx, "instance record of a dead worker removed", "service_id", in.ServiceID, "instance_id", in.ID, "worker_id", in.WorkerID)
+		}
+	}
+
+	// Releases first: they free room that placements may use.
+	known := map[string]bool{}
+	for _, svc := range services {
+		known[svc.ID] = true
+		want, reason := desired(svc)
+		if err := s.releaseExtra(ctx, perService[svc.ID], want, reason, ready, perWorker); err != nil {
+			return err
+		}
+	}
+	for id, ps := range perService {
+		if !known[id] && inScope(id) {
+			if err := s.releaseExtra(ctx, ps, 0, "service deleted", ready, perWorker); err != nil {
+				return err
+			}
+		}
+	}
+
+	for _, svc := range services {
+		want, _ := desired(svc)
+		missing := want - len(perService[svc.ID])
+		if missing <= 0 || svc.Status == state.StatusFailed {
+			continue
 		}
 		for range missing {
 			w, ok := leastLoaded(workers, perWorker)
@@ -99,6 +189,94 @@ func (s *Scaler) reconcile(ctx context.Context, services []state.Service) error 
 			perWorker[w.ID]++
 		}
 	}
+	return nil
+}
+
+// desired is how many instances a service should have, and the reason
+// given for releasing those above it.
+func desired(svc state.Service) (int, string) {
+	if svc.Status == state.StatusDeleting || svc.Status == state.StatusDeleted {
+		return 0, "service deleted"
+	}
+	n := max(svc.Instances, 0)
+	return n, fmt.Sprintf("scaled down to %d", n)
+}
+
+// dead reports whether a worker is gone: absent from the workers bucket,
+// whose TTL drops a worker that stopped beating, for longer than a TTL
+// since since. A scaler younger than a TTL decides nothing: the workers it
+// cannot see yet may simply not have beaten since it started.
+func (s *Scaler) dead(workerID string, since time.Time, live map[string]bool, now time.Time) bool {
+	return !live[workerID] && now.Sub(since) > state.WorkerTTL && now.Sub(s.started) > state.WorkerTTL
+}
+
+// forget removes a dead worker's placement and its instance record. No
+// release is published: no worker is there to consume it.
+func (s *Scaler) forget(ctx context.Context, p state.Placement) error {
+	if err := s.store.Unplace(ctx, p); err != nil {
+		return err
+	}
+	if err := s.store.DeleteInstance(ctx, p.ServiceID, p.InstanceID); err != nil {
+		return fmt.Errorf("forget instance %s of dead worker %s: %w", p.InstanceID, p.WorkerID, err)
+	}
+	s.log.WarnContext(ctx, "worker gone; instance unplaced", "service_id", p.ServiceID, "instance_id", p.InstanceID, "worker_id", p.WorkerID)
+	return nil
+}
+
+// releaseExtra releases placements of one service until want remain:
+// instances not ready yet first (they serve nothing), then those on the
+// most loaded worker, then the newest.
+func (s *Scaler) releaseExtra(ctx context.Context, ps []state.Placement, want int, reason string, ready map[string]bool, perWorker map[string]int) error {
+	left := append([]state.Placement(nil), ps...)
+	for len(left) > want {
+		best := 0
+		for i := 1; i < len(left); i++ {
+			if releaseFirst(left[i], left[best], ready, perWorker) {
+				best = i
+			}
+		}
+		p := left[best]
+		if err := s.release(ctx, p, reason); err != nil {
+			return err
+		}
+		perWorker[p.WorkerID]--
+		left = append(left[:best], left[best+1:]...)
+	}
+	return nil
+}
+
+// releaseFirst reports whether a should be released before b.
+func releaseFirst(a, b state.Placement, ready map[string]bool, perWorker map[string]int) bool {
+	ra, rb := ready[state.InstanceKey(a.ServiceID, a.InstanceID)], ready[state.InstanceKey(b.ServiceID, b.InstanceID)]
+	if ra != rb {
+		return !ra
+	}
+	if c := cmp.Compare(perWorker[a.WorkerID], perWorker[b.WorkerID]); c != 0 {
+		return c > 0
+	}
+	if !a.PlacedAt.Equal(b.PlacedAt) {
+		return a.PlacedAt.After(b.PlacedAt)
+	}
+	return a.InstanceID < b.InstanceID
+}
+
+// release removes a placement and tells its worker to stop the instance.
+func (s *Scaler) release(ctx context.Context, p state.Placement, reason string) error {
+	if err := s.store.Unplace(ctx, p); err != nil {
+		return err
+	}
+	ev := events.InstanceReleasedV1{
+		Meta: events.NewMeta(), InstanceID: p.InstanceID, ServiceID: p.ServiceID, WorkerID: p.WorkerID, Reason: reason,
+	}
+	if err := s.pub.Publish(ctx, ev); err != nil {
+		// Without the event the worker keeps running it: put the placement
+		// back so the next reconcile releases it again.
+		if perr := s.store.Place(context.WithoutCancel(ctx), p); perr != nil {
+			s.log.ErrorContext(ctx, "released instance left running without its placement", "instance_id", p.InstanceID, "err", perr)
+		}
+		return fmt.Errorf("announce release of %s: %w", p.InstanceID, err)
+	}
+	s.log.InfoContext(ctx, "instance released", "service_id", p.ServiceID, "instance_id", p.InstanceID, "worker_id", p.WorkerID, "reason", reason)
 	return nil
 }
 
@@ -117,7 +295,7 @@ func (s *Scaler) place(ctx context.Context, svc state.Service, workerID string) 
 	p := state.Placement{
 		InstanceID: uuid.NewString(), ServiceID: svc.ID, WorkerID: workerID,
 		AccessName: svc.AccessName, BaseModel: svc.BaseModel, Task: svc.Task, Engine: svc.Engine,
-		PlacedAt: time.Now().UTC(),
+		PlacedAt: s.now().UTC(),
 	}
 	if err := s.store.Place(ctx, p); err != nil {
 		return err

@@ -26,6 +26,7 @@ type fakeStore struct {
 	services   map[string]state.Service
 	workers    []state.Worker
 	placements map[string]state.Placement // by instance key
+	instances  map[string]state.Instance  // by instance key
 	unplaced   []state.Placement
 	// listing counts Placements calls in progress, to catch reconciles
 	// that overlap.
@@ -33,7 +34,20 @@ type fakeStore struct {
 }
 
 func newFakeStore() *fakeStore {
-	return &fakeStore{services: map[string]state.Service{}, placements: map[string]state.Placement{}}
+	return &fakeStore{services: map[string]state.Service{}, placements: map[string]state.Placement{}, instances: map[string]state.Instance{}}
+}
+
+func (f *fakeStore) Instances(context.Context) ([]state.Instance, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Collect(maps.Values(f.instances)), nil
+}
+
+func (f *fakeStore) DeleteInstance(_ context.Context, serviceID, instanceID string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.instances, state.InstanceKey(serviceID, instanceID))
+	return nil
 }
 
 func (f *fakeStore) Service(_ context.Context, id string) (state.Service, error) {
@@ -151,7 +165,9 @@ func (p *fakePublisher) placed() []events.InstancePlacedV1 {
 	defer p.mu.Unlock()
 	var out []events.InstancePlacedV1
 	for _, ev := range p.events {
-		out = append(out, ev.(events.InstancePlacedV1))
+		if ev, ok := ev.(events.InstancePlacedV1); ok {
+			out = append(out, ev)
+		}
 	}
 	return out
 }
@@ -388,7 +404,6 @@ func TestReconcileServiceSkipsAndFails(t *testing.T) {
 	}{
 		{name: "failed service", svc: func() state.Service { s := service("s1", 2); s.Status = state.StatusFailed; return s }(), id: "s1"},
 		{name: "running with all placed", svc: func() state.Service { s := service("s1", 0); s.Status = state.StatusRunning; return s }(), id: "s1"},
-		{name: "unknown service", svc: service("s1", 2), id: "s-none", wantErr: true, wantKind: errs.NotFound},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

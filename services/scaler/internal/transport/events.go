@@ -13,11 +13,27 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// ConsumeServiceEvents places instances for each created service.
+// ConsumeServiceEvents reconciles a service each time it is created,
+// scaled or deleted: the scaler places or releases instances until the
+// service has the count its record asks for.
 func ConsumeServiceEvents(ctx context.Context, js jetstream.JetStream, s *scale.Scaler, log *slog.Logger) error {
-	return natsx.Consume(ctx, js, natsx.Subscription{
+	if err := natsx.Consume(ctx, js, natsx.Subscription{
 		Stream: events.StreamDeploy, Durable: "scaler-service-created", Filter: events.SubjectServiceCreatedV1,
 	}, log, func(ctx context.Context, ev events.ServiceCreatedV1) error {
+		return s.ReconcileService(ctx, ev.ServiceID)
+	}); err != nil {
+		return err
+	}
+	if err := natsx.Consume(ctx, js, natsx.Subscription{
+		Stream: events.StreamDeploy, Durable: "scaler-service-scaled", Filter: events.SubjectServiceScaledV1,
+	}, log, func(ctx context.Context, ev events.ServiceScaledV1) error {
+		return s.ReconcileService(ctx, ev.ServiceID)
+	}); err != nil {
+		return err
+	}
+	return natsx.Consume(ctx, js, natsx.Subscription{
+		Stream: events.StreamDeploy, Durable: "scaler-service-deleted", Filter: events.SubjectServiceDeletedV1,
+	}, log, func(ctx context.Context, ev events.ServiceDeletedV1) error {
 		return s.ReconcileService(ctx, ev.ServiceID)
 	})
 }

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/modelport/modelport/libs/chtest"
+	"github.com/modelport/modelport/libs/state"
+)
+
+// TestScaling scales a running service up and down through the control
+// API and checks the scaler places and releases instances, the workers
+// start and drain them, and chat completions keep succeeding throughout.
+func TestScaling(t *testing.T) {
+	chAddr, chDB := chtest.New(t)
+	p, err := startPlatform(context.Background(), testEnv(t, chAddr, chDB), testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close(context.Background()) })
+
+	svc := deployRunning(t, p.BaseURL, "scaled", "qwen2.5-7b-instruct", "text-generation")
+	readyInstances := func() (int, error) {
+		var list []state.Instance
+		if s := call(t, "GET", p.BaseURL+"/api/v1/services/"+svc.ID+"/instances", testAdminKey, nil, &list); s != 200 {
+			return 0, fmt.Errorf("list instances: status %d", s)
+		}
+		n := 0
+		for _, in := range list {
+			if in.Status == state.InstanceReady {
+				n++
+			}
+		}
+		if n != len(list) {
+			return n, fmt.Errorf("%d instances, %d ready", len(list), n)
+		}
+		return n, nil
+	}
+	if n, err := readyInstances(); err != nil || n != 1 {
+		t.Fatalf("after deploy: %d ready instances (%v), want 1", n, err)
+	}
+	chatUntilOK(t, p.BaseURL, svc.AccessName)
+
+	for _, want := range []int{3, 1} {
+		var got service
+		if s := call(t, "POST", p.BaseURL+"/api/v1/services/"+svc.ID+"/scale", testAdminKey, map[string]any{"instances": want}, &got); s != 200 {
+			t.Fatalf("scale to %d: status %d", want, s)
+		}
+		eventually(t, 30*time.Second, fmt.Sprintf("%d ready instances", want), func() error {
+			n, err := readyInstances()
+			if err != nil {
+				return err
+			}
+			if n != want {
+				return fmt.Errorf("%d ready instances", n)
+			}
+			return nil
+		})
+		// The placements agree: released ones are gone, not just unready.
+		placements, err := state.List[state.Placement](context.Background(), p.bus.KV(state.BucketPlacements), svc.ID+".*")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(placements) != want {
+			t.Errorf("after scaling to %d: %d placements", want, len(placements))
+		}
+		// Every request succeeds: the router sends none to a released instance.
+		for i := range 5 {
+			if s := call(t, "POST", p.BaseURL+"/v1/chat/completions", testAdminKey, map[string]any{
+				"model": svc.AccessName, "messages": []map[string]string{{"role": "user", "content": "still there?"}},
+			}, nil); s != 200 {
+				t.Errorf("after scaling to %d, chat %d: status %d", want, i, s)
+			}
+		}
+	}
+}
