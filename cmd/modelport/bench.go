@@ -101,7 +101,11 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 			}
 		}
 	}
-	report := benchReport(*requests, cases)
+	life, err := benchLifecycle(ctx, client, p.BaseURL, key)
+	if err != nil {
+		return fmt.Errorf("lifecycle: %w", err)
+	}
+	report := benchReport(*requests, cases) + life
 	fmt.Fprint(stdout, report)
 	if *out != "" {
 		return os.WriteFile(*out, []byte(report), 0o644)
@@ -307,4 +311,88 @@ func cpuModel() string {
 		return runtime.GOARCH
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// benchLifecycle times the control plane with the simulator engine: from a
+// deploy request to the first answered chat completion, and from a scale
+// request to every new instance ready, as medians over a few runs.
+func benchLifecycle(ctx context.Context, c *http.Client, base, key string) (string, error) {
+	const runs = 5
+	var deploys, scales []time.Duration
+	for i := range runs {
+		t0 := time.Now()
+		var svc struct {
+			ID         string `json:"id"`
+			AccessName string `json:"access_name"`
+		}
+		if err := benchCall(ctx, c, "POST", base+"/api/v1/services", key, map[string]any{"name": fmt.Sprintf("life-%d", i), "base_model": "qwen2.5-7b-instruct"}, &svc); err != nil {
+			return "", err
+		}
+		body, _ := json.Marshal(map[string]any{"model": svc.AccessName, "messages": []map[string]string{{"role": "user", "content": "hi"}}})
+		for {
+			_, err := timeRequest(ctx, c, benchTarget{url: base + "/v1/chat/completions", key: key}, body, false)
+			if err == nil {
+				deploys = append(deploys, time.Since(t0))
+				break
+			}
+			if time.Since(t0) > 30*time.Second {
+				return "", fmt.Errorf("service %s never answered: %w", svc.ID, err)
+			}
+		}
+		t0 = time.Now()
+		var scaled struct{}
+		if err := benchCall(ctx, c, "POST", base+"/api/v1/services/"+svc.ID+"/scale", key, map[string]any{"instances": 4}, &scaled); err != nil {
+			return "", err
+		}
+		for {
+			var s struct {
+				ReadyInstances int `json:"ready_instances"`
+			}
+			if err := benchCall(ctx, c, "GET", base+"/api/v1/services/"+svc.ID, key, nil, &s); err != nil {
+				return "", err
+			}
+			if s.ReadyInstances == 4 {
+				scales = append(scales, time.Since(t0))
+				break
+			}
+			if time.Since(t0) > 30*time.Second {
+				return "", fmt.Errorf("service %s did not reach 4 ready instances", svc.ID)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		// Free the worker's slots for the next run.
+		var deleted struct{}
+		if err := benchCall(ctx, c, "DELETE", base+"/api/v1/services/"+svc.ID, key, map[string]any{"confirm_name": fmt.Sprintf("life-%d", i)}, &deleted); err != nil {
+			return "", err
+		}
+		if err := waitDeleted(ctx, c, base, key, svc.ID); err != nil {
+			return "", err
+		}
+	}
+	median := func(ds []time.Duration) time.Duration { slices.Sort(ds); return ds[len(ds)/2] }
+	var b strings.Builder
+	b.WriteString("\n## Control plane: deploy and scale with the simulator engine\n\n")
+	b.WriteString("Wall time through the control API of the all-in-one platform, medians of 5 runs: each hop is a JetStream event or a key-value watch (deployer → scaler → worker → router). ")
+	b.WriteString("The simulator starts in well under a millisecond, so these figures are the platform's own; a real engine adds its model load time.\n\n")
+	b.WriteString("| step | median | slowest |\n|---|---:|---:|\n")
+	fmt.Fprintf(&b, "| deploy request → first answered chat completion | %s | %s |\n", ms(median(deploys)), ms(deploys[len(deploys)-1]))
+	fmt.Fprintf(&b, "| scale 1 → 4 request → 4 instances ready | %s | %s |\n", ms(median(scales)), ms(scales[len(scales)-1]))
+	return b.String(), nil
+}
+
+func waitDeleted(ctx context.Context, c *http.Client, base, key, id string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		var s struct {
+			Status string `json:"status"`
+		}
+		if err := benchCall(ctx, c, "GET", base+"/api/v1/services/"+id, key, nil, &s); err != nil {
+			return err
+		}
+		if s.Status == "deleted" {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("service %s not deleted in 30s", id)
 }
