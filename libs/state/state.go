@@ -9,6 +9,7 @@
 //	instances  <service id>.<instance id>   inference-worker router, deployer
 //	workers    <worker id>                  inference-worker scaler (TTL: a worker that stops beating disappears)
 //	apikeys    <sha256 of the secret>       deployer         router, deployer, billing
+//	idempotency <owner id>.<sha256 of key>  deployer         deployer (TTL: keys expire after IdempotencyTTL)
 package state
 
 import (
@@ -27,6 +28,9 @@ const (
 	BucketInstances  = "instances"
 	BucketWorkers    = "workers"
 	BucketAPIKeys    = "apikeys"
+	// BucketIdempotency holds the Idempotency-Key values of create
+	// requests, so a retried request returns the first one's result.
+	BucketIdempotency = "idempotency"
 	// BucketImages is an object store: generated images the router serves
 	// by URL for ImageTTL.
 	BucketImages = "images"
@@ -34,6 +38,9 @@ const (
 
 // ImageTTL is how long a generated image can be downloaded.
 const ImageTTL = time.Hour
+
+// IdempotencyTTL is how long an Idempotency-Key is remembered.
+const IdempotencyTTL = 24 * time.Hour
 
 // WorkerTTL is how long a worker stays listed after its last heartbeat.
 const WorkerTTL = 15 * time.Second
@@ -46,6 +53,7 @@ var Buckets = []jetstream.KeyValueConfig{
 	{Bucket: BucketInstances, Storage: jetstream.FileStorage},
 	{Bucket: BucketWorkers, Storage: jetstream.FileStorage, TTL: WorkerTTL},
 	{Bucket: BucketAPIKeys, Storage: jetstream.FileStorage},
+	{Bucket: BucketIdempotency, Storage: jetstream.FileStorage, TTL: IdempotencyTTL},
 }
 
 // EnsureBuckets creates or updates every bucket with the given number of

@@ -56,7 +56,7 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (*
 		return nil, err
 	}
 	return &Deployer{
-		Service:        runner.Service{Handler: transport.NewHandler(m, deploy.NewKeys(keys, m), keys, log), Stop: func(context.Context) {}},
+		Service:        runner.Service{Handler: transport.NewHandler(m, deploy.NewIdempotent(m, kvstore.NewClaims(bus.KV(state.BucketIdempotency))), deploy.NewKeys(keys, m), keys, log), Stop: func(context.Context) {}},
 		Admin:          admin,
 		NewAdminSecret: secret,
 	}, nil

@@ -15,6 +15,7 @@ import (
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/httpx"
+	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/services/deployer/internal/deploy"
 )
 
@@ -24,8 +25,10 @@ const maxBody = 1 << 20
 // NewHandler returns the control API, /api/v1/catalog, /api/v1/services...
 // and /api/v1/keys..., behind bearer authentication. Lists are bare JSON
 // arrays; a services page with more after it says where in a Link header.
-func NewHandler(m *deploy.Manager, ks *deploy.Keys, keys httpx.Verifier, log *slog.Logger) http.Handler {
-	h := &handler{m: m, ks: ks, log: log}
+// A create with an Idempotency-Key header goes through idem, so a retry
+// returns the first result with Idempotent-Replayed: true.
+func NewHandler(m *deploy.Manager, idem *deploy.Idempotent, ks *deploy.Keys, keys httpx.Verifier, log *slog.Logger) http.Handler {
+	h := &handler{m: m, idem: idem, ks: ks, log: log}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/catalog", h.catalog)
 	mux.HandleFunc("POST /api/v1/services", h.create)
@@ -44,9 +47,10 @@ func NewHandler(m *deploy.Manager, ks *deploy.Keys, keys httpx.Verifier, log *sl
 }
 
 type handler struct {
-	m   *deploy.Manager
-	ks  *deploy.Keys
-	log *slog.Logger
+	m    *deploy.Manager
+	idem *deploy.Idempotent
+	ks   *deploy.Keys
+	log  *slog.Logger
 }
 
 func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
@@ -68,10 +72,22 @@ func (h *handler) create(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	s, err := h.m.Create(r.Context(), caller(r), req)
+	var (
+		s        state.Service
+		replayed bool
+		err      error
+	)
+	if key := r.Header.Get("Idempotency-Key"); key != "" {
+		s, replayed, err = h.idem.Create(r.Context(), caller(r), key, req)
+	} else {
+		s, err = h.m.Create(r.Context(), caller(r), req)
+	}
 	if err != nil {
 		h.fail(w, r, err)
 		return
+	}
+	if replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
 	}
 	w.Header().Set("Location", "/api/v1/services/"+s.ID)
 	httpx.WriteJSON(w, http.StatusCreated, s)

@@ -81,7 +81,7 @@ func newEnv(t *testing.T) *env {
 	}
 	store := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketNames), bus.KV(state.BucketInstances))
 	e.m = deploy.NewManager(store, catalog.Default(), e.pub)
-	srv := httptest.NewServer(transport.NewHandler(e.m, deploy.NewKeys(keys, e.m), keys, quiet))
+	srv := httptest.NewServer(transport.NewHandler(e.m, deploy.NewIdempotent(e.m, kvstore.NewClaims(bus.KV(state.BucketIdempotency))), deploy.NewKeys(keys, e.m), keys, quiet))
 	t.Cleanup(srv.Close)
 	e.url = srv.URL
 	return e
