@@ -2,14 +2,15 @@
 // key-value buckets and share with each other: one owner writes each
 // bucket, the others read or watch it.
 //
-//	bucket     key                          owner            readers
-//	services   <service id>                 deployer         router, scaler, billing
-//	names      <owner id>.<name>            deployer         (uniqueness only)
-//	placements <service id>.<instance id>   scaler           scaler
-//	instances  <service id>.<instance id>   inference-worker router, deployer
-//	workers    <worker id>                  inference-worker scaler (TTL: a worker that stops beating disappears)
-//	apikeys    <sha256 of the secret>       deployer         router, deployer, billing
-//	idempotency <owner id>.<sha256 of key>  deployer         deployer (TTL: keys expire after IdempotencyTTL)
+//	bucket      key                          owner            readers
+//	services    <service id>                 deployer         router, scaler, billing
+//	names       <owner id>.<name>            deployer         (uniqueness only)
+//	placements  <service id>.<instance id>   scaler           scaler, inference-worker (on restart)
+//	instances   <service id>.<instance id>   inference-worker router, deployer (the scaler removes a dead worker's)
+//	workers     <worker id>                  inference-worker scaler (TTL: a worker that stops beating disappears)
+//	apikeys     <sha256 of the secret>       deployer         router, deployer, billing
+//	idempotency <owner id>.<sha256 of key>   deployer         deployer (TTL: keys expire after IdempotencyTTL)
+//	images      (object store) <name>.png    router           router (TTL: ImageTTL)
 package state
 
 import (
