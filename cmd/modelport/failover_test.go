@@ -49,8 +49,8 @@ type proc struct {
 	stopped bool  // killed or stopped by the test: cleanup leaves it be
 }
 
-// startProc runs a service binary like startProcess, but returns it so the
-// test can kill or stop it. At the end of the test a process still running
+// startProc runs a service binary until the test ends and returns it, so
+// the test can kill or stop it. At the end of the test a process still running
 // is stopped with SIGTERM and must exit cleanly; one the test ended is
 // left alone. Either way its log is printed if the test failed.
 func startProc(t *testing.T, name, path string, env []string) *proc {

@@ -4,12 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -27,18 +24,8 @@ func TestSeparateProcesses(t *testing.T) {
 	chAddr, chDB := chtest.New(t)
 	ns := natstest.New(t)
 
-	bin := t.TempDir()
-	services := []string{"deployer", "scaler", "router", "inference-worker", "billing"}
-	args := []string{"build", "-o", bin + string(os.PathSeparator)}
-	for _, s := range services {
-		args = append(args, "./services/"+s+"/cmd/"+s)
-	}
-	build := exec.Command("go", args...)
-	build.Dir = filepath.Join("..", "..")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-
+	bin := buildServices(t)
+	services := serviceBinaries
 	ports := map[string]int{}
 	for _, s := range services {
 		p, err := chlocal.FreePort()
@@ -57,7 +44,7 @@ func TestSeparateProcesses(t *testing.T) {
 		"MODELPORT_SCALER_SWEEP=500ms",
 	}
 	for _, s := range services {
-		startProcess(t, filepath.Join(bin, s), append(common, "MODELPORT_HTTP_ADDR=127.0.0.1:"+strconv.Itoa(ports[s])))
+		startProc(t, s, filepath.Join(bin, s), append(common, "MODELPORT_HTTP_ADDR=127.0.0.1:"+strconv.Itoa(ports[s])))
 	}
 	url := func(s string) string { return "http://127.0.0.1:" + strconv.Itoa(ports[s]) }
 	for _, s := range services {
@@ -92,36 +79,4 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
-}
-
-// startProcess runs a service binary until the test ends, stops it with
-// SIGTERM, and prints its log if the test failed.
-func startProcess(t *testing.T, path string, env []string) {
-	t.Helper()
-	var out lockedBuffer
-	cmd := exec.Command(path)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		var err error
-		select {
-		case err = <-done:
-		case <-time.After(20 * time.Second):
-			_ = cmd.Process.Kill()
-			err = fmt.Errorf("did not stop within 20s after SIGTERM: %v", <-done)
-		}
-		if err != nil {
-			t.Errorf("%s exited: %v", filepath.Base(path), err)
-		}
-		if t.Failed() {
-			t.Logf("--- %s log ---\n%s", filepath.Base(path), out.String())
-		}
-	})
 }
