@@ -40,6 +40,19 @@ type Key struct {
 	Services []string `json:"services,omitempty"`
 }
 
+// Restricted reports whether the key may call only some services.
+func (k Key) Restricted() bool { return len(k.Services) > 0 }
+
+// Reaches reports whether the key may see and call a service of ownerID
+// with ID serviceID: an admin key reaches every service; another key its
+// owner's, or, when restricted, only those it names.
+func (k Key) Reaches(ownerID, serviceID string) bool {
+	if k.Admin {
+		return true
+	}
+	return k.OwnerID == ownerID && (!k.Restricted() || slices.Contains(k.Services, serviceID))
+}
+
 // NewSecret returns a fresh secret: the prefix and 256 random bits.
 func NewSecret() string {
 	b := make([]byte, 32)

@@ -401,6 +401,10 @@ func TestFreshEventsValidate(t *testing.T) {
 			Meta: events.NewMeta(), InstanceID: instanceID, ServiceID: serviceID, WorkerID: workerID,
 			Reason: "scaled down to 1",
 		}},
+		{"ServiceAutoscaledV1", events.ServiceAutoscaledV1{
+			Meta: events.NewMeta(), ServiceID: serviceID, OwnerID: ownerID, From: 0, To: 1,
+			Reason: "1 request waiting for an instance", InFlight: 1, TargetInFlight: 4,
+		}},
 		{"RequestCompletedV1", events.RequestCompletedV1{
 			Meta: events.NewMeta(), RequestID: "a1b2c3d4e5f60718293a4b5c6d7e8f90", ServiceID: serviceID,
 			OwnerID: ownerID, AccessName: accessName, BaseModel: "qwen2-vl-7b-instruct",

@@ -38,15 +38,16 @@ func (m Meta) EventID() string { return m.ID }
 
 // Subjects. Each stream below captures one domain's subjects.
 const (
-	SubjectServiceCreatedV1   = "deploy.service.created.v1"
-	SubjectInstancePlacedV1   = "scale.instance.placed.v1" // + "." + worker ID
-	SubjectInstanceReadyV1    = "worker.instance.ready.v1"
-	SubjectInstanceStoppedV1  = "worker.instance.stopped.v1"
-	SubjectInstanceFailedV1   = "worker.instance.failed.v1"
-	SubjectRequestCompletedV1 = "usage.request.completed.v1"
-	SubjectServiceScaledV1    = "deploy.service.scaled.v1"
-	SubjectServiceDeletedV1   = "deploy.service.deleted.v1"
-	SubjectInstanceReleasedV1 = "scale.instance.released.v1" // + "." + worker ID
+	SubjectServiceCreatedV1    = "deploy.service.created.v1"
+	SubjectInstancePlacedV1    = "scale.instance.placed.v1" // + "." + worker ID
+	SubjectInstanceReadyV1     = "worker.instance.ready.v1"
+	SubjectInstanceStoppedV1   = "worker.instance.stopped.v1"
+	SubjectInstanceFailedV1    = "worker.instance.failed.v1"
+	SubjectRequestCompletedV1  = "usage.request.completed.v1"
+	SubjectServiceScaledV1     = "deploy.service.scaled.v1"
+	SubjectServiceDeletedV1    = "deploy.service.deleted.v1"
+	SubjectInstanceReleasedV1  = "scale.instance.released.v1" // + "." + worker ID
+	SubjectServiceAutoscaledV1 = "scale.service.autoscaled.v1"
 )
 
 // ServiceCreatedV1 says a user created a model service.
@@ -218,16 +219,39 @@ func (e InstanceReleasedV1) Subject() string { return ReleaseSubject(e.WorkerID)
 // ReleaseSubject is the subject on which releases for one worker arrive.
 func ReleaseSubject(workerID string) string { return SubjectInstanceReleasedV1 + "." + workerID }
 
+// ServiceAutoscaledV1 is an autoscaling decision: the scaler wants a
+// service's desired instance count moved from From to To, for Reason.
+// Published by the scaler; consumed by the deployer, which stores the new
+// count if the service still has From instances and its policy allows To,
+// and then announces it as ServiceScaledV1.
+type ServiceAutoscaledV1 struct {
+	Meta
+	ServiceID string `json:"service_id"`
+	OwnerID   string `json:"owner_id"`
+	From      int    `json:"from_instances"`
+	To        int    `json:"to_instances"`
+	Reason    string `json:"reason"`
+	// InFlight is the requests in flight the routers reported, waiting
+	// ones included.
+	InFlight int `json:"in_flight"`
+	// TargetInFlight is the policy's requests in flight per instance.
+	TargetInFlight int `json:"target_in_flight"`
+}
+
+// Subject implements Event.
+func (ServiceAutoscaledV1) Subject() string { return SubjectServiceAutoscaledV1 }
+
 // Registry maps each schema name (the subject without a worker suffix) to a
 // zero value of its Go type. The contract test walks it.
 var Registry = map[string]Event{
-	SubjectServiceCreatedV1:   ServiceCreatedV1{},
-	SubjectInstancePlacedV1:   InstancePlacedV1{},
-	SubjectInstanceReadyV1:    InstanceReadyV1{},
-	SubjectInstanceStoppedV1:  InstanceStoppedV1{},
-	SubjectInstanceFailedV1:   InstanceFailedV1{},
-	SubjectRequestCompletedV1: RequestCompletedV1{},
-	SubjectServiceScaledV1:    ServiceScaledV1{},
-	SubjectServiceDeletedV1:   ServiceDeletedV1{},
-	SubjectInstanceReleasedV1: InstanceReleasedV1{},
+	SubjectServiceCreatedV1:    ServiceCreatedV1{},
+	SubjectInstancePlacedV1:    InstancePlacedV1{},
+	SubjectInstanceReadyV1:     InstanceReadyV1{},
+	SubjectInstanceStoppedV1:   InstanceStoppedV1{},
+	SubjectInstanceFailedV1:    InstanceFailedV1{},
+	SubjectRequestCompletedV1:  RequestCompletedV1{},
+	SubjectServiceScaledV1:     ServiceScaledV1{},
+	SubjectServiceDeletedV1:    ServiceDeletedV1{},
+	SubjectInstanceReleasedV1:  InstanceReleasedV1{},
+	SubjectServiceAutoscaledV1: ServiceAutoscaledV1{},
 }

@@ -11,6 +11,7 @@
 //	apikeys     <sha256 of the secret>       deployer         router, deployer, billing
 //	idempotency <owner id>.<sha256 of key>   deployer         deployer (TTL: keys expire after IdempotencyTTL)
 //	images      (object store) <name>.png    router           router (TTL: ImageTTL)
+//	load        <service id>.<router id>     router           scaler (TTL: LoadTTL; the autoscaler's demand signal)
 package state
 
 import (
@@ -35,7 +36,13 @@ const (
 	// BucketImages is an object store: generated images the router serves
 	// by URL for ImageTTL.
 	BucketImages = "images"
+	// BucketLoad holds each router's requests in flight per service, the
+	// demand the autoscaler sizes services by.
+	BucketLoad = "load"
 )
+
+// LoadTTL is how long a router's load report lasts without a newer one.
+const LoadTTL = time.Minute
 
 // ImageTTL is how long a generated image can be downloaded.
 const ImageTTL = time.Hour
@@ -55,6 +62,7 @@ var Buckets = []jetstream.KeyValueConfig{
 	{Bucket: BucketWorkers, Storage: jetstream.FileStorage, TTL: WorkerTTL},
 	{Bucket: BucketAPIKeys, Storage: jetstream.FileStorage},
 	{Bucket: BucketIdempotency, Storage: jetstream.FileStorage, TTL: IdempotencyTTL},
+	{Bucket: BucketLoad, Storage: jetstream.MemoryStorage, TTL: LoadTTL},
 }
 
 // EnsureBuckets creates or updates every bucket with the given number of
@@ -115,7 +123,46 @@ type Service struct {
 	BillingMethod  string    `json:"billing_method"`
 	CreatedAt      time.Time `json:"created_at"`
 	UpdatedAt      time.Time `json:"updated_at"`
+	// StatusReason says why the status is what it is, where that is not
+	// obvious: why a service failed, or why instances are not placed.
+	StatusReason string `json:"status_reason,omitempty"`
+	// Autoscale, when set, lets the scaler choose Instances within its
+	// bounds from the requests in flight.
+	Autoscale *Autoscale `json:"autoscale,omitempty"`
 }
+
+// Autoscale is a service's autoscaling policy.
+type Autoscale struct {
+	MinInstances int `json:"min_instances"`
+	MaxInstances int `json:"max_instances"`
+	// TargetInFlight is the number of requests in flight per instance
+	// the autoscaler aims for.
+	TargetInFlight int `json:"target_in_flight"`
+	// ScaleToZeroAfter is how many seconds without a request a service
+	// with MinInstances 0 keeps one instance before it is scaled to zero.
+	ScaleToZeroAfter int `json:"scale_to_zero_after_seconds,omitempty"`
+}
+
+// Load is one router's demand for one service: the requests it is
+// serving or holding for an instance. Routers write it while the service
+// has traffic and once more when it stops.
+type Load struct {
+	ServiceID string `json:"service_id"`
+	RouterID  string `json:"router_id"`
+	// InFlight counts requests being answered or waiting for an instance.
+	InFlight int `json:"in_flight"`
+	// Waiting counts the requests of InFlight held for a ready instance,
+	// as when a service scaled to zero starts again.
+	Waiting int `json:"waiting"`
+	// Requests counts the requests this router has started for the
+	// service since it started.
+	Requests      uint64    `json:"requests"`
+	LastRequestAt time.Time `json:"last_request_at"`
+	ReportedAt    time.Time `json:"reported_at"`
+}
+
+// LoadKey is the key of a load report: "<service>.<router>".
+func LoadKey(serviceID, routerID string) string { return serviceID + "." + routerID }
 
 // Placement is the scaler's decision to run one instance on one worker. It
 // carries what the worker needs to start the instance, so a restarted

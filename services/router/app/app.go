@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/config"
 	"github.com/modelport/modelport/libs/natsx"
@@ -25,6 +26,8 @@ type Config struct {
 	ReadyWait     time.Duration // MODELPORT_READY_WAIT: how long a request waits for a ready instance
 	PublicURL     string        // MODELPORT_PUBLIC_URL: the router's address as clients see it, for image URLs
 	RateLimit     int           // MODELPORT_RATE_LIMIT_RPM: requests per minute per API key; 0: no limit
+	ColdStartWait time.Duration // MODELPORT_COLD_START_WAIT: how long a request to an autoscaled service waits for an instance
+	LoadReport    time.Duration // MODELPORT_LOAD_REPORT_INTERVAL: how often demand is reported to the autoscaler
 }
 
 // ConfigFromEnv reads Config.
@@ -36,6 +39,12 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 		return c, err
 	}
 	if c.RateLimit, err = config.Int(getenv, "MODELPORT_RATE_LIMIT_RPM", 0); err != nil {
+		return c, err
+	}
+	if c.ColdStartWait, err = config.Duration(getenv, "MODELPORT_COLD_START_WAIT", 2*time.Minute); err != nil {
+		return c, err
+	}
+	if c.LoadReport, err = config.Duration(getenv, "MODELPORT_LOAD_REPORT_INTERVAL", time.Second); err != nil {
 		return c, err
 	}
 	c.ReadyWait, err = config.Duration(getenv, "MODELPORT_READY_WAIT", 10*time.Second)
@@ -51,8 +60,10 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		stopWatch()
 		return runner.Service{}, err
 	}
-	g := gateway.New(table, transport.NewEngineClient(cfg.EngineTimeout), bus.Publisher, log)
-	g.ReadyWait = cfg.ReadyWait
+	demand := routing.NewDemand()
+	g := gateway.New(table, demand, transport.NewEngineClient(cfg.EngineTimeout), bus.Publisher, log)
+	g.ReadyWait, g.ColdStartWait = cfg.ReadyWait, cfg.ColdStartWait
+	go transport.ReportLoad(watchCtx, bus.KV(state.BucketLoad), uuid.NewString(), demand, cfg.LoadReport, log)
 	images, err := transport.NewImageStore(ctx, bus.JS, bus.Replicas)
 	if err != nil {
 		stopWatch()

@@ -51,6 +51,9 @@ type CreateRequest struct {
 	Task          string `json:"task"`
 	Instances     int    `json:"instances"`
 	BillingMethod string `json:"billing_method"`
+	// Autoscale, when set, lets the scaler size the service; Instances
+	// is then the starting count, within the policy's bounds.
+	Autoscale *state.Autoscale `json:"autoscale,omitempty"`
 }
 
 // Manager creates and reads services. It is safe for concurrent use.
@@ -97,6 +100,18 @@ func (m *Manager) Validate(req *CreateRequest) error {
 	if !model.Supports(req.Task) {
 		return errs.InvalidParam("task", "base model %s does not support %s (it supports %v)", model.Name, req.Task, model.Tasks)
 	}
+	if req.Autoscale != nil {
+		if err := ValidateAutoscale(req.Autoscale); err != nil {
+			return err
+		}
+		if req.Instances == 0 {
+			req.Instances = max(req.Autoscale.MinInstances, 1)
+		}
+		if req.Instances < req.Autoscale.MinInstances || req.Instances > req.Autoscale.MaxInstances {
+			return errs.InvalidParam("instances", "instances must be within the autoscale policy's %d to %d",
+				req.Autoscale.MinInstances, req.Autoscale.MaxInstances)
+		}
+	}
 	if req.Instances == 0 {
 		req.Instances = 1
 	}
@@ -116,6 +131,9 @@ func (m *Manager) Validate(req *CreateRequest) error {
 // publishes ServiceCreatedV1. If the publish fails the service still
 // exists; the scaler also reconciles from the services bucket.
 func (m *Manager) Create(ctx context.Context, caller auth.Key, req CreateRequest) (state.Service, error) {
+	if err := changes(caller); err != nil {
+		return state.Service{}, err
+	}
 	if err := m.Validate(&req); err != nil {
 		return state.Service{}, err
 	}
@@ -134,6 +152,7 @@ func (m *Manager) Create(ctx context.Context, caller auth.Key, req CreateRequest
 		BillingMethod: req.BillingMethod,
 		CreatedAt:     now,
 		UpdatedAt:     now,
+		Autoscale:     req.Autoscale,
 	}
 	if err := m.store.Create(ctx, s); err != nil {
 		return state.Service{}, err
@@ -148,6 +167,15 @@ func (m *Manager) Create(ctx context.Context, caller auth.Key, req CreateRequest
 	return s, nil
 }
 
+// changes refuses keys restricted to some services: they may call and
+// read those services, not create or change any.
+func changes(caller auth.Key) error {
+	if caller.Restricted() {
+		return errs.E(errs.Forbidden, "a key restricted to some services cannot create or change services")
+	}
+	return nil
+}
+
 // AccessName is the name clients send as "model": u-<owner>/<name>.
 func AccessName(ownerID, name string) string { return "u-" + ownerID + "/" + name }
 
@@ -158,7 +186,7 @@ func (m *Manager) Get(ctx context.Context, caller auth.Key, id string) (state.Se
 	if err != nil {
 		return state.Service{}, err
 	}
-	if !caller.Admin && s.OwnerID != caller.OwnerID {
+	if !caller.Reaches(s.OwnerID, s.ID) {
 		return state.Service{}, errs.E(errs.NotFound, "service %s not found", id)
 	}
 	return s, nil

@@ -38,19 +38,16 @@ func (m *Manager) Scale(ctx context.Context, caller auth.Key, id string, n int) 
 		if s.Status == state.StatusDeleting || s.Status == state.StatusDeleted {
 			return state.Service{}, errs.E(errs.Conflict, "service %s is %s and cannot be scaled", id, s.Status)
 		}
+		if p := s.Autoscale; p != nil {
+			return state.Service{}, &errs.Error{Kind: errs.Conflict, Param: "instances", Msg: fmt.Sprintf(
+				"service %s is autoscaled between %d and %d instances; change or remove its autoscale policy instead",
+				id, p.MinInstances, p.MaxInstances)}
+		}
 		from := s.Instances
 		if from == n {
 			return s, nil
 		}
-		s.Instances, s.UpdatedAt = n, m.now()
-		switch {
-		case n == 0 && s.ReadyInstances == 0:
-			s.Status = state.StatusIdle
-		case n == s.ReadyInstances:
-			s.Status = state.StatusRunning
-		default:
-			s.Status = state.StatusScaling
-		}
+		s.Instances, s.Status, s.UpdatedAt = n, scaledStatus(n, s.ReadyInstances), m.now()
 		err = m.store.Update(ctx, s, rev)
 		if errs.KindOf(err) == errs.Conflict {
 			continue
@@ -114,14 +111,18 @@ func (m *Manager) Delete(ctx context.Context, caller auth.Key, id, confirmName s
 }
 
 // owned returns a service the caller may change, with its revision.
-// Another owner's service is NotFound, as in Get.
+// Another owner's service is NotFound, as in Get; a restricted key may
+// change none (Forbidden).
 func (m *Manager) owned(ctx context.Context, caller auth.Key, id string) (state.Service, uint64, error) {
 	s, rev, err := m.store.Get(ctx, id)
 	if err != nil {
 		return state.Service{}, 0, err
 	}
-	if !caller.Admin && s.OwnerID != caller.OwnerID {
+	if !caller.Reaches(s.OwnerID, s.ID) {
 		return state.Service{}, 0, errs.E(errs.NotFound, "service %s not found", id)
+	}
+	if err := changes(caller); err != nil {
+		return state.Service{}, 0, err
 	}
 	return s, rev, nil
 }
@@ -171,7 +172,7 @@ func (m *Manager) List(ctx context.Context, caller auth.Key, opts ListOptions) (
 	}
 	visible := all[:0:0]
 	for _, s := range all {
-		if caller.Admin || s.OwnerID == caller.OwnerID {
+		if caller.Reaches(s.OwnerID, s.ID) {
 			visible = append(visible, s)
 		}
 	}

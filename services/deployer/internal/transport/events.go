@@ -11,7 +11,7 @@ import (
 )
 
 // ConsumeInstanceEvents keeps services' ready counts current from the
-// workers' instance events.
+// workers' instance events, and applies the autoscaler's decisions.
 func ConsumeInstanceEvents(ctx context.Context, js jetstream.JetStream, m *deploy.Manager, log *slog.Logger) error {
 	if err := natsx.Consume(ctx, js, natsx.Subscription{
 		Stream: events.StreamWorker, Durable: "deployer-instance-ready", Filter: events.SubjectInstanceReadyV1,
@@ -20,9 +20,16 @@ func ConsumeInstanceEvents(ctx context.Context, js jetstream.JetStream, m *deplo
 	}); err != nil {
 		return err
 	}
-	return natsx.Consume(ctx, js, natsx.Subscription{
+	if err := natsx.Consume(ctx, js, natsx.Subscription{
 		Stream: events.StreamWorker, Durable: "deployer-instance-stopped", Filter: events.SubjectInstanceStoppedV1,
 	}, log, func(ctx context.Context, ev events.InstanceStoppedV1) error {
 		return m.RefreshReady(ctx, ev.ServiceID)
+	}); err != nil {
+		return err
+	}
+	return natsx.Consume(ctx, js, natsx.Subscription{
+		Stream: events.StreamScale, Durable: "deployer-service-autoscaled", Filter: events.SubjectServiceAutoscaledV1,
+	}, log, func(ctx context.Context, ev events.ServiceAutoscaledV1) error {
+		return m.ApplyAutoscale(ctx, ev, log)
 	})
 }

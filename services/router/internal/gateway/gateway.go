@@ -38,16 +38,22 @@ type Gateway struct {
 	engine Engine
 	pub    Publisher
 	log    *slog.Logger
+	demand *routing.Demand
 	// ReadyWait bounds how long a request waits for a ready instance, as
 	// when a service is still deploying.
 	ReadyWait time.Duration
+	// ColdStartWait bounds how long a request to an autoscaled service
+	// waits for a ready instance, as when it was scaled to zero and the
+	// request starts it again.
+	ColdStartWait time.Duration
 	// FailCooldown is how long an instance that failed stays out of rotation.
 	FailCooldown time.Duration
 }
 
-// New returns a Gateway.
-func New(table *routing.Table, engine Engine, pub Publisher, log *slog.Logger) *Gateway {
-	return &Gateway{table: table, engine: engine, pub: pub, log: log, ReadyWait: 10 * time.Second, FailCooldown: 5 * time.Second}
+// New returns a Gateway. It counts the requests it forwards in demand.
+func New(table *routing.Table, demand *routing.Demand, engine Engine, pub Publisher, log *slog.Logger) *Gateway {
+	return &Gateway{table: table, demand: demand, engine: engine, pub: pub, log: log,
+		ReadyWait: 10 * time.Second, ColdStartWait: 2 * time.Minute, FailCooldown: 5 * time.Second}
 }
 
 // Call is one API request as the gateway sees it.
@@ -88,18 +94,35 @@ func (u *upstream) close() {
 }
 
 // forward sends body to the least-loaded ready instance, waiting up to
-// ReadyWait for one. An instance that cannot be reached, or answers 502 or
-// 503 before any byte reached the client, is taken out of rotation for a
-// while and the request is tried once more on another instance.
-func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, body []byte) (*upstream, error) {
+// ReadyWait for one (ColdStartWait for an autoscaled service, which may be
+// starting from zero). An instance that cannot be reached, or answers 502
+// or 503 before any byte reached the client, is taken out of rotation for
+// a while and the request is tried once more on another instance. The
+// request counts in the service's demand until the upstream is closed.
+func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, body []byte) (_ *upstream, err error) {
+	finish := g.demand.Begin(svc.ID)
+	defer func() {
+		if err != nil {
+			finish()
+		}
+	}()
+	waiting, stopWaiting := false, func() {}
+	defer func() { stopWaiting() }()
 	var tried []string
-	deadline := time.Now().Add(g.ReadyWait)
+	wait := g.ReadyWait
+	if svc.Autoscale != nil {
+		wait = max(wait, g.ColdStartWait)
+	}
+	deadline := time.Now().Add(wait)
 	for {
 		ep, release, ok := g.table.Pick(svc.ID, tried...)
 		if !ok {
 			if len(tried) > 0 || time.Now().After(deadline) {
 				return nil, &errs.Error{Kind: errs.Unavailable, RetryAfter: time.Second,
 					Msg: fmt.Sprintf("service %s has no ready instance (it is %s); retry shortly", svc.AccessName, svc.Status)}
+			}
+			if !waiting {
+				waiting, stopWaiting = true, g.demand.Wait(svc.ID)
 			}
 			select {
 			case <-ctx.Done():
@@ -134,7 +157,8 @@ func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, b
 			return nil, err
 		}
 		cooldown := g.FailCooldown
-		return &upstream{status: status, body: resp, instance: ep.Instance, release: release, fail: func() { ep.MarkFailed(cooldown) }}, nil
+		return &upstream{status: status, body: resp, instance: ep.Instance, release: func() { release(); finish() },
+			fail: func() { ep.MarkFailed(cooldown) }}, nil
 	}
 }
 
@@ -170,7 +194,7 @@ func (g *Gateway) Models(caller auth.Key) []Model {
 		if s.Status == state.StatusDeleting || s.Status == state.StatusDeleted {
 			continue
 		}
-		if caller.Admin || s.OwnerID == caller.OwnerID {
+		if caller.Reaches(s.OwnerID, s.ID) {
 			out = append(out, modelOf(s))
 		}
 	}

@@ -176,7 +176,7 @@ func newFixture() fixture {
 	tb.PutInstance(instance(aliceImage, "i-img"))
 	tb.PutInstance(instance(bobChat, "i-b1"))
 	f := fixture{table: tb, eng: newFakeEngine(), pub: &fakePublisher{}}
-	f.g = gateway.New(tb, f.eng, f.pub, quiet)
+	f.g = gateway.New(tb, routing.NewDemand(), f.eng, f.pub, quiet)
 	f.g.ReadyWait = 100 * time.Millisecond
 	return f
 }
@@ -744,7 +744,7 @@ func TestModels(t *testing.T) {
 		}
 		slices.Sort(want)
 		var got []string
-		for _, m := range gateway.New(tb, newFakeEngine(), &fakePublisher{}, quiet).Models(alice) {
+		for _, m := range gateway.New(tb, routing.NewDemand(), newFakeEngine(), &fakePublisher{}, quiet).Models(alice) {
 			got = append(got, m.ID)
 		}
 		if !slices.Equal(got, want) {

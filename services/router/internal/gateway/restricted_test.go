@@ -53,3 +53,17 @@ func TestRestrictedKey(t *testing.T) {
 		})
 	}
 }
+
+// TestRestrictedKeyModels: /v1/models lists only what a restricted key
+// may call.
+func TestRestrictedKeyModels(t *testing.T) {
+	f := newFixture()
+	chatOnly := auth.Key{ID: "k-alice-ci", OwnerID: alice.OwnerID, Services: []string{aliceChat.ID}}
+	got := f.g.Models(chatOnly)
+	if len(got) != 1 || got[0].ID != aliceChat.AccessName {
+		t.Fatalf("models %+v, want only %s", got, aliceChat.AccessName)
+	}
+	if got := f.g.Models(alice); len(got) != 3 {
+		t.Fatalf("unrestricted key sees %d models, want alice's 3", len(got))
+	}
+}

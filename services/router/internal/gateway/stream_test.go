@@ -18,6 +18,7 @@ import (
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/services/router/internal/gateway"
+	"github.com/modelport/modelport/services/router/internal/routing"
 )
 
 // Chunks as a vLLM engine streams them when asked for continuous usage
@@ -137,7 +138,7 @@ func newScriptFixture(bodies ...bodyFunc) (fixture, *scriptEngine) {
 	f := newFixture()
 	eng := &scriptEngine{bodies: bodies}
 	rw := f.g.ReadyWait
-	f.g = gateway.New(f.table, eng, f.pub, quiet)
+	f.g = gateway.New(f.table, routing.NewDemand(), eng, f.pub, quiet)
 	f.g.ReadyWait = rw
 	return f, eng
 }

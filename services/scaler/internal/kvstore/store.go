@@ -1,5 +1,5 @@
-// Package kvstore implements scale.Store on the services, workers,
-// placements and instances buckets.
+// Package kvstore implements scale.Store and autoscale.Store on the
+// services, workers, placements, instances and load buckets.
 package kvstore
 
 import (
@@ -9,6 +9,7 @@ import (
 
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/scaler/internal/autoscale"
 	"github.com/modelport/modelport/services/scaler/internal/scale"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -19,15 +20,24 @@ type Store struct {
 	workers    jetstream.KeyValue
 	placements jetstream.KeyValue
 	instances  jetstream.KeyValue
+	loads      jetstream.KeyValue
 }
 
-var _ scale.Store = (*Store)(nil)
+var (
+	_ scale.Store     = (*Store)(nil)
+	_ autoscale.Store = (*Store)(nil)
+)
 
 // New returns a Store. The scaler only reads the services and workers
 // buckets; it writes placements, and deletes from instances only the
 // records of workers that died.
-func New(services, workers, placements, instances jetstream.KeyValue) *Store {
-	return &Store{services: services, workers: workers, placements: placements, instances: instances}
+func New(services, workers, placements, instances, loads jetstream.KeyValue) *Store {
+	return &Store{services: services, workers: workers, placements: placements, instances: instances, loads: loads}
+}
+
+// Loads implements autoscale.Store: the routers' demand reports.
+func (s *Store) Loads(ctx context.Context) ([]state.Load, error) {
+	return state.List[state.Load](ctx, s.loads, ">")
 }
 
 // Service implements scale.Store.
