@@ -128,7 +128,7 @@ func runFlow(t *testing.T, ep endpoints, chAddr, chDB string) {
 	if status != http.StatusCreated {
 		t.Fatalf("create service: status %d, want 201 (%+v)", status, svc)
 	}
-	if svc.Status != "deploying" || svc.Instances != 2 || svc.BillingMethod != "per-token" || svc.Name != "test" {
+	if svc.Status != "pending" || svc.Instances != 2 || svc.BillingMethod != "per-token" || svc.Name != "test" {
 		t.Errorf("created service = %+v", svc)
 	}
 	if !strings.HasPrefix(svc.AccessName, "u-") || !strings.HasSuffix(svc.AccessName, "/test") {

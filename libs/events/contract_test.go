@@ -405,6 +405,15 @@ func TestFreshEventsValidate(t *testing.T) {
 			Meta: events.NewMeta(), ServiceID: serviceID, OwnerID: ownerID, From: 0, To: 1,
 			Reason: "1 request waiting for an instance", InFlight: 1, TargetInFlight: 4,
 		}},
+		{"PlacementFailedV1", events.PlacementFailedV1{
+			Meta: events.NewMeta(), ServiceID: serviceID, OwnerID: ownerID, Wanted: 3, Placed: 1,
+			Reason: "no worker has room (2 live workers, all full)",
+		}},
+		{"EventRejectedV1", events.EventRejectedV1{
+			Meta: events.NewMeta(), Consumer: "billing-usage", Stream: "USAGE", StreamSequence: 7,
+			OriginalSubject: "usage.request.completed.v1", Headers: map[string][]string{},
+			Reason: "decode event: unexpected end of JSON input", Payload: "{", PayloadEncoding: "utf-8",
+		}},
 		{"RequestCompletedV1", events.RequestCompletedV1{
 			Meta: events.NewMeta(), RequestID: "a1b2c3d4e5f60718293a4b5c6d7e8f90", ServiceID: serviceID,
 			OwnerID: ownerID, AccessName: accessName, BaseModel: "qwen2-vl-7b-instruct",

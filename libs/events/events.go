@@ -48,6 +48,7 @@ const (
 	SubjectServiceDeletedV1    = "deploy.service.deleted.v1"
 	SubjectInstanceReleasedV1  = "scale.instance.released.v1" // + "." + worker ID
 	SubjectServiceAutoscaledV1 = "scale.service.autoscaled.v1"
+	SubjectPlacementFailedV1   = "scale.placement.failed.v1"
 )
 
 // ServiceCreatedV1 says a user created a model service.
@@ -241,6 +242,23 @@ type ServiceAutoscaledV1 struct {
 // Subject implements Event.
 func (ServiceAutoscaledV1) Subject() string { return SubjectServiceAutoscaledV1 }
 
+// PlacementFailedV1 says the scaler could not place all of a service's
+// instances: no live worker has room. It is published when the situation
+// starts or its reason changes, not at every retry; the scaler keeps
+// trying. Published by the scaler; consumed by the deployer, which shows
+// the reason on the service.
+type PlacementFailedV1 struct {
+	Meta
+	ServiceID string `json:"service_id"`
+	OwnerID   string `json:"owner_id"`
+	Wanted    int    `json:"wanted_instances"`
+	Placed    int    `json:"placed_instances"`
+	Reason    string `json:"reason"`
+}
+
+// Subject implements Event.
+func (PlacementFailedV1) Subject() string { return SubjectPlacementFailedV1 }
+
 // Registry maps each schema name (the subject without a worker suffix) to a
 // zero value of its Go type. The contract test walks it.
 var Registry = map[string]Event{
@@ -254,4 +272,5 @@ var Registry = map[string]Event{
 	SubjectServiceDeletedV1:    ServiceDeletedV1{},
 	SubjectInstanceReleasedV1:  InstanceReleasedV1{},
 	SubjectServiceAutoscaledV1: ServiceAutoscaledV1{},
+	SubjectPlacementFailedV1:   PlacementFailedV1{},
 }

@@ -16,6 +16,8 @@ var Streams = []jetstream.StreamConfig{
 	{Name: "WORKER", Subjects: []string{"worker.>"}, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute, MaxAge: 7 * 24 * time.Hour},
 	// USAGE keeps events long enough to rebuild ClickHouse after an outage.
 	{Name: "USAGE", Subjects: []string{"usage.>"}, Storage: jetstream.FileStorage, Duplicates: 30 * time.Minute, MaxAge: 90 * 24 * time.Hour},
+	// DEADLETTER keeps the messages consumers rejected, for as long as USAGE.
+	{Name: "DEADLETTER", Subjects: []string{"deadletter.>"}, Storage: jetstream.FileStorage, Duplicates: 30 * time.Minute, MaxAge: 90 * 24 * time.Hour},
 }
 
 // Stream names, for consumers.
@@ -24,6 +26,8 @@ const (
 	StreamScale  = "SCALE"
 	StreamWorker = "WORKER"
 	StreamUsage  = "USAGE"
+	// StreamDeadLetter holds EventRejectedV1 dead letters.
+	StreamDeadLetter = "DEADLETTER"
 )
 
 // EnsureStreams creates or updates every stream with the given number of

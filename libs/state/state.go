@@ -95,6 +95,8 @@ const (
 
 // Service statuses.
 const (
+	// StatusPending is a service created and not yet placed on a worker.
+	StatusPending   = "pending"
 	StatusDeploying = "deploying"
 	StatusRunning   = "running"
 	StatusFailed    = "failed"

@@ -127,7 +127,7 @@ func (m *Manager) Validate(req *CreateRequest) error {
 	return nil
 }
 
-// Create validates req, stores the service with status deploying, and
+// Create validates req, stores the service with status pending, and
 // publishes ServiceCreatedV1. If the publish fails the service still
 // exists; the scaler also reconciles from the services bucket.
 func (m *Manager) Create(ctx context.Context, caller auth.Key, req CreateRequest) (state.Service, error) {
@@ -148,7 +148,8 @@ func (m *Manager) Create(ctx context.Context, caller auth.Key, req CreateRequest
 		Task:          req.Task,
 		Engine:        model.Engine,
 		Instances:     req.Instances,
-		Status:        state.StatusDeploying,
+		Status:        state.StatusPending,
+		StatusReason:  PendingReason,
 		BillingMethod: req.BillingMethod,
 		CreatedAt:     now,
 		UpdatedAt:     now,
@@ -238,10 +239,14 @@ func (m *Manager) RefreshReady(ctx context.Context, serviceID string) error {
 		if s.Status == state.StatusDeleting && len(insts) == 0 {
 			status, ready = state.StatusDeleted, 0
 		}
-		if s.ReadyInstances == ready && s.Status == status && s.Engine == engine {
+		reason := s.StatusReason
+		if status == state.StatusRunning {
+			reason = ""
+		}
+		if s.ReadyInstances == ready && s.Status == status && s.Engine == engine && s.StatusReason == reason {
 			return nil
 		}
-		s.ReadyInstances, s.Status, s.Engine, s.UpdatedAt = ready, status, engine, m.now()
+		s.ReadyInstances, s.Status, s.Engine, s.StatusReason, s.UpdatedAt = ready, status, engine, reason, m.now()
 		err = m.store.Update(ctx, s, rev)
 		if errs.KindOf(err) == errs.Conflict {
 			continue
@@ -277,7 +282,7 @@ func settle(status string, desired, ready int) string {
 		return state.StatusScaling
 	case ready >= desired:
 		return state.StatusRunning
-	case status == state.StatusRunning:
+	case status == state.StatusRunning, status == state.StatusPending && ready > 0:
 		return state.StatusDeploying
 	}
 	return status

@@ -249,7 +249,7 @@ func TestCreate(t *testing.T) {
 	want := state.Service{
 		ID: s.ID, OwnerID: alice.OwnerID, Name: "chat", AccessName: "u-" + alice.OwnerID + "/chat",
 		BaseModel: "qwen2.5-7b-instruct", Task: state.TaskTextGeneration, Engine: "vllm", Instances: 2,
-		Status: state.StatusDeploying, BillingMethod: state.BillingPerToken, CreatedAt: s.CreatedAt, UpdatedAt: s.CreatedAt,
+		Status: state.StatusPending, StatusReason: deploy.PendingReason, BillingMethod: state.BillingPerToken, CreatedAt: s.CreatedAt, UpdatedAt: s.CreatedAt,
 	}
 	if got := s; got != want {
 		t.Errorf("Create returned\n %+v, want\n %+v", got, want)

@@ -143,7 +143,7 @@ type ListOptions struct {
 }
 
 var statuses = []string{
-	state.StatusDeploying, state.StatusRunning, state.StatusScaling, state.StatusIdle,
+	state.StatusPending, state.StatusDeploying, state.StatusRunning, state.StatusScaling, state.StatusIdle,
 	state.StatusFailed, state.StatusDeleting, state.StatusDeleted,
 }
 

@@ -10,8 +10,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// ConsumeInstanceEvents keeps services' ready counts current from the
-// workers' instance events, and applies the autoscaler's decisions.
+// ConsumeInstanceEvents keeps services' ready counts and statuses current
+// from the workers' instance events and the scaler's placements, and
+// applies the autoscaler's decisions.
 func ConsumeInstanceEvents(ctx context.Context, js jetstream.JetStream, m *deploy.Manager, log *slog.Logger) error {
 	if err := natsx.Consume(ctx, js, natsx.Subscription{
 		Stream: events.StreamWorker, Durable: "deployer-instance-ready", Filter: events.SubjectInstanceReadyV1,
@@ -24,6 +25,27 @@ func ConsumeInstanceEvents(ctx context.Context, js jetstream.JetStream, m *deplo
 		Stream: events.StreamWorker, Durable: "deployer-instance-stopped", Filter: events.SubjectInstanceStoppedV1,
 	}, log, func(ctx context.Context, ev events.InstanceStoppedV1) error {
 		return m.RefreshReady(ctx, ev.ServiceID)
+	}); err != nil {
+		return err
+	}
+	if err := natsx.Consume(ctx, js, natsx.Subscription{
+		Stream: events.StreamWorker, Durable: "deployer-instance-failed", Filter: events.SubjectInstanceFailedV1,
+	}, log, func(ctx context.Context, ev events.InstanceFailedV1) error {
+		return m.InstanceFailed(ctx, ev)
+	}); err != nil {
+		return err
+	}
+	if err := natsx.Consume(ctx, js, natsx.Subscription{
+		Stream: events.StreamScale, Durable: "deployer-instance-placed", Filter: events.PlacementSubject("*"),
+	}, log, func(ctx context.Context, ev events.InstancePlacedV1) error {
+		return m.Placed(ctx, ev.ServiceID)
+	}); err != nil {
+		return err
+	}
+	if err := natsx.Consume(ctx, js, natsx.Subscription{
+		Stream: events.StreamScale, Durable: "deployer-placement-failed", Filter: events.SubjectPlacementFailedV1,
+	}, log, func(ctx context.Context, ev events.PlacementFailedV1) error {
+		return m.PlacementFailed(ctx, ev)
 	}); err != nil {
 		return err
 	}

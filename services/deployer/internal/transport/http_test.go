@@ -353,7 +353,7 @@ func TestListHTTP(t *testing.T) {
 	}{
 		{query: "?task=text-generation", wantStatus: 200, wantLen: 5},
 		{query: "?task=image-generation", wantStatus: 200, wantLen: 0},
-		{query: "?status=deploying", wantStatus: 200, wantLen: 5},
+		{query: "?status=pending", wantStatus: 200, wantLen: 5},
 		{query: "?status=running", wantStatus: 200, wantLen: 0},
 		{query: "?status=asleep", wantStatus: 400, wantParam: "status"},
 		{query: "?limit=0", wantStatus: 400, wantParam: "limit"},

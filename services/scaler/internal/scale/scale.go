@@ -51,11 +51,14 @@ type Scaler struct {
 	now     func() time.Time
 	started time.Time
 	mu      sync.Mutex
+	// unplaceable is the reason last announced, per service, for
+	// instances that could not be placed; guarded by mu.
+	unplaceable map[string]string
 }
 
 // New returns a Scaler.
 func New(store Store, pub Publisher, log *slog.Logger, opts ...Option) *Scaler {
-	s := &Scaler{store: store, pub: pub, log: log, now: time.Now}
+	s := &Scaler{store: store, pub: pub, log: log, now: time.Now, unplaceable: map[string]string{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -176,20 +179,61 @@ func (s *Scaler) reconcile(ctx context.Context, load loadFunc) error {
 		want, _ := desired(svc)
 		missing := want - len(perService[svc.ID])
 		if missing <= 0 || svc.Status == state.StatusFailed {
+			delete(s.unplaceable, svc.ID)
 			continue
 		}
-		for range missing {
+		for i := range missing {
 			w, ok := leastLoaded(workers, perWorker)
 			if !ok {
-				return errs.E(errs.Unavailable, "no worker has room for service %s (%d live workers)", svc.ID, len(workers))
+				reason := fmt.Sprintf("no worker has room (%d live workers)", len(workers))
+				s.placementFailed(ctx, svc, want, want-missing+i, reason)
+				return errs.E(errs.Unavailable, "%s for service %s", reason, svc.ID)
 			}
 			if err := s.place(ctx, svc, w.ID); err != nil {
 				return err
 			}
 			perWorker[w.ID]++
 		}
+		delete(s.unplaceable, svc.ID)
 	}
 	return nil
+}
+
+// placementFailed announces that a service's instances cannot all be
+// placed, once per reason: the scaler retries at every reconcile.
+func (s *Scaler) placementFailed(ctx context.Context, svc state.Service, wanted, placed int, reason string) {
+	if s.unplaceable[svc.ID] == reason {
+		return
+	}
+	ev := events.PlacementFailedV1{Meta: events.NewMeta(), ServiceID: svc.ID, OwnerID: svc.OwnerID, Wanted: wanted, Placed: placed, Reason: reason}
+	if err := s.pub.Publish(ctx, ev); err != nil {
+		s.log.WarnContext(ctx, "announce failed placement", "service_id", svc.ID, "err", err)
+		return
+	}
+	s.unplaceable[svc.ID] = reason
+	s.log.WarnContext(ctx, "instances not placed", "service_id", svc.ID, "wanted", wanted, "placed", placed, "reason", reason)
+}
+
+// InstanceFailed forgets the placement of an instance its worker gave up
+// on (the worker has stopped it and freed its slot), then reconciles the
+// service, which places a replacement unless the service has failed.
+func (s *Scaler) InstanceFailed(ctx context.Context, ev events.InstanceFailedV1) error {
+	s.mu.Lock()
+	placements, err := s.store.Placements(ctx)
+	if err == nil {
+		for _, p := range placements {
+			if p.ServiceID == ev.ServiceID && p.InstanceID == ev.InstanceID {
+				err = s.store.Unplace(ctx, p)
+				break
+			}
+		}
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	s.log.WarnContext(ctx, "instance failed; placement forgotten", "service_id", ev.ServiceID, "instance_id", ev.InstanceID, "worker_id", ev.WorkerID, "reason", ev.Reason)
+	return s.ReconcileService(ctx, ev.ServiceID)
 }
 
 // desired is how many instances a service should have, and the reason

@@ -14,7 +14,7 @@ import (
 )
 
 // ConsumeServiceEvents reconciles a service each time it is created,
-// scaled or deleted: the scaler places or releases instances until the
+// scaled or deleted, or one of its instances failed: the scaler places or releases instances until the
 // service has the count its record asks for.
 func ConsumeServiceEvents(ctx context.Context, js jetstream.JetStream, s *scale.Scaler, log *slog.Logger) error {
 	if err := natsx.Consume(ctx, js, natsx.Subscription{
@@ -28,6 +28,13 @@ func ConsumeServiceEvents(ctx context.Context, js jetstream.JetStream, s *scale.
 		Stream: events.StreamDeploy, Durable: "scaler-service-scaled", Filter: events.SubjectServiceScaledV1,
 	}, log, func(ctx context.Context, ev events.ServiceScaledV1) error {
 		return s.ReconcileService(ctx, ev.ServiceID)
+	}); err != nil {
+		return err
+	}
+	if err := natsx.Consume(ctx, js, natsx.Subscription{
+		Stream: events.StreamWorker, Durable: "scaler-instance-failed", Filter: events.SubjectInstanceFailedV1,
+	}, log, func(ctx context.Context, ev events.InstanceFailedV1) error {
+		return s.InstanceFailed(ctx, ev)
 	}); err != nil {
 		return err
 	}

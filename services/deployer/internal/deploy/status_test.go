@@ -1,0 +1,85 @@
+package deploy_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/modelport/modelport/libs/events"
+	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/deployer/internal/deploy"
+)
+
+func TestPendingUntilPlaced(t *testing.T) {
+	ctx := context.Background()
+	m, st, _ := newManager()
+	s, err := m.Create(ctx, alice, deploy.CreateRequest{Name: "chat", BaseModel: "qwen2.5-7b-instruct"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Status != state.StatusPending || s.StatusReason == "" {
+		t.Fatalf("created %s (%q), want pending with a reason", s.Status, s.StatusReason)
+	}
+	// No room: the reason says so; the status stays.
+	nf := events.PlacementFailedV1{Meta: events.NewMeta(), ServiceID: s.ID, OwnerID: alice.OwnerID, Wanted: 1, Reason: "no worker has room (0 live workers)"}
+	if err := m.PlacementFailed(ctx, nf); err != nil {
+		t.Fatal(err)
+	}
+	got := st.service(t, s.ID)
+	if got.Status != state.StatusPending || !strings.Contains(got.StatusReason, "0 of 1 instances placed: no worker has room") {
+		t.Fatalf("after a failed placement: %s (%q)", got.Status, got.StatusReason)
+	}
+	if err := m.Placed(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	got = st.service(t, s.ID)
+	if got.Status != state.StatusDeploying || got.StatusReason != "" {
+		t.Fatalf("after placement: %s (%q), want deploying without a reason", got.Status, got.StatusReason)
+	}
+	// A redelivered placement changes nothing more.
+	updates := st.updates
+	if err := m.Placed(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	if st.updates != updates {
+		t.Errorf("redelivered placement wrote the service again")
+	}
+}
+
+func TestInstanceFailed(t *testing.T) {
+	failure := events.InstanceFailedV1{Meta: events.NewMeta(), InstanceID: "i1", ServiceID: "s1", WorkerID: "w1",
+		Engine: "vllm", Reason: "crashed 5 times within 10m0s", ExitCode: 1, Restarts: 4, LogTail: "CUDA out of memory"}
+	tests := []struct {
+		name       string
+		svc        state.Service
+		others     []state.Instance
+		wantStatus string
+		wantReason bool
+	}{
+		{"the only instance: failed", state.Service{Instances: 1, Status: state.StatusDeploying}, nil, state.StatusFailed, true},
+		{"another still serves: status stays", state.Service{Instances: 2, ReadyInstances: 2, Status: state.StatusRunning},
+			[]state.Instance{{ID: "i2", ServiceID: "s1", Status: state.InstanceReady}}, state.StatusRunning, true},
+		{"being deleted: left alone", state.Service{Instances: 1, Status: state.StatusDeleting}, nil, state.StatusDeleting, false},
+		{"scaled to zero meanwhile: left alone", state.Service{Instances: 0, Status: state.StatusScaling}, nil, state.StatusScaling, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m, st, _ := newManager()
+			tc.svc.ID, tc.svc.OwnerID, tc.svc.Name = "s1", alice.OwnerID, "chat"
+			st.put(tc.svc)
+			st.mu.Lock()
+			st.instances["s1"] = append(tc.others, state.Instance{ID: "i1", ServiceID: "s1", Status: state.InstanceReady})
+			st.mu.Unlock()
+			if err := m.InstanceFailed(context.Background(), failure); err != nil {
+				t.Fatal(err)
+			}
+			got := st.service(t, "s1")
+			if got.Status != tc.wantStatus {
+				t.Errorf("status %s, want %s", got.Status, tc.wantStatus)
+			}
+			if has := strings.Contains(got.StatusReason, "crashed 5 times"); has != tc.wantReason {
+				t.Errorf("reason %q; want the worker's reason: %v", got.StatusReason, tc.wantReason)
+			}
+		})
+	}
+}

@@ -1,0 +1,94 @@
+package scale_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/modelport/modelport/libs/events"
+	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/scaler/internal/scale"
+)
+
+func (p *fakePublisher) placementFailures() []events.PlacementFailedV1 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []events.PlacementFailedV1
+	for _, ev := range p.events {
+		if ev, ok := ev.(events.PlacementFailedV1); ok {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// A service that cannot be placed is announced once per reason, however
+// often the scaler retries, and again after it was placed and then could
+// not be.
+func TestPlacementFailedAnnouncedOnce(t *testing.T) {
+	ctx := context.Background()
+	st, pub := newFakeStore(), &fakePublisher{}
+	st.services["s1"] = service("s1", 2)
+	st.workers = []state.Worker{worker("w1", 1)}
+	s := scale.New(st, pub, quiet)
+	for range 3 {
+		if err := s.ReconcileService(ctx, "s1"); err == nil {
+			t.Fatal("reconcile with no room succeeded")
+		}
+	}
+	got := pub.placementFailures()
+	if len(got) != 1 {
+		t.Fatalf("announced %d times, want once: %+v", len(got), got)
+	}
+	if ev := got[0]; ev.ServiceID != "s1" || ev.Wanted != 2 || ev.Placed != 1 || !strings.Contains(ev.Reason, "no worker has room (1 live workers)") {
+		t.Fatalf("event %+v", ev)
+	}
+	// Room appears: placed, and the memory of the failure goes.
+	st.workers = []state.Worker{worker("w1", 1), worker("w2", 1)}
+	if err := s.ReconcileService(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	st.services["s1"] = service("s1", 3)
+	if err := s.ReconcileService(ctx, "s1"); err == nil {
+		t.Fatal("reconcile with no room succeeded")
+	}
+	if got := pub.placementFailures(); len(got) != 2 || got[1].Wanted != 3 || got[1].Placed != 2 {
+		t.Fatalf("announcements %+v, want a second one for 2 of 3", got)
+	}
+}
+
+// An instance its worker gave up on is unplaced and replaced, without a
+// release (the worker stopped it already).
+func TestInstanceFailedIsReplaced(t *testing.T) {
+	ctx := context.Background()
+	st, pub := newFakeStore(), &fakePublisher{}
+	st.services["s1"] = service("s1", 1)
+	st.workers = []state.Worker{worker("w1", 2)}
+	st.place("s1", "i-bad", "w1")
+	s := scale.New(st, pub, quiet)
+	ev := events.InstanceFailedV1{Meta: events.NewMeta(), InstanceID: "i-bad", ServiceID: "s1", WorkerID: "w1", Reason: "crashed"}
+	if err := s.InstanceFailed(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	got := st.placed("s1")
+	if len(got) != 1 || got[0].InstanceID == "i-bad" {
+		t.Fatalf("placements %+v, want one replacement", got)
+	}
+	for _, e := range pub.events {
+		if _, ok := e.(events.InstanceReleasedV1); ok {
+			t.Errorf("released the failed instance: %+v", e)
+		}
+	}
+	// A failed service gets no replacement.
+	failed := service("s2", 1)
+	failed.Status = state.StatusFailed
+	st.services["s2"] = failed
+	st.place("s2", "i-bad2", "w1")
+	ev.ServiceID, ev.InstanceID = "s2", "i-bad2"
+	if err := s.InstanceFailed(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.placed("s2"); len(got) != 0 {
+		t.Fatalf("failed service placed again: %+v", got)
+	}
+}
