@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -75,4 +76,66 @@ func TestScaling(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestConcurrentScale sends several scale requests at once: the control
+// plane applies them one after another, and the service converges on the
+// last one applied, with exactly that many placements and ready instances.
+func TestConcurrentScale(t *testing.T) {
+	chAddr, chDB := chtest.New(t)
+	p, err := startPlatform(context.Background(), testEnv(t, chAddr, chDB), testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close(context.Background()) })
+	svc := deployRunning(t, p.BaseURL, "contended", "qwen2.5-7b-instruct", "text-generation")
+
+	type result struct {
+		want int
+		got  struct {
+			Instances int       `json:"instances"`
+			UpdatedAt time.Time `json:"updated_at"`
+		}
+		status int
+	}
+	results := make([]result, 6)
+	var wg sync.WaitGroup
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := &results[i]
+			r.want = []int{3, 1, 4, 2, 0, 3}[i]
+			r.status = call(t, "POST", p.BaseURL+"/api/v1/services/"+svc.ID+"/scale", testAdminKey, map[string]any{"instances": r.want}, &r.got)
+		}()
+	}
+	wg.Wait()
+	last := results[0]
+	for _, r := range results {
+		if r.status != 200 || r.got.Instances != r.want {
+			t.Fatalf("scale to %d: status %d, answered %d instances", r.want, r.status, r.got.Instances)
+		}
+		if r.got.UpdatedAt.After(last.got.UpdatedAt) {
+			last = r
+		}
+	}
+	var final service
+	call(t, "GET", p.BaseURL+"/api/v1/services/"+svc.ID, testAdminKey, nil, &final)
+	if final.Instances != last.want {
+		t.Fatalf("stored %d instances, but the last scale applied asked for %d", final.Instances, last.want)
+	}
+	eventually(t, 30*time.Second, fmt.Sprintf("converged on %d instances", last.want), func() error {
+		var got service
+		call(t, "GET", p.BaseURL+"/api/v1/services/"+svc.ID, testAdminKey, nil, &got)
+		placements, err := state.List[state.Placement](context.Background(), p.bus.KV(state.BucketPlacements), svc.ID+".*")
+		if err != nil {
+			return err
+		}
+		var list []state.Instance
+		call(t, "GET", p.BaseURL+"/api/v1/services/"+svc.ID+"/instances", testAdminKey, nil, &list)
+		if got.ReadyInstances != last.want || len(placements) != last.want || len(list) != last.want {
+			return fmt.Errorf("%d ready, %d placements, %d instance records; status %s", got.ReadyInstances, len(placements), len(list), got.Status)
+		}
+		return nil
+	})
 }
