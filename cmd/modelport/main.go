@@ -31,6 +31,19 @@ commands:
   up     run the whole platform in this process (embedded NATS, local ClickHouse)
   bench  measure the request path against a direct-to-engine baseline
 
+client commands (a running platform; "modelport <command> -h" for flags, docs/cli.md):
+  login     check an API key and save it with the URL
+  catalog   list the base models that can be deployed
+  deploy    deploy a model service
+  ls        list model services
+  get       show a model service
+  scale     change a service's number of instances
+  delete    delete a model service (asks for its name)
+  keys      manage API keys: create, ls, revoke
+  usage     show what a service has used
+  chat      chat with a text-generation service, streamed
+  events    tail: follow the platform's events live
+
 settings (environment): MODELPORT_DATA_DIR, MODELPORT_HTTP_ADDR, MODELPORT_NATS_PORT,
 MODELPORT_CLICKHOUSE_ADDR, MODELPORT_CLICKHOUSE_DB, MODELPORT_ADMIN_KEY,
 MODELPORT_CLICKHOUSE_INSTALL, MODELPORT_LOG_LEVEL
@@ -46,6 +59,8 @@ func run(ctx context.Context, args []string, getenv config.Getenv, stdout, stder
 		return up(ctx, getenv, stdout, stderr)
 	case "bench":
 		return bench(ctx, args[1:], stdout)
+	case "login", "catalog", "deploy", "ls", "get", "scale", "delete", "keys", "usage", "chat", "events":
+		return runCLI(ctx, args, getenv, os.Stdin, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -79,7 +94,7 @@ func up(ctx context.Context, getenv config.Getenv, stdout, stderr io.Writer) err
 	fmt.Fprintf(stdout, "Modelport is running.\n\n")
 	fmt.Fprintf(stdout, "  OpenAI API (router):  %s/v1\n", p.BaseURL)
 	fmt.Fprintf(stdout, "  Control API:          %s/api/v1\n", p.BaseURL)
-	fmt.Fprintf(stdout, "  Console:              not built yet; use the control API\n")
+	fmt.Fprintf(stdout, "  Console:              %s/console/\n", p.BaseURL)
 	fmt.Fprintf(stdout, "  NATS:                 %s\n", p.NATSURL)
 	if p.AdminKey != "" {
 		fmt.Fprintf(stdout, "  Admin API key:        %s\n                        (shown once: only its hash is stored)\n", p.AdminKey)

@@ -63,7 +63,7 @@ type platform struct {
 
 // startPlatform starts NATS, the five services and
 // the shared HTTP listener. Close stops them in reverse order.
-func startPlatform(ctx context.Context, getenv config.Getenv, log *slog.Logger) (p *platform, err error) {
+func startPlatform(ctx context.Context, getenv config.Getenv, log *slog.Logger) (_ *platform, err error) {
 	cfg, err := upConfigFromEnv(getenv)
 	if err != nil {
 		return nil, err
@@ -71,7 +71,7 @@ func startPlatform(ctx context.Context, getenv config.Getenv, log *slog.Logger) 
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	p = &platform{done: make(chan error, 1)}
+	p := &platform{done: make(chan error, 1)}
 	defer func() {
 		if err != nil {
 			p.Close(context.WithoutCancel(ctx))
@@ -140,13 +140,17 @@ func startPlatform(ctx context.Context, getenv config.Getenv, log *slog.Logger) 
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", r.Handler)
 	mux.Handle("/api/v1/usage", b.Handler)
+	mux.Handle("/api/v1/usage/", b.Handler) // export.csv, deadletters
 	mux.Handle("/api/v1/", d.Handler)
+	mux.Handle("/console/", d.Handler) // the web console
+	mux.Handle("GET /{$}", d.Handler)  // redirects to it
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.HTTPAddr, err)
 	}
 	p.BaseURL = "http://" + ln.Addr().String()
 	p.srv = &http.Server{Handler: runner.Edge(runner.WithHealth(mux, p.bus), "modelport", log), ReadHeaderTimeout: 10 * time.Second}
+	p.srv.RegisterOnShutdown(d.EndStreams) // open watch streams would hold Shutdown up
 	go func() { p.done <- p.srv.Serve(ln) }()
 	return p, nil
 }
