@@ -18,8 +18,8 @@ build:
 run: build
 	MODELPORT_CLICKHOUSE_INSTALL=$${MODELPORT_CLICKHOUSE_INSTALL:-1} bin/modelport up
 
-## test: vet, then every test with the race detector (needs ClickHouse and Node; see README)
-test: vet clients/node/node_modules
+## test: vet, then every test with the race detector (needs ClickHouse, Node and Chromium; see README)
+test: vet clients/node/node_modules tests/browser/node_modules
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 # The official openai npm package, for the client compatibility test.
@@ -27,20 +27,25 @@ clients/node/node_modules: clients/node/package-lock.json
 	npm ci --prefix clients/node --no-audit --no-fund
 	@touch $@
 
+# playwright-core, which drives Chromium in the console's browser test.
+tests/browser/node_modules: tests/browser/package-lock.json
+	npm ci --prefix tests/browser --no-audit --no-fund
+	@touch $@
+
 ## test-short: the tests that need no binaries built
 test-short:
 	$(GO) test -short -count=1 $(PKGS)
 
 vet:
-	@test -z "$$(gofmt -l libs services cmd)" || { echo "gofmt needed:"; gofmt -l libs services cmd; exit 1; }
+	@test -z "$$(gofmt -l libs services cmd deploy)" || { echo "gofmt needed:"; gofmt -l libs services cmd deploy; exit 1; }
 	$(GO) vet $(PKGS)
 
 fmt:
-	gofmt -w libs services cmd
+	gofmt -w libs services cmd deploy
 
 ## tidy: go mod tidy in every module
 tidy:
-	@for m in libs $(addprefix services/,$(SERVICES)) cmd/modelport; do (cd $$m && GOWORK=off $(GO) mod tidy) || exit 1; done
+	@for m in libs $(addprefix services/,$(SERVICES)) cmd/modelport deploy; do (cd $$m && GOWORK=off $(GO) mod tidy) || exit 1; done
 
 ## bench: the benchmark suite; rewrites docs/benchmarks.md
 bench: build

@@ -9,6 +9,7 @@
 //	instances   <service id>.<instance id>   inference-worker router, deployer (the scaler removes a dead worker's)
 //	workers     <worker id>                  inference-worker scaler (TTL: a worker that stops beating disappears)
 //	apikeys     <sha256 of the secret>       deployer         router, deployer, billing
+//	owners      <owner id>, name.<handle>    deployer         deployer (users and organisations)
 //	idempotency <owner id>.<sha256 of key>   deployer         deployer (TTL: keys expire after IdempotencyTTL)
 //	images      (object store) <name>.png    router           router (TTL: ImageTTL)
 //	load        <service id>.<router id>     router           scaler (TTL: LoadTTL; the autoscaler's demand signal)
@@ -30,6 +31,9 @@ const (
 	BucketInstances  = "instances"
 	BucketWorkers    = "workers"
 	BucketAPIKeys    = "apikeys"
+	// BucketOwners holds users and organisations: by owner ID, and a
+	// "name.<handle>" claim per handle for uniqueness.
+	BucketOwners = "owners"
 	// BucketIdempotency holds the Idempotency-Key values of create
 	// requests, so a retried request returns the first one's result.
 	BucketIdempotency = "idempotency"
@@ -61,6 +65,7 @@ var Buckets = []jetstream.KeyValueConfig{
 	{Bucket: BucketInstances, Storage: jetstream.FileStorage},
 	{Bucket: BucketWorkers, Storage: jetstream.FileStorage, TTL: WorkerTTL},
 	{Bucket: BucketAPIKeys, Storage: jetstream.FileStorage},
+	{Bucket: BucketOwners, Storage: jetstream.FileStorage},
 	{Bucket: BucketIdempotency, Storage: jetstream.FileStorage, TTL: IdempotencyTTL},
 	{Bucket: BucketLoad, Storage: jetstream.MemoryStorage, TTL: LoadTTL},
 }
@@ -165,6 +170,21 @@ type Load struct {
 
 // LoadKey is the key of a load report: "<service>.<router>".
 func LoadKey(serviceID, routerID string) string { return serviceID + "." + routerID }
+
+// Owner kinds.
+const (
+	OwnerUser         = "user"
+	OwnerOrganization = "organization"
+)
+
+// Owner is a user or an organisation: what owns services and API keys.
+// Its members act through the API keys it holds.
+type Owner struct {
+	ID        string    `json:"id"` // 12 lower-case hex digits, as in access names
+	Kind      string    `json:"kind"`
+	Name      string    `json:"name"` // a unique handle
+	CreatedAt time.Time `json:"created_at"`
+}
 
 // Placement is the scaler's decision to run one instance on one worker. It
 // carries what the worker needs to start the instance, so a restarted

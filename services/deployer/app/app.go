@@ -1,11 +1,13 @@
 // Package app wires the deployer: settings, the admin key, the service
-// store, the control API and the instance-event consumers. The service
-// binary and the all-in-one binary both start it through Start.
+// store, the control API with its live views, the web console and the
+// instance-event consumers. The service binary and the all-in-one binary
+// both start it through Start.
 package app
 
 import (
 	"context"
 	"log/slog"
+	"net/http"
 
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/catalog"
@@ -13,6 +15,7 @@ import (
 	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/runner"
 	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/deployer/internal/console"
 	"github.com/modelport/modelport/services/deployer/internal/deploy"
 	"github.com/modelport/modelport/services/deployer/internal/kvstore"
 	"github.com/modelport/modelport/services/deployer/internal/transport"
@@ -22,11 +25,19 @@ import (
 type Config struct {
 	AdminKey    string // MODELPORT_ADMIN_KEY: the admin's API key; generated when empty
 	CatalogFile string // MODELPORT_CATALOG: a catalog file replacing the built-in one
+	// Console says where browsers reach the router and billing:
+	// MODELPORT_PUBLIC_ROUTER_URL (else MODELPORT_PUBLIC_URL) and
+	// MODELPORT_PUBLIC_BILLING_URL; empty is the console's own address.
+	Console console.Config
 }
 
 // ConfigFromEnv reads Config.
 func ConfigFromEnv(getenv config.Getenv) Config {
-	return Config{AdminKey: getenv("MODELPORT_ADMIN_KEY"), CatalogFile: getenv("MODELPORT_CATALOG")}
+	return Config{AdminKey: getenv("MODELPORT_ADMIN_KEY"), CatalogFile: getenv("MODELPORT_CATALOG"),
+		Console: console.Config{
+			RouterURL:  config.String(getenv, "MODELPORT_PUBLIC_ROUTER_URL", getenv("MODELPORT_PUBLIC_URL")),
+			BillingURL: getenv("MODELPORT_PUBLIC_BILLING_URL"),
+		}}
 }
 
 // Deployer is a started deployer.
@@ -37,6 +48,11 @@ type Deployer struct {
 	// NewAdminSecret is the admin key generated on this start, shown once;
 	// empty when it was configured or generated before.
 	NewAdminSecret string
+	// EndStreams ends the open watch streams (GET
+	// /api/v1/services/watch); Stop calls it too. An HTTP server's
+	// Shutdown waits for open responses, so register it with
+	// http.Server.RegisterOnShutdown.
+	EndStreams func()
 }
 
 // Start starts the deployer on bus.
@@ -55,9 +71,28 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (*
 	if err := transport.ConsumeInstanceEvents(ctx, bus.JS, m, log); err != nil {
 		return nil, err
 	}
+	ui, err := console.Handler(cfg.Console)
+	if err != nil {
+		return nil, err
+	}
+	streams, endStreams := context.WithCancel(ctx)
+	live := transport.NewLive(m, bus.KV(state.BucketServices), bus.JS, streams.Done(), log)
+	api := transport.NewHandler(m, deploy.NewIdempotent(m, kvstore.NewClaims(bus.KV(state.BucketIdempotency))), deploy.NewKeys(keys, m), keys, log,
+		transport.WithLive(live), transport.WithOwners(deploy.NewOwners(kvstore.NewOwners(bus.KV(state.BucketOwners)), keys)))
 	return &Deployer{
-		Service:        runner.Service{Handler: transport.NewHandler(m, deploy.NewIdempotent(m, kvstore.NewClaims(bus.KV(state.BucketIdempotency))), deploy.NewKeys(keys, m), keys, log), Stop: func(context.Context) {}},
+		Service:        runner.Service{Handler: withConsole(ui, api), Stop: func(context.Context) { endStreams() }},
 		Admin:          admin,
 		NewAdminSecret: secret,
+		EndStreams:     endStreams,
 	}, nil
+}
+
+// withConsole serves the web console under /console/, sends / there, and
+// passes everything else to api.
+func withConsole(ui, api http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle(console.Prefix, ui)
+	mux.Handle("GET /{$}", http.RedirectHandler(console.Prefix, http.StatusFound))
+	mux.Handle("/", api)
+	return mux
 }

@@ -26,8 +26,9 @@ const maxBody = 1 << 20
 // and /api/v1/keys..., behind bearer authentication. Lists are bare JSON
 // arrays; a services page with more after it says where in a Link header.
 // A create with an Idempotency-Key header goes through idem, so a retry
-// returns the first result with Idempotent-Replayed: true.
-func NewHandler(m *deploy.Manager, idem *deploy.Idempotent, ks *deploy.Keys, keys httpx.Verifier, log *slog.Logger) http.Handler {
+// returns the first result with Idempotent-Replayed: true. Options add
+// routes, such as WithLive's watch stream.
+func NewHandler(m *deploy.Manager, idem *deploy.Idempotent, ks *deploy.Keys, keys httpx.Verifier, log *slog.Logger, opts ...Option) http.Handler {
 	h := &handler{m: m, idem: idem, ks: ks, log: log}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/catalog", h.catalog)
@@ -36,10 +37,15 @@ func NewHandler(m *deploy.Manager, idem *deploy.Idempotent, ks *deploy.Keys, key
 	mux.HandleFunc("GET /api/v1/services/{id}", h.get)
 	mux.HandleFunc("DELETE /api/v1/services/{id}", h.delete)
 	mux.HandleFunc("POST /api/v1/services/{id}/scale", h.scale)
+	mux.HandleFunc("PUT /api/v1/services/{id}/autoscale", h.setAutoscale)
+	mux.HandleFunc("DELETE /api/v1/services/{id}/autoscale", h.removeAutoscale)
 	mux.HandleFunc("GET /api/v1/services/{id}/instances", h.instances)
 	mux.HandleFunc("POST /api/v1/keys", h.createKey)
 	mux.HandleFunc("GET /api/v1/keys", h.listKeys)
 	mux.HandleFunc("DELETE /api/v1/keys/{id}", h.revokeKey)
+	for _, o := range opts {
+		o(h, mux)
+	}
 	mux.HandleFunc("/api/v1/", func(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, errs.E(errs.NotFound, "no route for %s %s", r.Method, r.URL.Path))
 	})
@@ -156,6 +162,31 @@ func (h *handler) scale(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s, err := h.m.Scale(r.Context(), caller(r), r.PathValue("id"), *req.Instances)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, s)
+}
+
+// setAutoscale sets a service's autoscaling policy.
+func (h *handler) setAutoscale(w http.ResponseWriter, r *http.Request) {
+	var p state.Autoscale
+	if err := httpx.DecodeJSON(r, &p, maxBody); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	s, err := h.m.SetAutoscale(r.Context(), caller(r), r.PathValue("id"), &p)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, s)
+}
+
+// removeAutoscale fixes a service at its current instance count.
+func (h *handler) removeAutoscale(w http.ResponseWriter, r *http.Request) {
+	s, err := h.m.SetAutoscale(r.Context(), caller(r), r.PathValue("id"), nil)
 	if err != nil {
 		h.fail(w, r, err)
 		return

@@ -58,6 +58,7 @@ type env struct {
 	pub   *recorder
 	alice string // secrets
 	bob   string
+	admin string
 }
 
 // newEnv serves the control API over real JetStream buckets, with users
@@ -73,15 +74,17 @@ func newEnv(t *testing.T) *env {
 	t.Cleanup(bus.Close)
 	keys := auth.NewKeyring(bus.KV(state.BucketAPIKeys))
 	e := &env{t: t, bus: bus, pub: &recorder{}}
-	for _, secret := range []*string{&e.alice, &e.bob} {
+	for _, secret := range []*string{&e.alice, &e.bob, &e.admin} {
 		*secret = auth.NewSecret()
-		if err := keys.Put(ctx, auth.NewKey(*secret, auth.NewOwnerID(), false)); err != nil {
+		if err := keys.Put(ctx, auth.NewKey(*secret, auth.NewOwnerID(), secret == &e.admin)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	store := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketNames), bus.KV(state.BucketInstances))
 	e.m = deploy.NewManager(store, catalog.Default(), e.pub)
-	srv := httptest.NewServer(transport.NewHandler(e.m, deploy.NewIdempotent(e.m, kvstore.NewClaims(bus.KV(state.BucketIdempotency))), deploy.NewKeys(keys, e.m), keys, quiet))
+	srv := httptest.NewServer(transport.NewHandler(e.m, deploy.NewIdempotent(e.m, kvstore.NewClaims(bus.KV(state.BucketIdempotency))), deploy.NewKeys(keys, e.m), keys, quiet,
+		transport.WithOwners(deploy.NewOwners(kvstore.NewOwners(bus.KV(state.BucketOwners)), keys)),
+		transport.WithLive(transport.NewLive(e.m, bus.KV(state.BucketServices), bus.JS, ctx.Done(), quiet))))
 	t.Cleanup(srv.Close)
 	e.url = srv.URL
 	return e
