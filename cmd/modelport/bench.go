@@ -105,6 +105,7 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("lifecycle: %w", err)
 	}
+	life += benchBilling(ctx, 10*(*requests))
 	report := benchReport(*requests, cases) + life
 	fmt.Fprint(stdout, report)
 	if *out != "" {

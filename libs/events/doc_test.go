@@ -114,6 +114,7 @@ move. Each domain has one stream:
 | ` + "`SCALE`" + ` | ` + "`scale.>`" + ` | placements, from the scaler |
 | ` + "`WORKER`" + ` | ` + "`worker.>`" + ` | instance reports, from the inference-workers |
 | ` + "`USAGE`" + ` | ` + "`usage.>`" + ` | completed requests, for billing |
+| ` + "`DEADLETTER`" + ` | ` + "`deadletter.>`" + ` | events consumers rejected as invalid, with the reason ([billing](billing.md)) |
 
 Placements are addressed to one worker: they go out on
 ` + "`scale.instance.placed.v1.<worker>`" + ` and ` + "`scale.instance.released.v1.<worker>`" + `,

@@ -52,8 +52,9 @@ const (
 )
 
 // ServiceCreatedV1 says a user created a model service.
-// Published by the deployer; consumed by the scaler (placement) and by
-// anyone following the service lifecycle.
+// Published by the deployer; consumed by the scaler (placement), billing
+// (the billing method, for instance-hours) and anyone following the
+// service lifecycle.
 type ServiceCreatedV1 struct {
 	Meta
 	ServiceID     string `json:"service_id"`
@@ -72,7 +73,8 @@ func (ServiceCreatedV1) Subject() string { return SubjectServiceCreatedV1 }
 
 // InstancePlacedV1 says the scaler placed one instance of a service on a
 // worker. Published by the scaler on SubjectInstancePlacedV1 + "." +
-// WorkerID; consumed by that inference-worker, which starts the instance.
+// WorkerID; consumed by that inference-worker, which starts the instance,
+// and by the deployer (a pending service becomes deploying).
 type InstancePlacedV1 struct {
 	Meta
 	InstanceID string `json:"instance_id"`
@@ -92,7 +94,8 @@ func PlacementSubject(workerID string) string { return SubjectInstancePlacedV1 +
 
 // InstanceReadyV1 says an engine instance answered its readiness check and
 // takes traffic. Published by the inference-worker; consumed by the
-// deployer (ready counts, status).
+// deployer (ready counts, status) and billing (the start of the instance's
+// billed time).
 type InstanceReadyV1 struct {
 	Meta
 	InstanceID string `json:"instance_id"`
@@ -106,7 +109,8 @@ type InstanceReadyV1 struct {
 func (InstanceReadyV1) Subject() string { return SubjectInstanceReadyV1 }
 
 // InstanceStoppedV1 says an engine instance stopped taking traffic.
-// Published by the inference-worker; consumed by the deployer.
+// Published by the inference-worker; consumed by the deployer (ready
+// counts) and billing (the end of the instance's billed time).
 type InstanceStoppedV1 struct {
 	Meta
 	InstanceID string `json:"instance_id"`
@@ -122,9 +126,10 @@ func (InstanceStoppedV1) Subject() string { return SubjectInstanceStoppedV1 }
 // instance: it crashed too often in a short time, never answered its
 // readiness check, or could not be started at all. The worker has removed
 // the instance's record and freed its slot. Published by the
-// inference-worker; consumed by whoever decides what to do next (the
-// deployer's service status, the scaler's placement) and by people reading
-// the reason and the log tail.
+// inference-worker; consumed by the deployer (a service left with no
+// ready instance fails, with the reason), the scaler (which unplaces the
+// instance and places a replacement) and people reading the reason and the
+// log tail.
 type InstanceFailedV1 struct {
 	Meta
 	InstanceID string `json:"instance_id"`

@@ -1,11 +1,13 @@
-// Package app wires billing: ClickHouse, the usage consumer and the usage
-// API. The service binary and the all-in-one binary both start it through
-// Start.
+// Package app wires billing: ClickHouse, the usage and lifecycle consumers,
+// dead letters and the usage API. The service binary and the all-in-one
+// binary both start it through Start.
 package app
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/modelport/modelport/libs/auth"
@@ -24,6 +26,10 @@ type Config struct {
 	ClickHouseDB   string        // MODELPORT_CLICKHOUSE_DB
 	BatchSize      int           // MODELPORT_BILLING_BATCH: events per insert at most
 	BatchWait      time.Duration // MODELPORT_BILLING_BATCH_WAIT: how long a batch fills at most
+	PricesFile     string        // MODELPORT_BILLING_PRICES: a price list replacing the built-in one
+	// Now is the clock for instance time still accruing; nil is time.Now.
+	// Tests set it to simulate time.
+	Now func() time.Time
 }
 
 // ConfigFromEnv reads Config.
@@ -31,59 +37,116 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 	c := Config{
 		ClickHouseAddr: config.String(getenv, "MODELPORT_CLICKHOUSE_ADDR", "127.0.0.1:9000"),
 		ClickHouseDB:   config.String(getenv, "MODELPORT_CLICKHOUSE_DB", "modelport"),
+		PricesFile:     config.String(getenv, "MODELPORT_BILLING_PRICES", ""),
 	}
 	var err error
 	if c.BatchSize, err = config.Int(getenv, "MODELPORT_BILLING_BATCH", 500); err != nil {
 		return c, err
 	}
-	c.BatchWait, err = config.Duration(getenv, "MODELPORT_BILLING_BATCH_WAIT", 500*time.Millisecond)
-	return c, err
+	if c.BatchWait, err = config.Duration(getenv, "MODELPORT_BILLING_BATCH_WAIT", 500*time.Millisecond); err != nil {
+		return c, err
+	}
+	return c, c.Validate()
+}
+
+// Validate reports settings billing cannot run with.
+func (c Config) Validate() error {
+	if c.BatchSize < 1 || c.BatchSize > 10_000 {
+		return fmt.Errorf("MODELPORT_BILLING_BATCH must be between 1 and 10000, not %d", c.BatchSize)
+	}
+	if c.BatchWait <= 0 {
+		return fmt.Errorf("MODELPORT_BILLING_BATCH_WAIT must be positive, not %s", c.BatchWait)
+	}
+	return nil
+}
+
+// prices returns the price list the config names.
+func (c Config) prices() (*billing.Prices, error) {
+	if c.PricesFile == "" {
+		return billing.DefaultPrices(), nil
+	}
+	b, err := os.ReadFile(c.PricesFile)
+	if err != nil {
+		return nil, fmt.Errorf("MODELPORT_BILLING_PRICES: %w", err)
+	}
+	return billing.ParsePrices(b)
 }
 
 // Start starts billing on bus. If ClickHouse cannot be reached it keeps
-// trying in the background, with a warning each time; usage events wait in
-// JetStream until it can.
+// trying in the background, with a warning each time; events wait in
+// JetStream until it can. Once ClickHouse answers, the schema is migrated,
+// the price list written, and the consumers start.
 func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (runner.Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return runner.Service{}, err
+	}
+	prices, err := cfg.prices()
+	if err != nil {
+		return runner.Service{}, err
+	}
 	store, err := clickhouse.Open(cfg.ClickHouseAddr, cfg.ClickHouseDB)
 	if err != nil {
 		return runner.Service{}, err
 	}
-	svc := billing.New(store, transport.Services{KV: bus.KV(state.BucketServices)})
+	var opts []billing.Option
+	if cfg.Now != nil {
+		opts = append(opts, billing.WithClock(cfg.Now))
+	}
+	svc := billing.New(store, transport.Services{KV: bus.KV(state.BucketServices)}, prices, opts...)
+	dead := transport.NewDeadLetters(bus.JS)
 	runCtx, stop := context.WithCancel(ctx)
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
 		for attempt := uint64(1); runCtx.Err() == nil; attempt++ {
-			err := store.Migrate(runCtx)
+			err := prepare(runCtx, store, prices, log)
 			if err == nil {
 				break
 			}
 			wait := natsx.Backoff(attempt)
-			log.Warn("ClickHouse not ready; usage waits in JetStream", "addr", cfg.ClickHouseAddr, "err", err, "retry_in", wait)
+			log.Warn("ClickHouse not ready; events wait in JetStream", "addr", cfg.ClickHouseAddr, "err", err, "retry_in", wait)
 			select {
 			case <-runCtx.Done():
 				return
 			case <-time.After(wait):
 			}
 		}
+		if runCtx.Err() != nil {
+			return
+		}
 		log.Info("ClickHouse ready", "addr", cfg.ClickHouseAddr, "database", cfg.ClickHouseDB)
-		consumed, err := transport.ConsumeUsage(runCtx, bus.JS, svc, transport.BatchConfig{Size: cfg.BatchSize, MaxWait: cfg.BatchWait}, log)
+		consumed, err := transport.Consume(runCtx, bus.JS, svc, dead, transport.BatchConfig{Size: cfg.BatchSize, MaxWait: cfg.BatchWait}, log)
 		if err != nil {
-			log.Error("usage consumer", "err", err)
+			log.Error("billing consumers", "err", err)
 			return
 		}
 		<-consumed
 	}()
 	return runner.Service{
-		Handler: transport.NewHandler(svc, auth.NewKeyring(bus.KV(state.BucketAPIKeys)), log),
+		Handler: transport.NewHandler(svc, dead, auth.NewKeyring(bus.KV(state.BucketAPIKeys)), log),
 		Stop: func(ctx context.Context) {
 			stop()
 			select {
 			case <-stopped:
 			case <-ctx.Done():
-				log.Warn("usage consumer still busy at stop; its batch will be redelivered")
+				log.Warn("billing consumers still busy at stop; their batches will be redelivered")
 			}
 			_ = store.Close()
 		},
 	}, nil
+}
+
+// prepare migrates the schema and writes the price list.
+func prepare(ctx context.Context, store *clickhouse.Store, prices *billing.Prices, log *slog.Logger) error {
+	if err := store.Migrate(ctx); err != nil {
+		return err
+	}
+	n, err := store.SyncPrices(ctx, prices.List())
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		log.Info("price list written to ClickHouse", "changed", n)
+	}
+	return nil
 }

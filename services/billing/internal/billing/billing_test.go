@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/state"
@@ -31,9 +30,19 @@ func TestCheck(t *testing.T) {
 	}{
 		{name: "valid", ev: func() events.RequestCompletedV1 { return usage(10, 5, 15) }},
 		{name: "valid with no tokens", ev: func() events.RequestCompletedV1 { return usage(0, 0, 0) }},
+		{name: "valid error status", ev: func() events.RequestCompletedV1 {
+			e := usage(10, 0, 10)
+			e.Status = 503
+			return e
+		}},
 		{name: "missing id", wantErr: true, ev: func() events.RequestCompletedV1 {
 			e := usage(10, 5, 15)
 			e.ID = ""
+			return e
+		}},
+		{name: "id not a uuid", wantErr: true, ev: func() events.RequestCompletedV1 {
+			e := usage(10, 5, 15)
+			e.ID = "event-1"
 			return e
 		}},
 		{name: "missing service", wantErr: true, ev: func() events.RequestCompletedV1 {
@@ -41,11 +50,22 @@ func TestCheck(t *testing.T) {
 			e.ServiceID = ""
 			return e
 		}},
+		{name: "missing occurred_at", wantErr: true, ev: func() events.RequestCompletedV1 {
+			e := usage(10, 5, 15)
+			e.OccurredAt = time.Time{}
+			return e
+		}},
+		{name: "status out of range", wantErr: true, ev: func() events.RequestCompletedV1 {
+			e := usage(10, 5, 15)
+			e.Status = 0
+			return e
+		}},
 		{name: "negative prompt", wantErr: true, ev: func() events.RequestCompletedV1 { return usage(-10, 25, 15) }},
 		{name: "negative completion", wantErr: true, ev: func() events.RequestCompletedV1 { return usage(20, -5, 15) }},
 		{name: "negative total", wantErr: true, ev: func() events.RequestCompletedV1 { return usage(0, 0, -1) }},
 		{name: "total too small", wantErr: true, ev: func() events.RequestCompletedV1 { return usage(10, 5, 14) }},
 		{name: "total too large", wantErr: true, ev: func() events.RequestCompletedV1 { return usage(10, 5, 16) }},
+		{name: "tokens beyond UInt32", wantErr: true, ev: func() events.RequestCompletedV1 { return usage(1<<31, 0, 1<<31) }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -63,10 +83,68 @@ func TestCheck(t *testing.T) {
 	}
 }
 
-// fakeStore returns fixed totals and records what it was asked.
+func TestCheckLifecycle(t *testing.T) {
+	at := time.Date(2025, 5, 1, 10, 0, 0, 0, time.UTC)
+	ready := func() billing.InstanceEvent {
+		return billing.InstanceFromReady(events.InstanceReadyV1{Meta: events.Meta{ID: events.NewMeta().ID, OccurredAt: at},
+			InstanceID: "i1", ServiceID: "s1", WorkerID: "w1", Engine: "vllm", Endpoint: "http://127.0.0.1:1/v1"})
+	}
+	created := func() billing.ServiceEvent {
+		return billing.ServiceFromCreated(events.ServiceCreatedV1{Meta: events.Meta{ID: events.NewMeta().ID, OccurredAt: at},
+			ServiceID: "s1", OwnerID: "a11ce0000001", Name: "chat", BaseModel: "qwen2.5-7b-instruct", BillingMethod: state.BillingPerInstanceHour})
+	}
+	instances := []struct {
+		name    string
+		mutate  func(*billing.InstanceEvent)
+		wantErr bool
+	}{
+		{name: "valid", mutate: func(*billing.InstanceEvent) {}},
+		{name: "bad id", mutate: func(e *billing.InstanceEvent) { e.EventID = "x" }, wantErr: true},
+		{name: "unknown kind", mutate: func(e *billing.InstanceEvent) { e.Kind = "paused" }, wantErr: true},
+		{name: "no instance", mutate: func(e *billing.InstanceEvent) { e.InstanceID = "" }, wantErr: true},
+		{name: "no service", mutate: func(e *billing.InstanceEvent) { e.ServiceID = "" }, wantErr: true},
+		{name: "no time", mutate: func(e *billing.InstanceEvent) { e.At = time.Time{} }, wantErr: true},
+	}
+	for _, tc := range instances {
+		t.Run("instance "+tc.name, func(t *testing.T) {
+			e := ready()
+			tc.mutate(&e)
+			if err := billing.CheckInstanceEvent(e); (err != nil) != tc.wantErr || (err != nil && errs.KindOf(err) != errs.Invalid) {
+				t.Errorf("CheckInstanceEvent = %v, want error %v of kind Invalid", err, tc.wantErr)
+			}
+		})
+	}
+	services := []struct {
+		name    string
+		mutate  func(*billing.ServiceEvent)
+		wantErr bool
+	}{
+		{name: "valid", mutate: func(*billing.ServiceEvent) {}},
+		{name: "valid deletion", mutate: func(e *billing.ServiceEvent) { e.Kind, e.BillingMethod = billing.ServiceDeleted, "" }},
+		{name: "unknown billing method", mutate: func(e *billing.ServiceEvent) { e.BillingMethod = "per-vibe" }, wantErr: true},
+		{name: "no service", mutate: func(e *billing.ServiceEvent) { e.ServiceID = "" }, wantErr: true},
+		{name: "no time", mutate: func(e *billing.ServiceEvent) { e.At = time.Time{} }, wantErr: true},
+		{name: "bad id", mutate: func(e *billing.ServiceEvent) { e.EventID = "" }, wantErr: true},
+	}
+	for _, tc := range services {
+		t.Run("service "+tc.name, func(t *testing.T) {
+			e := created()
+			tc.mutate(&e)
+			if err := billing.CheckServiceEvent(e); (err != nil) != tc.wantErr || (err != nil && errs.KindOf(err) != errs.Invalid) {
+				t.Errorf("CheckServiceEvent = %v, want error %v of kind Invalid", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// fakeStore answers from fixed lines and lifecycle, filtered the way the
+// real store filters, and records what it was asked.
 type fakeStore struct {
-	batches [][]events.RequestCompletedV1
-	asked   []string
+	lines     []billing.Line
+	lifecycle billing.Lifecycle
+	batches   [][]events.RequestCompletedV1
+	asked     []string
+	usageTo   time.Time
 }
 
 func (f *fakeStore) InsertUsage(_ context.Context, batch []events.RequestCompletedV1) error {
@@ -74,9 +152,31 @@ func (f *fakeStore) InsertUsage(_ context.Context, batch []events.RequestComplet
 	return nil
 }
 
-func (f *fakeStore) Totals(_ context.Context, serviceID string) (billing.Totals, error) {
+func (f *fakeStore) InsertInstanceEvents(context.Context, []billing.InstanceEvent) error { return nil }
+
+func (f *fakeStore) InsertServiceEvents(context.Context, []billing.ServiceEvent) error { return nil }
+
+func (f *fakeStore) UsageLines(_ context.Context, serviceID string, from, to time.Time) ([]billing.Line, error) {
 	f.asked = append(f.asked, serviceID)
-	return billing.Totals{ServiceID: serviceID, Requests: 2, PromptTokens: 20, CompletionTokens: 10, TotalTokens: 30}, nil
+	f.usageTo = to
+	var out []billing.Line
+	for _, l := range f.lines {
+		if !l.Hour.Before(from) && l.Hour.Before(to) {
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeStore) Lifecycle(_ context.Context, serviceID string, to time.Time) (billing.Lifecycle, error) {
+	f.asked = append(f.asked, serviceID)
+	lc := billing.Lifecycle{DeletedAt: f.lifecycle.DeletedAt}
+	for _, e := range f.lifecycle.Instances {
+		if e.At.Before(to) {
+			lc.Instances = append(lc.Instances, e)
+		}
+	}
+	return lc, nil
 }
 
 // fakeServices knows services by ID.
@@ -90,63 +190,9 @@ func (f fakeServices) Service(_ context.Context, id string) (state.Service, erro
 	return s, nil
 }
 
-func TestTotals(t *testing.T) {
-	alice := auth.Key{ID: "k-alice", OwnerID: "a11ce0000001"}
-	bob := auth.Key{ID: "k-bob", OwnerID: "b0b000000002"}
-	admin := auth.Key{ID: "k-admin", OwnerID: "ad0000000003", Admin: true}
-	services := fakeServices{"s1": {ID: "s1", OwnerID: alice.OwnerID}}
-
-	tests := []struct {
-		name      string
-		caller    auth.Key
-		serviceID string
-		wantKind  errs.Kind // Internal means success
-		wantParam string
-		wantAsked bool
-	}{
-		{name: "owner", caller: alice, serviceID: "s1", wantAsked: true},
-		{name: "admin", caller: admin, serviceID: "s1", wantAsked: true},
-		{name: "another owner", caller: bob, serviceID: "s1", wantKind: errs.NotFound},
-		{name: "unknown service", caller: alice, serviceID: "s2", wantKind: errs.NotFound},
-		{name: "unknown service for admin", caller: admin, serviceID: "s2", wantKind: errs.NotFound},
-		{name: "empty service id", caller: alice, serviceID: "", wantKind: errs.Invalid, wantParam: "service_id"},
-		{name: "wildcard in service id", caller: admin, serviceID: "s1.>", wantKind: errs.NotFound},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			store := &fakeStore{}
-			svc := billing.New(store, services)
-			got, err := svc.Totals(context.Background(), tc.caller, tc.serviceID)
-			if tc.wantKind == errs.Internal {
-				if err != nil {
-					t.Fatalf("Totals: %v", err)
-				}
-				want := billing.Totals{ServiceID: tc.serviceID, Requests: 2, PromptTokens: 20, CompletionTokens: 10, TotalTokens: 30}
-				if got != want {
-					t.Errorf("Totals = %+v, want %+v", got, want)
-				}
-			} else {
-				if got, want := errs.KindOf(err), tc.wantKind; got != want {
-					t.Fatalf("kind = %v, want %v (err %v)", got, want, err)
-				}
-				e, _ := errs.As(err)
-				if got, want := e.Param, tc.wantParam; got != want {
-					t.Errorf("param = %q, want %q", got, want)
-				}
-				if got != (billing.Totals{}) {
-					t.Errorf("Totals returned %+v with the error", got)
-				}
-			}
-			if got, want := len(store.asked) > 0, tc.wantAsked; got != want {
-				t.Errorf("store asked = %v, want %v", got, want)
-			}
-		})
-	}
-}
-
 func TestRecord(t *testing.T) {
 	store := &fakeStore{}
-	svc := billing.New(store, fakeServices{})
+	svc := billing.New(store, fakeServices{}, billing.DefaultPrices())
 	batch := []events.RequestCompletedV1{usage(1, 2, 3), usage(4, 5, 9)}
 	if err := svc.Record(context.Background(), batch); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,8 @@ package clickhouse_test
 import (
 	"context"
 	"os"
+	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -36,9 +38,12 @@ func open(t *testing.T) (*clickhouse.Store, ch.Conn, string) {
 	return s, conn, db
 }
 
-func usage(serviceID string, prompt, completion int) events.RequestCompletedV1 {
+// hour0 is a whole UTC hour the tests put usage in.
+var hour0 = time.Date(2025, 5, 1, 10, 0, 0, 0, time.UTC)
+
+func usage(serviceID string, prompt, completion int, at time.Time) events.RequestCompletedV1 {
 	m := events.NewMeta()
-	m.OccurredAt = m.OccurredAt.Truncate(time.Second)
+	m.OccurredAt = at.Truncate(time.Second)
 	return events.RequestCompletedV1{
 		Meta:             m,
 		RequestID:        "req-" + m.ID[len(m.ID)-12:],
@@ -58,24 +63,59 @@ func usage(serviceID string, prompt, completion int) events.RequestCompletedV1 {
 	}
 }
 
-func sum(serviceID string, evs ...events.RequestCompletedV1) billing.Totals {
-	t := billing.Totals{ServiceID: serviceID}
-	for _, e := range evs {
-		t.Requests++
-		t.PromptTokens += uint64(e.PromptTokens)
-		t.CompletionTokens += uint64(e.CompletionTokens)
-		t.TotalTokens += uint64(e.TotalTokens)
+// totals is what a list of lines adds up to.
+type totals struct{ requests, prompt, completion uint64 }
+
+func sumLines(lines []billing.Line) totals {
+	var t totals
+	for _, l := range lines {
+		t.requests += l.Requests
+		t.prompt += l.PromptTokens
+		t.completion += l.CompletionTokens
 	}
 	return t
 }
 
-func totals(t *testing.T, s *clickhouse.Store, serviceID string) billing.Totals {
-	t.Helper()
-	got, err := s.Totals(context.Background(), serviceID)
-	if err != nil {
-		t.Fatalf("Totals(%s): %v", serviceID, err)
+func sumEvents(evs ...events.RequestCompletedV1) totals {
+	var t totals
+	for _, e := range evs {
+		t.requests++
+		t.prompt += uint64(e.PromptTokens)
+		t.completion += uint64(e.CompletionTokens)
 	}
-	return got
+	return t
+}
+
+// all is a window that holds every test event.
+var farPast, farFuture = time.Unix(0, 0), time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func lines(t *testing.T, s *clickhouse.Store, serviceID string) totals {
+	t.Helper()
+	got, err := s.UsageLines(context.Background(), serviceID, farPast, farFuture)
+	if err != nil {
+		t.Fatalf("UsageLines(%s): %v", serviceID, err)
+	}
+	return sumLines(got)
+}
+
+// rollup sums usage_hourly for a service, the way an analyst would.
+func rollup(t *testing.T, conn ch.Conn, db, serviceID string) totals {
+	t.Helper()
+	var r totals
+	if err := conn.QueryRow(context.Background(), "SELECT sum(requests), sum(prompt_tokens), sum(completion_tokens) FROM "+db+".usage_hourly WHERE service_id = ?", serviceID).
+		Scan(&r.requests, &r.prompt, &r.completion); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func rawRows(t *testing.T, conn ch.Conn, db, serviceID string) uint64 {
+	t.Helper()
+	var n uint64
+	if err := conn.QueryRow(context.Background(), "SELECT count() FROM "+db+".usage_events WHERE service_id = ?", serviceID).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func insert(t *testing.T, s *clickhouse.Store, batch ...events.RequestCompletedV1) {
@@ -85,14 +125,32 @@ func insert(t *testing.T, s *clickhouse.Store, batch ...events.RequestCompletedV
 	}
 }
 
+// insertBehindTheGate stores events straight into usage_events, the way a
+// second writer racing billing could, past InsertUsage's lookup.
+func insertBehindTheGate(t *testing.T, conn ch.Conn, db string, evs ...events.RequestCompletedV1) {
+	t.Helper()
+	b, err := conn.PrepareBatch(context.Background(), "INSERT INTO "+db+".usage_events (event_id, service_id, api_key_id, base_model, status, prompt_tokens, completion_tokens, total_tokens, occurred_at)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs {
+		if err := b.Append(e.ID, e.ServiceID, e.APIKeyID, e.BaseModel, uint16(e.Status), uint32(e.PromptTokens), uint32(e.CompletionTokens), uint32(e.TotalTokens), e.OccurredAt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestMigrateIsIdempotent(t *testing.T) {
 	s, conn, db := open(t) // migrated once
 	ctx := context.Background()
-	if err := s.Migrate(ctx); err != nil {
-		t.Fatalf("second Migrate: %v", err)
-	}
-	if err := s.Migrate(ctx); err != nil {
-		t.Fatalf("third Migrate: %v", err)
+	insert(t, s, usage("svc-migrate", 1, 2, hour0))
+	for range 2 {
+		if err := s.Migrate(ctx); err != nil {
+			t.Fatalf("Migrate again: %v", err)
+		}
 	}
 
 	rows, err := conn.Query(ctx, "SELECT version, name, count() FROM "+db+".schema_migrations GROUP BY version, name ORDER BY version")
@@ -100,48 +158,100 @@ func TestMigrateIsIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rows.Close()
-	type applied struct {
-		version uint32
-		name    string
-		count   uint64
-	}
-	var got []applied
+	var got []string
 	for rows.Next() {
-		var a applied
-		if err := rows.Scan(&a.version, &a.name, &a.count); err != nil {
+		var (
+			version uint32
+			name    string
+			count   uint64
+		)
+		if err := rows.Scan(&version, &name, &count); err != nil {
 			t.Fatal(err)
 		}
-		got = append(got, a)
+		if count != 1 {
+			t.Errorf("migration %d recorded %d times", version, count)
+		}
+		got = append(got, name)
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
-	want := []applied{{1, "usage_events", 1}}
-	if len(got) != len(want) {
-		t.Fatalf("schema_migrations = %+v, want %+v", got, want)
+	if want := []string{"usage_events", "usage_hourly", "instance_events", "services", "prices", "cost_views"}; !slices.Equal(got, want) {
+		t.Errorf("schema_migrations = %v, want %v", got, want)
 	}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Errorf("schema_migrations[%d] = %+v, want %+v", i, got[i], want[i])
-		}
-	}
-
-	// The table the migration made works after the repeated runs.
-	insert(t, s, usage("svc-migrate", 1, 2))
-	if got, want := totals(t, s, "svc-migrate").TotalTokens, uint64(3); got != want {
-		t.Errorf("total tokens = %d, want %d", got, want)
+	if got, want := lines(t, s, "svc-migrate"), (totals{1, 1, 2}); got != want {
+		t.Errorf("usage after repeated migrations = %+v, want %+v", got, want)
 	}
 }
 
-func TestTotals(t *testing.T) {
+// TestUpgradeFillsTheRollup runs the later migrations over a database that
+// has only the first one, with usage (and a duplicate) already stored: the
+// rollup starts out exact.
+func TestUpgradeFillsTheRollup(t *testing.T) {
+	addr, db := chtest.New(t)
+	conn, err := ch.Open(&ch.Options{Addr: []string{addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := context.Background()
+	// Migration 1 as it shipped, recorded.
+	s, err := clickhouse.Open(addr, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, stmt := range []string{"DROP TABLE " + db + ".usage_hourly_mv", "TRUNCATE TABLE " + db + ".usage_hourly"} {
+		if err := conn.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b := usage("svc-up", 10, 20, hour0), usage("svc-up", 1, 2, hour0.Add(time.Hour))
+	insertBehindTheGate(t, conn, db, a, b, a)
+	// Forget every migration after the first, as an older billing would.
+	if err := conn.Exec(ctx, "DROP TABLE "+db+".schema_migrations"); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Exec(ctx, "CREATE TABLE "+db+".schema_migrations (version UInt32, name String, applied_at DateTime DEFAULT now()) ENGINE = MergeTree() ORDER BY version"); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := conn.PrepareBatch(ctx, "INSERT INTO "+db+".schema_migrations (version, name)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rec.Append(uint32(1), "usage_events"); err != nil {
+		t.Fatal(err)
+	}
+	if err := rec.Send(); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatalf("Migrate: %v", err)
+	}
+	want := sumEvents(a, b)
+	if got := rollup(t, conn, db, "svc-up"); got != want {
+		t.Errorf("usage_hourly after upgrade = %+v, want %+v", got, want)
+	}
+	c := usage("svc-up", 5, 5, hour0)
+	insert(t, s, c)
+	if got, want := rollup(t, conn, db, "svc-up"), sumEvents(a, b, c); got != want {
+		t.Errorf("usage_hourly after a new event = %+v, want %+v", got, want)
+	}
+}
+
+func TestUsageIsCountedOnce(t *testing.T) {
 	s, conn, db := open(t)
 	ctx := context.Background()
-	a1, a2, a3 := usage("svc-a", 120, 40), usage("svc-a", 7, 63), usage("svc-a", 1000, 1)
-	b1 := usage("svc-b", 5, 5)
+	a1, a2, a3 := usage("svc-a", 120, 40, hour0), usage("svc-a", 7, 63, hour0.Add(10*time.Minute)), usage("svc-a", 1000, 1, hour0.Add(2*time.Hour))
+	b1 := usage("svc-b", 5, 5, hour0)
 
 	t.Run("empty service has zeros", func(t *testing.T) {
-		if got, want := totals(t, s, "svc-a"), (billing.Totals{ServiceID: "svc-a"}); got != want {
-			t.Errorf("Totals = %+v, want %+v", got, want)
+		if got := lines(t, s, "svc-a"); got != (totals{}) {
+			t.Errorf("lines = %+v, want zeros", got)
 		}
 	})
 	t.Run("empty batch is a no-op", func(t *testing.T) {
@@ -150,81 +260,116 @@ func TestTotals(t *testing.T) {
 		}
 	})
 
-	// Keep every duplicate on disk until the end, so the totals below can
-	// only be right if the query itself collapses them.
+	// Keep every row on disk until the end, so the answers below can only
+	// be right if the store and the queries themselves keep count.
 	if err := conn.Exec(ctx, "SYSTEM STOP MERGES "+db+".usage_events"); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Exec(ctx, "SYSTEM STOP MERGES "+db+".usage_hourly"); err != nil {
 		t.Fatal(err)
 	}
 	insert(t, s, a1, a2, b1)
 	insert(t, s, a3)
-	want := sum("svc-a", a1, a2, a3)
+	want := sumEvents(a1, a2, a3)
 
-	t.Run("sums", func(t *testing.T) {
-		if got := totals(t, s, "svc-a"); got != want {
-			t.Errorf("Totals = %+v, want %+v", got, want)
+	check := func(t *testing.T, want totals, wantRaw uint64) {
+		t.Helper()
+		if got := lines(t, s, "svc-a"); got != want {
+			t.Errorf("UsageLines = %+v, want %+v", got, want)
 		}
-	})
-	t.Run("other service is separate", func(t *testing.T) {
-		if got, want := totals(t, s, "svc-b"), sum("svc-b", b1); got != want {
-			t.Errorf("Totals = %+v, want %+v", got, want)
+		if got := rollup(t, conn, db, "svc-a"); got != want {
+			t.Errorf("usage_hourly = %+v, want %+v", got, want)
 		}
-		if got, want := totals(t, s, "svc-c"), (billing.Totals{ServiceID: "svc-c"}); got != want {
-			t.Errorf("unknown service: Totals = %+v, want %+v", got, want)
+		if got := rawRows(t, conn, db, "svc-a"); got != wantRaw {
+			t.Errorf("raw rows = %d, want %d", got, wantRaw)
 		}
-	})
-	t.Run("redelivered batch counts once", func(t *testing.T) {
+		if got, want := lines(t, s, "svc-b"), sumEvents(b1); got != want {
+			t.Errorf("svc-b UsageLines = %+v, want %+v", got, want)
+		}
+	}
+	t.Run("sums", func(t *testing.T) { check(t, want, 3) })
+	t.Run("redelivered batch is not stored again", func(t *testing.T) {
 		insert(t, s, a1, a2, b1)
-		if got := totals(t, s, "svc-a"); got != want {
-			t.Errorf("Totals = %+v, want %+v", got, want)
-		}
-		if got, want := totals(t, s, "svc-b"), sum("svc-b", b1); got != want {
-			t.Errorf("svc-b Totals = %+v, want %+v", got, want)
-		}
+		check(t, want, 3)
 	})
-	t.Run("duplicates within a batch count once", func(t *testing.T) {
-		insert(t, s, a3, a3, a3)
-		if got := totals(t, s, "svc-a"); got != want {
-			t.Errorf("Totals = %+v, want %+v", got, want)
-		}
+	t.Run("duplicates within a batch are stored once", func(t *testing.T) {
+		a4 := usage("svc-a", 2, 3, hour0.Add(3*time.Hour))
+		insert(t, s, a4, a3, a4, a4)
+		want = sumEvents(a1, a2, a3, a4)
+		check(t, want, 4)
 	})
-	t.Run("duplicates are really stored", func(t *testing.T) {
-		// Merges are stopped, so the answers above deduplicated at query time.
-		var rows uint64
-		if err := conn.QueryRow(ctx, "SELECT count() FROM "+db+".usage_events WHERE service_id = 'svc-a'").Scan(&rows); err != nil {
-			t.Fatal(err)
+	t.Run("rows behind the gate still count once in queries", func(t *testing.T) {
+		insertBehindTheGate(t, conn, db, a1, a2)
+		if got := lines(t, s, "svc-a"); got != want {
+			t.Errorf("UsageLines = %+v, want %+v", got, want)
 		}
-		if got, want := rows, uint64(3+2+3); got != want {
-			t.Errorf("raw rows = %d, want %d", got, want)
-		}
-	})
-	t.Run("new event after duplicates adds", func(t *testing.T) {
-		a4 := usage("svc-a", 2, 3)
-		insert(t, s, a1, a4)
-		want = sum("svc-a", a1, a2, a3, a4)
-		if got := totals(t, s, "svc-a"); got != want {
-			t.Errorf("Totals = %+v, want %+v", got, want)
+		if got, wantRaw := rawRows(t, conn, db, "svc-a"), uint64(6); got != wantRaw {
+			t.Errorf("raw rows = %d, want %d: the duplicates must really be on disk", got, wantRaw)
 		}
 	})
 	t.Run("unchanged after merges", func(t *testing.T) {
-		if err := conn.Exec(ctx, "SYSTEM START MERGES "+db+".usage_events"); err != nil {
-			t.Fatal(err)
+		for _, table := range []string{"usage_events", "usage_hourly"} {
+			if err := conn.Exec(ctx, "SYSTEM START MERGES "+db+"."+table); err != nil {
+				t.Fatal(err)
+			}
+			if err := conn.Exec(ctx, "OPTIMIZE TABLE "+db+"."+table+" FINAL"); err != nil {
+				t.Fatal(err)
+			}
 		}
-		if err := conn.Exec(ctx, "OPTIMIZE TABLE "+db+".usage_events FINAL"); err != nil {
-			t.Fatal(err)
+		if got := lines(t, s, "svc-a"); got != want {
+			t.Errorf("UsageLines = %+v, want %+v", got, want)
 		}
-		if got := totals(t, s, "svc-a"); got != want {
-			t.Errorf("Totals = %+v, want %+v", got, want)
-		}
-		if got, want := totals(t, s, "svc-b"), sum("svc-b", b1); got != want {
-			t.Errorf("svc-b Totals = %+v, want %+v", got, want)
+		if got := rawRows(t, conn, db, "svc-a"); got != 4 {
+			t.Errorf("raw rows after merging = %d, want 4", got)
 		}
 	})
+}
+
+func TestUsageLines(t *testing.T) {
+	s, _, _ := open(t)
+	ctx := context.Background()
+	k1 := usage("svc-l", 10, 1, hour0.Add(5*time.Minute))
+	k1b := usage("svc-l", 20, 2, hour0.Add(59*time.Minute+59*time.Second))
+	k2 := usage("svc-l", 30, 3, hour0.Add(30*time.Minute))
+	k2.APIKeyID = "key-2"
+	next := usage("svc-l", 40, 4, hour0.Add(time.Hour))
+	insert(t, s, k1, k1b, k2, next)
+
+	got, err := s.UsageLines(ctx, "svc-l", hour0, hour0.Add(2*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []billing.Line{
+		{Hour: hour0, APIKeyID: k1.APIKeyID, BaseModel: k1.BaseModel, Requests: 2, PromptTokens: 30, CompletionTokens: 3},
+		{Hour: hour0, APIKeyID: "key-2", BaseModel: k1.BaseModel, Requests: 1, PromptTokens: 30, CompletionTokens: 3},
+		{Hour: hour0.Add(time.Hour), APIKeyID: k1.APIKeyID, BaseModel: k1.BaseModel, Requests: 1, PromptTokens: 40, CompletionTokens: 4},
+	}
+	slices.SortFunc(got, func(a, b billing.Line) int {
+		if c := a.Hour.Compare(b.Hour); c != 0 {
+			return c
+		}
+		if a.APIKeyID == k1.APIKeyID {
+			return -1
+		}
+		return 1
+	})
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("UsageLines =\n%+v\nwant\n%+v", got, want)
+	}
+	// The window is [from, to).
+	got, err = s.UsageLines(ctx, "svc-l", hour0.Add(30*time.Minute), hour0.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := sumLines(got), sumEvents(k1b, k2); got != want {
+		t.Errorf("half-hour window = %+v, want %+v", got, want)
+	}
 }
 
 func TestStoredFields(t *testing.T) {
 	s, conn, db := open(t)
 	ctx := context.Background()
-	e := usage("svc-fields", 11, 22)
+	e := usage("svc-fields", 11, 22, time.Now())
 	insert(t, s, e)
 
 	var (
@@ -251,7 +396,7 @@ func TestStoredFields(t *testing.T) {
 	if !occurred.Equal(e.OccurredAt) {
 		t.Errorf("occurred_at = %v, want %v", occurred.UTC(), e.OccurredAt)
 	}
-	if !finished.Equal(e.FinishedAt) {
+	if !finished.Truncate(time.Second).Equal(e.FinishedAt.Truncate(time.Second)) {
 		t.Errorf("finished_at = %v, want %v", finished.UTC(), e.FinishedAt)
 	}
 }

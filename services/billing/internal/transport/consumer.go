@@ -1,21 +1,34 @@
-// Package transport feeds billing: usage events from JetStream in batches,
-// and the usage API over HTTP.
+// Package transport feeds billing: usage and lifecycle events from
+// JetStream in batches, dead letters, and the usage API over HTTP.
 package transport
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/services/billing/internal/billing"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 )
 
-// Durable is the usage consumer's name; renaming it replays the stream.
-const Durable = "billing-usage"
+// Durable names of billing's consumers; renaming one replays its stream.
+const (
+	Durable          = "billing-usage"     // usage.request.completed.v1 from USAGE
+	DurableInstances = "billing-instances" // worker.instance.ready.v1 and stopped.v1 from WORKER
+	DurableServices  = "billing-services"  // deploy.service.created.v1 and deleted.v1 from DEPLOY
+)
+
+// Durables lists billing's consumers, whose dead letters the report counts.
+var Durables = []string{Durable, DurableInstances, DurableServices}
 
 // BatchConfig bounds a batch by size and by how long the first event waits.
 type BatchConfig struct {
@@ -23,29 +36,47 @@ type BatchConfig struct {
 	MaxWait time.Duration
 }
 
-// ConsumeUsage stores usage events in batches until ctx ends, then closes
-// the returned channel once the batch in hand is stored and acked, so a
-// clean stop leaves nothing waiting for redelivery. Events are acked only
-// after their batch is in the store; when the store fails, the batch is
-// redelivered after a backoff, so nothing is lost, and the store's dedupe
-// by event ID keeps redeliveries from counting twice.
-func ConsumeUsage(ctx context.Context, js jetstream.JetStream, svc *billing.Service, cfg BatchConfig, log *slog.Logger) (<-chan struct{}, error) {
-	cons, err := js.CreateOrUpdateConsumer(ctx, events.StreamUsage, jetstream.ConsumerConfig{
-		Durable:       Durable,
-		FilterSubject: events.SubjectRequestCompletedV1,
+// batchConsumer reads one durable pull consumer in batches: decode each
+// message (an Invalid error dead-letters it), store the batch, then ack
+// it. A batch the store refuses is nakked whole and retried with backoff.
+type batchConsumer[T any] struct {
+	durable string
+	stream  string
+	filters []string
+	decode  func(subject string, data []byte) (T, error)
+	store   func(ctx context.Context, batch []T) error
+	dead    *DeadLetters
+	cfg     BatchConfig
+	log     *slog.Logger
+}
+
+// start creates or updates the consumer and reads it until ctx ends, then
+// closes the returned channel once the batch in hand is stored and acked,
+// so a clean stop leaves nothing waiting for redelivery.
+func (c *batchConsumer[T]) start(ctx context.Context, js jetstream.JetStream) (<-chan struct{}, error) {
+	size := max(c.cfg.Size, 1)
+	cfg := jetstream.ConsumerConfig{
+		Durable:       c.durable,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       time.Minute,
-		MaxAckPending: 4 * cfg.Size,
-	})
-	if err != nil {
-		return nil, err
+		MaxAckPending: 4 * size,
 	}
+	if len(c.filters) == 1 {
+		cfg.FilterSubject = c.filters[0]
+	} else {
+		cfg.FilterSubjects = c.filters
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, c.stream, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s on %s: %w", c.durable, c.stream, err)
+	}
+	log := c.log.With("consumer", c.durable)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		failures := uint64(0)
 		for ctx.Err() == nil {
-			err := consumeBatch(ctx, cons, svc, cfg, log)
+			err := c.batch(ctx, cons, size, log)
 			if err == nil {
 				failures = 0
 				continue
@@ -55,7 +86,7 @@ func ConsumeUsage(ctx context.Context, js jetstream.JetStream, svc *billing.Serv
 			}
 			failures++
 			wait := natsx.Backoff(failures)
-			log.WarnContext(ctx, "usage batch not stored; events stay in JetStream and will be retried", "err", err, "retry_in", wait)
+			log.WarnContext(ctx, "batch not stored; its events stay in JetStream and will be retried", "err", err, "retry_in", wait)
 			select {
 			case <-ctx.Done():
 			case <-time.After(wait):
@@ -65,22 +96,17 @@ func ConsumeUsage(ctx context.Context, js jetstream.JetStream, svc *billing.Serv
 	return done, nil
 }
 
-func consumeBatch(ctx context.Context, cons jetstream.Consumer, svc *billing.Service, cfg BatchConfig, log *slog.Logger) error {
-	msgs, err := cons.Fetch(cfg.Size, jetstream.FetchMaxWait(cfg.MaxWait))
+func (c *batchConsumer[T]) batch(ctx context.Context, cons jetstream.Consumer, size int, log *slog.Logger) error {
+	msgs, err := cons.Fetch(size, jetstream.FetchMaxWait(c.cfg.MaxWait))
 	if err != nil {
 		return err
 	}
-	var batch []events.RequestCompletedV1
+	var batch []T
 	var held []jetstream.Msg
 	for msg := range msgs.Messages() {
-		var ev events.RequestCompletedV1
-		err := natsx.Decode(msg.Data(), &ev)
-		if err == nil {
-			err = billing.Check(ev)
-		}
+		ev, err := c.decode(msg.Subject(), msg.Data())
 		if err != nil {
-			log.ErrorContext(ctx, "usage event rejected", "subject", msg.Subject(), "err", err)
-			_ = msg.TermWithReason(err.Error())
+			c.reject(ctx, msg, err, log)
 			continue
 		}
 		batch = append(batch, ev)
@@ -92,10 +118,28 @@ func consumeBatch(ctx context.Context, cons jetstream.Consumer, svc *billing.Ser
 	if len(batch) == 0 {
 		return nil
 	}
+	// The batch's span links to each publisher's span.
+	var links []trace.Link
+	for _, m := range held[:min(len(held), maxLinks)] {
+		pc := trace.SpanContextFromContext(otel.GetTextMapPropagator().Extract(ctx, natsx.HeaderCarrier(m.Headers())))
+		if pc.IsValid() {
+			links = append(links, trace.Link{SpanContext: pc})
+		}
+	}
+	ctx, span := otel.Tracer(tracerName).Start(ctx, "process "+c.durable+" batch",
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithLinks(links...),
+		trace.WithAttributes(
+			attribute.String("messaging.system", "nats"),
+			attribute.String("messaging.consumer.group.name", c.durable),
+			attribute.Int("messaging.batch.message_count", len(batch)),
+		))
+	defer span.End()
 	// The batch in hand is finished even when ctx ends meanwhile.
 	storeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	if err := svc.Record(storeCtx, batch); err != nil {
+	if err := c.store(storeCtx, batch); err != nil {
+		span.SetStatus(codes.Error, err.Error())
 		for _, m := range held {
 			_ = m.Nak()
 		}
@@ -104,8 +148,119 @@ func consumeBatch(ctx context.Context, cons jetstream.Consumer, svc *billing.Ser
 	for _, m := range held {
 		if err := m.Ack(); err != nil {
 			// The batch is stored; a redelivery is deduplicated by event ID.
-			log.WarnContext(ctx, "ack usage event", "err", err)
+			log.WarnContext(ctx, "ack", "err", err)
 		}
 	}
 	return nil
+}
+
+// reject dead-letters an invalid message. When the dead letter cannot be
+// stored, the message is nakked with backoff and rejected again later.
+func (c *batchConsumer[T]) reject(ctx context.Context, msg jetstream.Msg, reason error, log *slog.Logger) {
+	log.ErrorContext(ctx, "event rejected to the dead-letter stream", "subject", msg.Subject(),
+		"msg_id", msg.Headers().Get(jetstream.MsgIDHeader), "err", reason)
+	if err := c.dead.Reject(ctx, c.durable, msg, reason); err != nil {
+		log.WarnContext(ctx, "dead letter not stored; the event will be retried", "err", err)
+		attempt := uint64(1)
+		if md, mdErr := msg.Metadata(); mdErr == nil {
+			attempt = md.NumDelivered
+		}
+		_ = msg.NakWithDelay(natsx.Backoff(attempt))
+	}
+}
+
+// maxLinks bounds the span links of one batch.
+const maxLinks = 128
+
+const tracerName = "github.com/modelport/modelport/services/billing/internal/transport"
+
+// Consume starts billing's three consumers: usage, instance lifecycle and
+// service lifecycle. The returned channel closes once all have stopped
+// after ctx ends.
+func Consume(ctx context.Context, js jetstream.JetStream, svc *billing.Service, dead *DeadLetters, cfg BatchConfig, log *slog.Logger) (<-chan struct{}, error) {
+	small := BatchConfig{Size: min(cfg.Size, 100), MaxWait: cfg.MaxWait}
+	consumers := []interface {
+		start(context.Context, jetstream.JetStream) (<-chan struct{}, error)
+	}{
+		&batchConsumer[events.RequestCompletedV1]{
+			durable: Durable, stream: events.StreamUsage, filters: []string{events.SubjectRequestCompletedV1},
+			decode: decodeUsage, store: svc.Record, dead: dead, cfg: cfg, log: log,
+		},
+		&batchConsumer[billing.InstanceEvent]{
+			durable: DurableInstances, stream: events.StreamWorker,
+			filters: []string{events.SubjectInstanceReadyV1, events.SubjectInstanceStoppedV1},
+			decode:  decodeInstance, store: svc.RecordInstances, dead: dead, cfg: small, log: log,
+		},
+		&batchConsumer[billing.ServiceEvent]{
+			durable: DurableServices, stream: events.StreamDeploy,
+			filters: []string{events.SubjectServiceCreatedV1, events.SubjectServiceDeletedV1},
+			decode:  decodeService, store: svc.RecordServices, dead: dead, cfg: small, log: log,
+		},
+	}
+	var dones []<-chan struct{}
+	for _, c := range consumers {
+		d, err := c.start(ctx, js)
+		if err != nil {
+			return nil, err
+		}
+		dones = append(dones, d)
+	}
+	all := make(chan struct{})
+	go func() {
+		defer close(all)
+		for _, d := range dones {
+			<-d
+		}
+	}()
+	return all, nil
+}
+
+func decodeUsage(_ string, data []byte) (events.RequestCompletedV1, error) {
+	var ev events.RequestCompletedV1
+	if err := natsx.Decode(data, &ev); err != nil {
+		return ev, err
+	}
+	return ev, billing.Check(ev)
+}
+
+func decodeInstance(subject string, data []byte) (billing.InstanceEvent, error) {
+	var out billing.InstanceEvent
+	switch subject {
+	case events.SubjectInstanceReadyV1:
+		var ev events.InstanceReadyV1
+		if err := natsx.Decode(data, &ev); err != nil {
+			return out, err
+		}
+		out = billing.InstanceFromReady(ev)
+	case events.SubjectInstanceStoppedV1:
+		var ev events.InstanceStoppedV1
+		if err := natsx.Decode(data, &ev); err != nil {
+			return out, err
+		}
+		out = billing.InstanceFromStopped(ev)
+	default:
+		return out, errs.E(errs.Invalid, "unexpected subject %s", subject)
+	}
+	return out, billing.CheckInstanceEvent(out)
+}
+
+func decodeService(subject string, data []byte) (billing.ServiceEvent, error) {
+	var out billing.ServiceEvent
+	switch subject {
+	case events.SubjectServiceCreatedV1:
+		var ev events.ServiceCreatedV1
+		if err := natsx.Decode(data, &ev); err != nil {
+			return out, err
+		}
+		out = billing.ServiceFromCreated(ev)
+	case events.SubjectServiceDeletedV1:
+		var ev events.ServiceDeletedV1
+		if err := natsx.Decode(data, &ev); err != nil {
+			return out, err
+		}
+		out = billing.ServiceFromDeleted(ev)
+	default:
+		return out, errs.E(errs.Invalid, "unexpected subject %s", subject)
+	}
+	return out, billing.CheckServiceEvent(out)
 }

@@ -1,26 +1,112 @@
 package transport
 
 import (
+	"encoding/csv"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/modelport/modelport/libs/auth"
+	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/httpx"
 	"github.com/modelport/modelport/services/billing/internal/billing"
 )
 
-// NewHandler returns the usage API, GET /api/v1/usage?service_id=ID,
-// behind bearer authentication.
-func NewHandler(svc *billing.Service, keys httpx.Verifier, log *slog.Logger) http.Handler {
+// DeadLetterLimit is how many dead letters the report lists at most.
+const DeadLetterLimit = 100
+
+// NewHandler returns the usage API behind bearer authentication:
+//
+//	GET /api/v1/usage?service_id=&from=&to=&group_by=   usage and cost, JSON
+//	GET /api/v1/usage/export.csv?(the same)               the same as CSV
+//	GET /api/v1/usage/deadletters                        rejected events (admins)
+func NewHandler(svc *billing.Service, dead *DeadLetters, keys httpx.Verifier, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/usage", func(w http.ResponseWriter, r *http.Request) {
-		k, _ := auth.FromContext(r.Context())
-		t, err := svc.Totals(r.Context(), k, r.URL.Query().Get("service_id"))
+		u, err := usage(svc, r)
 		if err != nil {
 			httpx.Fail(w, r, log, err)
 			return
 		}
-		httpx.WriteJSON(w, http.StatusOK, t)
+		httpx.WriteJSON(w, http.StatusOK, u)
+	})
+	mux.HandleFunc("GET /api/v1/usage/export.csv", func(w http.ResponseWriter, r *http.Request) {
+		u, err := usage(svc, r)
+		if err != nil {
+			httpx.Fail(w, r, log, err)
+			return
+		}
+		w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+		w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="usage-%s-%s-%s.csv"`,
+			u.ServiceID, u.From.Format("20060102T15"), u.To.Format("20060102T15")))
+		if err := writeCSV(w, u); err != nil {
+			log.WarnContext(r.Context(), "write usage csv", "err", err)
+		}
+	})
+	mux.HandleFunc("GET /api/v1/usage/deadletters", func(w http.ResponseWriter, r *http.Request) {
+		k, _ := auth.FromContext(r.Context())
+		if !k.Admin {
+			httpx.Fail(w, r, log, errs.E(errs.Forbidden, "only admins may read dead letters"))
+			return
+		}
+		rep, err := dead.Report(r.Context(), Durables, DeadLetterLimit)
+		if err != nil {
+			httpx.Fail(w, r, log, err)
+			return
+		}
+		httpx.WriteJSON(w, http.StatusOK, rep)
 	})
 	return httpx.Authenticate(keys)(mux)
 }
+
+func usage(svc *billing.Service, r *http.Request) (billing.Usage, error) {
+	p := r.URL.Query()
+	q, err := billing.ParseQuery(p.Get("service_id"), p.Get("from"), p.Get("to"), p.Get("group_by"))
+	if err != nil {
+		return billing.Usage{}, err
+	}
+	k, _ := auth.FromContext(r.Context())
+	return svc.Usage(r.Context(), k, q)
+}
+
+// csvHeader is the export's columns. Every row has a period: an hour or a
+// day when grouped by time, the whole window otherwise.
+var csvHeader = []string{"service_id", "period_start", "period_end", "api_key_id", "requests", "prompt_tokens",
+	"completion_tokens", "total_tokens", "instance_seconds", "cost_micros", "cost_usd", "currency"}
+
+// writeCSV writes u's rows, or its totals as one row when it is not
+// grouped. Nothing is summed twice: there is no totals row under rows.
+func writeCSV(w http.ResponseWriter, u billing.Usage) error {
+	cw := csv.NewWriter(w)
+	if err := cw.Write(csvHeader); err != nil {
+		return err
+	}
+	rows := u.Data
+	if u.GroupBy == "" {
+		rows = []billing.Row{{Requests: u.Requests, PromptTokens: u.PromptTokens, CompletionTokens: u.CompletionTokens,
+			TotalTokens: u.TotalTokens, InstanceSeconds: u.InstanceSeconds, CostMicros: u.CostMicros}}
+	}
+	for _, r := range rows {
+		start, end := u.From, u.To
+		switch u.GroupBy {
+		case billing.GroupHour:
+			start, end = r.PeriodStart, r.PeriodStart.Add(time.Hour)
+		case billing.GroupDay:
+			start, end = r.PeriodStart, r.PeriodStart.Add(24*time.Hour)
+		}
+		rec := []string{u.ServiceID, start.Format(time.RFC3339), end.Format(time.RFC3339), r.APIKeyID,
+			strconv.FormatUint(r.Requests, 10), strconv.FormatUint(r.PromptTokens, 10),
+			strconv.FormatUint(r.CompletionTokens, 10), strconv.FormatUint(r.TotalTokens, 10),
+			strconv.FormatUint(r.InstanceSeconds, 10), strconv.FormatUint(r.CostMicros, 10), usd(r.CostMicros), u.Currency}
+		if err := cw.Write(rec); err != nil {
+			return err
+		}
+	}
+	cw.Flush()
+	return cw.Error()
+}
+
+// usd formats micro-USD as a decimal with six places, without floats.
+func usd(micros uint64) string { return fmt.Sprintf("%d.%06d", micros/1_000_000, micros%1_000_000) }

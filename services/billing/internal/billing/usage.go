@@ -1,0 +1,261 @@
+package billing
+
+import (
+	"cmp"
+	"context"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/modelport/modelport/libs/auth"
+	"github.com/modelport/modelport/libs/errs"
+	"github.com/modelport/modelport/libs/state"
+)
+
+// Ways to break usage down.
+const (
+	GroupHour   = "hour"
+	GroupDay    = "day"
+	GroupAPIKey = "api_key"
+)
+
+// Currency is the currency of every cost.
+const Currency = "USD"
+
+// MaxHourWindow bounds a window broken down by hour.
+const MaxHourWindow = 366 * 24 * time.Hour
+
+// Query asks for a service's usage in [From, To). A zero From means the
+// service's creation, a zero To means now; both are widened to whole UTC
+// hours, the unit usage is billed in.
+type Query struct {
+	ServiceID string
+	From, To  time.Time
+	GroupBy   string // "", GroupHour, GroupDay or GroupAPIKey
+}
+
+// ParseQuery reads a Query from request parameters: RFC 3339 times and a
+// grouping. Each error is Invalid and names its parameter.
+func ParseQuery(serviceID, from, to, groupBy string) (Query, error) {
+	q := Query{ServiceID: serviceID, GroupBy: groupBy}
+	if serviceID == "" {
+		return q, errs.InvalidParam("service_id", "service_id is required")
+	}
+	for _, p := range []struct {
+		name, value string
+		t           *time.Time
+	}{{"from", from, &q.From}, {"to", to, &q.To}} {
+		if p.value == "" {
+			continue
+		}
+		t, err := time.Parse(time.RFC3339Nano, p.value)
+		if err != nil {
+			return q, errs.InvalidParam(p.name, "%s must be an RFC 3339 time such as 2025-05-01T00:00:00Z", p.name)
+		}
+		if t.Year() < 1970 || t.Year() > 2105 {
+			return q, errs.InvalidParam(p.name, "%s must be between 1970 and 2105", p.name)
+		}
+		*p.t = t.UTC()
+	}
+	switch groupBy {
+	case "", GroupHour, GroupDay, GroupAPIKey:
+	default:
+		return q, errs.InvalidParam("group_by", "group_by must be hour, day or api_key")
+	}
+	if !q.From.IsZero() && !q.To.IsZero() && !q.To.After(q.From) {
+		return q, errs.InvalidParam("to", "to must be after from")
+	}
+	return q, nil
+}
+
+// Usage is what a service used in a window and what it costs. The flat
+// fields are the totals; Data, present when the query groups, breaks them
+// down.
+type Usage struct {
+	ServiceID     string    `json:"service_id"`
+	BaseModel     string    `json:"base_model"`
+	BillingMethod string    `json:"billing_method"`
+	From          time.Time `json:"from"`
+	To            time.Time `json:"to"`
+	GroupBy       string    `json:"group_by,omitempty"`
+	// DeletedAt is when the service was deleted; nothing after it is billed.
+	DeletedAt        time.Time `json:"deleted_at,omitzero"`
+	Requests         uint64    `json:"requests"`
+	PromptTokens     uint64    `json:"prompt_tokens"`
+	CompletionTokens uint64    `json:"completion_tokens"`
+	TotalTokens      uint64    `json:"total_tokens"`
+	// InstanceSeconds is the time the service's instances took traffic.
+	InstanceSeconds uint64 `json:"instance_seconds"`
+	// CostMicros is the cost in micro-USD: token cost for a per-token
+	// service, instance-time cost for a per-instance-hour one.
+	CostMicros uint64 `json:"cost_micros"`
+	Currency   string `json:"currency"`
+	Data       []Row  `json:"data,omitzero"`
+}
+
+// Row is one period's or one API key's part of a Usage. API key rows
+// carry token usage only: instance time belongs to no key.
+type Row struct {
+	PeriodStart      time.Time `json:"period_start,omitzero"`
+	APIKeyID         string    `json:"api_key_id,omitempty"`
+	Requests         uint64    `json:"requests"`
+	PromptTokens     uint64    `json:"prompt_tokens"`
+	CompletionTokens uint64    `json:"completion_tokens"`
+	TotalTokens      uint64    `json:"total_tokens"`
+	InstanceSeconds  uint64    `json:"instance_seconds"`
+	CostMicros       uint64    `json:"cost_micros"`
+}
+
+func (r *Row) add(requests, prompt, completion, seconds, cost uint64) {
+	r.Requests += requests
+	r.PromptTokens += prompt
+	r.CompletionTokens += completion
+	r.TotalTokens += prompt + completion
+	r.InstanceSeconds += seconds
+	r.CostMicros += cost
+}
+
+// Usage returns the usage of a service the caller owns (admins: any).
+// Another owner's service is NotFound, so IDs do not leak.
+//
+// Tokens are billed per Line (UTC hour, API key, base model), rounded half
+// up to a micro-USD; instance time per UTC hour, likewise. Every total and
+// every row is a sum of those, so rows always add up to the totals. Usage
+// after the second of the service's deletion is not billed, nor is
+// instance time after the deletion.
+func (s *Service) Usage(ctx context.Context, caller auth.Key, q Query) (Usage, error) {
+	if q.ServiceID == "" {
+		return Usage{}, errs.InvalidParam("service_id", "service_id is required")
+	}
+	if strings.ContainsAny(q.ServiceID, ".*> ") {
+		return Usage{}, errs.E(errs.NotFound, "service %q not found", q.ServiceID)
+	}
+	svc, err := s.services.Service(ctx, q.ServiceID)
+	if err != nil {
+		return Usage{}, err
+	}
+	if !caller.Admin && svc.OwnerID != caller.OwnerID {
+		return Usage{}, errs.E(errs.NotFound, "service %s not found", q.ServiceID)
+	}
+
+	now := s.now().UTC().Truncate(time.Second)
+	from, to := q.From, q.To
+	if from.IsZero() {
+		from = svc.CreatedAt
+	}
+	if to.IsZero() {
+		to = now
+	}
+	if from.Before(time.Unix(0, 0)) {
+		from = time.Unix(0, 0)
+	}
+	from, to = floorHour(from), ceilHour(to)
+	if !to.After(from) {
+		return Usage{}, errs.InvalidParam("to", "to must be after from")
+	}
+	if q.GroupBy == GroupHour && to.Sub(from) > MaxHourWindow {
+		return Usage{}, errs.InvalidParam("group_by", "group_by=hour covers at most %d days; narrow from and to, or group by day", int(MaxHourWindow/(24*time.Hour)))
+	}
+
+	lc, err := s.store.Lifecycle(ctx, svc.ID, to)
+	if err != nil {
+		return Usage{}, err
+	}
+	u := Usage{
+		ServiceID: svc.ID, BaseModel: svc.BaseModel, BillingMethod: svc.BillingMethod,
+		From: from, To: to, GroupBy: q.GroupBy, DeletedAt: lc.DeletedAt, Currency: Currency,
+	}
+	// Times are kept to the second: usage in the second of the deletion
+	// was served before the router turned the service away, so it is
+	// billed; instance time stops at the deletion.
+	usageEnd, instanceEnd := to, to
+	if !lc.DeletedAt.IsZero() {
+		deleted := lc.DeletedAt.Truncate(time.Second)
+		if cut := deleted.Add(time.Second); cut.Before(usageEnd) {
+			usageEnd = cut
+		}
+		if deleted.Before(instanceEnd) {
+			instanceEnd = deleted
+		}
+	}
+	if now.Before(instanceEnd) {
+		instanceEnd = now
+	}
+	var lines []Line
+	if usageEnd.After(from) {
+		if lines, err = s.store.UsageLines(ctx, svc.ID, from, usageEnd); err != nil {
+			return Usage{}, err
+		}
+	}
+	seconds := SecondsByHour(Intervals(lc.Instances), from, instanceEnd)
+
+	rows := map[string]*Row{}
+	row := func(key string, start time.Time) *Row {
+		r, ok := rows[key]
+		if !ok {
+			r = &Row{PeriodStart: start}
+			if q.GroupBy == GroupAPIKey {
+				r.APIKeyID = key
+			}
+			rows[key] = r
+		}
+		return r
+	}
+	total := Row{}
+	for _, l := range lines {
+		var cost uint64
+		if svc.BillingMethod == state.BillingPerToken {
+			cost = TokenCostMicros(l.PromptTokens, l.CompletionTokens, s.prices.Lookup(l.BaseModel, state.BillingPerToken))
+		}
+		total.add(l.Requests, l.PromptTokens, l.CompletionTokens, 0, cost)
+		switch q.GroupBy {
+		case GroupHour:
+			row(l.Hour.Format(time.RFC3339), l.Hour).add(l.Requests, l.PromptTokens, l.CompletionTokens, 0, cost)
+		case GroupDay:
+			day := l.Hour.Truncate(24 * time.Hour)
+			row(day.Format(time.RFC3339), day).add(l.Requests, l.PromptTokens, l.CompletionTokens, 0, cost)
+		case GroupAPIKey:
+			row(l.APIKeyID, time.Time{}).add(l.Requests, l.PromptTokens, l.CompletionTokens, 0, cost)
+		}
+	}
+	hourPrice := s.prices.Lookup(svc.BaseModel, state.BillingPerInstanceHour)
+	for hour, secs := range seconds {
+		var cost uint64
+		if svc.BillingMethod == state.BillingPerInstanceHour {
+			cost = InstanceCostMicros(secs, hourPrice)
+		}
+		total.add(0, 0, 0, secs, cost)
+		switch q.GroupBy {
+		case GroupHour:
+			row(hour.Format(time.RFC3339), hour).add(0, 0, 0, secs, cost)
+		case GroupDay:
+			day := hour.Truncate(24 * time.Hour)
+			row(day.Format(time.RFC3339), day).add(0, 0, 0, secs, cost)
+		}
+	}
+	u.Requests, u.PromptTokens, u.CompletionTokens, u.TotalTokens = total.Requests, total.PromptTokens, total.CompletionTokens, total.TotalTokens
+	u.InstanceSeconds, u.CostMicros = total.InstanceSeconds, total.CostMicros
+	if q.GroupBy != "" {
+		u.Data = make([]Row, 0, len(rows))
+		for _, r := range rows {
+			u.Data = append(u.Data, *r)
+		}
+		slices.SortFunc(u.Data, func(a, b Row) int {
+			if q.GroupBy == GroupAPIKey {
+				return cmp.Or(cmp.Compare(b.CostMicros, a.CostMicros), cmp.Compare(b.TotalTokens, a.TotalTokens), strings.Compare(a.APIKeyID, b.APIKeyID))
+			}
+			return a.PeriodStart.Compare(b.PeriodStart)
+		})
+	}
+	return u, nil
+}
+
+func floorHour(t time.Time) time.Time { return t.UTC().Truncate(time.Hour) }
+
+func ceilHour(t time.Time) time.Time {
+	f := floorHour(t)
+	if f.Equal(t) {
+		return f
+	}
+	return f.Add(time.Hour)
+}

@@ -1,0 +1,298 @@
+package clickhouse_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	ch "github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/modelport/modelport/libs/auth"
+	"github.com/modelport/modelport/libs/errs"
+	"github.com/modelport/modelport/libs/events"
+	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/billing/internal/billing"
+)
+
+// docFile is the analysts' guide, relative to this package.
+const docFile = "../../../../docs/billing.md"
+
+// docQueries returns the SQL blocks of docs/billing.md marked with
+// <!-- query: NAME --> or <!-- statements: NAME -->, by name.
+func docQueries(t *testing.T) map[string]string {
+	t.Helper()
+	f, err := os.Open(docFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	out := map[string]string{}
+	var name string
+	var sql strings.Builder
+	inBlock := false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "<!-- query: ") || strings.HasPrefix(line, "<!-- statements: "):
+			name = strings.TrimSuffix(strings.SplitN(line, ": ", 2)[1], " -->")
+		case line == "```sql" && name != "":
+			inBlock = true
+			sql.Reset()
+		case line == "```" && inBlock:
+			out[name] = sql.String()
+			inBlock, name = false, ""
+		case inBlock:
+			sql.WriteString(line + "\n")
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// query runs a documented query on db and returns its rows as strings.
+func query(t *testing.T, conn ch.Conn, db, sql string) [][]string {
+	t.Helper()
+	sql = strings.ReplaceAll(sql, "modelport.", db+".")
+	rows, err := conn.Query(context.Background(), sql)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, sql)
+	}
+	defer rows.Close()
+	cols := rows.ColumnTypes()
+	var out [][]string
+	for rows.Next() {
+		vals := make([]any, len(cols))
+		for i, c := range cols {
+			vals[i] = reflect.New(c.ScanType()).Interface()
+		}
+		if err := rows.Scan(vals...); err != nil {
+			t.Fatal(err)
+		}
+		rec := make([]string, len(vals))
+		for i, v := range vals {
+			v = reflect.ValueOf(v).Elem().Interface()
+			if tm, ok := v.(time.Time); ok {
+				layout := "2006-01-02 15:04:05"
+				if cols[i].DatabaseTypeName() == "Date" {
+					layout = "2006-01-02"
+				}
+				v = tm.UTC().Format(layout)
+			}
+			rec[i] = fmt.Sprint(v)
+		}
+		out = append(out, rec)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// services is billing.Services over a map, standing in for the services
+// bucket, which this package does not reach.
+type services map[string]state.Service
+
+func (s services) Service(_ context.Context, id string) (state.Service, error) {
+	if svc, ok := s[id]; ok {
+		return svc, nil
+	}
+	return state.Service{}, errs.E(errs.NotFound, "service %s not found", id)
+}
+
+// TestDocumentedSQL runs every query in docs/billing.md on ClickHouse and
+// checks that the ones that bill agree with the usage API's numbers.
+func TestDocumentedSQL(t *testing.T) {
+	s, conn, db := open(t)
+	ctx := context.Background()
+	qs := docQueries(t)
+	for _, name := range []string{"tokens-per-service-per-day", "top-keys", "cost-per-month", "requests-by-status", "instance-time-per-day", "rollup-check", "rebuild-rollup"} {
+		if qs[name] == "" {
+			t.Fatalf("docs/billing.md has no query %q", name)
+		}
+	}
+	if _, err := s.SyncPrices(ctx, billing.DefaultPrices().List()); err != nil {
+		t.Fatal(err)
+	}
+
+	may := time.Date(2025, 5, 1, 0, 0, 0, 0, time.UTC)
+	d := func(day, hour, minute int) time.Time {
+		return may.Add(time.Duration(day-1)*24*time.Hour + time.Duration(hour)*time.Hour + time.Duration(minute)*time.Minute)
+	}
+	owner := "a11ce0000001"
+	mk := func(id, model, method string) state.Service {
+		return state.Service{ID: id, OwnerID: owner, Name: id, AccessName: "u-" + owner + "/" + id, BaseModel: model,
+			Task: state.TaskTextGeneration, BillingMethod: method, CreatedAt: d(1, 0, 0)}
+	}
+	svcs := services{
+		"svc-tokens":    mk("svc-tokens", "qwen2.5-7b-instruct", state.BillingPerToken),
+		"svc-instances": mk("svc-instances", "llama-3.1-8b-instruct", state.BillingPerInstanceHour),
+		"svc-unlisted":  mk("svc-unlisted", "a-model-with-no-price", state.BillingPerToken),
+	}
+	var created []billing.ServiceEvent
+	for _, sv := range svcs {
+		created = append(created, billing.ServiceEvent{EventID: events.NewMeta().ID, Kind: billing.ServiceCreated, ServiceID: sv.ID,
+			OwnerID: sv.OwnerID, Name: sv.Name, AccessName: sv.AccessName, BaseModel: sv.BaseModel, Task: sv.Task,
+			BillingMethod: sv.BillingMethod, At: sv.CreatedAt})
+	}
+	deletion := billing.ServiceEvent{EventID: events.NewMeta().ID, Kind: billing.ServiceDeleted, ServiceID: "svc-tokens", OwnerID: owner, At: d(20, 10, 30)}
+	deletion2 := billing.ServiceEvent{EventID: events.NewMeta().ID, Kind: billing.ServiceDeleted, ServiceID: "svc-instances", OwnerID: owner, At: d(3, 12, 0)}
+	if err := s.InsertServiceEvents(ctx, append(created, deletion, deletion2)); err != nil {
+		t.Fatal(err)
+	}
+
+	var evs []events.RequestCompletedV1
+	status := []int{200, 200, 200, 429, 500}
+	for i := range 400 {
+		sv := []state.Service{svcs["svc-tokens"], svcs["svc-instances"], svcs["svc-unlisted"]}[i%3]
+		at := d(1+i%25, (i*7)%24, (i*13)%60)
+		e := usage(sv.ID, 37*i%5000, 11*i%700, at)
+		e.BaseModel, e.Status = sv.BaseModel, status[i%len(status)]
+		e.APIKeyID = fmt.Sprintf("key-%d", i%4)
+		evs = append(evs, e)
+	}
+	insert(t, s, evs...)
+	insert(t, s, evs[:50]...) // a redelivery
+
+	ready, stopped := billing.InstanceReady, billing.InstanceStopped
+	ie := func(kind billing.InstanceKind, instance string, at time.Time) billing.InstanceEvent {
+		return billing.InstanceEvent{EventID: events.NewMeta().ID, Kind: kind, InstanceID: instance, ServiceID: "svc-instances", WorkerID: "w1", At: at}
+	}
+	if err := s.InsertInstanceEvents(ctx, []billing.InstanceEvent{
+		ie(ready, "i1", d(1, 9, 15)), ie(stopped, "i1", d(2, 17, 40)),
+		ie(ready, "i2", d(2, 8, 0)), ie(ready, "i2", d(2, 9, 0)), // runs until the deletion on the 3rd
+		ie(ready, "i3", d(5, 0, 0)), // after the deletion: never billed
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	svc := billing.New(s, svcs, billing.DefaultPrices(), billing.WithClock(func() time.Time { return time.Now() }))
+	admin := auth.Key{Admin: true}
+	june := may.AddDate(0, 1, 0)
+	usageOf := func(id, group string) billing.Usage {
+		u, err := svc.Usage(ctx, admin, billing.Query{ServiceID: id, From: may, To: june, GroupBy: group})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+
+	t.Run("cost-per-month", func(t *testing.T) {
+		got := map[string]string{}
+		for _, r := range query(t, conn, db, qs["cost-per-month"]) {
+			if r[1] == "2025-05-01" {
+				got[r[0]] = r[2] + " " + r[3]
+			}
+		}
+		for id := range svcs {
+			u := usageOf(id, "")
+			if u.CostMicros == 0 {
+				t.Errorf("%s costs nothing: the test bills nothing", id)
+			}
+			want := fmt.Sprintf("%d %d.%06d", u.CostMicros, u.CostMicros/1_000_000, u.CostMicros%1_000_000)
+			if got[id] != want {
+				t.Errorf("%s: SQL says %q, the API %q", id, got[id], want)
+			}
+		}
+	})
+	t.Run("token_lines", func(t *testing.T) {
+		u := usageOf("svc-tokens", "")
+		r := query(t, conn, db, "SELECT sum(requests), sum(total_tokens) FROM modelport.token_lines WHERE service_id = 'svc-tokens'")
+		if want := fmt.Sprintf("[[%d %d]]", u.Requests, u.TotalTokens); fmt.Sprint(r) != want {
+			t.Errorf("token_lines %v, API %s", r, want)
+		}
+		if u.Requests == 0 || u.Requests == uint64(len(evs)/3+1) {
+			t.Errorf("svc-tokens bills %d requests: the deletion cut nothing", u.Requests)
+		}
+	})
+	t.Run("instance-time-per-day", func(t *testing.T) {
+		u := usageOf("svc-instances", billing.GroupDay)
+		var want [][]string
+		for _, row := range u.Data {
+			if row.InstanceSeconds > 0 {
+				want = append(want, []string{"svc-instances", row.PeriodStart.Format("2006-01-02"), fmt.Sprint(row.InstanceSeconds), fmt.Sprint(row.CostMicros)})
+			}
+		}
+		var got [][]string
+		for _, r := range query(t, conn, db, qs["instance-time-per-day"]) {
+			if r[0] == "svc-instances" {
+				got = append(got, r)
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) || len(want) != 3 {
+			t.Errorf("SQL\n%v\nAPI\n%v", got, want)
+		}
+	})
+	t.Run("tokens-per-service-per-day", func(t *testing.T) {
+		u := usageOf("svc-unlisted", billing.GroupDay) // never deleted: served = billed
+		want := map[string]string{}
+		for _, row := range u.Data {
+			want[row.PeriodStart.Format("2006-01-02")] = fmt.Sprint(row.Requests, row.PromptTokens, row.CompletionTokens, row.TotalTokens)
+		}
+		got := map[string]string{}
+		for _, r := range query(t, conn, db, qs["tokens-per-service-per-day"]) {
+			if r[0] == "svc-unlisted" {
+				got[r[1]] = strings.Join(r[2:], " ")
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("SQL\n%v\nAPI\n%v", got, want)
+		}
+	})
+	t.Run("requests-by-status", func(t *testing.T) {
+		want := map[string]int{}
+		for _, e := range evs {
+			want[fmt.Sprintf("%s %d", e.ServiceID, e.Status)]++
+		}
+		got := map[string]int{}
+		for _, r := range query(t, conn, db, qs["requests-by-status"]) {
+			var n int
+			fmt.Sscan(r[2], &n)
+			got[r[0]+" "+r[1]] = n
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("SQL %v, want %v", got, want)
+		}
+	})
+	t.Run("top-keys", func(t *testing.T) {
+		rows := query(t, conn, db, qs["top-keys"])
+		if len(rows) != 4 {
+			t.Fatalf("top keys %v, want 4 keys", rows)
+		}
+		var prev uint64 = 1 << 63
+		for _, r := range rows {
+			var n uint64
+			fmt.Sscan(r[3], &n)
+			if n > prev {
+				t.Errorf("top keys not ordered by tokens: %v", rows)
+			}
+			prev = n
+		}
+	})
+	t.Run("rollup-check finds a disagreement and the rebuild fixes it", func(t *testing.T) {
+		if rows := query(t, conn, db, qs["rollup-check"]); len(rows) != 0 {
+			t.Fatalf("rollup disagrees before anything went wrong: %v", rows)
+		}
+		insertBehindTheGate(t, conn, db, evs[0])
+		if rows := query(t, conn, db, qs["rollup-check"]); len(rows) != 1 || rows[0][0] != evs[0].ServiceID {
+			t.Fatalf("rollup-check after a duplicate behind the gate = %v, want one row for %s", rows, evs[0].ServiceID)
+		}
+		for _, stmt := range strings.Split(qs["rebuild-rollup"], ";") {
+			if strings.TrimSpace(stmt) == "" {
+				continue
+			}
+			if err := conn.Exec(ctx, strings.ReplaceAll(stmt, "modelport.", db+".")); err != nil {
+				t.Fatalf("%v\n%s", err, stmt)
+			}
+		}
+		if rows := query(t, conn, db, qs["rollup-check"]); len(rows) != 0 {
+			t.Errorf("rollup disagrees after the rebuild: %v", rows)
+		}
+	})
+}

@@ -1,0 +1,181 @@
+package clickhouse_test
+
+import (
+	"context"
+	"maps"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/modelport/modelport/libs/events"
+	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/billing/internal/billing"
+)
+
+func instanceEvent(kind billing.InstanceKind, instance string, at time.Time) billing.InstanceEvent {
+	return billing.InstanceEvent{EventID: events.NewMeta().ID, Kind: kind, InstanceID: instance, ServiceID: "svc-life", WorkerID: "w1", At: at}
+}
+
+func TestLifecycle(t *testing.T) {
+	s, conn, db := open(t)
+	ctx := context.Background()
+	m := func(n int) time.Time { return hour0.Add(time.Duration(n) * time.Minute) }
+	ready, stopped := billing.InstanceReady, billing.InstanceStopped
+	evs := []billing.InstanceEvent{
+		instanceEvent(ready, "a", m(0)), instanceEvent(ready, "a", m(20)), instanceEvent(stopped, "a", m(75)),
+		instanceEvent(ready, "a", m(130)), // runs until the deletion
+		instanceEvent(ready, "b", m(10)), instanceEvent(stopped, "b", m(40)),
+		instanceEvent(stopped, "c", m(5)), // never ready
+	}
+	if err := s.InsertInstanceEvents(ctx, evs); err != nil {
+		t.Fatal(err)
+	}
+	// A redelivered batch and a duplicate within one.
+	if err := s.InsertInstanceEvents(ctx, []billing.InstanceEvent{evs[0], evs[2], evs[2]}); err != nil {
+		t.Fatal(err)
+	}
+	deletedAt := m(150)
+	deletion := billing.ServiceEvent{EventID: events.NewMeta().ID, Kind: billing.ServiceDeleted, ServiceID: "svc-life", OwnerID: "a11ce0000001", At: deletedAt}
+	later := deletion
+	later.EventID, later.At = events.NewMeta().ID, m(400) // a second deletion event: the first counts
+	created := billing.ServiceEvent{EventID: events.NewMeta().ID, Kind: billing.ServiceCreated, ServiceID: "svc-life", OwnerID: "a11ce0000001",
+		Name: "chat", AccessName: "u-a11ce0000001/chat", BaseModel: "qwen2.5-7b-instruct", Task: "text-generation",
+		BillingMethod: state.BillingPerInstanceHour, At: m(-5)}
+	if err := s.InsertServiceEvents(ctx, []billing.ServiceEvent{created, deletion, later, created}); err != nil {
+		t.Fatal(err)
+	}
+
+	lc, err := s.Lifecycle(ctx, "svc-life", m(1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := len(lc.Instances), len(evs); got != want {
+		t.Fatalf("Lifecycle has %d instance events, want %d (each event ID once)", got, want)
+	}
+	for i := 1; i < len(lc.Instances); i++ {
+		if lc.Instances[i].At.Before(lc.Instances[i-1].At) {
+			t.Errorf("instance events out of order: %v before %v", lc.Instances[i-1].At, lc.Instances[i].At)
+		}
+	}
+	if !lc.DeletedAt.Equal(deletedAt) {
+		t.Errorf("DeletedAt = %v, want %v", lc.DeletedAt, deletedAt)
+	}
+	before, err := s.Lifecycle(ctx, "svc-life", m(30))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := len(before.Instances), 4; got != want {
+		t.Errorf("events before minute 30 = %d, want %d", got, want)
+	}
+	none, err := s.Lifecycle(ctx, "svc-other", m(1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(none.Instances) != 0 || !none.DeletedAt.IsZero() {
+		t.Errorf("unknown service's lifecycle = %+v, want empty", none)
+	}
+
+	t.Run("instance_intervals view agrees with billing.Intervals", func(t *testing.T) {
+		rows, err := conn.Query(ctx, "SELECT instance_id, ready_at, stopped_at FROM "+db+".instance_intervals WHERE service_id = 'svc-life' ORDER BY instance_id, ready_at")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var got []billing.Interval
+		for rows.Next() {
+			var iv billing.Interval
+			if err := rows.Scan(&iv.InstanceID, &iv.Start, &iv.End); err != nil {
+				t.Fatal(err)
+			}
+			iv.Start = iv.Start.UTC()
+			if iv.End.Unix() == 0 {
+				iv.End = time.Time{}
+			} else {
+				iv.End = iv.End.UTC()
+			}
+			got = append(got, iv)
+		}
+		want := billing.Intervals(lc.Instances)
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("instance_intervals =\n%+v\nbilling.Intervals =\n%+v", got, want)
+		}
+	})
+	t.Run("instance_hourly view agrees with billing.SecondsByHour", func(t *testing.T) {
+		rows, err := conn.Query(ctx, "SELECT hour, instance_seconds FROM "+db+".instance_hourly WHERE service_id = 'svc-life'")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		got := map[time.Time]uint64{}
+		for rows.Next() {
+			var h time.Time
+			var secs uint64
+			if err := rows.Scan(&h, &secs); err != nil {
+				t.Fatal(err)
+			}
+			got[h.UTC()] = secs
+		}
+		want := billing.SecondsByHour(billing.Intervals(lc.Instances), time.Unix(0, 0), deletedAt)
+		if !maps.Equal(got, want) {
+			t.Errorf("instance_hourly = %v\nbilling.SecondsByHour = %v", got, want)
+		}
+		// a: 0-75 and 130-150, b: 10-40.
+		var total uint64
+		for _, s := range want {
+			total += s
+		}
+		if total != (75+20+30)*60 {
+			t.Errorf("instance seconds = %d, want %d", total, (75+20+30)*60)
+		}
+	})
+	t.Run("services", func(t *testing.T) {
+		var name, method string
+		var n uint64
+		if err := conn.QueryRow(ctx, "SELECT any(name), any(billing_method), uniqExact(event_id) FROM "+db+".services WHERE service_id = 'svc-life'").Scan(&name, &method, &n); err != nil {
+			t.Fatal(err)
+		}
+		if name != "chat" || method != state.BillingPerInstanceHour || n != 1 {
+			t.Errorf("services row: name %q, billing_method %q, %d events", name, method, n)
+		}
+	})
+}
+
+func TestSyncPrices(t *testing.T) {
+	s, conn, db := open(t)
+	ctx := context.Background()
+	list := billing.DefaultPrices().List()
+	n, err := s.SyncPrices(ctx, list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != len(list) {
+		t.Errorf("first sync wrote %d prices, want %d", n, len(list))
+	}
+	if n, err = s.SyncPrices(ctx, list); err != nil || n != 0 {
+		t.Errorf("second sync wrote %d prices (err %v), want 0", n, err)
+	}
+	changed := append([]billing.Price{}, list...)
+	if changed[0].BillingMethod != state.BillingPerInstanceHour {
+		t.Fatalf("list[0] = %+v, want a per-instance-hour price", changed[0])
+	}
+	changed[0].InstanceHourMicros++
+	if n, err = s.SyncPrices(ctx, changed); err != nil || n != 1 {
+		t.Errorf("sync after a change wrote %d prices (err %v), want 1", n, err)
+	}
+	rows, err := conn.Query(ctx, "SELECT base_model, billing_method, input_micros_per_mtok, output_micros_per_mtok, instance_hour_micros FROM "+db+".current_prices ORDER BY base_model, billing_method")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var got []billing.Price
+	for rows.Next() {
+		var p billing.Price
+		if err := rows.Scan(&p.BaseModel, &p.BillingMethod, &p.InputMicrosPerMTok, &p.OutputMicrosPerMTok, &p.InstanceHourMicros); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, p)
+	}
+	if !reflect.DeepEqual(got, changed) {
+		t.Errorf("current_prices =\n%+v\nwant\n%+v", got, changed)
+	}
+}
