@@ -3,7 +3,7 @@ GO       ?= go
 PKGS     := github.com/modelport/modelport/...
 SERVICES := deployer scaler router inference-worker billing
 
-.PHONY: all build run test test-short vet fmt tidy bench clean
+.PHONY: all build run test test-faults test-short vet fmt tidy bench clean
 
 all: build
 
@@ -31,6 +31,13 @@ clients/node/node_modules: clients/node/package-lock.json
 tests/browser/node_modules: tests/browser/package-lock.json
 	npm ci --prefix tests/browser --no-audit --no-fund
 	@touch $@
+
+## test-faults: the fault tests alone (a killed worker mid-stream, a NATS restart, a
+## thousand streaming clients, NATS and router deaths on a cluster, a ClickHouse outage,
+## duplicate and poison events); `make test` runs them too
+test-faults:
+	$(GO) test -race -count=1 -timeout 20m -run 'TestFault|TestMultiNode|TestWorkerKilled' ./cmd/modelport
+	$(GO) test -race -count=1 -timeout 20m -run 'Outage|Poison|Duplicate|Redeliver|DeadLetter' github.com/modelport/modelport/services/billing/...
 
 ## test-short: the tests that need no binaries built
 test-short:

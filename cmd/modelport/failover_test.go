@@ -49,14 +49,15 @@ type proc struct {
 	stopped bool  // killed or stopped by the test: cleanup leaves it be
 }
 
-// startProc runs a service binary until the test ends and returns it, so
-// the test can kill or stop it. At the end of the test a process still running
-// is stopped with SIGTERM and must exit cleanly; one the test ended is
-// left alone. Either way its log is printed if the test failed.
-func startProc(t *testing.T, name, path string, env []string) *proc {
+// startProc runs a service binary (with args, if any) until the test ends
+// and returns it, so the test can kill or stop it. At the end of the test
+// a process still running is stopped with SIGTERM and must exit cleanly;
+// one the test ended is left alone. Either way its log is printed if the
+// test failed.
+func startProc(t *testing.T, name, path string, env []string, args ...string) *proc {
 	t.Helper()
 	p := &proc{name: name, out: &lockedBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(path)
+	p.cmd = exec.Command(path, args...)
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -137,13 +138,18 @@ type workerSpec struct {
 // waits until all are healthy.
 func startCluster(t *testing.T, workers ...workerSpec) *cluster {
 	t.Helper()
+	return startClusterOn(t, natstest.New(t).ClientURL(), workers...)
+}
+
+// startClusterOn is startCluster on the NATS server(s) at natsURL.
+func startClusterOn(t *testing.T, natsURL string, workers ...workerSpec) *cluster {
+	t.Helper()
 	bin := buildServices(t)
 	chAddr, chDB := chtest.New(t)
-	ns := natstest.New(t)
 	c := &cluster{
 		bin: bin,
 		common: []string{
-			"MODELPORT_NATS_URL=" + ns.ClientURL(),
+			"MODELPORT_NATS_URL=" + natsURL,
 			"MODELPORT_LOG_LEVEL=debug",
 			"MODELPORT_ADMIN_KEY=" + testAdminKey,
 			"MODELPORT_CLICKHOUSE_ADDR=" + chAddr,

@@ -20,6 +20,11 @@ import (
 
 const tracerName = "github.com/modelport/modelport/libs/natsx"
 
+// PublishRetryWindow is how long Publish keeps retrying: longer than a
+// JetStream stream takes to elect a new leader after its leader's server
+// dies (up to about 9s), and than a NATS restart.
+const PublishRetryWindow = 15 * time.Second
+
 // Connect dials NATS with reconnects that never give up, so a service rides
 // out a NATS restart, and returns the connection and its JetStream context.
 func Connect(url, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
@@ -28,6 +33,11 @@ func Connect(url, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStrea
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.RetryOnFailedConnect(true),
+		// No buffering while disconnected: a publish then fails at once
+		// and its caller knows it, instead of a message the caller gave up
+		// on reaching the server later (a usage event for a request whose
+		// client was told it failed would be billed).
+		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn("nats disconnected", "err", err)
@@ -54,9 +64,10 @@ type Publisher struct {
 // NewPublisher returns a Publisher on js.
 func NewPublisher(js jetstream.JetStream) *Publisher { return &Publisher{js: js} }
 
-// Publish sends ev and waits for JetStream to store it. The message ID is
-// the event ID, so a retried publish is stored once. The trace context of
-// ctx travels in the headers.
+// Publish sends ev and waits for JetStream to store it, retrying for up to
+// PublishRetryWindow (or until ctx ends) while NATS reconnects or a stream
+// elects a leader. The message ID is the event ID, so a retried publish is
+// stored once. The trace context of ctx travels in the headers.
 func (p *Publisher) Publish(ctx context.Context, ev events.Event) error {
 	ctx, span := otel.Tracer(tracerName).Start(ctx, "publish "+ev.Subject(),
 		trace.WithSpanKind(trace.SpanKindProducer),
@@ -77,12 +88,16 @@ func (p *Publisher) Publish(ctx context.Context, ev events.Event) error {
 	otel.GetTextMapPropagator().Inject(ctx, HeaderCarrier(msg.Header))
 
 	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
+	deadline := time.Now().Add(PublishRetryWindow)
+	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
+			if time.Now().After(deadline) {
+				break
+			}
 			select {
 			case <-ctx.Done():
 				return fmt.Errorf("publish %s %s: %w", ev.Subject(), ev.EventID(), ctx.Err())
-			case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+			case <-time.After(min(time.Duration(attempt)*100*time.Millisecond, time.Second)):
 			}
 		}
 		if _, lastErr = p.js.PublishMsg(ctx, msg); lastErr == nil {
