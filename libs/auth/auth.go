@@ -118,6 +118,15 @@ func (r *Keyring) Put(ctx context.Context, k Key) error {
 }
 
 // Verify returns the key whose secret is given, or an errs.Unauthorized error.
+//
+// The lookup is by the secret's SHA-256, never by the secret: how long a
+// map or bucket lookup takes can depend on how much of the presented hash
+// matches a stored one, but learning that about the hash of a guess gives
+// nothing towards a secret whose hash matches (that needs a SHA-256
+// preimage), and the secrets are 256 random bits, so there is no
+// dictionary to try either. An unsalted fast hash is enough for the same
+// reason. Where a stored record is compared with the presented hash, the
+// comparison is in constant time all the same.
 func (r *Keyring) Verify(ctx context.Context, secret string) (Key, error) {
 	if !strings.HasPrefix(secret, SecretPrefix) {
 		return Key{}, errs.E(errs.Unauthorized, "invalid API key")

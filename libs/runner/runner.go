@@ -113,7 +113,9 @@ func Edge(h http.Handler, name string, log *slog.Logger) http.Handler {
 
 // Serve serves h on ln until ctx ends, then shuts down gracefully.
 func Serve(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	// No WriteTimeout: a streamed answer may run for minutes. IdleTimeout
+	// closes kept-alive connections that send nothing more.
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

@@ -5,6 +5,7 @@ package app
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/modelport/modelport/libs/runner"
 	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/services/router/internal/gateway"
+	"github.com/modelport/modelport/services/router/internal/ratelimit"
 	"github.com/modelport/modelport/services/router/internal/routing"
 	"github.com/modelport/modelport/services/router/internal/transport"
 )
@@ -25,9 +27,20 @@ type Config struct {
 	EngineTimeout time.Duration // MODELPORT_ENGINE_TIMEOUT: the longest an engine may take to start answering
 	ReadyWait     time.Duration // MODELPORT_READY_WAIT: how long a request waits for a ready instance
 	PublicURL     string        // MODELPORT_PUBLIC_URL: the router's address as clients see it, for image URLs
-	RateLimit     int           // MODELPORT_RATE_LIMIT_RPM: requests per minute per API key; 0: no limit
 	ColdStartWait time.Duration // MODELPORT_COLD_START_WAIT: how long a request to an autoscaled service waits for an instance
 	LoadReport    time.Duration // MODELPORT_LOAD_REPORT_INTERVAL: how often demand is reported to the autoscaler
+	// RateLimits are requests and tokens per minute, per API key and per
+	// service, in this router process; 0: no limit.
+	RateLimits ratelimit.Config // MODELPORT_RATE_LIMIT_RPM, _TPM, MODELPORT_SERVICE_RATE_LIMIT_RPM, _TPM
+	// BodyTimeout bounds reading a request body.
+	BodyTimeout time.Duration // MODELPORT_BODY_TIMEOUT
+	// ImageFetchTimeout bounds fetching the image URLs of one request.
+	ImageFetchTimeout time.Duration // MODELPORT_IMAGE_FETCH_TIMEOUT
+	// MaxImageBytes bounds each image of a chat request, inline or fetched.
+	MaxImageBytes int64 // MODELPORT_IMAGE_MAX_BYTES
+	// AllowPrivateImageURLs lets image URLs reach private, loopback and
+	// link-local addresses.
+	AllowPrivateImageURLs bool // MODELPORT_ALLOW_PRIVATE_IMAGE_URLS
 }
 
 // ConfigFromEnv reads Config.
@@ -35,12 +48,49 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 	var c Config
 	var err error
 	c.PublicURL = strings.TrimSuffix(getenv("MODELPORT_PUBLIC_URL"), "/")
+	c.AllowPrivateImageURLs = config.Bool(getenv, "MODELPORT_ALLOW_PRIVATE_IMAGE_URLS", false)
 	if c.EngineTimeout, err = config.Duration(getenv, "MODELPORT_ENGINE_TIMEOUT", 10*time.Minute); err != nil {
 		return c, err
 	}
-	if c.RateLimit, err = config.Int(getenv, "MODELPORT_RATE_LIMIT_RPM", 0); err != nil {
+	for _, s := range []struct {
+		name string
+		v    *int
+	}{
+		{"MODELPORT_RATE_LIMIT_RPM", &c.RateLimits.KeyRequests},
+		{"MODELPORT_RATE_LIMIT_TPM", &c.RateLimits.KeyTokens},
+		{"MODELPORT_SERVICE_RATE_LIMIT_RPM", &c.RateLimits.ServiceRequests},
+		{"MODELPORT_SERVICE_RATE_LIMIT_TPM", &c.RateLimits.ServiceTokens},
+	} {
+		if *s.v, err = config.Int(getenv, s.name, 0); err != nil {
+			return c, err
+		}
+		if *s.v < 0 {
+			return c, fmt.Errorf("%s: %d is negative; 0 turns the limit off", s.name, *s.v)
+		}
+	}
+	for _, s := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"MODELPORT_BODY_TIMEOUT", &c.BodyTimeout, time.Minute},
+		{"MODELPORT_IMAGE_FETCH_TIMEOUT", &c.ImageFetchTimeout, 10 * time.Second},
+	} {
+		if *s.v, err = config.Duration(getenv, s.name, s.def); err != nil {
+			return c, err
+		}
+		if *s.v <= 0 {
+			return c, fmt.Errorf("%s: %s is not a positive duration", s.name, *s.v)
+		}
+	}
+	maxImage, err := config.Int(getenv, "MODELPORT_IMAGE_MAX_BYTES", gateway.DefaultMaxImageBytes)
+	if err != nil {
 		return c, err
 	}
+	if maxImage < 1 {
+		return c, fmt.Errorf("MODELPORT_IMAGE_MAX_BYTES: %d is not a positive size", maxImage)
+	}
+	c.MaxImageBytes = int64(maxImage)
 	if c.ColdStartWait, err = config.Duration(getenv, "MODELPORT_COLD_START_WAIT", 2*time.Minute); err != nil {
 		return c, err
 	}
@@ -63,6 +113,10 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	demand := routing.NewDemand()
 	g := gateway.New(table, demand, transport.NewEngineClient(cfg.EngineTimeout), bus.Publisher, log)
 	g.ReadyWait, g.ColdStartWait = cfg.ReadyWait, cfg.ColdStartWait
+	limits := ratelimit.New(cfg.RateLimits, nil)
+	g.Limits = limits
+	g.Images = transport.NewImageFetcher(cfg.ImageFetchTimeout, cfg.AllowPrivateImageURLs)
+	g.ImageFetchTimeout, g.MaxImageBytes = cfg.ImageFetchTimeout, cfg.MaxImageBytes
 	go transport.ReportLoad(watchCtx, bus.KV(state.BucketLoad), uuid.NewString(), demand, cfg.LoadReport, log)
 	images, err := transport.NewImageStore(ctx, bus.JS, bus.Replicas)
 	if err != nil {
@@ -75,7 +129,8 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		return runner.Service{}, err
 	}
 	return runner.Service{
-		Handler: transport.NewHandler(g, images, cfg.PublicURL, keys, transport.NewKeyLimiter(cfg.RateLimit), log),
-		Stop:    func(context.Context) { stopWatch() },
+		Handler: transport.NewHandler(g, images, keys, limits,
+			transport.Options{PublicURL: cfg.PublicURL, BodyTimeout: cfg.BodyTimeout}, log),
+		Stop: func(context.Context) { stopWatch() },
 	}, nil
 }

@@ -24,11 +24,8 @@ const maxAnswer = 64 << 20
 // Chat answers POST /v1/chat/completions.
 func (g *Gateway) Chat(ctx context.Context, c Call) (*Reply, error) {
 	started := time.Now().UTC()
-	var p chatParams
-	if err := decodeBody(c.Body, &p); err != nil {
-		return nil, err
-	}
-	if err := p.validate(); err != nil {
+	p, err := parseChat(c.Body, g.MaxImageBytes)
+	if err != nil {
 		return nil, err
 	}
 	svc, err := g.service(c.Caller, p.Model)
@@ -38,9 +35,15 @@ func (g *Gateway) Chat(ctx context.Context, c Call) (*Reply, error) {
 	if err := p.checkTask(svc); err != nil {
 		return nil, err
 	}
-	body := c.Body
+	if err := g.admit(c, svc); err != nil {
+		return nil, err
+	}
+	body, err := g.inlineImages(ctx, c.Body, p)
+	if err != nil {
+		return nil, err
+	}
 	if p.Stream {
-		if body, err = withStreamOptions(c.Body); err != nil {
+		if body, err = withStreamOptions(body); err != nil {
 			return nil, err
 		}
 	}

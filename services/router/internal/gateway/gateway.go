@@ -48,12 +48,42 @@ type Gateway struct {
 	ColdStartWait time.Duration
 	// FailCooldown is how long an instance that failed stays out of rotation.
 	FailCooldown time.Duration
+	// Limits, when set, are the rate limits on calls to services.
+	Limits Limiter
+	// Images, when set, fetches the http(s) image URLs of chat requests,
+	// which then reach the engine as data URLs; without it such URLs are
+	// refused. Engines never fetch anything a client names.
+	Images ImageFetcher
+	// MaxImageBytes bounds each image of a chat request, inline or fetched.
+	MaxImageBytes int64
+	// ImageFetchTimeout bounds fetching all the image URLs of one request.
+	ImageFetchTimeout time.Duration
+}
+
+// Limiter is the rate limits on calls to services, per API key and per
+// service; *ratelimit.Limiter implements it.
+type Limiter interface {
+	// Admit returns nil, or an errs.RateLimited error with RetryAfter when
+	// the key or the service has spent its budget.
+	Admit(keyID, serviceID, accessName string) error
+	// Charge takes the tokens a call used from the key's and the service's
+	// budgets.
+	Charge(keyID, serviceID string, tokens int)
 }
 
 // New returns a Gateway. It counts the requests it forwards in demand.
 func New(table *routing.Table, demand *routing.Demand, engine Engine, pub Publisher, log *slog.Logger) *Gateway {
 	return &Gateway{table: table, demand: demand, engine: engine, pub: pub, log: log,
-		ReadyWait: 10 * time.Second, ColdStartWait: 2 * time.Minute, FailCooldown: 5 * time.Second}
+		ReadyWait: 10 * time.Second, ColdStartWait: 2 * time.Minute, FailCooldown: 5 * time.Second,
+		MaxImageBytes: DefaultMaxImageBytes, ImageFetchTimeout: 10 * time.Second}
+}
+
+// admit applies the rate limits to a call to svc.
+func (g *Gateway) admit(c Call, svc state.Service) error {
+	if g.Limits == nil {
+		return nil
+	}
+	return g.Limits.Admit(c.Caller.ID, svc.ID, svc.AccessName)
 }
 
 // Call is one API request as the gateway sees it.
@@ -162,10 +192,14 @@ func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, b
 	}
 }
 
-// meter publishes the usage of one answered request. Usage is recorded
-// before the client has the whole answer, and the event ID makes a retried
-// publish count once.
+// meter publishes the usage of one answered request and charges its
+// tokens to the rate limits. Usage is recorded before the client has the
+// whole answer, and the event ID makes a retried publish count once.
 func (g *Gateway) meter(ctx context.Context, c Call, svc state.Service, inst state.Instance, endpoint string, status int, u Usage, started time.Time) error {
+	if g.Limits != nil {
+		// The engine did the work whether or not the event is stored.
+		g.Limits.Charge(c.Caller.ID, svc.ID, u.PromptTokens+u.CompletionTokens)
+	}
 	ev := events.RequestCompletedV1{
 		Meta: events.NewMeta(), RequestID: c.RequestID, ServiceID: svc.ID, OwnerID: svc.OwnerID,
 		AccessName: svc.AccessName, BaseModel: svc.BaseModel, APIKeyID: c.Caller.ID, InstanceID: inst.ID,

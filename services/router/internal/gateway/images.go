@@ -64,6 +64,9 @@ func (g *Gateway) GenerateImages(ctx context.Context, c Call, images ImageSaver,
 	if svc.Task != state.TaskImageGeneration {
 		return nil, errs.InvalidParam("model", "%s is a %s service; image generation needs an image-generation service", svc.AccessName, svc.Task)
 	}
+	if err := g.admit(c, svc); err != nil {
+		return nil, err
+	}
 	var body map[string]json.RawMessage
 	if err := json.Unmarshal(c.Body, &body); err != nil {
 		return nil, errs.E(errs.Invalid, "request body is not a JSON object")

@@ -56,6 +56,9 @@ func (s *Stream) Next() ([]byte, error) {
 			s.finished = true
 			return nil, io.EOF
 		}
+		if len(bytes.TrimSpace(data)) == 0 {
+			continue // an empty event carries no chunk
+		}
 		out, skip, err := s.rewrite(data)
 		if err != nil {
 			return nil, err
@@ -70,7 +73,8 @@ func (s *Stream) Next() ([]byte, error) {
 // access name, and usage only where the client asked for it.
 func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 	var m map[string]json.RawMessage
-	if err := json.Unmarshal(data, &m); err != nil {
+	if err := json.Unmarshal(data, &m); err != nil || m == nil {
+		// null decodes without error into a nil map: not a chunk either.
 		s.up.fail()
 		return nil, false, errs.Wrap(errs.Upstream, err, "the engine sent a malformed chunk")
 	}
@@ -123,19 +127,38 @@ func (s *Stream) Close() error {
 	return err
 }
 
+// maxEvent bounds one server-sent event from an engine, so an engine
+// that never ends a line cannot make the router buffer without end.
+const maxEvent = 16 << 20
+
 // lineReader reads server-sent events.
 type lineReader struct {
-	r *bufio.Reader
+	r   *bufio.Reader
+	max int
 }
 
-func newLineReader(r io.Reader) *lineReader { return &lineReader{r: bufio.NewReaderSize(r, 64<<10)} }
+func newLineReader(r io.Reader) *lineReader {
+	return &lineReader{r: bufio.NewReaderSize(r, 64<<10), max: maxEvent}
+}
 
-// event returns the data of the next event with data; comments and other
-// fields are skipped, and multi-line data is joined with newlines.
+// errEventTooLarge is an engine event over maxEvent.
+var errEventTooLarge = errors.New("an event is too large")
+
+// event returns the data of the next event with data, as the
+// server-sent events standard reads it: lines end with LF or CR LF, a
+// blank line ends an event, lines starting with a colon are comments,
+// a field name without a colon has an empty value, one space after the
+// colon is dropped, fields other than data are skipped, and multi-line
+// data is joined with LF. An event of "data:" alone has empty, non-nil
+// data. Where the standard drops an event cut off by the end of the body,
+// event returns it, since engines may close without a last blank line.
 func (l *lineReader) event() ([]byte, error) {
 	var data []byte
 	for {
-		line, err := l.r.ReadBytes('\n')
+		line, err := l.line()
+		if errors.Is(err, errEventTooLarge) {
+			return nil, err
+		}
 		line = bytes.TrimRight(line, "\r\n")
 		if len(line) == 0 {
 			// A blank line ends an event; so does the end of the body.
@@ -147,18 +170,42 @@ func (l *lineReader) event() ([]byte, error) {
 			}
 			continue
 		}
-		if v, ok := bytes.CutPrefix(line, []byte("data:")); ok {
-			v = bytes.TrimPrefix(v, []byte(" "))
-			if data != nil {
+		field, value, found := bytes.Cut(line, []byte(":"))
+		if found {
+			value = bytes.TrimPrefix(value, []byte(" "))
+		}
+		if string(field) == "data" {
+			if data == nil {
+				data = make([]byte, 0, len(value))
+			} else {
 				data = append(data, '\n')
 			}
-			data = append(data, v...)
+			if len(data)+len(value) > l.max {
+				return nil, errEventTooLarge
+			}
+			data = append(data, value...)
 		}
 		if err != nil { // the body ended without a newline
 			if data != nil {
 				return data, nil
 			}
 			return nil, err
+		}
+	}
+}
+
+// line returns the next line with its LF, or what is left at the end of
+// the body with the reader's error. A line over l.max is errEventTooLarge.
+func (l *lineReader) line() ([]byte, error) {
+	var line []byte
+	for {
+		frag, err := l.r.ReadSlice('\n')
+		if len(line)+len(frag) > l.max+2 { // +2: the CR LF
+			return nil, errEventTooLarge
+		}
+		line = append(line, frag...)
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return line, err
 		}
 	}
 }

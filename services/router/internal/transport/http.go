@@ -8,21 +8,35 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"time"
 
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/httpx"
 	"github.com/modelport/modelport/services/router/internal/gateway"
+	"github.com/modelport/modelport/services/router/internal/ratelimit"
 )
 
 // MaxBody bounds a request body (images arrive inline as data URLs).
 const MaxBody = 32 << 20
 
+// Options are the handler's settings.
+type Options struct {
+	// PublicURL is the router's address as clients see it, for the URLs
+	// of generated images; empty: the request's own scheme and host.
+	PublicURL string
+	// BodyTimeout bounds reading a request body, so a client that sends
+	// slowly cannot hold a request open; zero: no bound.
+	BodyTimeout time.Duration
+}
+
 // NewHandler returns the OpenAI API under /v1. Everything but image
 // downloads (whose unguessable names are their credential, as with signed
-// URLs) needs a bearer key.
-func NewHandler(g *gateway.Gateway, images *ImageStore, publicURL string, keys httpx.Verifier, limits *KeyLimiter, log *slog.Logger) http.Handler {
-	h := &handler{g: g, images: images, publicURL: publicURL, log: log}
+// URLs) needs a bearer key; limits (nil: none) allows each key its
+// requests per minute.
+func NewHandler(g *gateway.Gateway, images *ImageStore, keys httpx.Verifier, limits *ratelimit.Limiter, opts Options, log *slog.Logger) http.Handler {
+	h := &handler{g: g, images: images, publicURL: opts.PublicURL, bodyTimeout: opts.BodyTimeout, log: log}
 	api := http.NewServeMux()
 	api.HandleFunc("POST /v1/chat/completions", h.chat)
 	api.HandleFunc("POST /v1/images/generations", h.generateImages)
@@ -33,28 +47,43 @@ func NewHandler(g *gateway.Gateway, images *ImageStore, publicURL string, keys h
 	})
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+imagePath+"{name}", images.serve)
-	mux.Handle("/v1/", httpx.Chain(api, httpx.Authenticate(keys), limits.Limit))
+	mux.Handle("/v1/", httpx.Chain(api, httpx.Authenticate(keys), limitKeys(limits, log)))
 	return mux
 }
 
 type handler struct {
-	g         *gateway.Gateway
-	images    *ImageStore
-	publicURL string
-	log       *slog.Logger
+	g           *gateway.Gateway
+	images      *ImageStore
+	publicURL   string
+	bodyTimeout time.Duration
+	log         *slog.Logger
 }
 
 func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
-	httpx.Fail(w, r, h.log, err)
+	writeError(w, r, h.log, err)
 }
 
-// call reads the request into a gateway call.
-func call(w http.ResponseWriter, r *http.Request) (gateway.Call, error) {
+// call reads the request into a gateway call, within h.bodyTimeout.
+func (h *handler) call(w http.ResponseWriter, r *http.Request) (gateway.Call, error) {
+	if h.bodyTimeout > 0 {
+		rc := http.NewResponseController(w)
+		if rc.SetReadDeadline(time.Now().Add(h.bodyTimeout)) == nil {
+			// Cleared once read: the server's own read, which notices a
+			// client that goes away during a long answer, must not time out.
+			defer rc.SetReadDeadline(time.Time{})
+		}
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
 	if err != nil {
+		// The rest of the body is not read: the connection cannot serve
+		// another request, and must not wait for the body before answering.
+		w.Header().Set("Connection", "close")
 		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
+		switch {
+		case errors.As(err, &tooBig):
 			return gateway.Call{}, errs.E(errs.TooLarge, "request body is larger than %d bytes", MaxBody)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return gateway.Call{}, errs.E(errs.Invalid, "request body not received within %s", h.bodyTimeout)
 		}
 		return gateway.Call{}, errs.Wrap(errs.Invalid, err, "request body unreadable")
 	}
@@ -63,7 +92,7 @@ func call(w http.ResponseWriter, r *http.Request) (gateway.Call, error) {
 }
 
 func (h *handler) chat(w http.ResponseWriter, r *http.Request) {
-	c, err := call(w, r)
+	c, err := h.call(w, r)
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -125,7 +154,7 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request, s *gateway.Stre
 }
 
 func (h *handler) generateImages(w http.ResponseWriter, r *http.Request) {
-	c, err := call(w, r)
+	c, err := h.call(w, r)
 	if err != nil {
 		h.fail(w, r, err)
 		return

@@ -1,61 +1,60 @@
 package transport
 
 import (
-	"fmt"
+	"errors"
+	"log/slog"
+	"math"
 	"net/http"
-	"sync"
+	"strconv"
 	"time"
 
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/httpx"
-	"golang.org/x/time/rate"
+	"github.com/modelport/modelport/services/router/internal/ratelimit"
 )
 
-// KeyLimiter allows each API key a number of requests per minute, in a
-// token bucket that holds a minute's worth, so short bursts pass and a
-// steady excess gets 429 with Retry-After. It is safe for concurrent use.
-type KeyLimiter struct {
-	perMinute int
-	mu        sync.Mutex
-	buckets   map[string]*rate.Limiter
-}
-
-// NewKeyLimiter returns a limiter; perMinute <= 0 allows everything.
-func NewKeyLimiter(perMinute int) *KeyLimiter {
-	return &KeyLimiter{perMinute: perMinute, buckets: map[string]*rate.Limiter{}}
-}
-
-// Limit wraps an authenticated handler.
-func (l *KeyLimiter) Limit(next http.Handler) http.Handler {
-	if l.perMinute <= 0 {
-		return next
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		k, _ := auth.FromContext(r.Context())
-		if wait := l.reserve(k.ID); wait > 0 {
-			httpx.WriteError(w, &errs.Error{Kind: errs.RateLimited, RetryAfter: wait,
-				Msg: fmt.Sprintf("rate limit of %d requests per minute reached for this API key; retry in %s", l.perMinute, wait.Round(time.Millisecond))})
-			return
+// limitKeys is the middleware that takes one request from the caller's
+// per-key budget, after authentication, before the body is read. A nil
+// limiter, or one without a per-key request limit, passes everything.
+func limitKeys(l *ratelimit.Limiter, log *slog.Logger) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		if l == nil || l.Config().KeyRequests <= 0 {
+			return next
 		}
-		next.ServeHTTP(w, r)
-	})
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			k, _ := auth.FromContext(r.Context())
+			if err := l.Request(k.ID); err != nil {
+				writeError(w, r, log, err)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
 }
 
-// reserve takes a token for key and returns 0, or how long until one is
-// free (taking none).
-func (l *KeyLimiter) reserve(key string) time.Duration {
-	l.mu.Lock()
-	b, ok := l.buckets[key]
-	if !ok {
-		b = rate.NewLimiter(rate.Limit(float64(l.perMinute)/60), l.perMinute)
-		l.buckets[key] = b
+// rateLimitCode is OpenAI's error code for a spent rate limit.
+const rateLimitCode = "rate_limit_exceeded"
+
+// writeError writes err as an OpenAI error. A rate limit is written as
+// OpenAI writes it (type "requests" or "tokens", code
+// "rate_limit_exceeded") with Retry-After in seconds and retry-after-ms,
+// which the official clients wait for before retrying; everything else as
+// httpx maps it.
+func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	e, ok := errs.As(err)
+	if !ok || e.Kind != errs.RateLimited {
+		httpx.Fail(w, r, log, err)
+		return
 	}
-	l.mu.Unlock()
-	res := b.Reserve()
-	if wait := res.Delay(); wait > 0 {
-		res.Cancel()
-		return wait
+	typ := "requests"
+	if errors.Is(err, ratelimit.ErrTokens) {
+		typ = "tokens"
 	}
-	return 0
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(e.RetryAfter.Seconds()))))
+		w.Header().Set("Retry-After-Ms", strconv.FormatInt(int64(math.Ceil(float64(e.RetryAfter)/float64(time.Millisecond))), 10))
+	}
+	code := rateLimitCode
+	httpx.WriteJSON(w, http.StatusTooManyRequests, httpx.ErrorBody{Error: httpx.ErrorDetail{Message: e.Msg, Type: typ, Code: &code}})
 }

@@ -1,0 +1,53 @@
+package app
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelport/modelport/libs/config"
+	"github.com/modelport/modelport/services/router/internal/ratelimit"
+)
+
+func TestConfigFromEnv(t *testing.T) {
+	t.Run("defaults", func(t *testing.T) {
+		c, err := ConfigFromEnv(config.Map(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.RateLimits != (ratelimit.Config{}) || c.BodyTimeout != time.Minute || c.ImageFetchTimeout != 10*time.Second ||
+			c.MaxImageBytes != 20<<20 || c.AllowPrivateImageURLs {
+			t.Errorf("defaults: %+v", c)
+		}
+	})
+	t.Run("set", func(t *testing.T) {
+		c, err := ConfigFromEnv(config.Map(map[string]string{
+			"MODELPORT_RATE_LIMIT_RPM": "60", "MODELPORT_RATE_LIMIT_TPM": "10000",
+			"MODELPORT_SERVICE_RATE_LIMIT_RPM": "600", "MODELPORT_SERVICE_RATE_LIMIT_TPM": "100000",
+			"MODELPORT_BODY_TIMEOUT": "30s", "MODELPORT_IMAGE_FETCH_TIMEOUT": "2s",
+			"MODELPORT_IMAGE_MAX_BYTES": "1048576", "MODELPORT_ALLOW_PRIVATE_IMAGE_URLS": "1",
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := ratelimit.Config{KeyRequests: 60, KeyTokens: 10000, ServiceRequests: 600, ServiceTokens: 100000}
+		if c.RateLimits != want || c.BodyTimeout != 30*time.Second || c.ImageFetchTimeout != 2*time.Second ||
+			c.MaxImageBytes != 1<<20 || !c.AllowPrivateImageURLs {
+			t.Errorf("got %+v", c)
+		}
+	})
+	for _, tc := range []struct{ name, value string }{
+		{"MODELPORT_RATE_LIMIT_TPM", "lots"},
+		{"MODELPORT_SERVICE_RATE_LIMIT_RPM", "-1"},
+		{"MODELPORT_IMAGE_FETCH_TIMEOUT", "0s"},
+		{"MODELPORT_BODY_TIMEOUT", "-1s"},
+		{"MODELPORT_IMAGE_MAX_BYTES", "0"},
+	} {
+		t.Run(tc.name+"="+tc.value, func(t *testing.T) {
+			_, err := ConfigFromEnv(config.Map(map[string]string{tc.name: tc.value}))
+			if err == nil || !strings.Contains(err.Error(), tc.name) {
+				t.Errorf("err = %v, want one naming %s", err, tc.name)
+			}
+		})
+	}
+}
