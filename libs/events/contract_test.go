@@ -401,6 +401,10 @@ func TestFreshEventsValidate(t *testing.T) {
 			Meta: events.NewMeta(), InstanceID: instanceID, ServiceID: serviceID, WorkerID: workerID,
 			Reason: "scaled down to 1",
 		}},
+		{"InstanceReleasedV1 worker gone", events.InstanceReleasedV1{
+			Meta: events.NewMeta(), InstanceID: instanceID, ServiceID: serviceID, WorkerID: workerID,
+			Reason: "worker " + workerID + " stopped beating", WorkerGone: true,
+		}},
 		{"ServiceAutoscaledV1", events.ServiceAutoscaledV1{
 			Meta: events.NewMeta(), ServiceID: serviceID, OwnerID: ownerID, From: 0, To: 1,
 			Reason: "1 request waiting for an instance", InFlight: 1, TargetInFlight: 4,

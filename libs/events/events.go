@@ -210,13 +210,19 @@ func (ServiceDeletedV1) Subject() string { return SubjectServiceDeletedV1 }
 // InstanceReleasedV1 says the scaler took an instance off a worker (scale
 // down, deletion, or a worker replaced). Published by the scaler on
 // SubjectInstanceReleasedV1 + "." + WorkerID; consumed by that worker,
-// which drains and stops the instance.
+// which drains and stops the instance, and by billing, which ends the
+// instance's billed time at OccurredAt when WorkerGone is set (a worker
+// that died publishes no InstanceStoppedV1).
 type InstanceReleasedV1 struct {
 	Meta
 	InstanceID string `json:"instance_id"`
 	ServiceID  string `json:"service_id"`
 	WorkerID   string `json:"worker_id"`
 	Reason     string `json:"reason"`
+	// WorkerGone is true when the worker stopped beating and the instance
+	// is gone with it; its time ends at OccurredAt. The scaler may
+	// announce the same loss more than once.
+	WorkerGone bool `json:"worker_gone,omitempty"`
 }
 
 // Subject implements Event.

@@ -69,10 +69,14 @@ type InstanceKind string
 const (
 	InstanceReady   InstanceKind = "ready"
 	InstanceStopped InstanceKind = "stopped"
+	// InstanceGone is the scaler's release of an instance whose worker
+	// stopped beating: the instance ended with its worker, which announces
+	// no stop. It ends the instance's time for good.
+	InstanceGone InstanceKind = "gone"
 )
 
-// InstanceEvent is an instance becoming ready or stopping, as billing
-// stores it.
+// InstanceEvent is an instance becoming ready, stopping or going with its
+// worker, as billing stores it.
 type InstanceEvent struct {
 	EventID    string
 	Kind       InstanceKind
@@ -91,6 +95,16 @@ func InstanceFromReady(ev events.InstanceReadyV1) InstanceEvent {
 // InstanceFromStopped returns the InstanceEvent of ev.
 func InstanceFromStopped(ev events.InstanceStoppedV1) InstanceEvent {
 	return InstanceEvent{EventID: ev.ID, Kind: InstanceStopped, InstanceID: ev.InstanceID, ServiceID: ev.ServiceID, WorkerID: ev.WorkerID, Reason: ev.Reason, At: ev.OccurredAt}
+}
+
+// InstanceFromReleased returns the InstanceGone event of a release whose
+// worker is gone, and false for any other release: a live worker drains
+// the instance and announces its stop, which ends its time then.
+func InstanceFromReleased(ev events.InstanceReleasedV1) (InstanceEvent, bool) {
+	if !ev.WorkerGone {
+		return InstanceEvent{}, false
+	}
+	return InstanceEvent{EventID: ev.ID, Kind: InstanceGone, InstanceID: ev.InstanceID, ServiceID: ev.ServiceID, WorkerID: ev.WorkerID, Reason: ev.Reason, At: ev.OccurredAt}, true
 }
 
 // ServiceKind says what happened to a service.
@@ -174,7 +188,7 @@ func CheckInstanceEvent(ev InstanceEvent) error {
 	switch {
 	case !uuidPattern.MatchString(ev.EventID):
 		return errs.E(errs.Invalid, "instance event_id %q is not a lower-case UUID", ev.EventID)
-	case ev.Kind != InstanceReady && ev.Kind != InstanceStopped:
+	case ev.Kind != InstanceReady && ev.Kind != InstanceStopped && ev.Kind != InstanceGone:
 		return errs.E(errs.Invalid, "instance event %s: unknown kind %q", ev.EventID, ev.Kind)
 	case ev.InstanceID == "" || ev.ServiceID == "":
 		return errs.E(errs.Invalid, "instance event %s without instance_id or service_id", ev.EventID)

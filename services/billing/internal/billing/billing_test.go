@@ -99,6 +99,7 @@ func TestCheckLifecycle(t *testing.T) {
 		wantErr bool
 	}{
 		{name: "valid", mutate: func(*billing.InstanceEvent) {}},
+		{name: "valid gone", mutate: func(e *billing.InstanceEvent) { e.Kind = billing.InstanceGone }},
 		{name: "bad id", mutate: func(e *billing.InstanceEvent) { e.EventID = "x" }, wantErr: true},
 		{name: "unknown kind", mutate: func(e *billing.InstanceEvent) { e.Kind = "paused" }, wantErr: true},
 		{name: "no instance", mutate: func(e *billing.InstanceEvent) { e.InstanceID = "" }, wantErr: true},
@@ -114,6 +115,23 @@ func TestCheckLifecycle(t *testing.T) {
 			}
 		})
 	}
+	t.Run("releases", func(t *testing.T) {
+		rel := events.InstanceReleasedV1{Meta: events.Meta{ID: events.NewMeta().ID, OccurredAt: at},
+			InstanceID: "i1", ServiceID: "s1", WorkerID: "w1", Reason: "scaled down to 1"}
+		if e, ok := billing.InstanceFromReleased(rel); ok {
+			t.Errorf("a release to a live worker became %+v; its stop ends the time", e)
+		}
+		rel.Reason, rel.WorkerGone = "worker w1 stopped beating", true
+		e, ok := billing.InstanceFromReleased(rel)
+		want := billing.InstanceEvent{EventID: rel.ID, Kind: billing.InstanceGone, InstanceID: "i1", ServiceID: "s1", WorkerID: "w1",
+			Reason: "worker w1 stopped beating", At: at}
+		if !ok || e != want {
+			t.Errorf("InstanceFromReleased = %+v, %v; want %+v, true", e, ok, want)
+		}
+		if err := billing.CheckInstanceEvent(e); err != nil {
+			t.Errorf("CheckInstanceEvent(gone) = %v", err)
+		}
+	})
 	services := []struct {
 		name    string
 		mutate  func(*billing.ServiceEvent)

@@ -8,7 +8,7 @@ import (
 )
 
 // Interval is one stretch of an instance taking traffic: from a ready
-// event to the first stopped event after it. End is zero while the
+// event to the first stopped or gone event after it. End is zero while the
 // instance still runs.
 type Interval struct {
 	InstanceID string
@@ -17,27 +17,35 @@ type Interval struct {
 
 // Intervals turns instance events into intervals, instance by instance, in
 // the order of time and then event ID (UUIDv7s, so time-ordered too). An
-// instance runs from a ready event to its next stopped event: a ready
-// while it runs (a worker announcing it again) and a stopped while it does
-// not change nothing. The result is ordered by instance and start.
+// instance runs from a ready event to its next stopped or gone event,
+// whichever comes first: a ready while it runs (a worker announcing it
+// again) and a stopped or gone while it does not change nothing, so a
+// repeated announcement of either end counts once. Gone is final: the
+// scaler has replaced the instance, so nothing after it runs again (a
+// worker that comes back announcing it ready, then stopping it). The
+// result is ordered by instance and start.
 func Intervals(evs []InstanceEvent) []Interval {
 	evs = slices.Clone(evs)
 	slices.SortStableFunc(evs, func(a, b InstanceEvent) int {
 		return cmp.Or(strings.Compare(a.InstanceID, b.InstanceID), a.At.Compare(b.At), strings.Compare(a.EventID, b.EventID))
 	})
 	var out []Interval
-	running := false
+	running, gone := false, false
 	for i, ev := range evs {
 		if i > 0 && ev.InstanceID != evs[i-1].InstanceID {
-			running = false
+			running, gone = false, false
 		}
 		switch {
+		case gone:
 		case ev.Kind == InstanceReady && !running:
 			out = append(out, Interval{InstanceID: ev.InstanceID, Start: ev.At})
 			running = true
-		case ev.Kind == InstanceStopped && running:
+		case (ev.Kind == InstanceStopped || ev.Kind == InstanceGone) && running:
 			out[len(out)-1].End = ev.At
 			running = false
+		}
+		if ev.Kind == InstanceGone {
+			gone = true
 		}
 	}
 	return out

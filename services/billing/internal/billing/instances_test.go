@@ -24,7 +24,7 @@ func iev(instance string, kind billing.InstanceKind, minutes int) billing.Instan
 var seq int
 
 func TestIntervals(t *testing.T) {
-	ready, stopped := billing.InstanceReady, billing.InstanceStopped
+	ready, stopped, gone := billing.InstanceReady, billing.InstanceStopped, billing.InstanceGone
 	tests := []struct {
 		name string
 		evs  []billing.InstanceEvent
@@ -57,6 +57,24 @@ func TestIntervals(t *testing.T) {
 		{name: "instances apart",
 			evs:  []billing.InstanceEvent{iev("a", ready, 0), iev("b", stopped, 10), iev("b", ready, 20)},
 			want: []billing.Interval{{InstanceID: "a", Start: at(0)}, {InstanceID: "b", Start: at(20)}}},
+		{name: "worker gone ends it",
+			evs:  []billing.InstanceEvent{iev("a", ready, 0), iev("a", gone, 40)},
+			want: []billing.Interval{{InstanceID: "a", Start: at(0), End: at(40)}}},
+		{name: "gone announced again",
+			evs:  []billing.InstanceEvent{iev("a", ready, 0), iev("a", gone, 40), iev("a", gone, 41), iev("a", gone, 40)},
+			want: []billing.Interval{{InstanceID: "a", Start: at(0), End: at(40)}}},
+		{name: "worker comes back after gone",
+			evs: []billing.InstanceEvent{iev("a", ready, 0), iev("a", gone, 40), iev("a", ready, 45), iev("a", stopped, 70),
+				iev("a", ready, 80)},
+			want: []billing.Interval{{InstanceID: "a", Start: at(0), End: at(40)}}},
+		{name: "stopped before gone: the earlier end",
+			evs:  []billing.InstanceEvent{iev("a", ready, 0), iev("a", gone, 40), iev("a", stopped, 30)},
+			want: []billing.Interval{{InstanceID: "a", Start: at(0), End: at(30)}}},
+		{name: "gone without ready",
+			evs: []billing.InstanceEvent{iev("a", gone, 10), iev("a", ready, 20)}},
+		{name: "gone ends one instance only",
+			evs:  []billing.InstanceEvent{iev("a", ready, 0), iev("b", ready, 0), iev("a", gone, 40), iev("b", stopped, 90)},
+			want: []billing.Interval{{InstanceID: "a", Start: at(0), End: at(40)}, {InstanceID: "b", Start: at(0), End: at(90)}}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

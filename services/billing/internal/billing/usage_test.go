@@ -281,3 +281,42 @@ func TestUsagePerInstanceHour(t *testing.T) {
 		})
 	}
 }
+
+// TestUsageWorkerGone checks that an instance's time runs from its ready
+// to the earliest of its stop, its worker's loss, the service's deletion
+// and now.
+func TestUsageWorkerGone(t *testing.T) {
+	services := fakeServices{"s1": {ID: "s1", OwnerID: alice.OwnerID, BaseModel: "qwen2.5-7b-instruct", BillingMethod: state.BillingPerInstanceHour, CreatedAt: t0}}
+	ready, stopped, gone := billing.InstanceReady, billing.InstanceStopped, billing.InstanceGone
+	tests := []struct {
+		name      string
+		evs       []billing.InstanceEvent
+		deletedAt time.Time
+		now       time.Time
+		wantMins  uint64
+	}{
+		{name: "gone first", evs: []billing.InstanceEvent{iev("a", ready, 0), iev("a", gone, 40), iev("a", stopped, 70)},
+			now: at(500), wantMins: 40},
+		{name: "stopped first", evs: []billing.InstanceEvent{iev("a", ready, 0), iev("a", stopped, 30), iev("a", gone, 40)},
+			now: at(500), wantMins: 30},
+		{name: "deleted first", evs: []billing.InstanceEvent{iev("a", ready, 0), iev("a", gone, 40)},
+			deletedAt: at(25), now: at(500), wantMins: 25},
+		{name: "now first", evs: []billing.InstanceEvent{iev("a", ready, 0), iev("a", gone, 40)},
+			now: at(20), wantMins: 20},
+		{name: "gone, announced again, the worker back", evs: []billing.InstanceEvent{iev("a", ready, 0), iev("a", gone, 40),
+			iev("a", gone, 42), iev("a", ready, 50), iev("a", stopped, 80)}, now: at(500), wantMins: 40},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			store := &fakeStore{lifecycle: billing.Lifecycle{Instances: tc.evs, DeletedAt: tc.deletedAt}}
+			svc := billing.New(store, services, billing.DefaultPrices(), billing.WithClock(func() time.Time { return tc.now }))
+			u, err := svc.Usage(context.Background(), alice, billing.Query{ServiceID: "s1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := tc.wantMins * 60; u.InstanceSeconds != want || u.CostMicros != want*500 {
+				t.Errorf("instance seconds %d, cost %d; want %d, %d", u.InstanceSeconds, u.CostMicros, want, want*500)
+			}
+		})
+	}
+}

@@ -160,7 +160,7 @@ func TestDocumentedSQL(t *testing.T) {
 	insert(t, s, evs...)
 	insert(t, s, evs[:50]...) // a redelivery
 
-	ready, stopped := billing.InstanceReady, billing.InstanceStopped
+	ready, stopped, gone := billing.InstanceReady, billing.InstanceStopped, billing.InstanceGone
 	ie := func(kind billing.InstanceKind, instance string, at time.Time) billing.InstanceEvent {
 		return billing.InstanceEvent{EventID: events.NewMeta().ID, Kind: kind, InstanceID: instance, ServiceID: "svc-instances", WorkerID: "w1", At: at}
 	}
@@ -168,6 +168,9 @@ func TestDocumentedSQL(t *testing.T) {
 		ie(ready, "i1", d(1, 9, 15)), ie(stopped, "i1", d(2, 17, 40)),
 		ie(ready, "i2", d(2, 8, 0)), ie(ready, "i2", d(2, 9, 0)), // runs until the deletion on the 3rd
 		ie(ready, "i3", d(5, 0, 0)), // after the deletion: never billed
+		// i4's worker dies at 20:00; it comes back, announces i4 and stops
+		// it: billed up to the loss only.
+		ie(ready, "i4", d(1, 12, 0)), ie(gone, "i4", d(1, 20, 0)), ie(ready, "i4", d(1, 21, 0)), ie(stopped, "i4", d(2, 3, 0)),
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -227,6 +230,10 @@ func TestDocumentedSQL(t *testing.T) {
 		}
 		if fmt.Sprint(got) != fmt.Sprint(want) || len(want) != 3 {
 			t.Errorf("SQL\n%v\nAPI\n%v", got, want)
+		}
+		// The 1st: i1 from 09:15, i4 from 12:00 to its worker's loss at 20:00.
+		if got, want := u.Data[0].InstanceSeconds, uint64((14*60+45+8*60)*60); got != want {
+			t.Errorf("instance seconds on the 1st = %d, want %d", got, want)
 		}
 	})
 	t.Run("tokens-per-service-per-day", func(t *testing.T) {

@@ -20,12 +20,17 @@ func TestLifecycle(t *testing.T) {
 	s, conn, db := open(t)
 	ctx := context.Background()
 	m := func(n int) time.Time { return hour0.Add(time.Duration(n) * time.Minute) }
-	ready, stopped := billing.InstanceReady, billing.InstanceStopped
+	ready, stopped, gone := billing.InstanceReady, billing.InstanceStopped, billing.InstanceGone
 	evs := []billing.InstanceEvent{
 		instanceEvent(ready, "a", m(0)), instanceEvent(ready, "a", m(20)), instanceEvent(stopped, "a", m(75)),
 		instanceEvent(ready, "a", m(130)), // runs until the deletion
 		instanceEvent(ready, "b", m(10)), instanceEvent(stopped, "b", m(40)),
 		instanceEvent(stopped, "c", m(5)), // never ready
+		// d's worker dies: the scaler announces the loss twice; the worker
+		// comes back, announces d ready again and stops it. Only 0-50 runs.
+		instanceEvent(ready, "d", m(0)), instanceEvent(gone, "d", m(50)), instanceEvent(gone, "d", m(55)),
+		instanceEvent(ready, "d", m(60)), instanceEvent(stopped, "d", m(70)),
+		instanceEvent(gone, "e", m(7)), instanceEvent(ready, "e", m(8)), // gone before ready: never runs
 	}
 	if err := s.InsertInstanceEvents(ctx, evs); err != nil {
 		t.Fatal(err)
@@ -64,7 +69,7 @@ func TestLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := len(before.Instances), 4; got != want {
+	if got, want := len(before.Instances), 7; got != want {
 		t.Errorf("events before minute 30 = %d, want %d", got, want)
 	}
 	none, err := s.Lifecycle(ctx, "svc-other", m(1000))
@@ -119,13 +124,13 @@ func TestLifecycle(t *testing.T) {
 		if !maps.Equal(got, want) {
 			t.Errorf("instance_hourly = %v\nbilling.SecondsByHour = %v", got, want)
 		}
-		// a: 0-75 and 130-150, b: 10-40.
+		// a: 0-75 and 130-150, b: 10-40, d: 0-50 (its worker died).
 		var total uint64
 		for _, s := range want {
 			total += s
 		}
-		if total != (75+20+30)*60 {
-			t.Errorf("instance seconds = %d, want %d", total, (75+20+30)*60)
+		if total != (75+20+30+50)*60 {
+			t.Errorf("instance seconds = %d, want %d", total, (75+20+30+50)*60)
 		}
 	})
 	t.Run("services", func(t *testing.T) {
@@ -177,5 +182,68 @@ func TestSyncPrices(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, changed) {
 		t.Errorf("current_prices =\n%+v\nwant\n%+v", got, changed)
+	}
+}
+
+// TestUpgradeEndsIntervalsAtGone runs migration 7 over a database whose
+// instance_intervals is an older view, with instance_hourly built on it:
+// afterwards an instance whose worker died stops at the loss.
+func TestUpgradeEndsIntervalsAtGone(t *testing.T) {
+	s, conn, db := open(t)
+	ctx := context.Background()
+	m := func(n int) time.Time { return hour0.Add(time.Duration(n) * time.Minute) }
+	evs := []billing.InstanceEvent{
+		instanceEvent(billing.InstanceReady, "a", m(0)),
+		instanceEvent(billing.InstanceGone, "a", m(40)),
+		instanceEvent(billing.InstanceStopped, "a", m(70)), // the worker came back
+	}
+	for i := range evs {
+		evs[i].ServiceID = "svc-up"
+	}
+	if err := s.InsertInstanceEvents(ctx, evs); err != nil {
+		t.Fatal(err)
+	}
+	// An older billing: migrations 1 to 6 recorded, another
+	// instance_intervals in place.
+	for _, stmt := range []string{
+		"DROP TABLE " + db + ".instance_intervals",
+		"CREATE VIEW " + db + ".instance_intervals AS SELECT service_id, instance_id, occurred_at AS ready_at, toDateTime(0) AS stopped_at FROM " + db + ".instance_events WHERE 0",
+		"DROP TABLE " + db + ".schema_migrations",
+		"CREATE TABLE " + db + ".schema_migrations (version UInt32, name String, applied_at DateTime DEFAULT now()) ENGINE = MergeTree() ORDER BY version",
+	} {
+		if err := conn.Exec(ctx, stmt); err != nil {
+			t.Fatalf("%v\n%s", err, stmt)
+		}
+	}
+	rec, err := conn.PrepareBatch(ctx, "INSERT INTO "+db+".schema_migrations (version, name)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for v, name := range []string{"usage_events", "usage_hourly", "instance_events", "services", "prices", "cost_views"} {
+		if err := rec.Append(uint32(v+1), name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rec.Send(); err != nil {
+		t.Fatal(err)
+	}
+	seconds := func() uint64 {
+		t.Helper()
+		var n uint64
+		if err := conn.QueryRow(ctx, "SELECT sum(instance_seconds) FROM "+db+".instance_hourly WHERE service_id = 'svc-up'").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if got := seconds(); got != 0 {
+		t.Fatalf("instance_hourly over the older view = %d s, want 0", got)
+	}
+	for range 2 {
+		if err := s.Migrate(ctx); err != nil {
+			t.Fatalf("Migrate: %v", err)
+		}
+		if got, want := seconds(), uint64(40*60); got != want {
+			t.Errorf("instance_hourly after the upgrade = %d s, want %d (up to the worker's loss)", got, want)
+		}
 	}
 }

@@ -247,6 +247,35 @@ ANY LEFT JOIN (
 	SELECT base_model AS price_model, instance_hour_micros
 	FROM {db}.current_prices WHERE billing_method = 'per-instance-hour'
 ) USING (price_model)`}},
+
+	// An instance whose worker died never stops by itself: the scaler's
+	// release with worker_gone is stored as a 'gone' event, and
+	// instance_intervals now ends an interval at the first stopped or gone
+	// event after its ready, as billing.Intervals does. Gone is final:
+	// nothing after an instance's first gone event runs again. The views
+	// built on it (instance_hourly, instance_lines) read it by name, so
+	// they follow. Dropping and creating the view again is safe to rerun.
+	{7, "instance_intervals_gone", []string{
+		`DROP TABLE IF EXISTS {db}.instance_intervals`, `
+CREATE VIEW IF NOT EXISTS {db}.instance_intervals AS
+SELECT service_id, instance_id, iv.1 AS ready_at, iv.2 AS stopped_at
+FROM (
+	SELECT
+		service_id,
+		instance_id,
+		arraySort(e -> (e.1, e.3), groupArray((at, k, event_id))) AS evs,
+		arrayFirstIndex(e -> e.2 = 'gone', evs) AS gone,
+		arrayFilter(x -> x.1 != toDateTime(0), arrayMap(i -> if(evs[i].2 = 'ready' AND (i = 1 OR evs[i - 1].2 != 'ready') AND (gone = 0 OR i < gone),
+			(evs[i].1, arrayFirst(e -> e.2 = 'stopped' OR e.2 = 'gone', arraySlice(evs, i + 1)).1),
+			(toDateTime(0), toDateTime(0))), arrayEnumerate(evs))) AS ivs
+	FROM (
+		SELECT service_id, instance_id, event_id, any(kind) AS k, any(occurred_at) AS at
+		FROM {db}.instance_events
+		GROUP BY service_id, instance_id, event_id
+	)
+	GROUP BY service_id, instance_id
+)
+ARRAY JOIN ivs AS iv`}},
 }
 
 // rebuildUsageHourly fills usage_hourly from usage_events, each event ID

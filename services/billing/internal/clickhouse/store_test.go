@@ -176,7 +176,7 @@ func TestMigrateIsIdempotent(t *testing.T) {
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"usage_events", "usage_hourly", "instance_events", "services", "prices", "cost_views"}; !slices.Equal(got, want) {
+	if want := []string{"usage_events", "usage_hourly", "instance_events", "services", "prices", "cost_views", "instance_intervals_gone"}; !slices.Equal(got, want) {
 		t.Errorf("schema_migrations = %v, want %v", got, want)
 	}
 	if got, want := lines(t, s, "svc-migrate"), (totals{1, 1, 2}); got != want {

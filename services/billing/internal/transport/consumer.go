@@ -25,10 +25,15 @@ const (
 	Durable          = "billing-usage"     // usage.request.completed.v1 from USAGE
 	DurableInstances = "billing-instances" // worker.instance.ready.v1 and stopped.v1 from WORKER
 	DurableServices  = "billing-services"  // deploy.service.created.v1 and deleted.v1 from DEPLOY
+	DurableReleases  = "billing-releases"  // scale.instance.released.v1.* from SCALE, kept when worker_gone
 )
 
 // Durables lists billing's consumers, whose dead letters the report counts.
-var Durables = []string{Durable, DurableInstances, DurableServices}
+var Durables = []string{Durable, DurableInstances, DurableServices, DurableReleases}
+
+// errSkip is what a decoder returns for a valid event billing has no use
+// for: it is acked and not stored.
+var errSkip = errors.New("not billed")
 
 // BatchConfig bounds a batch by size and by how long the first event waits.
 type BatchConfig struct {
@@ -37,8 +42,9 @@ type BatchConfig struct {
 }
 
 // batchConsumer reads one durable pull consumer in batches: decode each
-// message (an Invalid error dead-letters it), store the batch, then ack
-// it. A batch the store refuses is nakked whole and retried with backoff.
+// message (an Invalid error dead-letters it, errSkip acks it unstored),
+// store the batch, then ack it. A batch the store refuses is nakked whole
+// and retried with backoff.
 type batchConsumer[T any] struct {
 	durable string
 	stream  string
@@ -105,6 +111,13 @@ func (c *batchConsumer[T]) batch(ctx context.Context, cons jetstream.Consumer, s
 	var held []jetstream.Msg
 	for msg := range msgs.Messages() {
 		ev, err := c.decode(msg.Subject(), msg.Data())
+		if errors.Is(err, errSkip) {
+			if err := msg.Ack(); err != nil {
+				// Redelivered, it is skipped again.
+				log.WarnContext(ctx, "ack", "err", err)
+			}
+			continue
+		}
 		if err != nil {
 			c.reject(ctx, msg, err, log)
 			continue
@@ -174,9 +187,10 @@ const maxLinks = 128
 
 const tracerName = "github.com/modelport/modelport/services/billing/internal/transport"
 
-// Consume starts billing's three consumers: usage, instance lifecycle and
-// service lifecycle. The returned channel closes once all have stopped
-// after ctx ends.
+// Consume starts billing's consumers: usage, instance lifecycle (the
+// workers' ready and stopped events, and the scaler's releases of
+// instances whose worker died), and service lifecycle. The returned
+// channel closes once all have stopped after ctx ends.
 func Consume(ctx context.Context, js jetstream.JetStream, svc *billing.Service, dead *DeadLetters, cfg BatchConfig, log *slog.Logger) (<-chan struct{}, error) {
 	small := BatchConfig{Size: min(cfg.Size, 100), MaxWait: cfg.MaxWait}
 	consumers := []interface {
@@ -190,6 +204,11 @@ func Consume(ctx context.Context, js jetstream.JetStream, svc *billing.Service, 
 			durable: DurableInstances, stream: events.StreamWorker,
 			filters: []string{events.SubjectInstanceReadyV1, events.SubjectInstanceStoppedV1},
 			decode:  decodeInstance, store: svc.RecordInstances, dead: dead, cfg: small, log: log,
+		},
+		&batchConsumer[billing.InstanceEvent]{
+			durable: DurableReleases, stream: events.StreamScale,
+			filters: []string{events.SubjectInstanceReleasedV1 + ".>"},
+			decode:  decodeRelease, store: svc.RecordInstances, dead: dead, cfg: small, log: log,
 		},
 		&batchConsumer[billing.ServiceEvent]{
 			durable: DurableServices, stream: events.StreamDeploy,
@@ -240,6 +259,21 @@ func decodeInstance(subject string, data []byte) (billing.InstanceEvent, error) 
 		out = billing.InstanceFromStopped(ev)
 	default:
 		return out, errs.E(errs.Invalid, "unexpected subject %s", subject)
+	}
+	return out, billing.CheckInstanceEvent(out)
+}
+
+// decodeRelease keeps the releases of instances whose worker died, which
+// end their time; any other release is skipped, since its worker drains
+// the instance and announces the stop itself.
+func decodeRelease(_ string, data []byte) (billing.InstanceEvent, error) {
+	var ev events.InstanceReleasedV1
+	if err := natsx.Decode(data, &ev); err != nil {
+		return billing.InstanceEvent{}, err
+	}
+	out, ok := billing.InstanceFromReleased(ev)
+	if !ok {
+		return out, errSkip
 	}
 	return out, billing.CheckInstanceEvent(out)
 }

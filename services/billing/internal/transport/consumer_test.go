@@ -328,6 +328,144 @@ func TestInstanceHoursOverASimulatedClock(t *testing.T) {
 	}
 }
 
+// goneAckLost stores instance events but reports the first failures of
+// the batches holding a worker's loss as failed, so JetStream redelivers
+// releases already stored.
+type goneAckLost struct {
+	*clickhouse.Store
+	failures atomic.Int32
+}
+
+func (g *goneAckLost) InsertInstanceEvents(ctx context.Context, batch []billing.InstanceEvent) error {
+	if err := g.Store.InsertInstanceEvents(ctx, batch); err != nil {
+		return err
+	}
+	for _, ev := range batch {
+		if ev.Kind == billing.InstanceGone && g.failures.Add(-1) >= 0 {
+			return errs.E(errs.Unavailable, "connection reset after the insert")
+		}
+	}
+	return nil
+}
+
+// TestWorkerGoneEndsInstanceTime follows an instance whose worker dies:
+// billed from its ready to the scaler's release with worker_gone, however
+// often that release arrives, and not a second longer when the worker
+// comes back. A release to a live worker ends nothing: the stop does.
+func TestWorkerGoneEndsInstanceTime(t *testing.T) {
+	e := newEnv(t)
+	t0 := time.Date(2025, 5, 1, 10, 0, 0, 0, time.UTC)
+	m := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Minute) }
+	now := m(180)
+	flaky := &goneAckLost{Store: e.store}
+	flaky.failures.Store(2)
+	svc := e.billing(flaky, billing.WithClock(func() time.Time { return now }))
+	e.consume(svc)
+	rec := e.service(e.alice, state.BillingPerInstanceHour, t0)
+	meta := func(at time.Time) events.Meta { mm := events.NewMeta(); mm.OccurredAt = at; return mm }
+	const a, b = "7c9e1b24-3a5f-4d08-b6e2-1f4a8d0c5e93", "b8e2a4c7-61d3-4f90-a5e8-3c0d9b7f1a24"
+	lost := events.InstanceReleasedV1{Meta: meta(m(40)), InstanceID: a, ServiceID: rec.ID, WorkerID: "w1",
+		Reason: "worker w1 stopped beating", WorkerGone: true}
+	again := lost // announced again: the scaler failed to forget it the first time
+	again.Meta = meta(m(41))
+	e.publish(
+		events.ServiceCreatedV1{Meta: meta(t0), ServiceID: rec.ID, OwnerID: rec.OwnerID, Name: rec.Name, AccessName: rec.AccessName,
+			BaseModel: rec.BaseModel, Task: rec.Task, Engine: "vllm", Instances: 2, BillingMethod: rec.BillingMethod},
+		events.InstanceReadyV1{Meta: meta(m(0)), InstanceID: a, ServiceID: rec.ID, WorkerID: "w1", Engine: "vllm", Endpoint: "http://10.0.0.1:8000/v1"},
+		events.InstanceReadyV1{Meta: meta(m(0)), InstanceID: b, ServiceID: rec.ID, WorkerID: "w2", Engine: "vllm", Endpoint: "http://10.0.0.2:8000/v1"},
+		lost, lost, again,
+		// w1 comes back: it announces a once more, then stops it.
+		events.InstanceReadyV1{Meta: meta(m(50)), InstanceID: a, ServiceID: rec.ID, WorkerID: "w1", Engine: "vllm", Endpoint: "http://10.0.0.1:8000/v1"},
+		events.InstanceStoppedV1{Meta: meta(m(60)), InstanceID: a, ServiceID: rec.ID, WorkerID: "w1", Reason: "scaled down to 1"},
+		// w2 is alive: it drains b and announces the stop later.
+		events.InstanceReleasedV1{Meta: meta(m(90)), InstanceID: b, ServiceID: rec.ID, WorkerID: "w2", Reason: "scaled down to 1"},
+	)
+	data, _ := json.Marshal(lost) // a duplicate outside the window
+	e.publishRaw(lost.Subject(), data, map[string]string{jetstream.MsgIDHeader: lost.ID + "-again"})
+
+	seconds := func() (uint64, error) {
+		u, err := svc.Usage(e.ctx, e.alice, billing.Query{ServiceID: rec.ID})
+		if err != nil {
+			return 0, err
+		}
+		if u.CostMicros != u.InstanceSeconds*500 {
+			return 0, fmt.Errorf("cost %d micros for %d s, want 500 a second", u.CostMicros, u.InstanceSeconds)
+		}
+		return u.InstanceSeconds, nil
+	}
+	drained := func() error {
+		for _, c := range []struct{ stream, durable string }{
+			{events.StreamWorker, transport.DurableInstances}, {events.StreamScale, transport.DurableReleases},
+		} {
+			if err := e.drained(c.stream, c.durable); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// a: 0 to its worker's loss at 40; b: 0 until now, its release no end.
+	eventually(t, 20*time.Second, "a billed up to its worker's loss, b still running", func() error {
+		if err := drained(); err != nil {
+			return err
+		}
+		got, err := seconds()
+		if err != nil {
+			return err
+		}
+		if want := uint64((40 + 180) * 60); got != want {
+			return fmt.Errorf("%d instance seconds, want %d", got, want)
+		}
+		return nil
+	})
+	if got := flaky.failures.Load(); got >= 0 {
+		t.Fatalf("%d injected failures left: no release was redelivered", got+1)
+	}
+	conn := rawConn(t, e)
+	var goneA, goneB uint64
+	if err := conn.QueryRow(e.ctx, "SELECT uniqExactIf(event_id, instance_id = ?), uniqExactIf(event_id, instance_id = ?) FROM "+e.store.Database()+
+		".instance_events WHERE service_id = ? AND kind = 'gone'", a, b, rec.ID).Scan(&goneA, &goneB); err != nil {
+		t.Fatal(err)
+	}
+	if goneA != 2 || goneB != 0 {
+		t.Errorf("stored %d losses of a (want its 2 announcements) and %d of b (want 0: its worker is alive)", goneA, goneB)
+	}
+
+	e.publish(events.InstanceStoppedV1{Meta: meta(m(100)), InstanceID: b, ServiceID: rec.ID, WorkerID: "w2", Reason: "scaled down to 1"})
+	eventually(t, 20*time.Second, "b billed up to its stop", func() error {
+		got, err := seconds()
+		if err != nil {
+			return err
+		}
+		if want := uint64((40 + 100) * 60); got != want {
+			return fmt.Errorf("%d instance seconds, want %d", got, want)
+		}
+		return nil
+	})
+	rep, err := e.dead.Report(e.ctx, transport.Durables, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Count != 0 {
+		t.Errorf("dead letters %+v, want none", rep.Latest)
+	}
+
+	// A loss billing cannot use is dead-lettered like any other event.
+	bad := lost
+	bad.Meta, bad.InstanceID = meta(m(45)), ""
+	e.publish(bad)
+	eventually(t, 20*time.Second, "the release without instance_id dead-lettered", func() error {
+		rep, err := e.dead.Report(e.ctx, transport.Durables, 10)
+		if err != nil {
+			return err
+		}
+		if rep.Count != 1 || rep.Latest[0].Consumer != transport.DurableReleases || rep.Latest[0].OriginalMsgID != bad.ID ||
+			!strings.Contains(rep.Latest[0].Reason, "instance_id") {
+			return fmt.Errorf("dead letters %+v, want one from %s about instance_id", rep.Latest, transport.DurableReleases)
+		}
+		return e.drained(events.StreamScale, transport.DurableReleases)
+	})
+}
+
 // fetchAll reads n messages of the usage stream through a new consumer
 // with explicit acks, as a redelivery to a restarted consumer would see them.
 func (e *env) fetchAll(n int) []jetstream.Msg {

@@ -228,8 +228,23 @@ func TestReconcileReplacesDeadWorker(t *testing.T) {
 	if !st.hasRecord("s1", "i-live") {
 		t.Error("the live worker's record was removed")
 	}
-	if got := pub.released(); len(got) != 0 {
-		t.Errorf("published releases %v for a dead worker", got)
+	// Each lost instance is announced once, so billing ends its time: the
+	// dead worker will never announce a stop.
+	evs := pub.released()
+	got := releasedIDs(evs)
+	slices.Sort(got)
+	if want := []string{"i-dead", "i-stray"}; !slices.Equal(got, want) {
+		t.Fatalf("released %v, want %v", got, want)
+	}
+	for _, ev := range evs {
+		want := events.InstanceReleasedV1{Meta: events.Meta{ID: ev.ID, OccurredAt: clk.now()}, InstanceID: ev.InstanceID, ServiceID: "s1",
+			WorkerID: "w-dead", Reason: "worker w-dead stopped beating", WorkerGone: true}
+		if ev != want || ev.ID == "" {
+			t.Errorf("event %+v, want %+v", ev, want)
+		}
+		if got, want := ev.Subject(), "scale.instance.released.v1.w-dead"; got != want {
+			t.Errorf("subject %q, want %q", got, want)
+		}
 	}
 	placed := st.placed("s1")
 	if len(placed) != 2 {
@@ -243,6 +258,92 @@ func TestReconcileReplacesDeadWorker(t *testing.T) {
 	if got := pub.placed(); len(got) != 1 || got[0].WorkerID != "w1" {
 		t.Errorf("placed events %+v, want one on w1", got)
 	}
+
+	// The loss is announced once: the next reconcile has nothing to do.
+	if err := sc.ReconcileService(context.Background(), "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(pub.released()); got != 2 {
+		t.Errorf("%d releases after a second reconcile, want 2", got)
+	}
+}
+
+// failingDelete is a fakeStore whose first DeleteInstance calls fail.
+type failingDelete struct {
+	*fakeStore
+	failures int
+}
+
+var errDelete = errors.New("nats: timeout")
+
+func (f *failingDelete) DeleteInstance(ctx context.Context, serviceID, instanceID string) error {
+	if f.failures > 0 {
+		f.failures--
+		return errDelete
+	}
+	return f.fakeStore.DeleteInstance(ctx, serviceID, instanceID)
+}
+
+func TestDeadWorkerLossAnnouncedAtLeastOnce(t *testing.T) {
+	setup := func(t *testing.T, pub *fakePublisher) (*failingDelete, *scale.Scaler) {
+		t.Helper()
+		clk := &clock{t: time.Now().UTC()}
+		st := &failingDelete{fakeStore: newFakeStore()}
+		st.services["s1"] = service("s1", 1)
+		st.workers = []state.Worker{worker("w1", 10)}
+		sc := scale.New(st, pub, quiet, scale.WithClock(clk.now))
+		clk.advance(time.Minute)
+		old := clk.now().Add(-time.Minute)
+		st.placeAt("s1", "i-dead", "w-dead", old)
+		st.record("s1", "i-dead", "w-dead", state.InstanceReady, old)
+		return st, sc
+	}
+	t.Run("announcement fails: nothing removed, announced on retry", func(t *testing.T) {
+		pub := &fakePublisher{failOn: []int{1}}
+		st, sc := setup(t, pub)
+		if err := sc.ReconcileService(context.Background(), "s1"); !errors.Is(err, errPublish) {
+			t.Fatalf("err = %v, want the publish error", err)
+		}
+		if got := placedIDs(st.placed("s1")); !slices.Equal(got, []string{"i-dead"}) || !st.hasRecord("s1", "i-dead") {
+			t.Errorf("placed %v, record kept %v: want both kept until the loss is announced", got, st.hasRecord("s1", "i-dead"))
+		}
+		if len(pub.events) != 0 {
+			t.Errorf("published %v", pub.events)
+		}
+		if err := sc.ReconcileService(context.Background(), "s1"); err != nil {
+			t.Fatal(err)
+		}
+		if got := releasedIDs(pub.released()); !slices.Equal(got, []string{"i-dead"}) || !pub.released()[0].WorkerGone {
+			t.Errorf("released %+v, want i-dead with worker_gone", pub.released())
+		}
+		if st.hasRecord("s1", "i-dead") || slices.Contains(placedIDs(st.placed("s1")), "i-dead") {
+			t.Error("the dead instance is still recorded or placed")
+		}
+		if got := pub.placed(); len(got) != 1 {
+			t.Errorf("placed %+v, want one replacement", got)
+		}
+	})
+	t.Run("removal fails after the announcement: announced again", func(t *testing.T) {
+		pub := &fakePublisher{}
+		st, sc := setup(t, pub)
+		st.failures = 1
+		if err := sc.ReconcileService(context.Background(), "s1"); !errors.Is(err, errDelete) {
+			t.Fatalf("err = %v, want the delete error", err)
+		}
+		if err := sc.ReconcileService(context.Background(), "s1"); err != nil {
+			t.Fatal(err)
+		}
+		evs := pub.released()
+		if got := releasedIDs(evs); !slices.Equal(got, []string{"i-dead", "i-dead"}) {
+			t.Fatalf("released %v, want i-dead twice (the record outlived the first announcement)", got)
+		}
+		if evs[0].ID == evs[1].ID || !evs[0].WorkerGone || !evs[1].WorkerGone {
+			t.Errorf("announcements %+v", evs)
+		}
+		if st.hasRecord("s1", "i-dead") {
+			t.Error("the dead worker's record remains")
+		}
+	})
 }
 
 func TestReconcileKeepsUnseenWorker(t *testing.T) {

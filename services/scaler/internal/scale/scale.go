@@ -135,22 +135,29 @@ func (s *Scaler) reconcile(ctx context.Context, load loadFunc) error {
 	perService := map[string][]state.Placement{}
 	perWorker := map[string]int{}
 	placed := map[string]bool{}
+	forgotten := map[string]bool{}
 	for _, p := range placements {
+		key := state.InstanceKey(p.ServiceID, p.InstanceID)
 		if inScope(p.ServiceID) && s.dead(p.WorkerID, p.PlacedAt, live, now) {
 			if err := s.forget(ctx, p); err != nil {
 				return err
 			}
+			forgotten[key] = true
 			continue
 		}
 		perService[p.ServiceID] = append(perService[p.ServiceID], p)
 		perWorker[p.WorkerID]++
-		placed[state.InstanceKey(p.ServiceID, p.InstanceID)] = true
+		placed[key] = true
 	}
 	// Records of dead workers' instances whose placements are already gone
-	// (released while the worker died) would never be removed otherwise.
+	// (released while the worker died, so it never drained them) would
+	// never be removed otherwise, and their time would never end.
 	for _, in := range instances {
 		key := state.InstanceKey(in.ServiceID, in.ID)
-		if inScope(in.ServiceID) && !placed[key] && s.dead(in.WorkerID, in.UpdatedAt, live, now) {
+		if inScope(in.ServiceID) && !placed[key] && !forgotten[key] && s.dead(in.WorkerID, in.UpdatedAt, live, now) {
+			if err := s.announceGone(ctx, in.ServiceID, in.ID, in.WorkerID); err != nil {
+				return err
+			}
 			if err := s.store.DeleteInstance(ctx, in.ServiceID, in.ID); err != nil {
 				return err
 			}
@@ -254,9 +261,15 @@ func (s *Scaler) dead(workerID string, since time.Time, live map[string]bool, no
 	return !live[workerID] && now.Sub(since) > state.WorkerTTL && now.Sub(s.started) > state.WorkerTTL
 }
 
-// forget removes a dead worker's placement and its instance record. No
-// release is published: no worker is there to consume it.
+// forget announces that a dead worker's instance is gone, then removes its
+// placement and its instance record. The announcement comes first so that
+// it is made at least once: if it fails, nothing is removed and the next
+// reconcile tries again; if a removal fails after it, the next reconcile
+// announces the loss again, which its consumers take as the same loss.
 func (s *Scaler) forget(ctx context.Context, p state.Placement) error {
+	if err := s.announceGone(ctx, p.ServiceID, p.InstanceID, p.WorkerID); err != nil {
+		return err
+	}
 	if err := s.store.Unplace(ctx, p); err != nil {
 		return err
 	}
@@ -264,6 +277,24 @@ func (s *Scaler) forget(ctx context.Context, p state.Placement) error {
 		return fmt.Errorf("forget instance %s of dead worker %s: %w", p.InstanceID, p.WorkerID, err)
 	}
 	s.log.WarnContext(ctx, "worker gone; instance unplaced", "service_id", p.ServiceID, "instance_id", p.InstanceID, "worker_id", p.WorkerID)
+	return nil
+}
+
+// announceGone publishes the release of an instance whose worker stopped
+// beating, with WorkerGone set and the time the scaler judged it dead. A
+// dead worker announces no stop, so billing ends the instance's time here;
+// should the worker come back, it stops the instance, whose slot has been
+// placed again elsewhere.
+func (s *Scaler) announceGone(ctx context.Context, serviceID, instanceID, workerID string) error {
+	m := events.NewMeta()
+	m.OccurredAt = s.now().UTC()
+	ev := events.InstanceReleasedV1{
+		Meta: m, InstanceID: instanceID, ServiceID: serviceID, WorkerID: workerID,
+		Reason: fmt.Sprintf("worker %s stopped beating", workerID), WorkerGone: true,
+	}
+	if err := s.pub.Publish(ctx, ev); err != nil {
+		return fmt.Errorf("announce loss of instance %s on dead worker %s: %w", instanceID, workerID, err)
+	}
 	return nil
 }
 
