@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -60,9 +61,10 @@ func Consume[T any](ctx context.Context, js jetstream.JetStream, sub Subscriptio
 	if err != nil {
 		return fmt.Errorf("consumer %s on %s: %w", sub.Durable, sub.Stream, err)
 	}
+	WatchLag(sub.Stream, sub.Durable, cons)
 	log = log.With("consumer", sub.Durable)
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		handle(ctx, msg, log, h)
+		handle(ctx, msg, sub.Durable, log, h)
 	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 		log.Debug("consume", "err", err)
 	}))
@@ -76,7 +78,14 @@ func Consume[T any](ctx context.Context, js jetstream.JetStream, sub Subscriptio
 	return nil
 }
 
-func handle[T any](ctx context.Context, msg jetstream.Msg, log *slog.Logger, h Handler[T]) {
+func handle[T any](ctx context.Context, msg jetstream.Msg, consumer string, log *slog.Logger, h Handler[T]) {
+	start := time.Now()
+	outcome := outcomeAcked
+	defer func() {
+		m := instruments()
+		m.processed.Add(ctx, 1, metric.WithAttributes(attribute.String("consumer", consumer), outcome))
+		m.duration.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(attribute.String("consumer", consumer)))
+	}()
 	ctx = otel.GetTextMapPropagator().Extract(ctx, HeaderCarrier(msg.Headers()))
 	ctx, span := otel.Tracer(tracerName).Start(ctx, "process "+msg.Subject(),
 		trace.WithSpanKind(trace.SpanKindConsumer),
@@ -100,6 +109,7 @@ func handle[T any](ctx context.Context, msg jetstream.Msg, log *slog.Logger, h H
 	}
 	span.SetStatus(codes.Error, err.Error())
 	if errs.KindOf(err) == errs.Invalid {
+		outcome = outcomeRejected
 		log.ErrorContext(ctx, "event rejected", "subject", msg.Subject(), "err", err)
 		_ = msg.TermWithReason(err.Error())
 		return
@@ -108,6 +118,7 @@ func handle[T any](ctx context.Context, msg jetstream.Msg, log *slog.Logger, h H
 	if md, mdErr := msg.Metadata(); mdErr == nil {
 		attempt = md.NumDelivered
 	}
+	outcome = outcomeRetried
 	log.WarnContext(ctx, "event will be retried", "subject", msg.Subject(), "attempt", attempt, "err", err)
 	_ = msg.NakWithDelay(Backoff(attempt))
 }

@@ -101,9 +101,11 @@ func (p *Publisher) Publish(ctx context.Context, ev events.Event) error {
 			}
 		}
 		if _, lastErr = p.js.PublishMsg(ctx, msg); lastErr == nil {
+			instruments().published.Add(ctx, 1, outcomeStored, subjectAttr(ev.Subject()))
 			return nil
 		}
 	}
+	instruments().published.Add(ctx, 1, outcomeFailed, subjectAttr(ev.Subject()))
 	span.RecordError(lastErr)
 	return fmt.Errorf("publish %s %s: %w", ev.Subject(), ev.EventID(), lastErr)
 }

@@ -89,9 +89,11 @@ func Run(ctx context.Context, name string, getenv config.Getenv, stderr io.Write
 }
 
 // WithHealth adds GET /healthz, which answers 200 while NATS is connected,
-// to h (which may be nil).
+// and GET /metrics, the process's metrics in the Prometheus format, to h
+// (which may be nil).
 func WithHealth(h http.Handler, bus *natsx.Bus) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", telemetry.MetricsHandler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if !bus.Conn.IsConnected() {
 			http.Error(w, "nats disconnected", http.StatusServiceUnavailable)

@@ -1,7 +1,8 @@
-// Package telemetry sets up tracing and logging for a Modelport service:
-// an OpenTelemetry tracer provider with the W3C trace-context propagator,
-// and a log/slog JSON logger that stamps trace_id and span_id from the
-// context on every record.
+// Package telemetry sets up tracing, metrics and logging for a Modelport
+// service: an OpenTelemetry tracer provider with the W3C trace-context
+// propagator (exporting over OTLP when configured), a meter provider
+// served in the Prometheus format, and a log/slog JSON logger that stamps
+// trace_id and span_id from the context on every record.
 package telemetry
 
 import (
@@ -17,16 +18,27 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// Setup installs the global tracer provider and propagator for service and
-// returns a logger writing JSON to w, plus a shutdown function that flushes
-// spans. Spans get real trace IDs, which logs and NATS headers carry; an
-// exporter is added with sdktrace options by the caller that wants one.
+// Setup installs the global tracer and meter providers and the propagator
+// for service, and returns a logger writing JSON to w, plus a shutdown
+// function that flushes spans. Spans get real trace IDs, which logs and
+// NATS and HTTP headers carry; they are exported over OTLP/HTTP when the
+// standard OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) is set, and
+// to whatever exporters opts add. Metrics are served by MetricsHandler.
 func Setup(ctx context.Context, service string, w io.Writer, level slog.Level, opts ...sdktrace.TracerProviderOption) (*slog.Logger, func(context.Context) error) {
 	res := resource.NewSchemaless(semconv.ServiceName(service))
-	tp := sdktrace.NewTracerProvider(append([]sdktrace.TracerProviderOption{sdktrace.WithResource(res)}, opts...)...)
+	log := slog.New(NewHandler(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))).With("service", service)
+	all := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
+	if otlp, err := otlpExporter(ctx); err != nil {
+		log.Error("traces will not be exported", "err", err)
+	} else if otlp != nil {
+		all = append(all, otlp)
+	}
+	tp := sdktrace.NewTracerProvider(append(all, opts...)...)
 	otel.SetTracerProvider(tp)
 	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
-	log := slog.New(NewHandler(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))).With("service", service)
+	if err := setupMetrics(res); err != nil {
+		log.Error("metrics will not be served", "err", err)
+	}
 	return log, tp.Shutdown
 }
 

@@ -113,6 +113,12 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	demand := routing.NewDemand()
 	g := gateway.New(table, demand, transport.NewEngineClient(cfg.EngineTimeout), bus.Publisher, log)
 	g.ReadyWait, g.ColdStartWait = cfg.ReadyWait, cfg.ColdStartWait
+	metrics, err := transport.NewMetrics(table, demand)
+	if err != nil {
+		stopWatch()
+		return runner.Service{}, err
+	}
+	g.Observer = metrics
 	limits := ratelimit.New(cfg.RateLimits, nil)
 	g.Limits = limits
 	g.Images = transport.NewImageFetcher(cfg.ImageFetchTimeout, cfg.AllowPrivateImageURLs)
@@ -121,16 +127,18 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	images, err := transport.NewImageStore(ctx, bus.JS, bus.Replicas)
 	if err != nil {
 		stopWatch()
+		metrics.Close()
 		return runner.Service{}, err
 	}
 	keys := auth.NewKeyring(bus.KV(state.BucketAPIKeys))
 	if err := keys.Follow(watchCtx); err != nil {
 		stopWatch()
+		metrics.Close()
 		return runner.Service{}, err
 	}
 	return runner.Service{
 		Handler: transport.NewHandler(g, images, keys, limits,
 			transport.Options{PublicURL: cfg.PublicURL, BodyTimeout: cfg.BodyTimeout}, log),
-		Stop: func(context.Context) { stopWatch() },
+		Stop: func(context.Context) { stopWatch(); metrics.Close() },
 	}, nil
 }

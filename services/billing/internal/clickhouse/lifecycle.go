@@ -25,7 +25,7 @@ func (s *Store) InsertInstanceEvents(ctx context.Context, batch []billing.Instan
 			return fmt.Errorf("append instance event %s: %w", e.EventID, err)
 		}
 	}
-	if err := b.Send(); err != nil {
+	if err := send(ctx, b, "instance_events", len(batch)); err != nil {
 		return errs.Wrap(errs.Unavailable, err, "insert %d instance events", len(batch))
 	}
 	return nil
@@ -53,7 +53,7 @@ func (s *Store) InsertServiceEvents(ctx context.Context, batch []billing.Service
 				return fmt.Errorf("append service %s: %w", e.ServiceID, err)
 			}
 		}
-		if err := b.Send(); err != nil {
+		if err := send(ctx, b, "services", len(created)); err != nil {
 			return errs.Wrap(errs.Unavailable, err, "insert %d services", len(created))
 		}
 	}
@@ -68,7 +68,7 @@ func (s *Store) InsertServiceEvents(ctx context.Context, batch []billing.Service
 				return fmt.Errorf("append deletion of %s: %w", e.ServiceID, err)
 			}
 		}
-		if err := b.Send(); err != nil {
+		if err := send(ctx, b, "service_deletions", len(deleted)); err != nil {
 			return errs.Wrap(errs.Unavailable, err, "insert %d service deletions", len(deleted))
 		}
 	}

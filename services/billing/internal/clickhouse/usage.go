@@ -46,7 +46,7 @@ func (s *Store) InsertUsage(ctx context.Context, batch []events.RequestCompleted
 			return fmt.Errorf("append usage event %s: %w", e.ID, err)
 		}
 	}
-	if err := b.Send(); err != nil {
+	if err := send(ctx, b, "usage_events", len(fresh)); err != nil {
 		return errs.Wrap(errs.Unavailable, err, "insert %d usage events", len(fresh))
 	}
 	return nil

@@ -76,6 +76,7 @@ func (c *batchConsumer[T]) start(ctx context.Context, js jetstream.JetStream) (<
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s on %s: %w", c.durable, c.stream, err)
 	}
+	natsx.WatchLag(c.stream, c.durable, cons)
 	log := c.log.With("consumer", c.durable)
 	done := make(chan struct{})
 	go func() {

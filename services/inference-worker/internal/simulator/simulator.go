@@ -34,6 +34,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 )
 
 // Config tunes a simulated instance. The zero value of each load-shaping
@@ -138,7 +140,9 @@ func New(cfg Config) *Server {
 func Start(cfg Config, ln net.Listener) *Server {
 	s := New(cfg)
 	s.ln, s.done = ln, make(chan struct{})
-	s.http = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
+	// The engine's side of a request joins the caller's trace, as real
+	// engines do when they are traced: a server span under the router's.
+	s.http = &http.Server{Handler: otelhttp.NewHandler(s, "simulator"), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		defer close(s.done)
 		_ = s.http.Serve(ln)

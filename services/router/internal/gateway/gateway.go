@@ -17,7 +17,12 @@ import (
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/services/router/internal/routing"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
+
+const tracerName = "github.com/modelport/modelport/services/router/gateway"
 
 // Engine sends a request to an instance's OpenAI base URL. A failure
 // before any answer (refused, reset) is errs.Unavailable, so the gateway
@@ -58,6 +63,19 @@ type Gateway struct {
 	MaxImageBytes int64
 	// ImageFetchTimeout bounds fetching all the image URLs of one request.
 	ImageFetchTimeout time.Duration
+	// Observer, when set, is told of every answered request and every
+	// stream's first token, for metrics.
+	Observer Observer
+}
+
+// Observer watches answered requests; the router's metrics implement it.
+type Observer interface {
+	// Answered is called once per request an engine answered, as it is
+	// metered: its status, how long it took and its usage.
+	Answered(svc state.Service, endpoint string, status int, elapsed time.Duration, u Usage)
+	// FirstToken is called when a stream's first content reaches the
+	// client, with the time since the request arrived.
+	FirstToken(svc state.Service, ttft time.Duration)
 }
 
 // Limiter is the rate limits on calls to services, per API key and per
@@ -152,7 +170,11 @@ func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, b
 					Msg: fmt.Sprintf("service %s has no ready instance (it is %s); retry shortly", svc.AccessName, svc.Status)}
 			}
 			if !waiting {
-				waiting, stopWaiting = true, g.demand.Wait(svc.ID)
+				// The time held for an instance is a span of its own.
+				_, span := otel.Tracer(tracerName).Start(ctx, "wait for a ready instance",
+					trace.WithAttributes(attribute.String("modelport.service_id", svc.ID)))
+				done := g.demand.Wait(svc.ID)
+				waiting, stopWaiting = true, func() { done(); span.End() }
 			}
 			select {
 			case <-ctx.Done():
@@ -199,6 +221,9 @@ func (g *Gateway) meter(ctx context.Context, c Call, svc state.Service, inst sta
 	if g.Limits != nil {
 		// The engine did the work whether or not the event is stored.
 		g.Limits.Charge(c.Caller.ID, svc.ID, u.PromptTokens+u.CompletionTokens)
+	}
+	if g.Observer != nil {
+		g.Observer.Answered(svc, endpoint, status, time.Since(started), u)
 	}
 	ev := events.RequestCompletedV1{
 		Meta: events.NewMeta(), RequestID: c.RequestID, ServiceID: svc.ID, OwnerID: svc.OwnerID,

@@ -12,6 +12,8 @@ import (
 
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/state"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Stream is a streaming chat completion on its way from the engine to the
@@ -94,6 +96,13 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 	}
 	if !final {
 		s.chunks++
+		if s.chunks == 1 {
+			ttft := time.Since(s.started)
+			trace.SpanFromContext(s.ctx).AddEvent("first token", trace.WithAttributes(attribute.Float64("ttft_seconds", ttft.Seconds())))
+			if s.g.Observer != nil {
+				s.g.Observer.FirstToken(s.svc, ttft)
+			}
+		}
 	}
 	m["id"], _ = marshal(s.id)
 	m["model"], _ = marshal(s.svc.AccessName)

@@ -109,3 +109,15 @@ func (d *Demand) Snapshot() []DemandSample {
 	}
 	return out
 }
+
+// Current returns every service's demand now, leaving what Snapshot
+// reports untouched.
+func (d *Demand) Current() []DemandSample {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]DemandSample, 0, len(d.services))
+	for id, s := range d.services {
+		out = append(out, DemandSample{ServiceID: id, InFlight: s.inFlight, Waiting: s.waiting, Requests: s.requests, LastRequestAt: s.last})
+	}
+	return out
+}

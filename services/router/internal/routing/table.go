@@ -165,3 +165,24 @@ func (t *Table) Pick(serviceID string, exclude ...string) (e *Endpoint, release 
 	var once sync.Once
 	return best, func() { once.Do(func() { best.outstanding.Add(-1) }) }, true
 }
+
+// InstanceLoad is one ready instance's requests in flight.
+type InstanceLoad struct {
+	Service     state.Service
+	InstanceID  string
+	Outstanding int64
+}
+
+// Loads returns the requests in flight to every ready instance.
+func (t *Table) Loads() []InstanceLoad {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	var out []InstanceLoad
+	for id, eps := range t.endpoints {
+		svc := t.byID[id]
+		for _, e := range eps {
+			out = append(out, InstanceLoad{Service: svc, InstanceID: e.Instance.ID, Outstanding: e.Outstanding()})
+		}
+	}
+	return out
+}

@@ -1,0 +1,99 @@
+package transport
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/router/internal/gateway"
+	"github.com/modelport/modelport/services/router/internal/routing"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// Metrics records the router's metrics with the global meter provider,
+// served on /metrics: per model service, the latency of answered requests
+// by status, time to first token, tokens, output tokens per second, and,
+// observed at each scrape, requests in flight per instance and requests
+// waiting for an instance.
+type Metrics struct {
+	duration  metric.Float64Histogram
+	ttft      metric.Float64Histogram
+	tokens    metric.Int64Counter
+	tokenRate metric.Float64Histogram
+	observe   metric.Registration
+}
+
+// Close stops observing the routing table and demand.
+func (m *Metrics) Close() { _ = m.observe.Unregister() }
+
+var _ gateway.Observer = (*Metrics)(nil)
+
+// NewMetrics creates the router's instruments; table and demand are read
+// at each scrape.
+func NewMetrics(table *routing.Table, demand *routing.Demand) (*Metrics, error) {
+	meter := otel.Meter("github.com/modelport/modelport/services/router")
+	m := &Metrics{}
+	var err error
+	if m.duration, err = meter.Float64Histogram("modelport.router.request.duration", metric.WithUnit("s"),
+		metric.WithDescription("Time from a request's arrival to its metered end, per model service, endpoint and status.")); err != nil {
+		return nil, err
+	}
+	if m.ttft, err = meter.Float64Histogram("modelport.router.time_to_first_token", metric.WithUnit("s"),
+		metric.WithDescription("Time from a streaming request's arrival to its first content sent to the client.")); err != nil {
+		return nil, err
+	}
+	if m.tokens, err = meter.Int64Counter("modelport.router.tokens",
+		metric.WithDescription("Tokens metered, per model service and type (prompt or completion).")); err != nil {
+		return nil, err
+	}
+	if m.tokenRate, err = meter.Float64Histogram("modelport.router.output_tokens_per_second",
+		metric.WithDescription("Completion tokens per second of each answered request."),
+		metric.WithExplicitBucketBoundaries(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)); err != nil {
+		return nil, err
+	}
+	inFlight, err := meter.Int64ObservableGauge("modelport.router.instance.in_flight",
+		metric.WithDescription("Requests this router has in flight to each ready instance."))
+	if err != nil {
+		return nil, err
+	}
+	waiting, err := meter.Int64ObservableGauge("modelport.router.queue.waiting",
+		metric.WithDescription("Requests this router holds waiting for a ready instance (as while a service starts from zero), per service."))
+	if err != nil {
+		return nil, err
+	}
+	m.observe, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		for _, l := range table.Loads() {
+			o.ObserveInt64(inFlight, l.Outstanding, metric.WithAttributes(model(l.Service), attribute.String("instance_id", l.InstanceID)))
+		}
+		for _, d := range demand.Current() {
+			o.ObserveInt64(waiting, int64(d.Waiting), metric.WithAttributes(attribute.String("service_id", d.ServiceID)))
+		}
+		return nil
+	}, inFlight, waiting)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func model(svc state.Service) attribute.KeyValue { return attribute.String("model", svc.AccessName) }
+
+// Answered implements gateway.Observer.
+func (m *Metrics) Answered(svc state.Service, endpoint string, status int, elapsed time.Duration, u gateway.Usage) {
+	ctx := context.Background()
+	m.duration.Record(ctx, elapsed.Seconds(), metric.WithAttributes(model(svc),
+		attribute.String("endpoint", endpoint), attribute.String("status", strconv.Itoa(status))))
+	m.tokens.Add(ctx, int64(u.PromptTokens), metric.WithAttributes(model(svc), attribute.String("type", "prompt")))
+	m.tokens.Add(ctx, int64(u.CompletionTokens), metric.WithAttributes(model(svc), attribute.String("type", "completion")))
+	if elapsed > 0 && u.CompletionTokens > 0 {
+		m.tokenRate.Record(ctx, float64(u.CompletionTokens)/elapsed.Seconds(), metric.WithAttributes(model(svc)))
+	}
+}
+
+// FirstToken implements gateway.Observer.
+func (m *Metrics) FirstToken(svc state.Service, ttft time.Duration) {
+	m.ttft.Record(context.Background(), ttft.Seconds(), metric.WithAttributes(model(svc)))
+}
