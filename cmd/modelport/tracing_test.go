@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/modelport/modelport/libs/chtest"
+	"github.com/modelport/modelport/libs/config"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -35,7 +36,9 @@ func TestTracingAndMetrics(t *testing.T) {
 	t.Cleanup(func() { otel.SetTracerProvider(prevTP); otel.SetTextMapPropagator(prevProp) })
 
 	chAddr, chDB := chtest.New(t)
-	p, err := startPlatform(context.Background(), testEnv(t, chAddr, chDB), log)
+	const metricsToken = "scraper-secret-for-the-test"
+	env := config.Chain(config.Map(map[string]string{"MODELPORT_METRICS_TOKEN": metricsToken}), testEnv(t, chAddr, chDB))
+	p, err := startPlatform(context.Background(), env, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,12 +113,38 @@ func TestTracingAndMetrics(t *testing.T) {
 		return nil
 	})
 
-	resp, err = http.Get(p.BaseURL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	// Metrics name every tenant's services: only admins and the scraper's
+	// token read them.
+	scrape := func(secret string) (int, []byte) {
+		req, _ := http.NewRequest("GET", p.BaseURL+"/metrics", nil)
+		if secret != "" {
+			req.Header.Set("Authorization", "Bearer "+secret)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
 	}
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	var user struct {
+		APIKey struct {
+			Key string `json:"key"`
+		} `json:"api_key"`
+	}
+	if s := call(t, "POST", p.BaseURL+"/api/v1/owners", testAdminKey, map[string]string{"name": "tenant"}, &user); s != 201 {
+		t.Fatalf("create a user: status %d", s)
+	}
+	for secret, want := range map[string]int{"": 401, "mp-not-a-key": 401, user.APIKey.Key: 403, testAdminKey: 200} {
+		if got, _ := scrape(secret); got != want {
+			t.Errorf("/metrics with %q: status %d, want %d", secret, got, want)
+		}
+	}
+	status, metrics := scrape(metricsToken)
+	if status != 200 {
+		t.Fatalf("/metrics with the metrics token: status %d", status)
+	}
 	for _, line := range []string{
 		`modelport_router_request_duration_seconds_count{endpoint="/v1/chat/completions",model="` + svc.AccessName + `",status="200"}`,
 		`modelport_router_time_to_first_token_seconds_bucket{model="` + svc.AccessName + `",le="+Inf"}`,

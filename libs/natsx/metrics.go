@@ -22,7 +22,7 @@ var instruments = sync.OnceValue(func() (m struct {
 	m.published, _ = meter.Int64Counter("modelport.events.published",
 		metric.WithDescription("Events published to JetStream, by subject and outcome (stored or failed)."))
 	m.processed, _ = meter.Int64Counter("modelport.events.processed",
-		metric.WithDescription("Events a consumer handled, by consumer and outcome: acked, retried (handler error, redelivered later) or rejected (invalid, never retried)."))
+		metric.WithDescription("Events a consumer handled, by consumer and outcome: acked, retried (handler error, redelivered later), rejected (invalid, terminated with the reason) or dead_lettered (invalid, kept in the DEADLETTER stream with the reason)."))
 	m.duration, _ = meter.Float64Histogram("modelport.events.process.duration", metric.WithUnit("s"),
 		metric.WithDescription("Time a consumer took to handle one event."))
 	_, _ = meter.Int64ObservableGauge("modelport.consumer.pending",
@@ -57,15 +57,29 @@ func observeLag(ctx context.Context, o metric.Int64Observer) error {
 		list[k] = c
 	}
 	lagged.mu.Unlock()
+	// All consumers at once, under one deadline, so a slow NATS cannot
+	// make a scrape take longer than a scraper waits.
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	type sample struct {
+		key     [2]string
+		pending int64
+	}
+	samples := make(chan sample, len(list))
+	var wg sync.WaitGroup
 	for k, c := range list {
-		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		info, err := c.Info(ictx)
-		cancel()
-		if err != nil {
-			continue // not reachable now: no sample rather than a wrong one
-		}
-		o.Observe(int64(info.NumPending)+int64(info.NumAckPending),
-			metric.WithAttributes(attribute.String("stream", k[0]), attribute.String("consumer", k[1])))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if info, err := c.Info(ctx); err == nil {
+				samples <- sample{k, int64(info.NumPending) + int64(info.NumAckPending)}
+			} // not reachable now: no sample rather than a wrong one
+		}()
+	}
+	wg.Wait()
+	close(samples)
+	for s := range samples {
+		o.Observe(s.pending, metric.WithAttributes(attribute.String("stream", s.key[0]), attribute.String("consumer", s.key[1])))
 	}
 	return nil
 }
@@ -74,9 +88,9 @@ func observeLag(ctx context.Context, o metric.Int64Observer) error {
 var (
 	outcomeStored   = metric.WithAttributes(attribute.String("outcome", "stored"))
 	outcomeFailed   = metric.WithAttributes(attribute.String("outcome", "failed"))
-	outcomeAcked    = attribute.String("outcome", "acked")
-	outcomeRetried  = attribute.String("outcome", "retried")
-	outcomeRejected = attribute.String("outcome", "rejected")
+	outcomeAcked    = attribute.String("outcome", Acked)
+	outcomeRetried  = attribute.String("outcome", Retried)
+	outcomeRejected = attribute.String("outcome", Rejected)
 )
 
 // subjectAttr labels a metric with a subject, without the worker suffix of
@@ -89,4 +103,20 @@ func subjectAttr(subject string) metric.MeasurementOption {
 		}
 	}
 	return metric.WithAttributes(attribute.String("subject", subject))
+}
+
+// Outcomes a consumer counts with CountProcessed.
+const (
+	Acked        = "acked"
+	Retried      = "retried"
+	Rejected     = "rejected"
+	DeadLettered = "dead_lettered"
+)
+
+// CountProcessed adds n events a consumer of its own handled to
+// modelport.events.processed, as Consume does for its consumers.
+func CountProcessed(ctx context.Context, consumer, outcome string, n int) {
+	if n > 0 {
+		instruments().processed.Add(ctx, int64(n), metric.WithAttributes(attribute.String("consumer", consumer), attribute.String("outcome", outcome)))
+	}
 }

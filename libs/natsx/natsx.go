@@ -100,7 +100,11 @@ func (p *Publisher) Publish(ctx context.Context, ev events.Event) error {
 			case <-time.After(min(time.Duration(attempt)*100*time.Millisecond, time.Second)):
 			}
 		}
-		if _, lastErr = p.js.PublishMsg(ctx, msg); lastErr == nil {
+		// Each attempt ends with the window, so the window bounds the whole.
+		actx, cancel := context.WithDeadline(ctx, deadline.Add(time.Second))
+		_, lastErr = p.js.PublishMsg(actx, msg)
+		cancel()
+		if lastErr == nil {
 			instruments().published.Add(ctx, 1, outcomeStored, subjectAttr(ev.Subject()))
 			return nil
 		}

@@ -5,6 +5,7 @@ package runner
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -13,9 +14,12 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/config"
+	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/httpx"
 	"github.com/modelport/modelport/libs/natsx"
+	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/libs/telemetry"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 )
@@ -26,6 +30,9 @@ type Common struct {
 	Replicas int    // MODELPORT_JETSTREAM_REPLICAS: 1, or 3 on a NATS cluster
 	HTTPAddr string // MODELPORT_HTTP_ADDR
 	LogLevel slog.Level
+	// MetricsToken, when set, is a bearer token that may read /metrics
+	// besides admin API keys: MODELPORT_METRICS_TOKEN.
+	MetricsToken string
 }
 
 // CommonFromEnv reads Common with defaults for a local NATS.
@@ -33,6 +40,8 @@ func CommonFromEnv(getenv config.Getenv, defaultHTTPAddr string) (Common, error)
 	c := Common{
 		NATSURL:  config.String(getenv, "MODELPORT_NATS_URL", "nats://127.0.0.1:4222"),
 		HTTPAddr: config.String(getenv, "MODELPORT_HTTP_ADDR", defaultHTTPAddr),
+		// The metrics token, like the admin key, is a secret: no default.
+		MetricsToken: getenv("MODELPORT_METRICS_TOKEN"),
 	}
 	var err error
 	if c.Replicas, err = config.Int(getenv, "MODELPORT_JETSTREAM_REPLICAS", 1); err != nil {
@@ -63,7 +72,12 @@ func Run(ctx context.Context, name string, getenv config.Getenv, stderr io.Write
 		return err
 	}
 	log, shutdownTelemetry := telemetry.Setup(ctx, name, stderr, common.LogLevel)
-	defer shutdownTelemetry(context.WithoutCancel(ctx))
+	defer func() {
+		// Flushing spans to an unreachable collector must not hold the exit up.
+		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = shutdownTelemetry(flushCtx)
+	}()
 
 	bus, err := natsx.Open(ctx, common.NATSURL, name, common.Replicas, log)
 	if err != nil {
@@ -81,7 +95,7 @@ func Run(ctx context.Context, name string, getenv config.Getenv, stderr io.Write
 		return fmt.Errorf("listen %s: %w", common.HTTPAddr, err)
 	}
 	log.Info("serving", "addr", ln.Addr().String(), "nats", common.NATSURL)
-	err = Serve(ctx, ln, Edge(WithHealth(svc.Handler, bus), name, log), log)
+	err = Serve(ctx, ln, Edge(WithHealth(svc.Handler, bus, common.MetricsToken), name, log), log)
 	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
 	defer cancel()
 	svc.Stop(stopCtx)
@@ -90,10 +104,19 @@ func Run(ctx context.Context, name string, getenv config.Getenv, stderr io.Write
 
 // WithHealth adds GET /healthz, which answers 200 while NATS is connected,
 // and GET /metrics, the process's metrics in the Prometheus format, to h
-// (which may be nil).
-func WithHealth(h http.Handler, bus *natsx.Bus) http.Handler {
+// (which may be nil). Metrics name every tenant's services, so only an
+// admin API key or, when set, metricsToken (MODELPORT_METRICS_TOKEN, a
+// credential for the scraper alone) may read them.
+func WithHealth(h http.Handler, bus *natsx.Bus, metricsToken string) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", telemetry.MetricsHandler())
+	mux.Handle("GET /metrics", httpx.Authenticate(metricsVerifier{keys: auth.NewKeyring(bus.KV(state.BucketAPIKeys)), token: metricsToken})(
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if k, _ := auth.FromContext(r.Context()); !k.Admin {
+				httpx.WriteError(w, errs.E(errs.Forbidden, "metrics are for admins: use an admin API key or the metrics token"))
+				return
+			}
+			telemetry.MetricsHandler().ServeHTTP(w, r)
+		})))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if !bus.Conn.IsConnected() {
 			http.Error(w, "nats disconnected", http.StatusServiceUnavailable)
@@ -105,6 +128,20 @@ func WithHealth(h http.Handler, bus *natsx.Bus) http.Handler {
 		mux.Handle("/", h)
 	}
 	return mux
+}
+
+// metricsVerifier accepts the metrics token as an admin for /metrics
+// alone, and otherwise verifies API keys.
+type metricsVerifier struct {
+	keys  *auth.Keyring
+	token string
+}
+
+func (v metricsVerifier) Verify(ctx context.Context, secret string) (auth.Key, error) {
+	if v.token != "" && subtle.ConstantTimeCompare([]byte(secret), []byte(v.token)) == 1 {
+		return auth.Key{ID: "metrics-token", Admin: true}, nil
+	}
+	return v.keys.Verify(ctx, secret)
 }
 
 // Edge wraps an HTTP handler in the middleware every public edge shares,

@@ -97,6 +97,10 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 	if c.LoadReport, err = config.Duration(getenv, "MODELPORT_LOAD_REPORT_INTERVAL", time.Second); err != nil {
 		return c, err
 	}
+	if c.LoadReport <= 0 || c.LoadReport > 3*time.Second {
+		// The scaler stops counting a report after 10s: a few must fit.
+		return c, fmt.Errorf("MODELPORT_LOAD_REPORT_INTERVAL must be between 0 and 3s, not %s", c.LoadReport)
+	}
 	c.ReadyWait, err = config.Duration(getenv, "MODELPORT_READY_WAIT", 10*time.Second)
 	return c, err
 }

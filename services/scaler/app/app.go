@@ -5,6 +5,7 @@ package app
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -35,8 +36,18 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 	if c.Autoscale, err = config.Duration(getenv, "MODELPORT_AUTOSCALE_INTERVAL", 2*time.Second); err != nil {
 		return c, err
 	}
-	c.DownDelay, err = config.Duration(getenv, "MODELPORT_AUTOSCALE_DOWN_DELAY", time.Minute)
-	return c, err
+	if c.DownDelay, err = config.Duration(getenv, "MODELPORT_AUTOSCALE_DOWN_DELAY", time.Minute); err != nil {
+		return c, err
+	}
+	switch {
+	case c.Sweep <= 0:
+		return c, fmt.Errorf("MODELPORT_SCALER_SWEEP must be positive, not %s", c.Sweep)
+	case c.Autoscale <= 0:
+		return c, fmt.Errorf("MODELPORT_AUTOSCALE_INTERVAL must be positive, not %s", c.Autoscale)
+	case c.DownDelay < 0:
+		return c, fmt.Errorf("MODELPORT_AUTOSCALE_DOWN_DELAY must not be negative, not %s", c.DownDelay)
+	}
+	return c, nil
 }
 
 // Start starts the scaler on bus.

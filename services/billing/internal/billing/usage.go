@@ -134,7 +134,7 @@ func (s *Service) Usage(ctx context.Context, caller auth.Key, q Query) (Usage, e
 	if err != nil {
 		return Usage{}, err
 	}
-	if !caller.Admin && svc.OwnerID != caller.OwnerID {
+	if !caller.Reaches(svc.OwnerID, svc.ID) {
 		return Usage{}, errs.E(errs.NotFound, "service %s not found", q.ServiceID)
 	}
 

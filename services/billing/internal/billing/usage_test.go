@@ -69,6 +69,8 @@ func TestUsageAccess(t *testing.T) {
 		{name: "owner", caller: alice, serviceID: "s1", wantAsked: true},
 		{name: "admin", caller: admin, serviceID: "s1", wantAsked: true},
 		{name: "another owner", caller: bob, serviceID: "s1", wantKind: errs.NotFound},
+		{name: "key restricted to the service", caller: auth.Key{ID: "k-ci", OwnerID: alice.OwnerID, Services: []string{"s1"}}, serviceID: "s1", wantAsked: true},
+		{name: "key restricted to another service", caller: auth.Key{ID: "k-ci", OwnerID: alice.OwnerID, Services: []string{"s9"}}, serviceID: "s1", wantKind: errs.NotFound},
 		{name: "unknown service", caller: alice, serviceID: "s2", wantKind: errs.NotFound},
 		{name: "unknown service for admin", caller: admin, serviceID: "s2", wantKind: errs.NotFound},
 		{name: "empty service id", caller: alice, serviceID: "", wantKind: errs.Invalid, wantParam: "service_id"},

@@ -157,8 +157,10 @@ func (c *batchConsumer[T]) batch(ctx context.Context, cons jetstream.Consumer, s
 		for _, m := range held {
 			_ = m.Nak()
 		}
+		natsx.CountProcessed(ctx, c.durable, natsx.Retried, len(held))
 		return err
 	}
+	natsx.CountProcessed(ctx, c.durable, natsx.Acked, len(held))
 	for _, m := range held {
 		if err := m.Ack(); err != nil {
 			// The batch is stored; a redelivery is deduplicated by event ID.
@@ -174,13 +176,16 @@ func (c *batchConsumer[T]) reject(ctx context.Context, msg jetstream.Msg, reason
 	log.ErrorContext(ctx, "event rejected to the dead-letter stream", "subject", msg.Subject(),
 		"msg_id", msg.Headers().Get(jetstream.MsgIDHeader), "err", reason)
 	if err := c.dead.Reject(ctx, c.durable, msg, reason); err != nil {
+		natsx.CountProcessed(ctx, c.durable, natsx.Retried, 1)
 		log.WarnContext(ctx, "dead letter not stored; the event will be retried", "err", err)
 		attempt := uint64(1)
 		if md, mdErr := msg.Metadata(); mdErr == nil {
 			attempt = md.NumDelivered
 		}
 		_ = msg.NakWithDelay(natsx.Backoff(attempt))
+		return
 	}
+	natsx.CountProcessed(ctx, c.durable, natsx.DeadLettered, 1)
 }
 
 // maxLinks bounds the span links of one batch.

@@ -37,7 +37,7 @@ func ValidateAutoscale(p *state.Autoscale) error {
 		return errs.InvalidParam("autoscale.target_in_flight", "target_in_flight must be between 1 and %d", MaxTargetInFlight)
 	}
 	if p.ScaleToZeroAfter < 0 || p.ScaleToZeroAfter > maxScaleToZeroAfter {
-		return errs.InvalidParam("autoscale.scale_to_zero_after_seconds", "scale_to_zero_after_seconds must be between 1 and %d", maxScaleToZeroAfter)
+		return errs.InvalidParam("autoscale.scale_to_zero_after_seconds", "scale_to_zero_after_seconds must be between 0 (the default, %d) and %d", DefaultScaleToZeroAfter, maxScaleToZeroAfter)
 	}
 	if p.MinInstances > 0 {
 		p.ScaleToZeroAfter = 0 // never scales to zero
@@ -71,9 +71,14 @@ func (m *Manager) SetAutoscale(ctx context.Context, caller auth.Key, id string, 
 		if p != nil {
 			to = min(max(from, p.MinInstances), p.MaxInstances)
 		}
+		retry := s.Status == state.StatusFailed && p != nil
 		s.Autoscale, s.UpdatedAt = p, m.now()
-		if to != from {
+		if to != from || retry {
+			// Setting a policy on a failed service also retries it.
 			s.Instances, s.Status = to, scaledStatus(to, s.ReadyInstances)
+		}
+		if retry {
+			s.StatusReason = ""
 		}
 		err = m.store.Update(ctx, s, rev)
 		if errs.KindOf(err) == errs.Conflict {
@@ -82,7 +87,7 @@ func (m *Manager) SetAutoscale(ctx context.Context, caller auth.Key, id string, 
 		if err != nil {
 			return state.Service{}, err
 		}
-		if to != from {
+		if to != from || retry {
 			reason := fmt.Sprintf("autoscale policy allows %d to %d instances", p.MinInstances, p.MaxInstances)
 			ev := events.ServiceScaledV1{Meta: events.NewMeta(), ServiceID: s.ID, OwnerID: s.OwnerID, From: from, To: to, Reason: reason}
 			if err := m.pub.Publish(ctx, ev); err != nil {

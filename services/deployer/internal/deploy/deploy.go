@@ -282,6 +282,9 @@ func settle(status string, desired, ready int) string {
 		return state.StatusScaling
 	case ready >= desired:
 		return state.StatusRunning
+	case status == state.StatusFailed && ready > 0:
+		// Serving again (an instance came back): the scaler places the rest.
+		return state.StatusScaling
 	case status == state.StatusRunning, status == state.StatusPending && ready > 0:
 		return state.StatusDeploying
 	}

@@ -522,10 +522,10 @@ func TestRefreshReady(t *testing.T) {
 			wantStatus: state.StatusRunning, wantEngine: "vllm", wantUpdates: 0,
 		},
 		{
-			name: "failed stays failed while short", desired: 2, status: state.StatusFailed,
+			name: "failed serving again scales to the rest", desired: 2, status: state.StatusFailed,
 			instances:  []state.Instance{instance("i1", state.InstanceReady, "vllm")},
 			wantReady:  1,
-			wantStatus: state.StatusFailed, wantEngine: "vllm", wantUpdates: 1,
+			wantStatus: state.StatusScaling, wantEngine: "vllm", wantUpdates: 1,
 		},
 	}
 	for _, tc := range tests {

@@ -18,7 +18,8 @@ const ScaleReason = "requested by the owner"
 const maxAttempts = 10
 
 // Scale sets a service's desired instance count to n (0 to MaxInstances;
-// 0 scales to zero) and publishes ServiceScaledV1 when it changed. The
+// 0 scales to zero) and publishes ServiceScaledV1 when it changed, or when
+// the service had failed (scaling a failed service retries it). The
 // status becomes scaling while the ready count differs from n, running
 // when it already matches, and idle for zero with nothing left. Another
 // owner's service is NotFound; a deleting or deleted one is Conflict. If
@@ -44,10 +45,16 @@ func (m *Manager) Scale(ctx context.Context, caller auth.Key, id string, n int) 
 				id, p.MinInstances, p.MaxInstances)}
 		}
 		from := s.Instances
-		if from == n {
+		retry := s.Status == state.StatusFailed
+		if from == n && !retry {
 			return s, nil
 		}
+		// A failed service scaled again, even to the same count, is
+		// placed again: that is how its owner retries it.
 		s.Instances, s.Status, s.UpdatedAt = n, scaledStatus(n, s.ReadyInstances), m.now()
+		if retry {
+			s.StatusReason = ""
+		}
 		err = m.store.Update(ctx, s, rev)
 		if errs.KindOf(err) == errs.Conflict {
 			continue

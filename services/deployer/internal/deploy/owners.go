@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -75,15 +76,43 @@ func (o *Owners) Create(ctx context.Context, caller auth.Key, req OwnerRequest) 
 	if err := o.store.CreateOwner(ctx, owner); err != nil {
 		return NewOwner{}, err
 	}
+	v, err := o.newKey(ctx, owner.ID, "first key")
+	if err != nil {
+		return NewOwner{}, fmt.Errorf("owner %s created, but its first key was not stored (create one with POST /api/v1/owners/%s/keys): %w", owner.ID, owner.ID, err)
+	}
+	return NewOwner{Owner: owner, Key: v}, nil
+}
+
+// CreateKey makes a new unrestricted key for an existing owner, as when an
+// organisation has revoked or lost all of its keys. Admins only.
+func (o *Owners) CreateKey(ctx context.Context, caller auth.Key, ownerID, name string) (KeyView, error) {
+	if err := adminOnly(caller); err != nil {
+		return KeyView{}, err
+	}
+	name = strings.TrimSpace(name)
+	if name == "" {
+		name = "issued by an admin"
+	}
+	if len(name) > 64 {
+		return KeyView{}, errs.InvalidParam("name", "name must be 1-64 printable characters")
+	}
+	if _, err := o.store.Owner(ctx, ownerID); err != nil {
+		return KeyView{}, err
+	}
+	return o.newKey(ctx, ownerID, name)
+}
+
+// newKey stores a new key for ownerID and returns it with its secret.
+func (o *Owners) newKey(ctx context.Context, ownerID, name string) (KeyView, error) {
 	secret := auth.NewSecret()
-	k := auth.NewKey(secret, owner.ID, false)
-	k.Name = "first key"
+	k := auth.NewKey(secret, ownerID, false)
+	k.Name = name
 	if err := o.keys.Put(ctx, k); err != nil {
-		return NewOwner{}, err
+		return KeyView{}, err
 	}
 	v := viewOf(k)
 	v.Secret = secret
-	return NewOwner{Owner: owner, Key: v}, nil
+	return v, nil
 }
 
 // List returns every owner, oldest first.

@@ -13,16 +13,16 @@ import (
 const PendingReason = "waiting for the scaler to place its instances"
 
 // Placed moves a pending service to deploying once the scaler placed one
-// of its instances, and clears the reason placements failed.
+// of its instances. A reason placements failed stays until the service
+// runs: it may still hold for the other instances.
 func (m *Manager) Placed(ctx context.Context, serviceID string) error {
 	return m.amend(ctx, serviceID, func(s *state.Service) bool {
-		switch {
-		case s.Status == state.StatusPending:
-			s.Status, s.StatusReason = state.StatusDeploying, ""
-		case s.StatusReason != "" && !isFinal(s.Status) && s.Status != state.StatusFailed:
-			s.StatusReason = ""
-		default:
+		if s.Status != state.StatusPending {
 			return false
+		}
+		s.Status = state.StatusDeploying
+		if s.StatusReason == PendingReason {
+			s.StatusReason = ""
 		}
 		return true
 	})

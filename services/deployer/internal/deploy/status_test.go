@@ -33,8 +33,19 @@ func TestPendingUntilPlaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	got = st.service(t, s.ID)
-	if got.Status != state.StatusDeploying || got.StatusReason != "" {
-		t.Fatalf("after placement: %s (%q), want deploying without a reason", got.Status, got.StatusReason)
+	if got.Status != state.StatusDeploying || !strings.Contains(got.StatusReason, "no worker has room") {
+		t.Fatalf("after placement: %s (%q), want deploying, still saying why the rest is not placed", got.Status, got.StatusReason)
+	}
+	// A service placed at once loses the pending reason.
+	other, err := m.Create(ctx, alice, deploy.CreateRequest{Name: "other", BaseModel: "qwen2.5-7b-instruct"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Placed(ctx, other.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.service(t, other.ID); got.Status != state.StatusDeploying || got.StatusReason != "" {
+		t.Fatalf("placed at once: %s (%q), want deploying without a reason", got.Status, got.StatusReason)
 	}
 	// A redelivered placement changes nothing more.
 	updates := st.updates
@@ -81,5 +92,28 @@ func TestInstanceFailed(t *testing.T) {
 				t.Errorf("reason %q; want the worker's reason: %v", got.StatusReason, tc.wantReason)
 			}
 		})
+	}
+}
+
+// Scaling a failed service, even to the count it has, retries it; so does
+// setting an autoscale policy.
+func TestRetryFailed(t *testing.T) {
+	ctx := context.Background()
+	m, st, pub := newManager()
+	st.put(state.Service{ID: "s1", OwnerID: alice.OwnerID, Name: "chat", Instances: 1, Status: state.StatusFailed, StatusReason: "crashed"})
+	s, err := m.Scale(ctx, alice, "s1", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Status != state.StatusScaling || s.StatusReason != "" || len(pub.events) != 1 {
+		t.Fatalf("after a retry: %s (%q), %d events; want scaling, no reason, one event", s.Status, s.StatusReason, len(pub.events))
+	}
+	st.put(state.Service{ID: "s2", OwnerID: alice.OwnerID, Name: "auto", Instances: 1, Status: state.StatusFailed, StatusReason: "crashed"})
+	s, err = m.SetAutoscale(ctx, alice, "s2", &state.Autoscale{MaxInstances: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Status != state.StatusScaling || len(pub.events) != 2 {
+		t.Fatalf("after a policy on a failed service: %s, %d events; want scaling, a second event", s.Status, len(pub.events))
 	}
 }

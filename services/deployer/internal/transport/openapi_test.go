@@ -200,7 +200,15 @@ func TestOpenAPIMatchesHandlers(t *testing.T) {
 	check(e.alice, "DELETE", "/api/v1/keys/{id}", "/api/v1/keys/"+key.ID, "", 204)
 	check(e.alice, "DELETE", "/api/v1/keys/{id}", "/api/v1/keys/"+key.ID, "", 404)
 
-	check(e.admin, "POST", "/api/v1/owners", "/api/v1/owners", `{"kind":"organization","name":"docs-org"}`, 201)
+	var org struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal(check(e.admin, "POST", "/api/v1/owners", "/api/v1/owners", `{"kind":"organization","name":"docs-org"}`, 201), &org); err != nil {
+		t.Fatal(err)
+	}
+	check(e.admin, "POST", "/api/v1/owners/{id}/keys", "/api/v1/owners/"+org.ID+"/keys", `{"name":"replacement"}`, 201)
+	check(e.admin, "POST", "/api/v1/owners/{id}/keys", "/api/v1/owners/000000000000/keys", `{}`, 404)
+	check(e.alice, "POST", "/api/v1/owners/{id}/keys", "/api/v1/owners/"+org.ID+"/keys", `{}`, 403)
 	check(e.alice, "POST", "/api/v1/owners", "/api/v1/owners", `{"kind":"user","name":"x"}`, 403)
 	check(e.admin, "GET", "/api/v1/owners", "/api/v1/owners", "", 200)
 	check(e.alice, "GET", "/api/v1/me", "/api/v1/me", "", 200)

@@ -8,7 +8,8 @@ import (
 )
 
 // WithOwners adds the users and organisations API: POST and GET
-// /api/v1/owners for admins, and GET /api/v1/me for any key.
+// /api/v1/owners and POST /api/v1/owners/{id}/keys for admins, and GET
+// /api/v1/me for any key.
 func WithOwners(o *deploy.Owners) Option {
 	return func(h *handler, mux *http.ServeMux) {
 		mux.HandleFunc("POST /api/v1/owners", func(w http.ResponseWriter, r *http.Request) {
@@ -32,6 +33,21 @@ func WithOwners(o *deploy.Owners) Option {
 				return
 			}
 			httpx.WriteJSON(w, http.StatusOK, list)
+		})
+		mux.HandleFunc("POST /api/v1/owners/{id}/keys", func(w http.ResponseWriter, r *http.Request) {
+			var req struct {
+				Name string `json:"name"`
+			}
+			if err := httpx.DecodeJSON(r, &req, maxBody); err != nil {
+				h.fail(w, r, err)
+				return
+			}
+			k, err := o.CreateKey(r.Context(), caller(r), r.PathValue("id"), req.Name)
+			if err != nil {
+				h.fail(w, r, err)
+				return
+			}
+			httpx.WriteJSON(w, http.StatusCreated, k)
 		})
 		mux.HandleFunc("GET /api/v1/me", func(w http.ResponseWriter, r *http.Request) {
 			me, err := o.Me(r.Context(), caller(r))

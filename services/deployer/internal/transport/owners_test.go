@@ -94,6 +94,20 @@ func TestOrganisations(t *testing.T) {
 	if r := e.do(member.Key, "GET", "/api/v1/services/"+svc.ID, "", nil); r.StatusCode != 200 {
 		t.Errorf("member reads the organisation's service: status %d", r.StatusCode)
 	}
+	// An organisation that lost its keys gets a new one from an admin.
+	var issued struct {
+		Key string `json:"key"`
+	}
+	if r := e.do(e.admin, "POST", "/api/v1/owners/"+org.ID+"/keys", `{"name":"recovery"}`, &issued); r.StatusCode != http.StatusCreated {
+		t.Fatalf("admin issues a key: status %d", r.StatusCode)
+	}
+	if r := e.do(issued.Key, "GET", "/api/v1/services/"+svc.ID, "", nil); r.StatusCode != 200 {
+		t.Errorf("the issued key reads the organisation's service: status %d", r.StatusCode)
+	}
+	if r := e.do(orgKey, "POST", "/api/v1/owners/"+org.ID+"/keys", `{}`, nil); r.StatusCode != http.StatusForbidden {
+		t.Errorf("a non-admin issues an owner key: status %d, want 403", r.StatusCode)
+	}
+
 	// Cross-tenant: 404, not 403, both ways.
 	if r := e.do(e.alice, "GET", "/api/v1/services/"+svc.ID, "", nil); r.StatusCode != http.StatusNotFound {
 		t.Errorf("another owner reads the organisation's service: status %d, want 404", r.StatusCode)

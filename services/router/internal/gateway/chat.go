@@ -49,12 +49,15 @@ func (g *Gateway) Chat(ctx context.Context, c Call) (*Reply, error) {
 	}
 	up, err := g.forward(ctx, svc, "/chat/completions", body)
 	if err != nil {
+		g.observeFailure(svc, "/v1/chat/completions", err, started)
 		return nil, err
 	}
 	if up.status != 200 {
 		defer up.close()
 		b, _ := readLimited(up.body, 1<<20)
-		return nil, engineError(up.status, b)
+		err := engineError(up.status, b)
+		g.observeFailure(svc, "/v1/chat/completions", err, started)
+		return nil, err
 	}
 	id := newCompletionID()
 	if p.Stream {

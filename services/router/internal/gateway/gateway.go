@@ -76,6 +76,17 @@ type Observer interface {
 	// FirstToken is called when a stream's first content reaches the
 	// client, with the time since the request arrived.
 	FirstToken(svc state.Service, ttft time.Duration)
+	// Failed is called for a request to a service that got no answer to
+	// meter: no ready instance, an engine unreachable or answering an
+	// error.
+	Failed(svc state.Service, endpoint string, err error, elapsed time.Duration)
+}
+
+// observeFailure tells the Observer, if any, of a request that failed.
+func (g *Gateway) observeFailure(svc state.Service, endpoint string, err error, started time.Time) {
+	if g.Observer != nil && err != nil {
+		g.Observer.Failed(svc, endpoint, err, time.Since(started))
+	}
 }
 
 // Limiter is the rate limits on calls to services, per API key and per
@@ -158,8 +169,8 @@ func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, b
 	defer func() { stopWaiting() }()
 	var tried []string
 	wait := g.ReadyWait
-	if svc.Autoscale != nil {
-		wait = max(wait, g.ColdStartWait)
+	if svc.Autoscale != nil && svc.Status != state.StatusFailed {
+		wait = max(wait, g.ColdStartWait) // it may be starting from zero; a failed one is not
 	}
 	deadline := time.Now().Add(wait)
 	for {
@@ -234,7 +245,7 @@ func (g *Gateway) meter(ctx context.Context, c Call, svc state.Service, inst sta
 	}
 	if err := g.pub.Publish(context.WithoutCancel(ctx), ev); err != nil {
 		g.log.ErrorContext(ctx, "usage event not recorded", "request_id", c.RequestID, "service_id", svc.ID, "err", err)
-		return errs.Wrap(errs.Unavailable, err, "usage could not be recorded; the request was not billed, retry it")
+		return errs.Wrap(errs.Unavailable, err, "the usage of this request could not be recorded, so its answer is withheld; retry it (in the rare case the record was stored after all, this request is billed once)")
 	}
 	return nil
 }

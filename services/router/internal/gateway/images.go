@@ -78,12 +78,15 @@ func (g *Gateway) GenerateImages(ctx context.Context, c Call, images ImageSaver,
 	}
 	up, err := g.forward(ctx, svc, "/images/generations", upBody)
 	if err != nil {
+		g.observeFailure(svc, "/v1/images/generations", err, started)
 		return nil, err
 	}
 	defer up.close()
 	if up.status != 200 {
 		b, _ := readLimited(up.body, 1<<20)
-		return nil, engineError(up.status, b)
+		err := engineError(up.status, b)
+		g.observeFailure(svc, "/v1/images/generations", err, started)
+		return nil, err
 	}
 	b, err := readLimited(up.body, maxAnswer)
 	if err != nil {

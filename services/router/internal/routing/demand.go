@@ -121,3 +121,11 @@ func (d *Demand) Current() []DemandSample {
 	}
 	return out
 }
+
+// Touch has the next Snapshot report a service again, as after a report
+// that could not be written.
+func (d *Demand) Touch(serviceID string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.get(serviceID).changed = true
+}

@@ -35,6 +35,7 @@ func ReportLoad(ctx context.Context, kv jetstream.KeyValue, routerID string, dem
 				continue
 			}
 			if _, err := kv.Put(ctx, state.LoadKey(s.ServiceID, routerID), b); err != nil && ctx.Err() == nil {
+				demand.Touch(s.ServiceID) // report it again at the next tick
 				log.WarnContext(ctx, "load report not written; the autoscaler sees older demand", "service_id", s.ServiceID, "err", err)
 			}
 		}

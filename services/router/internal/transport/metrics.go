@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/modelport/modelport/libs/httpx"
 	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/services/router/internal/gateway"
 	"github.com/modelport/modelport/services/router/internal/routing"
@@ -14,8 +15,8 @@ import (
 )
 
 // Metrics records the router's metrics with the global meter provider,
-// served on /metrics: per model service, the latency of answered requests
-// by status, time to first token, tokens, output tokens per second, and,
+// served on /metrics: per model service, the latency of requests that
+// reached it, by status (engine errors and no ready instance included), time to first token, tokens, output tokens per second, and,
 // observed at each scrape, requests in flight per instance and requests
 // waiting for an instance.
 type Metrics struct {
@@ -91,6 +92,13 @@ func (m *Metrics) Answered(svc state.Service, endpoint string, status int, elaps
 	if elapsed > 0 && u.CompletionTokens > 0 {
 		m.tokenRate.Record(ctx, float64(u.CompletionTokens)/elapsed.Seconds(), metric.WithAttributes(model(svc)))
 	}
+}
+
+// Failed implements gateway.Observer: the request's latency under the
+// status its client gets.
+func (m *Metrics) Failed(svc state.Service, endpoint string, err error, elapsed time.Duration) {
+	m.duration.Record(context.Background(), elapsed.Seconds(), metric.WithAttributes(model(svc),
+		attribute.String("endpoint", endpoint), attribute.String("status", strconv.Itoa(httpx.Status(err)))))
 }
 
 // FirstToken implements gateway.Observer.

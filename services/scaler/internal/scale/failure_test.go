@@ -2,6 +2,7 @@ package scale_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 
@@ -57,38 +58,42 @@ func TestPlacementFailedAnnouncedOnce(t *testing.T) {
 	}
 }
 
-// An instance its worker gave up on is unplaced and replaced, without a
-// release (the worker stopped it already).
-func TestInstanceFailedIsReplaced(t *testing.T) {
+// An instance its worker gave up on is unplaced, without a release (the
+// worker stopped it already), and replaced while the service still has a
+// ready instance; a service left with none gets no replacement (the
+// deployer fails it by the same rule).
+func TestInstanceFailed(t *testing.T) {
 	ctx := context.Background()
 	st, pub := newFakeStore(), &fakePublisher{}
-	st.services["s1"] = service("s1", 1)
-	st.workers = []state.Worker{worker("w1", 2)}
+	st.services["s1"] = service("s1", 2)
+	st.workers = []state.Worker{worker("w1", 4)}
 	st.place("s1", "i-bad", "w1")
+	st.place("s1", "i-good", "w1")
+	st.instances[state.InstanceKey("s1", "i-good")] = state.Instance{ID: "i-good", ServiceID: "s1", WorkerID: "w1", Status: state.InstanceReady}
+	st.instances[state.InstanceKey("s1", "i-bad")] = state.Instance{ID: "i-bad", ServiceID: "s1", WorkerID: "w1", Status: state.InstanceReady}
 	s := scale.New(st, pub, quiet)
 	ev := events.InstanceFailedV1{Meta: events.NewMeta(), InstanceID: "i-bad", ServiceID: "s1", WorkerID: "w1", Reason: "crashed"}
 	if err := s.InstanceFailed(ctx, ev); err != nil {
 		t.Fatal(err)
 	}
 	got := st.placed("s1")
-	if len(got) != 1 || got[0].InstanceID == "i-bad" {
-		t.Fatalf("placements %+v, want one replacement", got)
+	if len(got) != 2 || slices.ContainsFunc(got, func(p state.Placement) bool { return p.InstanceID == "i-bad" }) {
+		t.Fatalf("placements %+v, want i-good and a replacement", got)
 	}
 	for _, e := range pub.events {
 		if _, ok := e.(events.InstanceReleasedV1); ok {
 			t.Errorf("released the failed instance: %+v", e)
 		}
 	}
-	// A failed service gets no replacement.
-	failed := service("s2", 1)
-	failed.Status = state.StatusFailed
-	st.services["s2"] = failed
-	st.place("s2", "i-bad2", "w1")
-	ev.ServiceID, ev.InstanceID = "s2", "i-bad2"
+
+	// The only instance failed: nothing placed.
+	st.services["s2"] = service("s2", 1)
+	st.place("s2", "i-only", "w1")
+	ev.ServiceID, ev.InstanceID = "s2", "i-only"
 	if err := s.InstanceFailed(ctx, ev); err != nil {
 		t.Fatal(err)
 	}
 	if got := st.placed("s2"); len(got) != 0 {
-		t.Fatalf("failed service placed again: %+v", got)
+		t.Fatalf("a service with no ready instance left was placed again: %+v", got)
 	}
 }

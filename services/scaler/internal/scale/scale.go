@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -207,9 +208,11 @@ func (s *Scaler) reconcile(ctx context.Context, load loadFunc) error {
 }
 
 // placementFailed announces that a service's instances cannot all be
-// placed, once per reason: the scaler retries at every reconcile.
+// placed, once per reason and count: the scaler retries at every
+// reconcile.
 func (s *Scaler) placementFailed(ctx context.Context, svc state.Service, wanted, placed int, reason string) {
-	if s.unplaceable[svc.ID] == reason {
+	key := fmt.Sprintf("%d/%d %s", placed, wanted, reason)
+	if s.unplaceable[svc.ID] == key {
 		return
 	}
 	ev := events.PlacementFailedV1{Meta: events.NewMeta(), ServiceID: svc.ID, OwnerID: svc.OwnerID, Wanted: wanted, Placed: placed, Reason: reason}
@@ -217,13 +220,17 @@ func (s *Scaler) placementFailed(ctx context.Context, svc state.Service, wanted,
 		s.log.WarnContext(ctx, "announce failed placement", "service_id", svc.ID, "err", err)
 		return
 	}
-	s.unplaceable[svc.ID] = reason
+	s.unplaceable[svc.ID] = key
 	s.log.WarnContext(ctx, "instances not placed", "service_id", svc.ID, "wanted", wanted, "placed", placed, "reason", reason)
 }
 
 // InstanceFailed forgets the placement of an instance its worker gave up
-// on (the worker has stopped it and freed its slot), then reconciles the
-// service, which places a replacement unless the service has failed.
+// on (the worker has stopped it and freed its slot). If the service still
+// has a ready instance it reconciles it, placing a replacement; if not, it
+// places nothing: the deployer marks such a service failed by the same
+// rule, and its owner retries it by scaling it again. Deciding here from
+// the instances, not from the service's status, keeps the two from
+// depending on which of them handles the event first.
 func (s *Scaler) InstanceFailed(ctx context.Context, ev events.InstanceFailedV1) error {
 	s.mu.Lock()
 	placements, err := s.store.Placements(ctx)
@@ -235,11 +242,22 @@ func (s *Scaler) InstanceFailed(ctx context.Context, ev events.InstanceFailedV1)
 			}
 		}
 	}
+	var instances []state.Instance
+	if err == nil {
+		instances, err = s.store.Instances(ctx)
+	}
 	s.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	s.log.WarnContext(ctx, "instance failed; placement forgotten", "service_id", ev.ServiceID, "instance_id", ev.InstanceID, "worker_id", ev.WorkerID, "reason", ev.Reason)
+	serving := slices.ContainsFunc(instances, func(in state.Instance) bool {
+		return in.ServiceID == ev.ServiceID && in.ID != ev.InstanceID && in.Status == state.InstanceReady
+	})
+	s.log.WarnContext(ctx, "instance failed; placement forgotten", "service_id", ev.ServiceID, "instance_id", ev.InstanceID,
+		"worker_id", ev.WorkerID, "reason", ev.Reason, "replaced", serving)
+	if !serving {
+		return nil
+	}
 	return s.ReconcileService(ctx, ev.ServiceID)
 }
 
