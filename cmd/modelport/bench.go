@@ -45,6 +45,9 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 		"MODELPORT_NATS_PORT":       "-1",
 		"MODELPORT_ADMIN_KEY":       key,
 		"MODELPORT_CLICKHOUSE_ADDR": "127.0.0.1:9", // billing waits; events stay in JetStream
+		// Scale-to-zero is quick to reach between the cold-start runs.
+		"MODELPORT_AUTOSCALE_INTERVAL":   "100ms",
+		"MODELPORT_LOAD_REPORT_INTERVAL": "100ms",
 	})
 	log, _ := telemetry.Setup(ctx, "modelport-bench", io.Discard, slog.LevelError)
 	p, err := startPlatform(ctx, env, log)
@@ -315,8 +318,9 @@ func cpuModel() string {
 }
 
 // benchLifecycle times the control plane with the simulator engine: from a
-// deploy request to the first answered chat completion, and from a scale
-// request to every new instance ready, as medians over a few runs.
+// deploy request to the first answered chat completion, from a scale
+// request to every new instance ready, and a cold start from zero, as
+// medians over a few runs.
 func benchLifecycle(ctx context.Context, c *http.Client, base, key string) (string, error) {
 	const runs = 5
 	var deploys, scales []time.Duration
@@ -370,6 +374,10 @@ func benchLifecycle(ctx context.Context, c *http.Client, base, key string) (stri
 			return "", err
 		}
 	}
+	colds, err := benchColdStart(ctx, c, base, key, runs)
+	if err != nil {
+		return "", err
+	}
 	median := func(ds []time.Duration) time.Duration { slices.Sort(ds); return ds[len(ds)/2] }
 	var b strings.Builder
 	b.WriteString("\n## Control plane: deploy and scale with the simulator engine\n\n")
@@ -378,7 +386,52 @@ func benchLifecycle(ctx context.Context, c *http.Client, base, key string) (stri
 	b.WriteString("| step | median | slowest |\n|---|---:|---:|\n")
 	fmt.Fprintf(&b, "| deploy request → first answered chat completion | %s | %s |\n", ms(median(deploys)), ms(deploys[len(deploys)-1]))
 	fmt.Fprintf(&b, "| scale 1 → 4 request → 4 instances ready | %s | %s |\n", ms(median(scales)), ms(scales[len(scales)-1]))
+	fmt.Fprintf(&b, "| request to a service scaled to zero → its answer (cold start: the router's report of a waiting request wakes the autoscaler at once) | %s | %s |\n", ms(median(colds)), ms(colds[len(colds)-1]))
 	return b.String(), nil
+}
+
+// benchColdStart times requests to an autoscaled service that has scaled
+// itself to zero: the router holds each until an instance is ready again.
+func benchColdStart(ctx context.Context, c *http.Client, base, key string, runs int) ([]time.Duration, error) {
+	var svc struct {
+		ID         string `json:"id"`
+		AccessName string `json:"access_name"`
+	}
+	if err := benchCall(ctx, c, "POST", base+"/api/v1/services", key, map[string]any{"name": "cold", "base_model": "qwen2.5-7b-instruct",
+		"autoscale": map[string]any{"min_instances": 0, "max_instances": 1, "scale_to_zero_after_seconds": 1}}, &svc); err != nil {
+		return nil, err
+	}
+	body, _ := json.Marshal(map[string]any{"model": svc.AccessName, "messages": []map[string]string{{"role": "user", "content": "hi"}}})
+	var out []time.Duration
+	for range runs {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			var s struct {
+				Status         string `json:"status"`
+				ReadyInstances int    `json:"ready_instances"`
+			}
+			if err := benchCall(ctx, c, "GET", base+"/api/v1/services/"+svc.ID, key, nil, &s); err != nil {
+				return nil, err
+			}
+			if s.Status == "idle" && s.ReadyInstances == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return nil, fmt.Errorf("service %s did not scale to zero (status %s)", svc.ID, s.Status)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		d, err := timeRequest(ctx, c, benchTarget{url: base + "/v1/chat/completions", key: key}, body, false)
+		if err != nil {
+			return nil, fmt.Errorf("cold request: %w", err)
+		}
+		out = append(out, d)
+	}
+	var deleted struct{}
+	if err := benchCall(ctx, c, "DELETE", base+"/api/v1/services/"+svc.ID, key, map[string]any{"confirm_name": "cold"}, &deleted); err != nil {
+		return nil, err
+	}
+	return out, waitDeleted(ctx, c, base, key, svc.ID)
 }
 
 func waitDeleted(ctx context.Context, c *http.Client, base, key, id string) error {
