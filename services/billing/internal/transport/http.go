@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"context"
 	"encoding/csv"
 	"fmt"
 	"log/slog"
@@ -8,7 +9,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/modelport/modelport/libs/auth"
+	kithttp "github.com/go-kit/kit/transport/http"
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/httpx"
 	"github.com/modelport/modelport/services/billing/internal/billing"
@@ -17,58 +18,53 @@ import (
 // DeadLetterLimit is how many dead letters the report lists at most.
 const DeadLetterLimit = 100
 
-// NewHandler returns the usage API behind bearer authentication:
+// NewHandler returns the usage API over HTTP, behind bearer
+// authentication:
 //
 //	GET /api/v1/usage?service_id=&from=&to=&group_by=   usage and cost, JSON
 //	GET /api/v1/usage/export.csv?(the same)               the same as CSV
 //	GET /api/v1/usage/deadletters                        rejected events (admins)
 func NewHandler(svc *billing.Service, dead *DeadLetters, keys httpx.Verifier, log *slog.Logger) http.Handler {
+	e := MakeEndpoints(svc, dead)
+	opts := []kithttp.ServerOption{
+		kithttp.ServerErrorEncoder(func(_ context.Context, err error, w http.ResponseWriter) { httpx.WriteError(w, err) }),
+		kithttp.ServerErrorHandler(logInternal{log}),
+	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /api/v1/usage", func(w http.ResponseWriter, r *http.Request) {
-		u, err := usage(svc, r)
-		if err != nil {
-			httpx.Fail(w, r, log, err)
-			return
-		}
-		httpx.WriteJSON(w, http.StatusOK, u)
-	})
-	mux.HandleFunc("GET /api/v1/usage/export.csv", func(w http.ResponseWriter, r *http.Request) {
-		u, err := usage(svc, r)
-		if err != nil {
-			httpx.Fail(w, r, log, err)
-			return
-		}
-		w.Header().Set("Content-Type", "text/csv; charset=utf-8")
-		w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="usage-%s-%s-%s.csv"`,
-			u.ServiceID, u.From.Format("20060102T15"), u.To.Format("20060102T15")))
-		if err := writeCSV(w, u); err != nil {
-			log.WarnContext(r.Context(), "write usage csv", "err", err)
-		}
-	})
-	mux.HandleFunc("GET /api/v1/usage/deadletters", func(w http.ResponseWriter, r *http.Request) {
-		k, _ := auth.FromContext(r.Context())
-		if !k.Admin {
-			httpx.Fail(w, r, log, errs.E(errs.Forbidden, "only admins may read dead letters"))
-			return
-		}
-		rep, err := dead.Report(r.Context(), Durables, DeadLetterLimit)
-		if err != nil {
-			httpx.Fail(w, r, log, err)
-			return
-		}
-		httpx.WriteJSON(w, http.StatusOK, rep)
-	})
+	mux.Handle("GET /api/v1/usage", kithttp.NewServer(e.Usage, decodeQuery, encodeJSON, opts...))
+	mux.Handle("GET /api/v1/usage/export.csv", kithttp.NewServer(e.Usage, decodeQuery, encodeCSV, opts...))
+	mux.Handle("GET /api/v1/usage/deadletters", kithttp.NewServer(e.DeadLetters, kithttp.NopRequestDecoder, encodeJSON, opts...))
 	return httpx.Authenticate(keys)(mux)
 }
 
-func usage(svc *billing.Service, r *http.Request) (billing.Usage, error) {
-	p := r.URL.Query()
-	q, err := billing.ParseQuery(p.Get("service_id"), p.Get("from"), p.Get("to"), p.Get("group_by"))
-	if err != nil {
-		return billing.Usage{}, err
+// logInternal logs the errors that are the platform's fault; the client's
+// own mistakes are in its answer.
+type logInternal struct{ log *slog.Logger }
+
+func (l logInternal) Handle(ctx context.Context, err error) {
+	if errs.KindOf(err) == errs.Internal || errs.KindOf(err) == errs.Unavailable {
+		l.log.ErrorContext(ctx, "usage API call failed", "err", err)
 	}
-	k, _ := auth.FromContext(r.Context())
-	return svc.Usage(r.Context(), k, q)
+}
+
+// decodeQuery reads a usage query from the URL.
+func decodeQuery(_ context.Context, r *http.Request) (any, error) {
+	p := r.URL.Query()
+	return billing.ParseQuery(p.Get("service_id"), p.Get("from"), p.Get("to"), p.Get("group_by"))
+}
+
+func encodeJSON(_ context.Context, w http.ResponseWriter, resp any) error {
+	httpx.WriteJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+// encodeCSV writes a usage answer as a CSV download.
+func encodeCSV(_ context.Context, w http.ResponseWriter, resp any) error {
+	u := resp.(billing.Usage)
+	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="usage-%s-%s-%s.csv"`,
+		u.ServiceID, u.From.Format("20060102T15"), u.To.Format("20060102T15")))
+	return writeCSV(w, u)
 }
 
 // csvHeader is the export's columns. Every row has a period: an hour or a
