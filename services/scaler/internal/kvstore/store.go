@@ -4,6 +4,7 @@ package kvstore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 
@@ -35,9 +36,33 @@ func New(services, workers, placements, instances, loads jetstream.KeyValue) *St
 	return &Store{services: services, workers: workers, placements: placements, instances: instances, loads: loads}
 }
 
-// Loads implements autoscale.Store: the routers' demand reports.
+// Loads implements autoscale.Store: the routers' demand reports, each
+// with ReportedAt taken from the NATS server's time of the write rather
+// than the router's clock, so a router whose clock is off cannot make its
+// reports look stale or fresh.
 func (s *Store) Loads(ctx context.Context) ([]state.Load, error) {
-	return state.List[state.Load](ctx, s.loads, ">")
+	w, err := s.loads.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, errs.Wrap(errs.Unavailable, err, "list load reports")
+	}
+	defer func() { _ = w.Stop() }()
+	var out []state.Load
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok || e == nil {
+				return out, nil
+			}
+			var l state.Load
+			if err := json.Unmarshal(e.Value(), &l); err != nil {
+				continue // a report that does not decode counts as none
+			}
+			l.ReportedAt = e.Created()
+			out = append(out, l)
+		}
+	}
 }
 
 // Service implements scale.Store.
