@@ -25,6 +25,9 @@ const tracerName = "github.com/modelport/modelport/libs/natsx"
 // dies (up to about 9s), and than a NATS restart.
 const PublishRetryWindow = 15 * time.Second
 
+// publishAttemptTimeout bounds one publish attempt's wait for its ack.
+const publishAttemptTimeout = 2 * time.Second
+
 // Connect dials NATS with reconnects that never give up, so a service rides
 // out a NATS restart, and returns the connection and its JetStream context.
 func Connect(url, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
@@ -100,8 +103,11 @@ func (p *Publisher) Publish(ctx context.Context, ev events.Event) error {
 			case <-time.After(min(time.Duration(attempt)*100*time.Millisecond, time.Second)):
 			}
 		}
-		// Each attempt ends with the window, so the window bounds the whole.
-		actx, cancel := context.WithDeadline(ctx, deadline.Add(time.Second))
+		// An attempt waits at most publishAttemptTimeout for its ack: during
+		// a leader election a publish may get no answer at all, and the
+		// next attempt reaches the new leader. The last one ends with the
+		// window, so the window bounds the whole.
+		actx, cancel := context.WithTimeout(ctx, min(publishAttemptTimeout, max(time.Until(deadline), 0)+time.Second))
 		_, lastErr = p.js.PublishMsg(actx, msg)
 		cancel()
 		if lastErr == nil {
