@@ -166,8 +166,12 @@ func TestStopKillsWhatIgnoresSIGTERM(t *testing.T) {
 	p := fast
 	p.StopGrace = 200 * time.Millisecond
 	// The ignored SIGTERM is inherited by the shell's children as well.
-	s, rec := start(t, sh("trap '' TERM; sleep 60 & sleep 60; wait", h), p, nil)
+	// The health check answers before the shell runs, so the test waits
+	// for the trap to be set before it stops the process.
+	trapped := filepath.Join(t.TempDir(), "trapped")
+	s, rec := start(t, sh("trap '' TERM; touch "+trapped+"; sleep 60 & sleep 60; wait", h), p, nil)
 	rec.waitFor(t, "ready", isState(supervisor.Ready))
+	eventually(t, "the trap set", func() bool { _, err := os.Stat(trapped); return err == nil })
 	pgid := s.Pgid()
 	begin := time.Now()
 	if err := s.Stop(context.Background()); err != nil {
@@ -183,8 +187,10 @@ func TestStopContextCutsGrace(t *testing.T) {
 	h := newHealth(t, http.StatusOK)
 	p := fast
 	p.StopGrace = time.Hour
-	s, rec := start(t, sh("trap '' TERM; sleep 60; wait", h), p, nil)
+	trapped := filepath.Join(t.TempDir(), "trapped")
+	s, rec := start(t, sh("trap '' TERM; touch "+trapped+"; sleep 60; wait", h), p, nil)
 	rec.waitFor(t, "ready", isState(supervisor.Ready))
+	eventually(t, "the trap set", func() bool { _, err := os.Stat(trapped); return err == nil })
 	pgid := s.Pgid()
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
