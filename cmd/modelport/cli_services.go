@@ -9,7 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math"
 	"net/http"
 	"net/url"
 	"os"
@@ -623,8 +622,9 @@ func cell(key string, v any) string {
 	case json.Number:
 		switch {
 		case strings.HasSuffix(key, "_micros"):
-			if f, err := v.Float64(); err == nil {
-				return strconv.FormatFloat(math.Round(f)/1e6, 'f', 6, 64)
+			// Money stays in integers: micro-units split at the decimal point.
+			if n, err := strconv.ParseUint(v.String(), 10, 64); err == nil {
+				return fmt.Sprintf("%d.%06d", n/1_000_000, n%1_000_000)
 			}
 		case strings.HasSuffix(key, "_seconds"):
 			if n, err := v.Int64(); err == nil {

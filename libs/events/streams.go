@@ -11,9 +11,12 @@ import (
 // Streams are the JetStream streams that hold the events, one per domain.
 // Every service ensures them at start, so any one can come up first.
 var Streams = []jetstream.StreamConfig{
-	{Name: "DEPLOY", Subjects: []string{"deploy.>"}, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute, MaxAge: 30 * 24 * time.Hour},
-	{Name: "SCALE", Subjects: []string{"scale.>"}, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute, MaxAge: 7 * 24 * time.Hour},
-	{Name: "WORKER", Subjects: []string{"worker.>"}, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute, MaxAge: 7 * 24 * time.Hour},
+	// Billing reads lifecycle events from DEPLOY, SCALE and WORKER too (for
+	// instance-hours and deletion times), so they wait as long as USAGE
+	// does through a ClickHouse outage.
+	{Name: "DEPLOY", Subjects: []string{"deploy.>"}, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute, MaxAge: 90 * 24 * time.Hour},
+	{Name: "SCALE", Subjects: []string{"scale.>"}, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute, MaxAge: 90 * 24 * time.Hour},
+	{Name: "WORKER", Subjects: []string{"worker.>"}, Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute, MaxAge: 90 * 24 * time.Hour},
 	// USAGE keeps events long enough to rebuild ClickHouse after an outage.
 	{Name: "USAGE", Subjects: []string{"usage.>"}, Storage: jetstream.FileStorage, Duplicates: 30 * time.Minute, MaxAge: 90 * 24 * time.Hour},
 	// DEADLETTER keeps the messages consumers rejected, for as long as USAGE.

@@ -115,12 +115,19 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 			return
 		}
 		log.Info("ClickHouse ready", "addr", cfg.ClickHouseAddr, "database", cfg.ClickHouseDB)
-		consumed, err := transport.Consume(runCtx, bus.JS, svc, dead, transport.BatchConfig{Size: cfg.BatchSize, MaxWait: cfg.BatchWait}, log)
-		if err != nil {
-			log.Error("billing consumers", "err", err)
-			return
+		for attempt := uint64(1); runCtx.Err() == nil; attempt++ {
+			consumed, err := transport.Consume(runCtx, bus.JS, svc, dead, transport.BatchConfig{Size: cfg.BatchSize, MaxWait: cfg.BatchWait}, log)
+			if err == nil {
+				<-consumed
+				return
+			}
+			wait := natsx.Backoff(attempt)
+			log.Error("billing consumers did not start; events wait in JetStream", "err", err, "retry_in", wait)
+			select {
+			case <-runCtx.Done():
+			case <-time.After(wait):
+			}
 		}
-		<-consumed
 	}()
 	return runner.Service{
 		Handler: transport.NewHandler(svc, dead, auth.NewKeyring(bus.KV(state.BucketAPIKeys)), log),

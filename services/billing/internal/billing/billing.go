@@ -165,8 +165,8 @@ func Check(ev events.RequestCompletedV1) error {
 		return errs.E(errs.Invalid, "usage event_id %q is not a lower-case UUID", ev.ID)
 	case ev.ServiceID == "":
 		return errs.E(errs.Invalid, "usage event %s without service_id", ev.ID)
-	case ev.OccurredAt.IsZero():
-		return errs.E(errs.Invalid, "usage event %s without occurred_at", ev.ID)
+	case !storable(ev.OccurredAt):
+		return errs.E(errs.Invalid, "usage event %s: occurred_at %s is missing or outside 1970-2105", ev.ID, ev.OccurredAt.Format(time.RFC3339))
 	case ev.Status < 100 || ev.Status > 599:
 		return errs.E(errs.Invalid, "usage event %s: status %d is not an HTTP status", ev.ID, ev.Status)
 	case ev.PromptTokens < 0 || ev.CompletionTokens < 0 || ev.TotalTokens < 0:
@@ -177,6 +177,13 @@ func Check(ev events.RequestCompletedV1) error {
 		return errs.E(errs.Invalid, "usage event %s: total_tokens %d is not prompt %d + completion %d", ev.ID, ev.TotalTokens, ev.PromptTokens, ev.CompletionTokens)
 	}
 	return nil
+}
+
+// storable reports whether ClickHouse's DateTime holds t: seconds since
+// 1970 in 32 unsigned bits, so up to 2106. Anything else would wrap into
+// another hour and escape the duplicate check on its event ID.
+func storable(t time.Time) bool {
+	return !t.Before(time.Unix(0, 0)) && t.Before(time.Date(2106, 1, 1, 0, 0, 0, 0, time.UTC))
 }
 
 // maxTokens bounds one request's token counts: ClickHouse stores them as
@@ -192,8 +199,8 @@ func CheckInstanceEvent(ev InstanceEvent) error {
 		return errs.E(errs.Invalid, "instance event %s: unknown kind %q", ev.EventID, ev.Kind)
 	case ev.InstanceID == "" || ev.ServiceID == "":
 		return errs.E(errs.Invalid, "instance event %s without instance_id or service_id", ev.EventID)
-	case ev.At.IsZero():
-		return errs.E(errs.Invalid, "instance event %s without occurred_at", ev.EventID)
+	case !storable(ev.At):
+		return errs.E(errs.Invalid, "instance event %s: occurred_at %s is missing or outside 1970-2105", ev.EventID, ev.At.Format(time.RFC3339))
 	}
 	return nil
 }
@@ -207,8 +214,8 @@ func CheckServiceEvent(ev ServiceEvent) error {
 		return errs.E(errs.Invalid, "service event %s: unknown kind %q", ev.EventID, ev.Kind)
 	case ev.ServiceID == "":
 		return errs.E(errs.Invalid, "service event %s without service_id", ev.EventID)
-	case ev.At.IsZero():
-		return errs.E(errs.Invalid, "service event %s without occurred_at", ev.EventID)
+	case !storable(ev.At):
+		return errs.E(errs.Invalid, "service event %s: occurred_at %s is missing or outside 1970-2105", ev.EventID, ev.At.Format(time.RFC3339))
 	case ev.Kind == ServiceCreated && ev.BillingMethod != state.BillingPerToken && ev.BillingMethod != state.BillingPerInstanceHour:
 		return errs.E(errs.Invalid, "service event %s: unknown billing_method %q", ev.EventID, ev.BillingMethod)
 	}

@@ -55,6 +55,16 @@ func TestCheck(t *testing.T) {
 			e.OccurredAt = time.Time{}
 			return e
 		}},
+		{name: "occurred_at past what ClickHouse stores", wantErr: true, ev: func() events.RequestCompletedV1 {
+			e := usage(10, 5, 15)
+			e.OccurredAt = time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)
+			return e
+		}},
+		{name: "occurred_at before 1970", wantErr: true, ev: func() events.RequestCompletedV1 {
+			e := usage(10, 5, 15)
+			e.OccurredAt = time.Date(1969, 12, 31, 23, 0, 0, 0, time.UTC)
+			return e
+		}},
 		{name: "status out of range", wantErr: true, ev: func() events.RequestCompletedV1 {
 			e := usage(10, 5, 15)
 			e.Status = 0

@@ -3,6 +3,7 @@ package billing
 import (
 	"cmp"
 	"context"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -115,6 +116,10 @@ func (r *Row) add(requests, prompt, completion, seconds, cost uint64) {
 	r.CostMicros += cost
 }
 
+// serviceIDPattern is what a service ID can be: a key of the services
+// bucket, with no character NATS would read as a separator or wildcard.
+var serviceIDPattern = regexp.MustCompile(`^[A-Za-z0-9_=-]{1,128}$`)
+
 // Usage returns the usage of a service the caller owns (admins: any).
 // Another owner's service is NotFound, so IDs do not leak.
 //
@@ -127,15 +132,21 @@ func (s *Service) Usage(ctx context.Context, caller auth.Key, q Query) (Usage, e
 	if q.ServiceID == "" {
 		return Usage{}, errs.InvalidParam("service_id", "service_id is required")
 	}
-	if strings.ContainsAny(q.ServiceID, ".*> ") {
-		return Usage{}, errs.E(errs.NotFound, "service %q not found", q.ServiceID)
+	// One answer for a malformed ID, a missing service and another
+	// owner's, so IDs do not leak.
+	notFound := errs.E(errs.NotFound, "service %q not found", q.ServiceID)
+	if !serviceIDPattern.MatchString(q.ServiceID) {
+		return Usage{}, notFound
 	}
 	svc, err := s.services.Service(ctx, q.ServiceID)
+	if errs.KindOf(err) == errs.NotFound {
+		return Usage{}, notFound
+	}
 	if err != nil {
 		return Usage{}, err
 	}
 	if !caller.Reaches(svc.OwnerID, svc.ID) {
-		return Usage{}, errs.E(errs.NotFound, "service %s not found", q.ServiceID)
+		return Usage{}, notFound
 	}
 
 	now := s.now().UTC().Truncate(time.Second)
@@ -231,6 +242,10 @@ func (s *Service) Usage(ctx context.Context, caller auth.Key, q Query) (Usage, e
 		case GroupDay:
 			day := hour.Truncate(24 * time.Hour)
 			row(day.Format(time.RFC3339), day).add(0, 0, 0, secs, cost)
+		case GroupAPIKey:
+			// Instance time belongs to no key: one row with an empty
+			// api_key_id, so the rows still add up to the totals.
+			row("", time.Time{}).add(0, 0, 0, secs, cost)
 		}
 	}
 	u.Requests, u.PromptTokens, u.CompletionTokens, u.TotalTokens = total.Requests, total.PromptTokens, total.CompletionTokens, total.TotalTokens

@@ -193,7 +193,7 @@ func TestUsagePerToken(t *testing.T) {
 	}
 
 	t.Run("rows add up to the totals", func(t *testing.T) {
-		for _, g := range []string{billing.GroupHour, billing.GroupDay} {
+		for _, g := range []string{billing.GroupHour, billing.GroupDay, billing.GroupAPIKey} {
 			u, err := svc.Usage(context.Background(), admin, billing.Query{ServiceID: "s1", GroupBy: g})
 			if err != nil {
 				t.Fatal(err)
@@ -279,6 +279,14 @@ func TestUsagePerInstanceHour(t *testing.T) {
 			}
 			if got, want := sumRows(byHour.Data), totalsRow(u); got != want {
 				t.Errorf("hour rows sum to %+v, totals %+v", got, want)
+			}
+			// By key too: instance time is a row of its own, without a key.
+			byKey, err := svc.Usage(context.Background(), alice, billing.Query{ServiceID: "s1", From: tc.q.From, To: tc.q.To, GroupBy: billing.GroupAPIKey})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := sumRows(byKey.Data), totalsRow(u); got != want {
+				t.Errorf("key rows sum to %+v, totals %+v", got, want)
 			}
 		})
 	}

@@ -222,10 +222,18 @@ func Consume(ctx context.Context, js jetstream.JetStream, svc *billing.Service, 
 			decode:  decodeService, store: svc.RecordServices, dead: dead, cfg: small, log: log,
 		},
 	}
+	// All or none: when one cannot start, those already started are
+	// stopped (finishing the batch in hand) before the error returns, so
+	// the caller can simply try again.
+	ctx, cancel := context.WithCancel(ctx)
 	var dones []<-chan struct{}
 	for _, c := range consumers {
 		d, err := c.start(ctx, js)
 		if err != nil {
+			cancel()
+			for _, d := range dones {
+				<-d
+			}
 			return nil, err
 		}
 		dones = append(dones, d)
@@ -233,6 +241,7 @@ func Consume(ctx context.Context, js jetstream.JetStream, svc *billing.Service, 
 	all := make(chan struct{})
 	go func() {
 		defer close(all)
+		defer cancel()
 		for _, d := range dones {
 			<-d
 		}

@@ -107,16 +107,21 @@ func (l *Live) watch(w http.ResponseWriter, r *http.Request, h *handler) {
 	hdr.Set("X-Accel-Buffering", "no") // proxies must not buffer the stream
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
+	// A client that stops reading must not hold this goroutine and its
+	// watcher: every write has a deadline.
+	deadline := func() { _ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout)) }
 	send := func(event string, v any) bool {
 		b, err := json.Marshal(v)
 		if err != nil {
 			return false
 		}
+		deadline()
 		if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b); err != nil {
 			return false
 		}
 		return rc.Flush() == nil
 	}
+	deadline()
 	if _, err := io.WriteString(w, "retry: 2000\n\n"); err != nil || rc.Flush() != nil {
 		return
 	}
@@ -139,6 +144,7 @@ func (l *Live) watch(w http.ResponseWriter, r *http.Request, h *handler) {
 		case <-end.C:
 			return
 		case <-beat.C:
+			deadline()
 			if _, err := io.WriteString(w, ": heartbeat\n\n"); err != nil || rc.Flush() != nil {
 				return
 			}
@@ -202,6 +208,9 @@ func (l *Live) watch(w http.ResponseWriter, r *http.Request, h *handler) {
 		}
 	}
 }
+
+// watchWriteTimeout bounds each write to a watch stream.
+const watchWriteTimeout = 30 * time.Second
 
 // Event limits.
 const (

@@ -66,7 +66,7 @@ func FuzzChatRequest(f *testing.F) {
 	} {
 		f.Add([]byte(seed))
 	}
-	g := &Gateway{Images: fuzzFetcher{}, MaxImageBytes: fuzzMaxImage}
+	g := &Gateway{Images: fuzzFetcher{}, MaxImageBytes: fuzzMaxImage, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		p, err := parseChat(body, fuzzMaxImage)
 		if err != nil {

@@ -61,6 +61,11 @@ type Gateway struct {
 	Images ImageFetcher
 	// MaxImageBytes bounds each image of a chat request, inline or fetched.
 	MaxImageBytes int64
+	// MaxFetchedBytes bounds the images fetched for one request together,
+	// as the body limit bounds inline ones; 0 means MaxImageBytes.
+	MaxFetchedBytes int64
+	// fetchSlots bounds the image fetches in flight across requests.
+	fetchSlots chan struct{}
 	// ImageFetchTimeout bounds fetching all the image URLs of one request.
 	ImageFetchTimeout time.Duration
 	// Observer, when set, is told of every answered request and every
@@ -104,7 +109,8 @@ type Limiter interface {
 func New(table *routing.Table, demand *routing.Demand, engine Engine, pub Publisher, log *slog.Logger) *Gateway {
 	return &Gateway{table: table, demand: demand, engine: engine, pub: pub, log: log,
 		ReadyWait: 10 * time.Second, ColdStartWait: 2 * time.Minute, FailCooldown: 5 * time.Second,
-		MaxImageBytes: DefaultMaxImageBytes, ImageFetchTimeout: 10 * time.Second}
+		MaxImageBytes: DefaultMaxImageBytes, ImageFetchTimeout: 10 * time.Second,
+		fetchSlots: make(chan struct{}, maxConcurrentFetches)}
 }
 
 // admit applies the rate limits to a call to svc.

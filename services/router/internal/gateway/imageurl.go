@@ -61,21 +61,50 @@ func (g *Gateway) inlineImages(ctx context.Context, body []byte, p *chatParams) 
 		fetchCtx, cancel = context.WithTimeout(ctx, g.ImageFetchTimeout)
 		defer cancel()
 	}
+	budget := g.MaxFetchedBytes
+	if budget <= 0 {
+		budget = g.MaxImageBytes
+	}
 	urls := map[imageRef]string{}
 	for _, r := range remote {
-		mediaType, data, err := g.Images.Fetch(fetchCtx, p.parts[r.i][r.j].ImageURL.URL, g.MaxImageBytes)
+		if budget <= 0 {
+			return nil, errs.InvalidParam(r.param(), "the images fetched for one request may total at most %d bytes; send this one inline", g.MaxFetchedBytes)
+		}
+		mediaType, data, err := g.fetchImage(fetchCtx, p.parts[r.i][r.j].ImageURL.URL, min(g.MaxImageBytes, budget))
 		if ctx.Err() != nil {
 			return nil, ctx.Err() // the client went away
 		}
 		if err != nil {
 			if e, ok := errs.As(err); ok && e.Kind == errs.Invalid {
+				// The client reads the message; the cause (which address,
+				// why) is for the operator.
+				g.log.InfoContext(ctx, "image URL refused", "param", r.param(), "err", err)
 				return nil, errs.InvalidParam(r.param(), "%s", e.Msg)
 			}
 			return nil, err
 		}
+		budget -= int64(len(data))
 		urls[r] = "data:" + mediaType + ";base64," + base64.StdEncoding.EncodeToString(data)
 	}
 	return replaceImageURLs(body, urls)
+}
+
+// maxConcurrentFetches bounds the image fetches in flight at once across
+// all requests, so many small requests cannot make the router hold many
+// large images together.
+const maxConcurrentFetches = 16
+
+// fetchImage fetches one image once a fetch slot is free.
+func (g *Gateway) fetchImage(ctx context.Context, url string, limit int64) (string, []byte, error) {
+	if g.fetchSlots != nil {
+		select {
+		case g.fetchSlots <- struct{}{}:
+			defer func() { <-g.fetchSlots }()
+		case <-ctx.Done():
+			return "", nil, errs.E(errs.Invalid, "fetching the image took too long: the router is busy fetching other images")
+		}
+	}
+	return g.Images.Fetch(ctx, url, limit)
 }
 
 // replaceImageURLs returns body with image_url.url of the parts in urls

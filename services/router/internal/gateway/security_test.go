@@ -183,6 +183,18 @@ func TestImageURLsAreInlined(t *testing.T) {
 			t.Errorf("the rest of the request changed: %s", f.eng.calls[0].body)
 		}
 	})
+	t.Run("the images of one request share one budget", func(t *testing.T) {
+		f := newVisionFixture()
+		f.g.Images = &fakeFetcher{images: images}
+		f.g.MaxFetchedBytes = 10 // PNGDATA (7 bytes) fits, then only 3 are left for JPEGDATA (8)
+		body := []byte(`{"model":"` + aliceVision.AccessName + `","messages":[{"role":"user","content":[` +
+			imagePart("https://img.example/cat.png") + `,` + imagePart("HTTP://img.example/dog.jpg") + `]}]}`)
+		_, err := complete(f.g, context.Background(), alice, "req-1", body)
+		checkErr(t, err, errs.Invalid, "messages[0].content[1].image_url.url")
+		if n := len(f.eng.calls); n != 0 {
+			t.Errorf("the engine got %d requests, want none", n)
+		}
+	})
 	t.Run("a stream is inlined too", func(t *testing.T) {
 		f := newVisionFixture()
 		f.g.Images = &fakeFetcher{images: images}

@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net"
@@ -193,9 +194,15 @@ func (f *ImageFetcher) publicOnly(ap netip.AddrPort) error {
 	return nil
 }
 
-// refusal is the error for an address that is not public.
+// errNotPublic is the answer for a host that is not public or does not
+// resolve: one message for both, and no address in it, so requests cannot
+// map internal names.
+var errNotPublic = errs.E(errs.Invalid, "the image URL's host is not a public address that resolves; only public addresses are fetched")
+
+// refusal is the error for an address that is not public; which address
+// and why is for the log, not the client.
 func refusal(addr, class string) error {
-	return errs.E(errs.Invalid, "the image URL's host resolves to %s, a %s address; only public addresses are fetched", addr, class)
+	return &errs.Error{Kind: errs.Invalid, Msg: errNotPublic.Error(), Err: fmt.Errorf("%s, a %s address", addr, class)}
 }
 
 // fetchError turns a failed request into an error for the client.
@@ -211,9 +218,10 @@ func (f *ImageFetcher) fetchError(ctx context.Context, err error) error {
 	case ctx.Err() != nil:
 		return ctx.Err()
 	case errors.As(err, &dnsErr):
-		return errs.E(errs.Invalid, "the image URL's host %s could not be resolved", dnsErr.Name)
+		return &errs.Error{Kind: errs.Invalid, Msg: errNotPublic.Error(), Err: fmt.Errorf("%s could not be resolved: %w", dnsErr.Name, dnsErr)}
 	default:
-		return errs.E(errs.Invalid, "the image could not be fetched: %v", stripURL(err))
+		// The cause (refused, reset) may name the address: for the log.
+		return &errs.Error{Kind: errs.Invalid, Msg: "the image could not be fetched", Err: stripURL(err)}
 	}
 }
 
