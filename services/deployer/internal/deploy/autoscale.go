@@ -107,39 +107,30 @@ func (m *Manager) SetAutoscale(ctx context.Context, caller auth.Key, id string, 
 func (m *Manager) ApplyAutoscale(ctx context.Context, ev events.ServiceAutoscaledV1, log *slog.Logger) error {
 	m.lifecycle.Lock()
 	defer m.lifecycle.Unlock()
-	for attempt := 0; attempt < maxAttempts; attempt++ {
-		s, rev, err := m.store.Get(ctx, ev.ServiceID)
-		if errs.KindOf(err) == errs.NotFound {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
+	applied, owner := -1, ""
+	err := m.amend(ctx, ev.ServiceID, func(s *state.Service) bool {
 		p := s.Autoscale
 		switch {
 		case p == nil, s.Status == state.StatusDeleting, s.Status == state.StatusDeleted, s.Status == state.StatusFailed:
 			log.InfoContext(ctx, "autoscaling decision dropped: service not autoscaled now", "service_id", s.ID, "status", s.Status)
-			return nil
+			return false
 		case s.Instances != ev.From:
 			log.InfoContext(ctx, "autoscaling decision dropped: made from another count", "service_id", s.ID, "from", ev.From, "now", s.Instances)
-			return nil
+			return false
 		}
 		to := min(max(ev.To, p.MinInstances), p.MaxInstances, MaxInstances)
 		if to == s.Instances {
-			return nil
+			return false
 		}
-		s.Instances, s.Status, s.UpdatedAt = to, scaledStatus(to, s.ReadyInstances), m.now()
-		err = m.store.Update(ctx, s, rev)
-		if errs.KindOf(err) == errs.Conflict {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		scaled := events.ServiceScaledV1{Meta: events.NewMeta(), ServiceID: s.ID, OwnerID: s.OwnerID, From: ev.From, To: to, Reason: "autoscaler: " + ev.Reason}
-		return m.pub.Publish(ctx, scaled)
+		s.Instances, s.Status = to, scaledStatus(to, s.ReadyInstances)
+		applied, owner = to, s.OwnerID
+		return true
+	})
+	if err != nil || applied < 0 {
+		return err
 	}
-	return errs.E(errs.Unavailable, "service %s is changing too often", ev.ServiceID)
+	scaled := events.ServiceScaledV1{Meta: events.NewMeta(), ServiceID: ev.ServiceID, OwnerID: owner, From: ev.From, To: applied, Reason: "autoscaler: " + ev.Reason}
+	return m.pub.Publish(ctx, scaled)
 }
 
 // scaledStatus is the status of a service whose desired count became n
