@@ -252,6 +252,16 @@ func TestFaultNATSRestart(t *testing.T) {
 	killedAt := time.Now()
 	time.Sleep(2 * time.Second)
 	nd.start(t, server)
+	// Cleanups run last-registered first: the restarted server's would
+	// stop NATS before the services, which would then spend their stop
+	// budget retrying publishes. Stop the services first.
+	t.Cleanup(func() {
+		for name, p := range c.procs {
+			if err := p.stop(20 * time.Second); err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+		}
+	})
 	eventually(t, 60*time.Second, "requests answered again after the restart", func() error {
 		if time.Unix(0, lastOK.Load()).Before(killedAt.Add(2 * time.Second)) {
 			return fmt.Errorf("no request answered since the restart")
