@@ -28,7 +28,7 @@ func parseGGUF(path string) (*gguf.GGUFFile, error) {
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 			return nil, errs.E(errs.Invalid, "%s is not a whole GGUF file: its header ends early (a copy cut short?)", path)
 		}
-		return nil, errs.E(errs.Invalid, "%s is not a valid GGUF file: %v", path, err)
+		return nil, errs.E(errs.Invalid, "%s is not a valid GGUF file: %v (a copy cut short, or a file not written as GGUF?)", path, err)
 	}
 	return f, nil
 }
