@@ -174,6 +174,9 @@ func (r *Registry) base(ctx context.Context, req Request, m *Model) error {
 	if m.Engine, err = engineFor(req.Engine, src, m.Format); err != nil {
 		return errs.InvalidParam("engine", "%v", err)
 	}
+	if err := runnable(src, m.Engine); err != nil {
+		return errs.InvalidParam("source", "%v", err)
+	}
 	m.GPUs = defaultGPUs(m.Format, m.Engine)
 	if req.GPUs != nil {
 		m.GPUs = *req.GPUs
@@ -206,6 +209,9 @@ func (r *Registry) fineTune(ctx context.Context, caller auth.Key, req Request, m
 	}
 	src, err := catalog.ParseSource(req.Adapter)
 	if err != nil {
+		return errs.InvalidParam("adapter", "%v", err)
+	}
+	if err := runnable(src, base.Engine); err != nil {
 		return errs.InvalidParam("adapter", "%v", err)
 	}
 	m.Base, m.Adapter = base.Name, src.String()

@@ -121,3 +121,17 @@ func defaultGPUs(format, engine string) int {
 	}
 	return 1
 }
+
+// runnable checks that the workers can hand src to engine: a Hugging Face
+// revision or single file has no form the engines take yet, so a model
+// that needs one is refused now rather than failing on every worker. The
+// simulator reads no weights and runs anything.
+func runnable(src catalog.Source, engine string) error {
+	if engine == "simulator" {
+		return nil
+	}
+	if _, err := src.EngineSource(); err != nil {
+		return fmt.Errorf("%w (engine %s)", err, engine)
+	}
+	return nil
+}
