@@ -40,15 +40,16 @@ type Config struct {
 	TimeToFirstToken  time.Duration // MODELPORT_SIM_TTFT: the simulator's time to first token
 	InterTokenLatency time.Duration // MODELPORT_SIM_ITL: the simulator's time per further token
 	GPUs              int           // MODELPORT_WORKER_GPUS; default: the GPUs nvidia-smi lists, else 0
+	Engines           []string      // MODELPORT_WORKER_ENGINES: real engines this worker may run, e.g. "vllm,llama.cpp"
+	CatalogFile       string        // MODELPORT_CATALOG: a catalog file replacing the built-in one
+
 	// Memory is what the worker's instances may use in all
 	// (MODELPORT_WORKER_MEMORY, bytes or a size such as 48GiB); default:
 	// the machine's memory. GPUMemory is each GPU's
 	// (MODELPORT_WORKER_GPU_MEMORY); default: the smallest nvidia-smi
 	// lists. Heartbeats advertise both; the scaler places by them.
-	Memory      int64
-	GPUMemory   int64
-	Engines     []string // MODELPORT_WORKER_ENGINES: real engines this worker may run, e.g. "vllm,llama.cpp"
-	CatalogFile string   // MODELPORT_CATALOG: a catalog file replacing the built-in one
+	Memory    int64
+	GPUMemory int64
 }
 
 // ConfigFromEnv reads Config.
@@ -150,41 +151,6 @@ func specs(cat *catalog.Catalog, cfg Config) worker.SpecFunc {
 	}
 }
 
-// modelSpecs completes the spec of a placement that carries its model. A
-// catalog model still comes from this worker's catalog, whose paths are
-// this machine's; a registered one needs no catalog: its source URI
-// becomes what the engine takes (a path, a repository ID, an Ollama tag).
-func modelSpecs(cat *catalog.Catalog, cfg Config) worker.ModelFunc {
-	fromCatalog := specs(cat, cfg)
-	return func(spec engine.Spec, m events.ModelSpec) (engine.Spec, error) {
-		if m.Owner == "catalog" {
-			return fromCatalog(spec)
-		}
-		src, err := engineSource(m.Source)
-		if err != nil {
-			return spec, errs.E(errs.Invalid, "model %s: %v", m.Name, err)
-		}
-		spec.Source, spec.ContextLength, spec.GPUs = src, m.ContextLength, m.GPUs
-		if m.Adapter != "" {
-			a, err := engineSource(m.Adapter)
-			if err != nil {
-				return spec, errs.E(errs.Invalid, "model %s: adapter: %v", m.Name, err)
-			}
-			spec.Adapter = engine.LoRA{Name: spec.ServedName, Path: a}
-		}
-		return runsOn(spec, m.Engine, cfg), nil
-	}
-}
-
-// engineSource turns a source URI into what the engine adapters take.
-func engineSource(uri string) (string, error) {
-	src, err := catalog.ParseSource(uri)
-	if err != nil {
-		return "", err
-	}
-	return src.EngineSource()
-}
-
 // runsOn sets the engine: the model's where this worker may run it and
 // has the GPUs, else the simulator, which then says so in every answer
 // and in the instance's engine.
@@ -194,79 +160,6 @@ func runsOn(spec engine.Spec, eng string, cfg Config) engine.Spec {
 		spec.Engine, spec.GPUs = "simulator", 0
 	}
 	return spec
-}
-
-// sizeSetting reads a size in bytes: a whole number, or one with a unit
-// (KiB, MiB, GiB, TiB, or KB, MB, GB, TB in powers of ten). Unset, it is
-// what def finds, 0 when def finds nothing.
-func sizeSetting(getenv config.Getenv, name string, def func() int64) (int64, error) {
-	v := strings.TrimSpace(getenv(name))
-	if v == "" {
-		return def(), nil
-	}
-	n, err := parseSize(v)
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", name, err)
-	}
-	return n, nil
-}
-
-var sizeUnits = []struct {
-	suffix string
-	mult   int64
-}{
-	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
-	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1},
-}
-
-func parseSize(v string) (int64, error) {
-	num, mult := v, int64(1)
-	for _, u := range sizeUnits {
-		if n, ok := strings.CutSuffix(v, u.suffix); ok {
-			num, mult = strings.TrimSpace(n), u.mult
-			break
-		}
-	}
-	f, err := strconv.ParseFloat(num, 64)
-	if err != nil || f < 0 || f*float64(mult) > 1<<62 {
-		return 0, fmt.Errorf("%q is not a size such as 64GiB or 68719476736", v)
-	}
-	return int64(f * float64(mult)), nil
-}
-
-// machineMemory is the machine's memory as Linux counts it; 0 elsewhere.
-func machineMemory() int64 {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
-			f := strings.Fields(rest)
-			if len(f) == 2 && f[1] == "kB" {
-				if kb, err := strconv.ParseInt(f[0], 10, 64); err == nil {
-					return kb << 10
-				}
-			}
-		}
-	}
-	return 0
-}
-
-// gpuMemory asks nvidia-smi for the smallest GPU's memory; 0 without it.
-func gpuMemory() int64 {
-	out, err := exec.Command("nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits").Output()
-	if err != nil {
-		return 0
-	}
-	var least int64
-	for _, line := range strings.Fields(string(out)) {
-		mib, err := strconv.ParseInt(line, 10, 64)
-		if err == nil && mib > 0 && (least == 0 || mib<<20 < least) {
-			least = mib << 20
-		}
-	}
-	return least
 }
 
 // workerIDPattern keeps worker IDs usable as key-value keys and as the
