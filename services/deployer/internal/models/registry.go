@@ -131,7 +131,7 @@ func (r *Registry) check(ctx context.Context, caller auth.Key, owner string, req
 	}
 	if m.DisplayName == "" {
 		m.DisplayName = m.Name
-		if m.Inspection != nil && m.Inspection.ModelName != "" {
+		if !m.FineTuned() && m.Inspection != nil && m.Inspection.ModelName != "" {
 			m.DisplayName = m.Inspection.ModelName
 		}
 	}
