@@ -88,8 +88,9 @@ func (m Model) Spec() events.ModelSpec {
 
 // Inspection is what a model's files say, read before anything runs.
 type Inspection struct {
-	// Format is gguf or safetensors.
-	Format string `json:"format"`
+	// Format is gguf or safetensors; empty when only a fine-tuned model's
+	// adapter was read.
+	Format string `json:"format,omitempty"`
 	// Architecture is the model's architecture as its files name it, such
 	// as llama (GGUF) or LlamaForCausalLM (config.json).
 	Architecture string `json:"architecture,omitempty"`

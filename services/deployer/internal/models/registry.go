@@ -149,23 +149,11 @@ func (r *Registry) base(ctx context.Context, req Request, m *Model) error {
 	m.Source = src.String()
 	m.Format = src.Format()
 	if src.Local() {
-		if r.inspect == nil {
-			return errs.InvalidParam("source", "this deployer has no model store to read %s from: register the model by another source, or ask the operator to set MODELPORT_MODEL_DIRS", src)
-		}
-		asked := req.ContextLength
-		insp, err := r.inspect.Inspect(ctx, src.Path, func(trained int) int {
-			if asked > 0 {
-				return asked
-			}
-			if trained > 0 {
-				return min(trained, defaultContextCap)
-			}
-			return defaultContextCap
-		})
+		insp, err := r.inspectWeights(ctx, src, req.ContextLength)
 		if err != nil {
-			return withParam(err, "source")
+			return err
 		}
-		m.Inspection = &insp
+		m.Inspection = insp
 		m.Format = insp.Format
 		if m.ContextLength == 0 {
 			m.ContextLength = insp.EstimatedContext
@@ -182,6 +170,28 @@ func (r *Registry) base(ctx context.Context, req Request, m *Model) error {
 		m.GPUs = *req.GPUs
 	}
 	return nil
+}
+
+// inspectWeights reads a model's files on the model store and estimates
+// an instance's memory at the context length asked for, else the trained
+// one up to defaultContextCap.
+func (r *Registry) inspectWeights(ctx context.Context, src catalog.Source, asked int) (*Inspection, error) {
+	if r.inspect == nil {
+		return nil, errs.InvalidParam("source", "this deployer has no model store to read %s from: register the model by another source, or ask the operator to set MODELPORT_MODEL_DIRS", src)
+	}
+	insp, err := r.inspect.Inspect(ctx, src.Path, func(trained int) int {
+		if asked > 0 {
+			return asked
+		}
+		if trained > 0 {
+			return min(trained, defaultContextCap)
+		}
+		return defaultContextCap
+	})
+	if err != nil {
+		return nil, withParam(err, "source")
+	}
+	return &insp, nil
 }
 
 // fineTune fills in a fine-tuned model: its base's weights, engine and
@@ -233,9 +243,13 @@ func (r *Registry) fineTune(ctx context.Context, caller auth.Key, req Request, m
 			return errs.InvalidParam("tasks", "base model %s does not serve %s (it serves %s)", base.Name, t, strings.Join(base.Tasks, ", "))
 		}
 	}
-	if base.Inspection != nil {
-		insp := *base.Inspection
-		m.Inspection = &insp
+	// The base's files again, for an estimate at this model's context.
+	if b, err := catalog.ParseSource(base.Source); err == nil && b.Local() && base.Inspection != nil {
+		insp, err := r.inspectWeights(ctx, b, m.ContextLength)
+		if err != nil {
+			return withParam(err, "base")
+		}
+		m.Inspection = insp
 	}
 	if src.Local() {
 		if r.inspect == nil {
@@ -250,33 +264,27 @@ func (r *Registry) fineTune(ctx context.Context, caller auth.Key, req Request, m
 		}
 		m.Inspection.Adapter = &a
 	}
-	if req.MemoryGiB == 0 {
-		// The base's need, plus the adapter's weights where known.
-		m.MemoryBytes, m.GPUMemoryBytes = base.MemoryBytes, base.GPUMemoryBytes
-	}
 	return nil
 }
 
 // placeBy sets what the scaler reserves for an instance: memory_gib where
-// given, else the inspection's estimate for where the model runs, plus a
-// fine-tuned model's adapter.
+// given, else the estimate from the files for where the model runs, plus
+// a fine-tuned model's adapter; nothing when neither is known.
 func (r *Registry) placeBy(m *Model) {
 	if m.MemoryGiB > 0 {
 		m.MemoryBytes, m.GPUMemoryBytes = need(m.GPUs, int64(m.MemoryGiB)*GiB)
 		return
 	}
-	if m.Inspection == nil || m.Inspection.Format == "" {
-		if m.Inspection != nil && m.Inspection.Adapter != nil && m.MemoryBytes+m.GPUMemoryBytes > 0 {
-			m.MemoryBytes, m.GPUMemoryBytes = need(m.GPUs, m.MemoryBytes+m.GPUMemoryBytes+m.Inspection.Adapter.TensorBytes)
-		}
+	insp := m.Inspection
+	if insp == nil || insp.Format == "" {
 		return
 	}
-	bytes := m.Inspection.MemoryBytes
+	bytes := insp.MemoryBytes
 	if m.GPUs > 0 {
-		bytes = m.Inspection.GPUMemoryBytes
+		bytes = insp.GPUMemoryBytes
 	}
-	if a := m.Inspection.Adapter; a != nil {
-		bytes += a.TensorBytes
+	if insp.Adapter != nil {
+		bytes += insp.Adapter.TensorBytes
 	}
 	m.MemoryBytes, m.GPUMemoryBytes = need(m.GPUs, bytes)
 }

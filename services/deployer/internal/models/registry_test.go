@@ -315,6 +315,16 @@ func TestFineTune(t *testing.T) {
 		ContextLength: 1024, GPUs: 0, MemoryBytes: 38 << 20, Adapter: "file:///models/lora.gguf"}) {
 		t.Errorf("spec %+v", spec)
 	}
+	// The base's files are read again for the fine-tune's own context.
+	if got := e.inspect.asked[len(e.inspect.asked)-1]; got != 1024 {
+		t.Errorf("fine-tune estimated at %d tokens, want its base's 1024", got)
+	}
+	if _, err := e.reg.Register(ctx, alice, models.Request{Name: "tiny-long", Base: "tiny", Adapter: "file:///models/lora.gguf", ContextLength: 2048}); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.inspect.asked[len(e.inspect.asked)-1]; got != 2048 {
+		t.Errorf("fine-tune estimated at %d tokens, want its own 2048", got)
+	}
 	// On a catalog model, with an adapter that is not inspected.
 	cat, err := e.reg.Register(ctx, alice, models.Request{Name: "qwen-legal", Base: "qwen2.5-7b-instruct", Adapter: "hf://acme/qwen-legal-lora"})
 	if err != nil {
