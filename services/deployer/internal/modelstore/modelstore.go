@@ -18,16 +18,22 @@ import (
 )
 
 // Inspector reads models under its folders, and nowhere else. It is safe
-// for concurrent use.
+// for concurrent use; it reads at most maxReads models at once, so that
+// many registrations together cannot take the deployer's memory (a
+// safetensors header may hold tens of megabytes).
 type Inspector struct {
-	dirs []string
+	dirs  []string
+	reads chan struct{}
 }
+
+// maxReads bounds the inspections that run at once.
+const maxReads = 2
 
 var _ models.Inspector = (*Inspector)(nil)
 
 // New returns an Inspector for models under dirs, which must be absolute.
 func New(dirs []string) (*Inspector, error) {
-	in := &Inspector{}
+	in := &Inspector{reads: make(chan struct{}, maxReads)}
 	for _, d := range dirs {
 		if !filepath.IsAbs(d) {
 			return nil, fmt.Errorf("model store folder %q is not an absolute path", d)
@@ -42,6 +48,11 @@ func (in *Inspector) Dirs() []string { return append([]string(nil), in.dirs...) 
 
 // Inspect implements models.Inspector.
 func (in *Inspector) Inspect(ctx context.Context, path string, contextLength func(trained int) int) (models.Inspection, error) {
+	release, err := in.acquire(ctx)
+	if err != nil {
+		return models.Inspection{}, err
+	}
+	defer release()
 	p, fi, err := in.resolve(path)
 	if err != nil {
 		return models.Inspection{}, err
@@ -54,6 +65,11 @@ func (in *Inspector) Inspect(ctx context.Context, path string, contextLength fun
 
 // InspectAdapter implements models.Inspector.
 func (in *Inspector) InspectAdapter(ctx context.Context, path string) (models.Inspection, error) {
+	release, err := in.acquire(ctx)
+	if err != nil {
+		return models.Inspection{}, err
+	}
+	defer release()
 	p, fi, err := in.resolve(path)
 	if err != nil {
 		return models.Inspection{}, err
@@ -62,6 +78,16 @@ func (in *Inspector) InspectAdapter(ctx context.Context, path string) (models.In
 		return inspectAdapterFolder(ctx, p)
 	}
 	return inspectGGUFAdapter(p)
+}
+
+// acquire waits for a turn to read, as long as ctx lasts.
+func (in *Inspector) acquire(ctx context.Context) (func(), error) {
+	select {
+	case in.reads <- struct{}{}:
+		return func() { <-in.reads }, nil
+	case <-ctx.Done():
+		return nil, errs.Wrap(errs.Unavailable, ctx.Err(), "the model store is busy reading other models; retry")
+	}
 }
 
 // resolve checks that path lies in the model store, also once its
