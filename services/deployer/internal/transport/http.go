@@ -53,10 +53,11 @@ func NewHandler(m *deploy.Manager, idem *deploy.Idempotent, ks *deploy.Keys, key
 }
 
 type handler struct {
-	m    *deploy.Manager
-	idem *deploy.Idempotent
-	ks   *deploy.Keys
-	log  *slog.Logger
+	m      *deploy.Manager
+	idem   *deploy.Idempotent
+	ks     *deploy.Keys
+	log    *slog.Logger
+	events *EventStream // nil: the platform does not say where its events are
 }
 
 func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
