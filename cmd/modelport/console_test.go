@@ -18,8 +18,9 @@ import (
 )
 
 // consoleScreenshots are the pictures tests/browser/console.test.mjs
-// takes, as <page>-<window width>.png under docs/screenshots; the README
-// shows them.
+// takes, as <page>-<window width>.png under build/screenshots (ignored by
+// git: a test never writes into tracked files); `make screenshots` copies
+// them to docs/screenshots, which the README shows.
 var consoleScreenshots = []string{
 	"signin-1280", "list-1280", "list-390", "deploy-1280", "deploy-390", "detail-1280", "detail-390",
 	"playground-chat-1280", "playground-chat-390", "image-generation-1280", "image-understanding-1280",
@@ -47,8 +48,12 @@ func TestConsole(t *testing.T) {
 	}
 	t.Cleanup(func() { p.Close(context.Background()) })
 
-	shots, err := filepath.Abs(filepath.Join(repoRoot, "docs", "screenshots"))
+	shots, err := filepath.Abs(filepath.Join(repoRoot, "build", "screenshots"))
 	if err != nil {
+		t.Fatal(err)
+	}
+	// Only this run's pictures, so make screenshots copies no stale one.
+	if err := os.RemoveAll(shots); err != nil {
 		t.Fatal(err)
 	}
 	started := time.Now().Add(-time.Second)
