@@ -110,7 +110,7 @@ func browserForConsoleTests(t *testing.T) (node, chromium string) {
 		}
 		t.Skip(msg)
 	}
-	const install = "install Node.js 20 or later, then run `npm ci --prefix tests/browser` at the repository root"
+	const install = "run `make deps` (or install Node.js 20 or later, then run `npm ci --prefix tests/browser` at the repository root)"
 	node, err := exec.LookPath("node")
 	if err != nil {
 		missing("Node.js is required (%v): %s", err, install)
@@ -124,7 +124,7 @@ func browserForConsoleTests(t *testing.T) (node, chromium string) {
 	}
 	pkg := filepath.Join(repoRoot, "tests", "browser", "node_modules", "playwright-core", "package.json")
 	if _, err := os.Stat(pkg); errors.Is(err, os.ErrNotExist) {
-		missing("playwright-core is not installed in tests/browser: run `npm ci --prefix tests/browser` at the repository root")
+		missing("playwright-core is not installed in tests/browser: run `make deps` (or `npm ci --prefix tests/browser`) at the repository root")
 		return "", ""
 	} else if err != nil {
 		t.Fatal(err)
@@ -134,7 +134,7 @@ func browserForConsoleTests(t *testing.T) (node, chromium string) {
 		chromium = "/usr/bin/chromium"
 	}
 	if _, err := exec.LookPath(chromium); err != nil {
-		missing("Chromium is required for the console's browser test (%v): install the Debian package chromium, or set MODELPORT_CHROMIUM", err)
+		missing("Chromium is required for the console's browser test (%v): run `make deps` (the Debian package chromium), or set MODELPORT_CHROMIUM", err)
 		return "", ""
 	}
 	if v, err := exec.Command(chromium, "--version").Output(); err != nil || !strings.Contains(string(v), "Chromium") {

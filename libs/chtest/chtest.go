@@ -63,7 +63,7 @@ func Addr(t testing.TB) string {
 	s, err := chlocal.Start(context.Background(), dir, 0)
 	if err != nil {
 		os.RemoveAll(dir)
-		msg := fmt.Sprintf("ClickHouse is required: %v (install the Debian package clickhouse-server, or set %s)", err, EnvAddr)
+		msg := fmt.Sprintf("ClickHouse is required: %v (run `make deps` to install the Debian package clickhouse-server, or set %s)", err, EnvAddr)
 		t.Fatal(msg)
 	}
 	private, tmpDir = s, dir
