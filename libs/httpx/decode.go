@@ -123,8 +123,10 @@ func plural(s string) string {
 // itself where it is one that does not fit.
 func describeValue(v string) string {
 	switch v {
-	case "string", "number", "object", "array":
-		return "a" + map[bool]string{true: "n"}[v == "object" || v == "array"] + " " + v
+	case "string", "number":
+		return "a " + v
+	case "object", "array":
+		return "an " + v
 	case "bool":
 		return "a boolean"
 	}
