@@ -90,6 +90,9 @@ func startPlatform(ctx context.Context, getenv config.Getenv, log *slog.Logger) 
 	}
 
 	dcfg := deployer.ConfigFromEnv(getenv)
+	if getenv("MODELPORT_PUBLIC_NATS_URL") == "" {
+		dcfg.EventsURL = p.NATSURL // the embedded server clients tail
+	}
 	scfg, err := scaler.ConfigFromEnv(getenv)
 	if err != nil {
 		return nil, err

@@ -25,6 +25,9 @@ import (
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
+// testEventsURL is where newEnv's control API says the event stream is.
+const testEventsURL = "nats://events.example.com:4222"
+
 // recorder keeps published events in the order they were published.
 type recorder struct {
 	mu     sync.Mutex
@@ -84,7 +87,8 @@ func newEnv(t *testing.T) *env {
 	e.m = deploy.NewManager(store, catalog.Default(), e.pub)
 	srv := httptest.NewServer(transport.NewHandler(e.m, deploy.NewIdempotent(e.m, kvstore.NewClaims(bus.KV(state.BucketIdempotency))), deploy.NewKeys(keys, e.m), keys, quiet,
 		transport.WithOwners(deploy.NewOwners(kvstore.NewOwners(bus.KV(state.BucketOwners)), keys)),
-		transport.WithLive(transport.NewLive(e.m, bus.KV(state.BucketServices), bus.JS, ctx.Done(), quiet))))
+		transport.WithLive(transport.NewLive(e.m, bus.KV(state.BucketServices), bus.JS, ctx.Done(), quiet)),
+		transport.WithEventStream(transport.EventStream{NATSURL: testEventsURL})))
 	t.Cleanup(srv.Close)
 	e.url = srv.URL
 	return e
