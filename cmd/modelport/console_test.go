@@ -19,8 +19,9 @@ import (
 )
 
 // consoleScreenshots are the pictures tests/browser/console.test.mjs
-// takes, as <page>-<window width>.png under docs/screenshots; the README
-// shows them.
+// takes, as <page>-<window width>.png under build/screenshots (ignored by
+// git: a test never writes into tracked files); `make screenshots` copies
+// them to docs/screenshots, which the README shows.
 var consoleScreenshots = []string{
 	"signin-1280", "list-1280", "list-390", "deploy-1280", "deploy-390", "detail-1280", "detail-390",
 	"playground-chat-1280", "playground-chat-390", "image-generation-1280", "image-understanding-1280",
@@ -56,8 +57,12 @@ func TestConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	shots, err := filepath.Abs(filepath.Join(repoRoot, "docs", "screenshots"))
+	shots, err := filepath.Abs(filepath.Join(repoRoot, "build", "screenshots"))
 	if err != nil {
+		t.Fatal(err)
+	}
+	// Only this run's pictures, so make screenshots copies no stale one.
+	if err := os.RemoveAll(shots); err != nil {
 		t.Fatal(err)
 	}
 	started := time.Now().Add(-time.Second)
@@ -115,7 +120,7 @@ func browserForConsoleTests(t *testing.T) (node, chromium string) {
 		}
 		t.Skip(msg)
 	}
-	const install = "install Node.js 20 or later, then run `npm ci --prefix tests/browser` at the repository root"
+	const install = "run `make deps` (or install Node.js 20 or later, then run `npm ci --prefix tests/browser` at the repository root)"
 	node, err := exec.LookPath("node")
 	if err != nil {
 		missing("Node.js is required (%v): %s", err, install)
@@ -129,7 +134,7 @@ func browserForConsoleTests(t *testing.T) (node, chromium string) {
 	}
 	pkg := filepath.Join(repoRoot, "tests", "browser", "node_modules", "playwright-core", "package.json")
 	if _, err := os.Stat(pkg); errors.Is(err, os.ErrNotExist) {
-		missing("playwright-core is not installed in tests/browser: run `npm ci --prefix tests/browser` at the repository root")
+		missing("playwright-core is not installed in tests/browser: run `make deps` (or `npm ci --prefix tests/browser`) at the repository root")
 		return "", ""
 	} else if err != nil {
 		t.Fatal(err)
@@ -139,7 +144,7 @@ func browserForConsoleTests(t *testing.T) (node, chromium string) {
 		chromium = "/usr/bin/chromium"
 	}
 	if _, err := exec.LookPath(chromium); err != nil {
-		missing("Chromium is required for the console's browser test (%v): install the Debian package chromium, or set MODELPORT_CHROMIUM", err)
+		missing("Chromium is required for the console's browser test (%v): run `make deps` (the Debian package chromium), or set MODELPORT_CHROMIUM", err)
 		return "", ""
 	}
 	if v, err := exec.Command(chromium, "--version").Output(); err != nil || !strings.Contains(string(v), "Chromium") {

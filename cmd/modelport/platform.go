@@ -106,6 +106,9 @@ func startPlatform(ctx context.Context, getenv config.Getenv, log *slog.Logger) 
 	}
 	dcfg := deployer.ConfigFromEnv(config.Chain(getenv, config.Map(map[string]string{"MODELPORT_MODEL_DIRS": models})))
 	p.ModelDirs = dcfg.ModelDirs
+	if getenv("MODELPORT_PUBLIC_NATS_URL") == "" {
+		dcfg.EventsURL = p.NATSURL // the embedded server clients tail
+	}
 	scfg, err := scaler.ConfigFromEnv(getenv)
 	if err != nil {
 		return nil, err

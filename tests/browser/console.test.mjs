@@ -6,7 +6,8 @@
 //
 //   MODELPORT_CONSOLE_URL   the platform's address, such as http://127.0.0.1:8080
 //   MODELPORT_API_KEY       an API key the control API accepts (the admin key)
-//   MODELPORT_SCREENSHOTS   where screenshots go (default: docs/screenshots)
+//   MODELPORT_SCREENSHOTS   where screenshots go (default: build/screenshots, which git
+//                           ignores; `make screenshots` copies them to docs/screenshots)
 //   MODELPORT_CHROMIUM      the browser (default: /usr/bin/chromium)
 //   MODELPORT_MODEL_FILE    the absolute path of a GGUF file on the platform's model store
 //
@@ -32,7 +33,7 @@ function setting(name, fallback) {
 const base = new URL(setting('MODELPORT_CONSOLE_URL'));
 const apiKey = setting('MODELPORT_API_KEY');
 const here = path.dirname(fileURLToPath(import.meta.url));
-const shots = setting('MODELPORT_SCREENSHOTS', path.join(here, '..', '..', 'docs', 'screenshots'));
+const shots = setting('MODELPORT_SCREENSHOTS', path.join(here, '..', '..', 'build', 'screenshots'));
 const fixture = path.join(here, 'fixtures', 'blue-48x32.png');
 const modelFile = setting('MODELPORT_MODEL_FILE');
 const WIDE = { width: 1280, height: 860 };

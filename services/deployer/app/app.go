@@ -38,6 +38,10 @@ type Config struct {
 	// MODELPORT_PUBLIC_ROUTER_URL (else MODELPORT_PUBLIC_URL) and
 	// MODELPORT_PUBLIC_BILLING_URL; empty is the console's own address.
 	Console console.Config
+	// EventsURL is where clients reach NATS to read the event stream
+	// (modelport events tail), as GET /api/v1/me tells admin keys:
+	// MODELPORT_PUBLIC_NATS_URL, else the deployer's own MODELPORT_NATS_URL.
+	EventsURL string
 }
 
 // ConfigFromEnv reads Config.
@@ -52,7 +56,9 @@ func ConfigFromEnv(getenv config.Getenv) Config {
 		Console: console.Config{
 			RouterURL:  config.String(getenv, "MODELPORT_PUBLIC_ROUTER_URL", getenv("MODELPORT_PUBLIC_URL")),
 			BillingURL: getenv("MODELPORT_PUBLIC_BILLING_URL"),
-		}}
+		},
+		EventsURL: config.String(getenv, "MODELPORT_PUBLIC_NATS_URL", config.String(getenv, "MODELPORT_NATS_URL", "nats://127.0.0.1:4222")),
+	}
 }
 
 // Deployer is a started deployer.
@@ -99,6 +105,7 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (*
 	live := transport.NewLive(m, bus.KV(state.BucketServices), bus.JS, streams.Done(), log)
 	api := transport.NewHandler(m, deploy.NewIdempotent(m, kvstore.NewClaims(bus.KV(state.BucketIdempotency))), deploy.NewKeys(keys, m), keys, log,
 		transport.WithLive(live), transport.WithOwners(deploy.NewOwners(kvstore.NewOwners(bus.KV(state.BucketOwners)), keys)),
+		transport.WithEventStream(transport.EventStream{NATSURL: cfg.EventsURL}),
 		transport.WithModels(registry))
 	return &Deployer{
 		Service:        runner.Service{Handler: withConsole(ui, api), Stop: func(context.Context) { endStreams() }},

@@ -29,6 +29,9 @@ import (
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
+// testEventsURL is where newEnv's control API says the event stream is.
+const testEventsURL = "nats://events.example.com:4222"
+
 // recorder keeps published events in the order they were published.
 type recorder struct {
 	mu     sync.Mutex
@@ -100,6 +103,7 @@ func newEnv(t *testing.T) *env {
 	srv := httptest.NewServer(transport.NewHandler(e.m, deploy.NewIdempotent(e.m, kvstore.NewClaims(bus.KV(state.BucketIdempotency))), deploy.NewKeys(keys, e.m), keys, quiet,
 		transport.WithOwners(deploy.NewOwners(kvstore.NewOwners(bus.KV(state.BucketOwners)), keys)),
 		transport.WithLive(transport.NewLive(e.m, bus.KV(state.BucketServices), bus.JS, ctx.Done(), quiet)),
+		transport.WithEventStream(transport.EventStream{NATSURL: testEventsURL}),
 		transport.WithModels(reg)))
 	t.Cleanup(srv.Close)
 	e.url = srv.URL

@@ -1,14 +1,8 @@
 package transport
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
-	"io"
 	"net/http"
-	"strings"
 
-	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/httpx"
 	"github.com/modelport/modelport/services/deployer/internal/models"
 )
@@ -21,7 +15,7 @@ func WithModels(reg *models.Registry) Option {
 		h.models = reg
 		mux.HandleFunc("POST /api/v1/models", func(w http.ResponseWriter, r *http.Request) {
 			var req models.Request
-			if err := decodeStrict(r, &req, maxBody); err != nil {
+			if err := httpx.DecodeJSON(r, &req, maxBody); err != nil {
 				h.fail(w, r, err)
 				return
 			}
@@ -57,35 +51,4 @@ func WithModels(reg *models.Registry) Option {
 			w.WriteHeader(http.StatusNoContent)
 		})
 	}
-}
-
-// decodeStrict is httpx.DecodeJSON that refuses fields the body type
-// does not have, naming the field, so that a misspelt setting is an
-// error instead of a default silently taken.
-func decodeStrict(r *http.Request, v any, limit int64) error {
-	b, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, limit))
-	var tooBig *http.MaxBytesError
-	if errors.As(err, &tooBig) {
-		return errs.E(errs.TooLarge, "request body is larger than %d bytes", limit)
-	}
-	if err != nil {
-		return errs.E(errs.Invalid, "read the request body: %v", err)
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	err = dec.Decode(v)
-	if name, ok := strings.CutPrefix(errString(err), "json: unknown field "); ok {
-		field := strings.Trim(name, `"`)
-		return errs.InvalidParam(field, "unknown field %q", field)
-	}
-	// Anything else is what the shared decoder says about it.
-	r.Body = io.NopCloser(bytes.NewReader(b))
-	return httpx.DecodeJSON(r, v, limit)
-}
-
-func errString(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
 }
