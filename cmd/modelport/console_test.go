@@ -15,6 +15,7 @@ import (
 
 	"github.com/modelport/modelport/libs/chtest"
 	"github.com/modelport/modelport/libs/config"
+	"github.com/modelport/modelport/libs/gguftest"
 )
 
 // consoleScreenshots are the pictures tests/browser/console.test.mjs
@@ -31,7 +32,9 @@ var consoleScreenshots = []string{
 // in, deploy a text, an image-generation and an image-understanding
 // service through the form, watch them reach running live, try each in
 // the playground, scale one to 2, and delete them, a wrong name refused
-// first. The browser test saves a screenshot of each page.
+// first; register a model through the Models page, deploy it and delete
+// it once unused. The browser test saves a screenshot of each page but
+// the Models pages.
 func TestConsole(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the platform and a browser")
@@ -47,6 +50,12 @@ func TestConsole(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close(context.Background()) })
+
+	// A GGUF file on the model store, for the Models page to register.
+	modelFile := filepath.Join(p.ModelDirs[0], "tiny-F16.gguf")
+	if err := gguftest.Write(modelFile, gguftest.Tiny()); err != nil {
+		t.Fatal(err)
+	}
 
 	shots, err := filepath.Abs(filepath.Join(repoRoot, "build", "screenshots"))
 	if err != nil {
@@ -68,6 +77,7 @@ func TestConsole(t *testing.T) {
 		"MODELPORT_API_KEY="+testAdminKey,
 		"MODELPORT_SCREENSHOTS="+shots,
 		"MODELPORT_CHROMIUM="+chromium,
+		"MODELPORT_MODEL_FILE="+modelFile,
 	)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

@@ -17,6 +17,7 @@ import (
 	"github.com/modelport/modelport/libs/httpx"
 	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/services/deployer/internal/deploy"
+	"github.com/modelport/modelport/services/deployer/internal/models"
 )
 
 // maxBody bounds control API request bodies.
@@ -56,6 +57,7 @@ type handler struct {
 	m      *deploy.Manager
 	idem   *deploy.Idempotent
 	ks     *deploy.Keys
+	models *models.Registry // set by WithModels
 	log    *slog.Logger
 	events *EventStream // nil: the platform does not say where its events are
 }
@@ -69,8 +71,19 @@ func caller(r *http.Request) auth.Key {
 	return k
 }
 
-func (h *handler) catalog(w http.ResponseWriter, _ *http.Request) {
-	httpx.WriteJSON(w, http.StatusOK, h.m.Catalog())
+// catalog lists what the caller may deploy: with the model registry, the
+// same list as GET /api/v1/models; without it, the operator's catalog.
+func (h *handler) catalog(w http.ResponseWriter, r *http.Request) {
+	if h.models == nil {
+		httpx.WriteJSON(w, http.StatusOK, h.m.Catalog())
+		return
+	}
+	list, err := h.models.List(r.Context(), caller(r))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, list)
 }
 
 func (h *handler) create(w http.ResponseWriter, r *http.Request) {

@@ -215,6 +215,27 @@ func TestOpenAPIMatchesHandlers(t *testing.T) {
 	check(e.alice, "GET", "/api/v1/me", "/api/v1/me", "", 200)
 	check(e.admin, "GET", "/api/v1/me", "/api/v1/me", "", 200) // with the event stream
 
+	// The model registry: register, list, read, deploy, and delete once
+	// nothing uses it.
+	const mods, mod = "/api/v1/models", "/api/v1/models/{name}"
+	tiny := `{"name":"tiny","source":"file://` + e.models + `/tiny.gguf"}`
+	check(e.alice, "POST", mods, mods, tiny, 201)
+	check(e.alice, "POST", mods, mods, tiny, 409)
+	check(e.alice, "POST", mods, mods, `{"name":"x","source":"ftp://host/x.gguf"}`, 400)
+	check(e.alice, "POST", mods, mods, `{"name":"x","source":"ollama://qwen2.5:0.5b","public":true}`, 403)
+	check(e.alice, "GET", mods, mods, "", 200)
+	check(e.alice, "GET", "/api/v1/catalog", "/api/v1/catalog", "", 200)
+	check(e.alice, "GET", mod, mods+"/tiny", "", 200)
+	check(e.bob, "GET", mod, mods+"/tiny", "", 404)
+	if err := json.Unmarshal(check(e.alice, "POST", svcs, svcs, `{"name":"tiny-chat","base_model":"tiny"}`, 201), &svc); err != nil {
+		t.Fatal(err)
+	}
+	check(e.alice, "DELETE", mod, mods+"/tiny", "", 409)
+	check(e.alice, "DELETE", mod, mods+"/qwen2.5-7b-instruct", "", 403)
+	check(e.alice, "DELETE", one, svcs+"/"+svc.ID, `{"confirm_name":"tiny-chat"}`, 202)
+	check(e.alice, "DELETE", mod, mods+"/tiny", "", 204)
+	check(e.alice, "DELETE", mod, mods+"/tiny", "", 404)
+
 	check(e.alice, "DELETE", one, svcs+"/"+id, `{"confirm_name":"wrong"}`, 400)
 	check(e.alice, "DELETE", one, svcs+"/"+id, `{"confirm_name":"docs"}`, 202)
 
