@@ -18,6 +18,7 @@ package state
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -148,7 +149,43 @@ type Service struct {
 	// needs. Its placements carry it to the workers. Services created
 	// before it existed have none; their workers use their catalog.
 	Model *events.ModelSpec `json:"model,omitempty"`
+	// RoutingPolicy is how the router chooses among the service's ready
+	// instances: one of RoutingPolicies. A record stored before services
+	// had one reads as RoutingLeastOutstanding, what they were routed by.
+	RoutingPolicy string `json:"routing_policy"`
 }
+
+// UnmarshalJSON decodes a service record, reading a missing routing
+// policy as least-outstanding.
+func (s *Service) UnmarshalJSON(b []byte) error {
+	type plain Service // without this method
+	if err := json.Unmarshal(b, (*plain)(s)); err != nil {
+		return err
+	}
+	if s.RoutingPolicy == "" {
+		s.RoutingPolicy = RoutingLeastOutstanding
+	}
+	return nil
+}
+
+// Routing policies: how the router picks a service's instance for a
+// request.
+const (
+	// RoutingLeastOutstanding sends each request to the instance with
+	// the fewest requests in flight.
+	RoutingLeastOutstanding = "least-outstanding"
+	// RoutingPrefixAffinity sends requests that begin alike (a chat's
+	// system prompt and first turn, which every later turn repeats) to
+	// the same instance, whose prefix cache then holds them, unless that
+	// instance is loaded beyond a bound above the average; then to the
+	// least loaded.
+	RoutingPrefixAffinity = "prefix-affinity"
+	// RoutingRoundRobin sends requests to the instances in turn.
+	RoutingRoundRobin = "round-robin"
+)
+
+// RoutingPolicies lists the routing policies a service may have.
+var RoutingPolicies = []string{RoutingLeastOutstanding, RoutingPrefixAffinity, RoutingRoundRobin}
 
 // Autoscale is a service's autoscaling policy.
 type Autoscale struct {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -41,6 +42,10 @@ type Config struct {
 	// AllowPrivateImageURLs lets image URLs reach private, loopback and
 	// link-local addresses.
 	AllowPrivateImageURLs bool // MODELPORT_ALLOW_PRIVATE_IMAGE_URLS
+	// PrefixLoadFactor bounds the prefix-affinity policy: an instance
+	// takes a request for its prefix while its requests in flight stay
+	// within this multiple of the average.
+	PrefixLoadFactor float64 // MODELPORT_PREFIX_LOAD_FACTOR
 }
 
 // ConfigFromEnv reads Config.
@@ -101,6 +106,14 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 		// The scaler stops counting a report after 10s: a few must fit.
 		return c, fmt.Errorf("MODELPORT_LOAD_REPORT_INTERVAL must be between 0 and 3s, not %s", c.LoadReport)
 	}
+	c.PrefixLoadFactor = routing.DefaultLoadFactor
+	if v := getenv("MODELPORT_PREFIX_LOAD_FACTOR"); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f < 1 || f > 100 {
+			return c, fmt.Errorf("MODELPORT_PREFIX_LOAD_FACTOR: %q is not a number from 1 to 100 (a multiple of the average load)", v)
+		}
+		c.PrefixLoadFactor = f
+	}
 	c.ReadyWait, err = config.Duration(getenv, "MODELPORT_READY_WAIT", 10*time.Second)
 	return c, err
 }
@@ -109,6 +122,7 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 // the current services and instances.
 func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (runner.Service, error) {
 	table := routing.NewTable()
+	table.SetPolicy(state.RoutingPrefixAffinity, &routing.PrefixAffinity{LoadFactor: cfg.PrefixLoadFactor, PrefixBytes: routing.DefaultPrefixBytes})
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	if err := transport.WatchTable(watchCtx, bus.KV(state.BucketServices), bus.KV(state.BucketInstances), table, log); err != nil {
 		stopWatch()

@@ -16,7 +16,7 @@ func TestConfigFromEnv(t *testing.T) {
 			t.Fatal(err)
 		}
 		if c.RateLimits != (ratelimit.Config{}) || c.BodyTimeout != time.Minute || c.ImageFetchTimeout != 10*time.Second ||
-			c.MaxImageBytes != 20<<20 || c.AllowPrivateImageURLs {
+			c.MaxImageBytes != 20<<20 || c.AllowPrivateImageURLs || c.PrefixLoadFactor != 1.25 {
 			t.Errorf("defaults: %+v", c)
 		}
 	})
@@ -26,13 +26,14 @@ func TestConfigFromEnv(t *testing.T) {
 			"MODELPORT_SERVICE_RATE_LIMIT_RPM": "600", "MODELPORT_SERVICE_RATE_LIMIT_TPM": "100000",
 			"MODELPORT_BODY_TIMEOUT": "30s", "MODELPORT_IMAGE_FETCH_TIMEOUT": "2s",
 			"MODELPORT_IMAGE_MAX_BYTES": "1048576", "MODELPORT_ALLOW_PRIVATE_IMAGE_URLS": "1",
+			"MODELPORT_PREFIX_LOAD_FACTOR": "1.5",
 		}))
 		if err != nil {
 			t.Fatal(err)
 		}
 		want := ratelimit.Config{KeyRequests: 60, KeyTokens: 10000, ServiceRequests: 600, ServiceTokens: 100000}
 		if c.RateLimits != want || c.BodyTimeout != 30*time.Second || c.ImageFetchTimeout != 2*time.Second ||
-			c.MaxImageBytes != 1<<20 || !c.AllowPrivateImageURLs {
+			c.MaxImageBytes != 1<<20 || !c.AllowPrivateImageURLs || c.PrefixLoadFactor != 1.5 {
 			t.Errorf("got %+v", c)
 		}
 	})
@@ -42,6 +43,8 @@ func TestConfigFromEnv(t *testing.T) {
 		{"MODELPORT_IMAGE_FETCH_TIMEOUT", "0s"},
 		{"MODELPORT_BODY_TIMEOUT", "-1s"},
 		{"MODELPORT_IMAGE_MAX_BYTES", "0"},
+		{"MODELPORT_PREFIX_LOAD_FACTOR", "0.9"},
+		{"MODELPORT_PREFIX_LOAD_FACTOR", "twice"},
 	} {
 		t.Run(tc.name+"="+tc.value, func(t *testing.T) {
 			_, err := ConfigFromEnv(config.Map(map[string]string{tc.name: tc.value}))

@@ -47,7 +47,7 @@ func (g *Gateway) Chat(ctx context.Context, c Call) (*Reply, error) {
 			return nil, err
 		}
 	}
-	up, err := g.forward(ctx, svc, "/chat/completions", body)
+	up, err := g.forward(ctx, svc, "/chat/completions", body, p.route())
 	if err != nil {
 		g.observeFailure(svc, "/v1/chat/completions", err, started)
 		return nil, err

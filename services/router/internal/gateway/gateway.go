@@ -158,13 +158,14 @@ func (u *upstream) close() {
 	u.release()
 }
 
-// forward sends body to the least-loaded ready instance, waiting up to
+// forward sends body to the ready instance the service's routing policy
+// chooses for route, waiting up to
 // ReadyWait for one (ColdStartWait for an autoscaled service, which may be
 // starting from zero). An instance that cannot be reached, or answers 502
 // or 503 before any byte reached the client, is taken out of rotation for
 // a while and the request is tried once more on another instance. The
 // request counts in the service's demand until the upstream is closed.
-func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, body []byte) (_ *upstream, err error) {
+func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, body []byte, route routing.Request) (_ *upstream, err error) {
 	finish := g.demand.Begin(svc.ID)
 	defer func() {
 		if err != nil {
@@ -180,7 +181,7 @@ func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, b
 	}
 	deadline := time.Now().Add(wait)
 	for {
-		ep, release, ok := g.table.Pick(svc.ID, tried...)
+		ep, release, ok := g.table.Route(svc.ID, route, tried...)
 		if !ok {
 			if len(tried) > 0 || time.Now().After(deadline) {
 				return nil, &errs.Error{Kind: errs.Unavailable, RetryAfter: time.Second,
@@ -247,7 +248,8 @@ func (g *Gateway) meter(ctx context.Context, c Call, svc state.Service, inst sta
 		AccessName: svc.AccessName, BaseModel: svc.BaseModel, APIKeyID: c.Caller.ID, InstanceID: inst.ID,
 		Endpoint: endpoint, Status: status,
 		PromptTokens: u.PromptTokens, CompletionTokens: u.CompletionTokens, TotalTokens: u.PromptTokens + u.CompletionTokens,
-		StartedAt: started, FinishedAt: time.Now().UTC(),
+		CachedTokens: min(max(u.PromptTokensDetails.CachedTokens, 0), u.PromptTokens),
+		StartedAt:    started, FinishedAt: time.Now().UTC(),
 	}
 	if err := g.pub.Publish(context.WithoutCancel(ctx), ev); err != nil {
 		g.log.ErrorContext(ctx, "usage event not recorded", "request_id", c.RequestID, "service_id", svc.ID, "err", err)
@@ -261,6 +263,11 @@ type Usage struct {
 	PromptTokens     int `json:"prompt_tokens"`
 	CompletionTokens int `json:"completion_tokens"`
 	TotalTokens      int `json:"total_tokens"`
+	// PromptTokensDetails.CachedTokens is how many prompt tokens the
+	// engine found in its prefix cache, where it says.
+	PromptTokensDetails struct {
+		CachedTokens int `json:"cached_tokens"`
+	} `json:"prompt_tokens_details"`
 }
 
 // Models lists the services caller may call, as OpenAI model objects.

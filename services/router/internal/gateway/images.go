@@ -8,6 +8,7 @@ import (
 
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/router/internal/routing"
 )
 
 // ImageSaver keeps a generated image for download and returns its URL.
@@ -76,7 +77,7 @@ func (g *Gateway) GenerateImages(ctx context.Context, c Call, images ImageSaver,
 	if err != nil {
 		return nil, err
 	}
-	up, err := g.forward(ctx, svc, "/images/generations", upBody)
+	up, err := g.forward(ctx, svc, "/images/generations", upBody, routing.Request{})
 	if err != nil {
 		g.observeFailure(svc, "/v1/images/generations", err, started)
 		return nil, err

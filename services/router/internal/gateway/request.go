@@ -14,6 +14,7 @@ import (
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/httpx"
 	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/router/internal/routing"
 )
 
 // chatParams are the chat parameters the gateway checks. Their types are
@@ -311,6 +312,16 @@ func checkDataURL(u string, max int64) error {
 		return errors.New("the data URL holds no image")
 	}
 	return nil
+}
+
+// route is what the routing policy may read of the request: its
+// messages' roles and contents as sent.
+func (p *chatParams) route() routing.Request {
+	msgs := make([]routing.Message, len(p.Messages))
+	for i, m := range p.Messages {
+		msgs[i] = routing.Message{Role: m.Role, Content: m.Content}
+	}
+	return routing.Request{Messages: msgs}
 }
 
 // checkTask refuses what the service's task cannot serve.

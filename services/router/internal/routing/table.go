@@ -4,7 +4,6 @@
 package routing
 
 import (
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -17,7 +16,8 @@ import (
 type Endpoint struct {
 	Instance    state.Instance
 	outstanding atomic.Int64
-	downUntil   atomic.Int64 // unix nanoseconds; 0 when healthy
+	downUntil   atomic.Int64  // unix nanoseconds; 0 when healthy
+	idHash      atomic.Uint64 // a hash of the instance ID, once a policy asked for it; 0 before
 }
 
 // Outstanding returns the number of requests in flight to the instance.
@@ -38,11 +38,13 @@ type Table struct {
 	byAccess  map[string]state.Service
 	byID      map[string]state.Service
 	endpoints map[string][]*Endpoint // by service ID
+	policies  map[string]Policy      // by name
 }
 
-// NewTable returns an empty table.
+// NewTable returns an empty table with the default routing policies.
 func NewTable() *Table {
-	return &Table{byAccess: map[string]state.Service{}, byID: map[string]state.Service{}, endpoints: map[string][]*Endpoint{}}
+	return &Table{byAccess: map[string]state.Service{}, byID: map[string]state.Service{}, endpoints: map[string][]*Endpoint{},
+		policies: DefaultPolicies()}
 }
 
 // PutService adds or replaces a service.
@@ -132,38 +134,63 @@ func (t *Table) DeleteInstance(serviceID, instanceID string) {
 	}
 }
 
-// Pick returns the ready instance of a service with the fewest
-// outstanding requests, ties broken at random, skipping the instance IDs
-// in exclude and, while any other is healthy, instances marked failed.
-// The caller must call release when the request ends.
+// Pick returns a ready instance of a service for a request the policy
+// knows nothing of: see Route.
 func (t *Table) Pick(serviceID string, exclude ...string) (e *Endpoint, release func(), ok bool) {
+	return t.Route(serviceID, Request{}, exclude...)
+}
+
+// Route returns a ready instance of a service for r, chosen by the
+// service's routing policy, skipping the instance IDs in exclude and,
+// while any other is healthy, instances marked failed. The caller must
+// call release when the request ends.
+func (t *Table) Route(serviceID string, r Request, exclude ...string) (e *Endpoint, release func(), ok bool) {
 	t.mu.RLock()
 	eps := t.endpoints[serviceID]
+	p := t.policy(t.byID[serviceID].RoutingPolicy)
 	t.mu.RUnlock()
-	now := time.Now().UnixNano()
-	healthy := slices.ContainsFunc(eps, func(c *Endpoint) bool { return !c.down(now) && !slices.Contains(exclude, c.Instance.ID) })
-	var best *Endpoint
-	ties := 0
-	for _, c := range eps {
-		if slices.Contains(exclude, c.Instance.ID) || healthy && c.down(now) {
-			continue
-		}
-		switch {
-		case best == nil || c.Outstanding() < best.Outstanding():
-			best, ties = c, 1
-		case c.Outstanding() == best.Outstanding():
-			ties++
-			if rand.IntN(ties) == 0 { // reservoir sampling over the tied
-				best = c
-			}
-		}
-	}
-	if best == nil {
+	r.ServiceID = serviceID
+	return pick(eps, p, r, exclude)
+}
+
+// pick chooses among the usable instances of eps by p and counts the
+// request on the one chosen.
+func pick(eps []*Endpoint, p Policy, r Request, exclude []string) (e *Endpoint, release func(), ok bool) {
+	cands := usable(eps, exclude, time.Now().UnixNano())
+	if len(cands) == 0 {
 		return nil, nil, false
 	}
+	best := p.Choose(cands, r)
 	best.outstanding.Add(1)
 	var once sync.Once
 	return best, func() { once.Do(func() { best.outstanding.Add(-1) }) }, true
+}
+
+// usable returns the instances of eps not in exclude and, while any of
+// those is healthy, not marked failed: eps itself when that is all of
+// them, the common case, which costs no allocation.
+func usable(eps []*Endpoint, exclude []string, now int64) []*Endpoint {
+	healthy, all := 0, true
+	for _, c := range eps {
+		switch {
+		case slices.Contains(exclude, c.Instance.ID):
+			all = false
+		case c.down(now):
+			all = false
+		default:
+			healthy++
+		}
+	}
+	if all {
+		return eps
+	}
+	out := make([]*Endpoint, 0, len(eps))
+	for _, c := range eps {
+		if !slices.Contains(exclude, c.Instance.ID) && (healthy == 0 || !c.down(now)) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // InstanceLoad is one ready instance's requests in flight.
