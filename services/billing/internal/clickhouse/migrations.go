@@ -1,6 +1,9 @@
 package clickhouse
 
-import "strings"
+import (
+	"regexp"
+	"strings"
+)
 
 // migration is one schema change: statements run in order, each safe to
 // run again, so a migration interrupted halfway is simply run again.
@@ -276,7 +279,18 @@ FROM (
 	GROUP BY service_id, instance_id
 )
 ARRAY JOIN ivs AS iv`}},
+
+	// The prompt tokens each request found in the engine's prefix cache,
+	// for cache hit rates per service: 0 for events stored before, and
+	// for engines that do not say.
+	{8, "usage_cached_tokens", []string{
+		`ALTER TABLE {db}.usage_events ADD COLUMN cached_tokens UInt32 DEFAULT 0 AFTER total_tokens`}},
 }
+
+// addColumn matches a step that adds a column: ClickHouse 18.16 has no
+// ADD COLUMN IF NOT EXISTS, so Migrate skips such a step when the column
+// is there already, which keeps it safe to run again.
+var addColumn = regexp.MustCompile(`(?is)^\s*ALTER\s+TABLE\s+([a-z0-9_]+)\.([a-z0-9_]+)\s+ADD\s+COLUMN\s+([a-z0-9_]+)\s`)
 
 // rebuildUsageHourly fills usage_hourly from usage_events, each event ID
 // once. It assumes usage_hourly is empty and no usage is being inserted.

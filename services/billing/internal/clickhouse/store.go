@@ -58,6 +58,20 @@ func (s *Store) Close() error { return s.conn.Close() }
 // Database returns the database name.
 func (s *Store) Database() string { return s.db }
 
+// columnAdded reports whether sql adds a column that its table has
+// already, as after a migration interrupted once that step was done.
+func (s *Store) columnAdded(ctx context.Context, sql string) (bool, error) {
+	m := addColumn.FindStringSubmatch(sql)
+	if m == nil {
+		return false, nil
+	}
+	var n uint64
+	if err := s.conn.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?", m[1], m[2], m[3]).Scan(&n); err != nil {
+		return false, errs.Wrap(errs.Unavailable, err, "look up column %s.%s", m[2], m[3])
+	}
+	return n > 0, nil
+}
+
 // Migrate creates the database and applies the migrations not yet applied,
 // in order; schema_migrations records each one once it has run.
 func (s *Store) Migrate(ctx context.Context) error {
@@ -93,7 +107,13 @@ func (s *Store) Migrate(ctx context.Context) error {
 			continue
 		}
 		for i, step := range m.steps {
-			if err := s.conn.Exec(ctx, expand(step, s.db)); err != nil {
+			sql := expand(step, s.db)
+			if done, err := s.columnAdded(ctx, sql); err != nil {
+				return fmt.Errorf("migration %d %s, step %d: %w", m.version, m.name, i+1, err)
+			} else if done {
+				continue
+			}
+			if err := s.conn.Exec(ctx, sql); err != nil {
 				return fmt.Errorf("migration %d %s, step %d: %w", m.version, m.name, i+1, err)
 			}
 		}

@@ -176,7 +176,7 @@ func TestMigrateIsIdempotent(t *testing.T) {
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"usage_events", "usage_hourly", "instance_events", "services", "prices", "cost_views", "instance_intervals_gone"}; !slices.Equal(got, want) {
+	if want := []string{"usage_events", "usage_hourly", "instance_events", "services", "prices", "cost_views", "instance_intervals_gone", "usage_cached_tokens"}; !slices.Equal(got, want) {
 		t.Errorf("schema_migrations = %v, want %v", got, want)
 	}
 	if got, want := lines(t, s, "svc-migrate"), (totals{1, 1, 2}); got != want {
@@ -370,26 +370,27 @@ func TestStoredFields(t *testing.T) {
 	s, conn, db := open(t)
 	ctx := context.Background()
 	e := usage("svc-fields", 11, 22, time.Now())
+	e.CachedTokens = 8
 	insert(t, s, e)
 
 	var (
 		eventID, requestID, ownerID, accessName, endpoint string
 		status                                            uint16
-		prompt, completion, total                         uint32
+		prompt, completion, total, cached                 uint32
 		occurred, finished                                time.Time
 	)
-	err := conn.QueryRow(ctx, "SELECT event_id, request_id, owner_id, access_name, endpoint, status, prompt_tokens, completion_tokens, total_tokens, occurred_at, finished_at FROM "+db+".usage_events WHERE service_id = 'svc-fields'").
-		Scan(&eventID, &requestID, &ownerID, &accessName, &endpoint, &status, &prompt, &completion, &total, &occurred, &finished)
+	err := conn.QueryRow(ctx, "SELECT event_id, request_id, owner_id, access_name, endpoint, status, prompt_tokens, completion_tokens, total_tokens, cached_tokens, occurred_at, finished_at FROM "+db+".usage_events WHERE service_id = 'svc-fields'").
+		Scan(&eventID, &requestID, &ownerID, &accessName, &endpoint, &status, &prompt, &completion, &total, &cached, &occurred, &finished)
 	if err != nil {
 		t.Fatal(err)
 	}
 	type row struct {
 		eventID, requestID, ownerID, accessName, endpoint string
 		status                                            uint16
-		prompt, completion, total                         uint32
+		prompt, completion, total, cached                 uint32
 	}
-	got := row{eventID, requestID, ownerID, accessName, endpoint, status, prompt, completion, total}
-	want := row{e.ID, e.RequestID, e.OwnerID, e.AccessName, e.Endpoint, 200, 11, 22, 33}
+	got := row{eventID, requestID, ownerID, accessName, endpoint, status, prompt, completion, total, cached}
+	want := row{e.ID, e.RequestID, e.OwnerID, e.AccessName, e.Endpoint, 200, 11, 22, 33, 8}
 	if got != want {
 		t.Errorf("stored %+v, want %+v", got, want)
 	}
