@@ -18,7 +18,6 @@ package state
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -150,22 +149,19 @@ type Service struct {
 	// before it existed have none; their workers use their catalog.
 	Model *events.ModelSpec `json:"model,omitempty"`
 	// RoutingPolicy is how the router chooses among the service's ready
-	// instances: one of RoutingPolicies. A record stored before services
-	// had one reads as RoutingLeastOutstanding, what they were routed by.
+	// instances: one of RoutingPolicies. Records stored before services
+	// had one have none; see Routing.
 	RoutingPolicy string `json:"routing_policy"`
 }
 
-// UnmarshalJSON decodes a service record, reading a missing routing
-// policy as least-outstanding.
-func (s *Service) UnmarshalJSON(b []byte) error {
-	type plain Service // without this method
-	if err := json.Unmarshal(b, (*plain)(s)); err != nil {
-		return err
-	}
+// Routing returns the service's routing policy: RoutingLeastOutstanding,
+// what every service was routed by before they had a policy, for a
+// record that names none.
+func (s Service) Routing() string {
 	if s.RoutingPolicy == "" {
-		s.RoutingPolicy = RoutingLeastOutstanding
+		return RoutingLeastOutstanding
 	}
-	return nil
+	return s.RoutingPolicy
 }
 
 // Routing policies: how the router picks a service's instance for a

@@ -234,7 +234,9 @@ func TestPrefixAffinitySkipsExcludedInstances(t *testing.T) {
 }
 
 func TestPrefixKey(t *testing.T) {
-	msg := func(role, text string) routing.Message { return routing.Message{Role: role, Content: []byte(`"` + text + `"`)} }
+	msg := func(role, text string) routing.Message {
+		return routing.Message{Role: role, Content: []byte(`"` + text + `"`)}
+	}
 	key := func(limit int, msgs ...routing.Message) uint64 {
 		k, ok := routing.PrefixKey(msgs, limit)
 		if !ok {

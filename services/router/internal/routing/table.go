@@ -147,7 +147,7 @@ func (t *Table) Pick(serviceID string, exclude ...string) (e *Endpoint, release 
 func (t *Table) Route(serviceID string, r Request, exclude ...string) (e *Endpoint, release func(), ok bool) {
 	t.mu.RLock()
 	eps := t.endpoints[serviceID]
-	p := t.policy(t.byID[serviceID].RoutingPolicy)
+	p := t.policy(t.byID[serviceID].Routing())
 	t.mu.RUnlock()
 	r.ServiceID = serviceID
 	return pick(eps, p, r, exclude)
