@@ -40,6 +40,7 @@ client commands (a running platform; "modelport <command> -h" for flags, docs/cl
   ls        list model services
   get       show a model service
   scale     change a service's number of instances
+  routing   show or change how a service's requests are routed to its instances
   delete    delete a model service (asks for its name)
   keys      manage API keys: create, ls, revoke
   usage     show what a service has used
@@ -61,7 +62,7 @@ func run(ctx context.Context, args []string, getenv config.Getenv, stdout, stder
 		return up(ctx, getenv, stdout, stderr)
 	case "bench":
 		return bench(ctx, args[1:], stdout)
-	case "login", "catalog", "models", "deploy", "ls", "get", "scale", "delete", "keys", "usage", "chat", "events":
+	case "login", "catalog", "models", "deploy", "ls", "get", "scale", "routing", "delete", "keys", "usage", "chat", "events":
 		return runCLI(ctx, args, getenv, os.Stdin, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
