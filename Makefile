@@ -3,7 +3,7 @@ GO       ?= go
 PKGS     := github.com/modelport/modelport/...
 SERVICES := deployer scaler router inference-worker billing
 
-.PHONY: all build run test test-faults test-short vet fmt tidy bench clean
+.PHONY: all build engines run test test-faults test-short vet fmt tidy bench clean
 
 all: build
 
@@ -13,6 +13,29 @@ build:
 	$(GO) build -o bin/modelport ./cmd/modelport
 	@for s in $(SERVICES); do echo "$(GO) build -o bin/$$s ./services/$$s/cmd/$$s"; $(GO) build -o bin/$$s ./services/$$s/cmd/$$s || exit 1; done
 	$(GO) build -o bin/modelport-simulator ./services/inference-worker/cmd/modelport-simulator
+
+# The real engines that run on this machine's CPU, built from source once into
+# .cache/engines/bin (ignored by git) and linked beside bin/modelport, where the
+# inference-worker finds them. The tests that run a real engine look there too.
+OLLAMA_VERSION ?= v0.17.4
+ENGINES_BIN    := .cache/engines/bin
+
+## engines: build Ollama $(OLLAMA_VERSION) (cgo, CPU) into .cache/engines/bin, or reuse it there;
+## needs a C/C++ compiler and the Debian packages nlohmann-json3-dev and libstb-dev
+engines:
+	@mkdir -p $(ENGINES_BIN) bin
+	@if $(GO) version -m $(ENGINES_BIN)/ollama 2>/dev/null | grep -Eq "^[[:space:]]+mod[[:space:]]+github.com/ollama/ollama[[:space:]]+$(OLLAMA_VERSION)([[:space:]]|$$)"; then \
+		echo "ollama $(OLLAMA_VERSION): $(ENGINES_BIN)/ollama (built already)"; \
+	else \
+		for h in nlohmann/json.hpp stb/stb_image.h; do \
+			echo '#include <'$$h'>' | $${CXX:-c++} -x c++ -fsyntax-only - 2>/dev/null || { \
+				echo "make engines: <$$h> is missing: install the Debian packages nlohmann-json3-dev and libstb-dev (and a C++ compiler)"; exit 1; }; \
+		done; \
+		echo "building ollama $(OLLAMA_VERSION) into $(ENGINES_BIN) (the first build takes several minutes)"; \
+		GOWORK=off CGO_ENABLED=1 CGO_CPPFLAGS="-I$(CURDIR)/third_party" GOBIN="$(CURDIR)/$(ENGINES_BIN)" \
+			$(GO) install github.com/ollama/ollama@$(OLLAMA_VERSION) || exit 1; \
+	fi
+	ln -sf ../$(ENGINES_BIN)/ollama bin/ollama
 
 ## run: the all-in-one platform on embedded NATS and a local ClickHouse
 run: build
