@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -42,6 +43,10 @@ type Config struct {
 	GPUs              int           // MODELPORT_WORKER_GPUS; default: the GPUs nvidia-smi lists, else 0
 	Engines           []string      // MODELPORT_WORKER_ENGINES: real engines this worker may run, e.g. "vllm,llama.cpp"
 	CatalogFile       string        // MODELPORT_CATALOG: a catalog file replacing the built-in one
+	// EnginePath is where engine programs are looked up, a list like
+	// $PATH (MODELPORT_WORKER_ENGINE_PATH); empty: $PATH, then the folder
+	// of the worker's own binary.
+	EnginePath string
 }
 
 // ConfigFromEnv reads Config.
@@ -77,6 +82,7 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 		}
 	}
 	c.CatalogFile = getenv("MODELPORT_CATALOG")
+	c.EnginePath = getenv("MODELPORT_WORKER_ENGINE_PATH")
 	if r := getenv("MODELPORT_WORKER_PORTS"); r != "" {
 		first, last, ok := strings.Cut(r, "-")
 		a, err1 := strconv.Atoi(first)
@@ -138,6 +144,24 @@ func specs(cat *catalog.Catalog, cfg Config) worker.SpecFunc {
 	}
 }
 
+// enginePath is where the worker looks for engine programs: the
+// configured list, or else $PATH and then the folder of the worker's own
+// binary, so that engines installed beside it (make engines links them
+// into bin/) are found without touching $PATH.
+func enginePath(configured, path, exe string) string {
+	if configured != "" {
+		return configured
+	}
+	if exe == "" {
+		return path
+	}
+	dir := filepath.Dir(exe)
+	if path == "" {
+		return dir
+	}
+	return path + string(filepath.ListSeparator) + dir
+}
+
 // workerIDPattern keeps worker IDs usable as key-value keys and as the
 // last token of the placement subject.
 var workerIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
@@ -177,8 +201,10 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	if err != nil {
 		return runner.Service{}, err
 	}
+	exe, _ := os.Executable()
 	eng := &engine.Registry{
 		Ports:            engine.Ports{Host: cfg.ListenHost, First: cfg.FirstPort, Last: cfg.LastPort, Advertise: cfg.AdvertiseHost},
+		SearchPath:       enginePath(cfg.EnginePath, os.Getenv("PATH"), exe),
 		Log:              log,
 		TimeToFirstToken: cfg.TimeToFirstToken, InterTokenLatency: cfg.InterTokenLatency,
 	}
@@ -226,7 +252,7 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		stopBeats()
 		return runner.Service{}, err
 	}
-	log.Info("worker started", "capacity", cfg.Capacity, "gpus", cfg.GPUs, "engines", cfg.Engines)
+	log.Info("worker started", "capacity", cfg.Capacity, "gpus", cfg.GPUs, "engines", cfg.Engines, "engine_path", eng.SearchPath)
 	return runner.Service{Stop: func(ctx context.Context) {
 		stopBeats()
 		w.Shutdown(ctx, "worker stopped")

@@ -295,6 +295,44 @@ func TestProcessEngines(t *testing.T) {
 	}
 }
 
+// TestProcessOllamaImports runs the import of a local GGUF model and its
+// LoRA adapter against the simulated Ollama, which checks each blob's
+// digest against its content: the instance is ready only once the model
+// is created under the served name. A restarted engine gets the same
+// setup again, and blobs it has are not sent twice.
+func TestProcessOllamaImports(t *testing.T) {
+	dir := t.TempDir()
+	model, adapter := filepath.Join(dir, "tiny.gguf"), filepath.Join(dir, "lora.gguf")
+	for path, content := range map[string]string{model: "GGUF weights", adapter: "GGUF adapter"} {
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const served = "u-a11ce0000001/tuned"
+	f := newFakeProcess(t, engine.Ollama{}, fast)
+	inst := start(t, f, engine.Spec{InstanceID: "i-1", ServedName: served, BaseModel: "tiny", Source: "file://" + model,
+		Adapter: engine.LoRA{Name: "tuned", Path: adapter}})
+	await(t, inst, "ready", isReady)
+	if got := chat(t, inst, served); got != served {
+		t.Errorf("the answer names model %q, want %q", got, served)
+	}
+	// A crash: the restarted engine knows nothing, and is set up again.
+	if err := syscall.Kill(-pgid(t, inst), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	await(t, inst, "ready again after a restart", func(ev engine.Event) bool { return ev.State == engine.Ready && ev.Restarts >= 1 })
+	chat(t, inst, served)
+
+	// A model file that is gone fails the setup, and so the instance.
+	f2 := newFakeProcess(t, engine.Ollama{}, fast)
+	f2.Policy.StartTimeout = 2 * time.Second
+	inst2 := start(t, f2, engine.Spec{InstanceID: "i-2", ServedName: served, Source: filepath.Join(dir, "missing.gguf")})
+	ev := await(t, inst2, "failed", isFailed)
+	if !strings.Contains(ev.Failure.Reason+ev.Failure.LogTail, "missing.gguf") {
+		t.Errorf("failure %+v does not name the missing file", ev.Failure)
+	}
+}
+
 func TestProcessSlowStart(t *testing.T) {
 	const slow = 600 * time.Millisecond
 	f := newFakeProcess(t, engine.LlamaCpp{}, fast, "MODELPORT_SIM_SLOW_START="+slow.String())
@@ -420,8 +458,8 @@ func TestProcessProgramMissing(t *testing.T) {
 
 func TestProcessRejects(t *testing.T) {
 	f := newFakeProcess(t, engine.Ollama{}, fast)
-	_, err := f.Start(context.Background(), engine.Spec{InstanceID: "i-1", ServedName: "m", Source: "qwen", Adapter: engine.LoRA{Path: "/l"}})
-	if err == nil || !strings.Contains(err.Error(), "LoRA") {
+	_, err := f.Start(context.Background(), engine.Spec{InstanceID: "i-1", ServedName: "m", Source: "s3://models/m.gguf"})
+	if err == nil || !strings.Contains(err.Error(), "Ollama takes a local GGUF file") {
 		t.Fatalf("err = %v, want the adapter's", err)
 	}
 	// The port went back: the only one in the range serves the next start.
@@ -430,7 +468,7 @@ func TestProcessRejects(t *testing.T) {
 	lns[0].Close()
 	f.Ports = engine.Ports{Host: "127.0.0.1", First: only, Last: only}
 	for range 2 {
-		if _, err := f.Start(context.Background(), engine.Spec{InstanceID: "i-2", ServedName: "m", Source: "q", Adapter: engine.LoRA{Path: "/l"}}); err == nil || strings.Contains(err.Error(), "no free port") {
+		if _, err := f.Start(context.Background(), engine.Spec{InstanceID: "i-2", ServedName: "m", Source: "s3://q"}); err == nil || strings.Contains(err.Error(), "no free port") {
 			t.Fatalf("err = %v, want the adapter's, not a lost port", err)
 		}
 	}
