@@ -34,7 +34,8 @@ type Options struct {
 	// ContextLength is the longest sequence it takes; default 2048.
 	ContextLength int
 	// MeanAnswerTokens is about how many tokens an answer runs, sampled at
-	// Ollama's default temperature, before the model ends it; default 48.
+	// temperature 1 (the OpenAI API's default), before the model ends it;
+	// default 32.
 	// Greedy decoding (temperature 0) never ends an answer: there,
 	// max_tokens or a stop sequence does.
 	MeanAnswerTokens int
@@ -62,7 +63,7 @@ func (o Options) withDefaults() Options {
 		o.ContextLength = 2048
 	}
 	if o.MeanAnswerTokens == 0 {
-		o.MeanAnswerTokens = 48
+		o.MeanAnswerTokens = 32
 	}
 	return o
 }
@@ -221,10 +222,10 @@ func Model(opts Options) (*File, error) {
 var channel0 = 8.0 / math.Sqrt((8.0*8.0+embedding-1)/embedding)
 
 // endLogit is the logit for <|im_end|> that gives it a chance of about
-// 1/mean per token when sampling at temperature 0.8 among the 94
-// printable tokens, whose logits spread normally.
+// 1/mean per token when sampling at temperature 1 among the 94 printable
+// tokens, whose logits spread normally.
 func endLogit(mean int, spread float64) float64 {
-	const temperature = 0.8
+	const temperature = 1.0
 	// Σ exp(l/T) over n normal logits ≈ n·exp(σ²/2T²).
 	sum := 94 * math.Exp(spread*spread/(2*temperature*temperature))
 	p := 1 / float64(mean)

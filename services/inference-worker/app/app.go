@@ -47,6 +47,9 @@ type Config struct {
 	// $PATH (MODELPORT_WORKER_ENGINE_PATH); empty: $PATH, then the folder
 	// of the worker's own binary.
 	EnginePath string
+	// CPUThreads caps the CPU threads of each engine instance that runs
+	// without GPUs (MODELPORT_WORKER_CPU_THREADS); 0: the engine decides.
+	CPUThreads int
 }
 
 // ConfigFromEnv reads Config.
@@ -71,6 +74,9 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 		return c, err
 	}
 	if c.GPUs, err = config.Int(getenv, "MODELPORT_WORKER_GPUS", -1); err != nil {
+		return c, err
+	}
+	if c.CPUThreads, err = config.Int(getenv, "MODELPORT_WORKER_CPU_THREADS", 0); err != nil {
 		return c, err
 	}
 	if c.GPUs < 0 {
@@ -104,6 +110,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("MODELPORT_WORKER_CAPACITY must be at least 1")
 	case c.Heartbeat <= 0 || c.Heartbeat >= state.WorkerTTL:
 		return fmt.Errorf("MODELPORT_WORKER_HEARTBEAT must be between 0 and %s", state.WorkerTTL)
+	case c.CPUThreads < 0:
+		return fmt.Errorf("MODELPORT_WORKER_CPU_THREADS cannot be negative")
 	}
 	for _, e := range c.Engines {
 		if _, ok := engine.Adapters[e]; !ok {
@@ -205,6 +213,7 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	eng := &engine.Registry{
 		Ports:            engine.Ports{Host: cfg.ListenHost, First: cfg.FirstPort, Last: cfg.LastPort, Advertise: cfg.AdvertiseHost},
 		SearchPath:       enginePath(cfg.EnginePath, os.Getenv("PATH"), exe),
+		CPUThreads:       cfg.CPUThreads,
 		Log:              log,
 		TimeToFirstToken: cfg.TimeToFirstToken, InterTokenLatency: cfg.InterTokenLatency,
 	}

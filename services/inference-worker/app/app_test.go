@@ -68,8 +68,11 @@ func TestEnginePath(t *testing.T) {
 			t.Errorf("enginePath(%q, %q, %q) = %q, want %q", tc.configured, tc.path, tc.exe, got, tc.want)
 		}
 	}
-	c, err := ConfigFromEnv(config.Map(map[string]string{"MODELPORT_WORKER_ENGINE_PATH": "/engines", "MODELPORT_WORKER_GPUS": "0"}))
-	if err != nil || c.EnginePath != "/engines" {
+	c, err := ConfigFromEnv(config.Map(map[string]string{"MODELPORT_WORKER_ENGINE_PATH": "/engines", "MODELPORT_WORKER_GPUS": "0", "MODELPORT_WORKER_CPU_THREADS": "2"}))
+	if err != nil || c.EnginePath != "/engines" || c.CPUThreads != 2 {
 		t.Errorf("config %+v, %v", c, err)
+	}
+	if _, err := ConfigFromEnv(config.Map(map[string]string{"MODELPORT_WORKER_CPU_THREADS": "-1", "MODELPORT_WORKER_GPUS": "0"})); err == nil {
+		t.Error("negative CPU threads accepted")
 	}
 }

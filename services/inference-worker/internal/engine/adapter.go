@@ -96,8 +96,8 @@ func check(engine string, spec Spec) error {
 		return fmt.Errorf("%s: instance %s: LoRA adapter %q has no path", engine, spec.InstanceID, spec.Adapter.Name)
 	case len(spec.Devices) > 0 && len(spec.Devices) != spec.GPUs:
 		return fmt.Errorf("%s: instance %s needs %d GPUs, was given %d", engine, spec.InstanceID, spec.GPUs, len(spec.Devices))
-	case spec.GPUs < 0 || spec.ContextLength < 0 || spec.TensorParallel < 0:
-		return fmt.Errorf("%s: instance %s: negative GPUs, context length or tensor parallel size", engine, spec.InstanceID)
+	case spec.GPUs < 0 || spec.ContextLength < 0 || spec.TensorParallel < 0 || spec.Threads < 0:
+		return fmt.Errorf("%s: instance %s: negative GPUs, context length, tensor parallel size or threads", engine, spec.InstanceID)
 	}
 	return nil
 }
@@ -163,6 +163,9 @@ func (l LlamaCpp) Command(spec Spec, host string, port int) (Command, error) {
 		layers = "0"
 	}
 	args = append(args, "-ngl", layers)
+	if spec.Threads > 0 {
+		args = append(args, "--threads", strconv.Itoa(spec.Threads))
+	}
 	if hasLoRA(spec) {
 		lora := spec.Adapter.Path
 		if path, ok := localPath(lora); ok {
@@ -222,7 +225,8 @@ func (Ollama) Name() string { return "ollama" }
 //     copied to the served name.
 //
 // A LoRA adapter, a local GGUF file, is uploaded the same way and created
-// into the model, on an imported or a pulled base.
+// into the model, on an imported or a pulled base. Threads become the
+// model's num_thread parameter, set by /api/create as well.
 func (o Ollama) Command(spec Spec, host string, port int) (Command, error) {
 	if err := check(o.Name(), spec); err != nil {
 		return Command{}, err
@@ -245,6 +249,9 @@ func (o Ollama) Command(spec Spec, host string, port int) (Command, error) {
 	}
 	var setup []Request
 	create := map[string]any{"model": spec.ServedName, "stream": false}
+	if spec.Threads > 0 {
+		create["parameters"] = map[string]any{"num_thread": spec.Threads}
+	}
 	var digests []string
 	if local {
 		digests = append(digests, model)
@@ -252,9 +259,6 @@ func (o Ollama) Command(spec Spec, host string, port int) (Command, error) {
 		create["files"] = map[string]string{"model.gguf": digestOf(len(digests) - 1)}
 	} else {
 		setup = append(setup, Request{Method: "POST", Path: "/api/pull", Body: jsonBody(map[string]any{"model": model, "stream": false})})
-		if adapter == "" {
-			setup = append(setup, Request{Method: "POST", Path: "/api/copy", Body: jsonBody(map[string]any{"source": model, "destination": spec.ServedName})})
-		}
 		create["from"] = model
 	}
 	if adapter != "" {
@@ -262,8 +266,10 @@ func (o Ollama) Command(spec Spec, host string, port int) (Command, error) {
 		setup = append(setup, uploadBlob(adapter, len(digests)-1, digests))
 		create["adapters"] = map[string]string{"adapter.gguf": digestOf(len(digests) - 1)}
 	}
-	if local || adapter != "" {
+	if local || adapter != "" || spec.Threads > 0 {
 		setup = append(setup, Request{Method: "POST", Path: "/api/create", Body: jsonBody(create), Digests: digests})
+	} else {
+		setup = append(setup, Request{Method: "POST", Path: "/api/copy", Body: jsonBody(map[string]any{"source": model, "destination": spec.ServedName})})
 	}
 	return Command{Program: "ollama", Args: []string{"serve"}, Env: e, Health: "/", Setup: setup}, nil
 }

@@ -109,6 +109,7 @@ func commonErrors() []adapterCase {
 		{name: "LoRA without a path", spec: base(func(s *engine.Spec) { s.Adapter = engine.LoRA{Name: "sql"} }), wantErr: `LoRA adapter "sql" has no path`},
 		{name: "fewer devices than GPUs", spec: base(func(s *engine.Spec) { s.GPUs = 2 }), wantErr: "needs 2 GPUs, was given 1"},
 		{name: "negative context", spec: base(func(s *engine.Spec) { s.ContextLength = -1 }), wantErr: "negative"},
+		{name: "negative threads", spec: base(func(s *engine.Spec) { s.Threads = -1 }), wantErr: "negative"},
 	}
 }
 
@@ -215,6 +216,13 @@ func TestLlamaCppCommand(t *testing.T) {
 			}),
 			wantArgs: []string{"-m", "/models/tiny.gguf", "--alias", "u-a11ce0000001/chat",
 				"--host", "0.0.0.0", "--port", "9101", "-c", "32768", "-ngl", "0", "--lora", "/loras/sql.gguf"},
+			wantEnv: map[string]string{"CUDA_VISIBLE_DEVICES": "-1"},
+		},
+		{
+			name: "CPU threads",
+			spec: base(gguf, onCPU, func(s *engine.Spec) { s.Threads = 2 }),
+			wantArgs: []string{"-m", "/models/qwen2.5-0.5b-instruct-q4_k_m.gguf", "--alias", "u-a11ce0000001/tiny",
+				"--host", "0.0.0.0", "--port", "9101", "-c", "32768", "-ngl", "0", "--threads", "2"},
 			wantEnv: map[string]string{"CUDA_VISIBLE_DEVICES": "-1"},
 		},
 		{
@@ -368,6 +376,29 @@ func TestOllamaCommand(t *testing.T) {
 				{Method: "POST", Path: "/api/create",
 					Body:    `{"adapters":{"adapter.gguf":"{digest 0}"},"from":"qwen2.5:0.5b","model":"u-a11ce0000001/chat","stream":false}`,
 					Digests: []string{"/loras/sql.gguf"}},
+			},
+		},
+		{
+			name:       "an imported model on one CPU thread",
+			spec:       base(gguf, onCPU, func(s *engine.Spec) { s.Threads = 1 }),
+			wantArgs:   []string{"serve"},
+			wantEnv:    map[string]string{"OLLAMA_HOST": "0.0.0.0:9101", "OLLAMA_CONTEXT_LENGTH": "32768", "CUDA_VISIBLE_DEVICES": "-1"},
+			wantHealth: "/",
+			wantSetup: []engine.Request{
+				imported[0],
+				{Method: "POST", Path: "/api/create", Body: `{"files":{"model.gguf":"{digest 0}"},"model":"u-a11ce0000001/chat","parameters":{"num_thread":1},"stream":false}`,
+					Digests: []string{"/models/tiny.gguf"}},
+			},
+		},
+		{
+			name:       "a pulled model on four CPU threads is created from the pulled one",
+			spec:       base(tag, onCPU, func(s *engine.Spec) { s.Threads = 4 }),
+			wantArgs:   []string{"serve"},
+			wantEnv:    map[string]string{"OLLAMA_HOST": "0.0.0.0:9101", "OLLAMA_CONTEXT_LENGTH": "32768", "CUDA_VISIBLE_DEVICES": "-1"},
+			wantHealth: "/",
+			wantSetup: []engine.Request{
+				pull[0],
+				{Method: "POST", Path: "/api/create", Body: `{"from":"qwen2.5:0.5b","model":"u-a11ce0000001/chat","parameters":{"num_thread":4},"stream":false}`},
 			},
 		},
 		{name: "a LoRA that is not a local file", spec: base(tag, withLoRA, func(s *engine.Spec) { s.Adapter.Path = "org/sql-lora" }),

@@ -41,6 +41,10 @@ type Process struct {
 	// Log receives the engines' output at debug level and their life
 	// events; nil: nowhere.
 	Log *slog.Logger
+	// CPUThreads, when above 0, is the Threads of every instance that has
+	// no GPUs and does not set its own: on a shared or small host, engines
+	// that each spin one thread per core slow each other down badly.
+	CPUThreads int
 
 	poolOnce sync.Once
 	pool     *portPool // shared by a Registry's engines
@@ -69,6 +73,9 @@ func (p *Process) Start(_ context.Context, spec Spec) (Instance, error) {
 	host := p.Ports.Host
 	if host == "" {
 		host = "127.0.0.1"
+	}
+	if spec.GPUs == 0 && spec.Threads == 0 {
+		spec.Threads = p.CPUThreads
 	}
 	cmd, err := p.Adapter.Command(spec, host, port)
 	if err != nil {

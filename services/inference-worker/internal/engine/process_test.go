@@ -189,15 +189,17 @@ func chat(t *testing.T, inst engine.Instance, model string) string {
 func TestProcessEngines(t *testing.T) {
 	const served = "u-a11ce0000001/chat"
 	tests := []struct {
-		name     string
-		adapter  engine.Adapter
-		spec     engine.Spec
-		wantArgv func(port string) []string
-		wantEnv  func(port string) map[string]string
+		name       string
+		adapter    engine.Adapter
+		cpuThreads int // the Process's CPUThreads
+		spec       engine.Spec
+		wantArgv   func(port string) []string
+		wantEnv    func(port string) map[string]string
 	}{
 		{
-			name:    "vllm",
-			adapter: engine.VLLM{},
+			name:       "vllm",
+			adapter:    engine.VLLM{},
+			cpuThreads: 3, // not for an instance with GPUs
 			spec: engine.Spec{InstanceID: "i-1", ServedName: served, BaseModel: "qwen2.5-7b-instruct", Source: "Qwen/Qwen2.5-7B-Instruct",
 				ContextLength: 32768, GPUs: 2, TensorParallel: 2, Devices: []int{1, 3}, Env: map[string]string{"HF_HOME": "/models/hf"}},
 			wantArgv: func(port string) []string {
@@ -232,6 +234,18 @@ func TestProcessEngines(t *testing.T) {
 			wantEnv: func(string) map[string]string { return map[string]string{"CUDA_VISIBLE_DEVICES": "-1"} },
 		},
 		{
+			name:       "llama.cpp with CPU threads",
+			adapter:    engine.LlamaCpp{},
+			cpuThreads: 3,
+			spec: engine.Spec{InstanceID: "i-1", ServedName: served, BaseModel: "qwen2.5-0.5b-instruct-gguf",
+				Source: "file:///models/qwen2.5-0.5b-instruct-q4_k_m.gguf"},
+			wantArgv: func(port string) []string {
+				return []string{"llama-server", "-m", "/models/qwen2.5-0.5b-instruct-q4_k_m.gguf", "--alias", served,
+					"--host", "127.0.0.1", "--port", port, "-ngl", "0", "--threads", "3"}
+			},
+			wantEnv: func(string) map[string]string { return map[string]string{"CUDA_VISIBLE_DEVICES": "-1"} },
+		},
+		{
 			name:    "sglang",
 			adapter: engine.SGLang{},
 			spec: engine.Spec{InstanceID: "i-1", ServedName: served, BaseModel: "qwen2.5-7b-instruct", Source: "Qwen/Qwen2.5-7B-Instruct",
@@ -257,6 +271,7 @@ func TestProcessEngines(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			f := newFakeProcess(t, tc.adapter, fast)
+			f.CPUThreads = tc.cpuThreads
 			inst := start(t, f, tc.spec)
 			if got, want := inst.Engine(), tc.adapter.Name(); got != want {
 				t.Errorf("engine = %q, want %q", got, want)
@@ -310,6 +325,7 @@ func TestProcessOllamaImports(t *testing.T) {
 	}
 	const served = "u-a11ce0000001/tuned"
 	f := newFakeProcess(t, engine.Ollama{}, fast)
+	f.CPUThreads = 1
 	inst := start(t, f, engine.Spec{InstanceID: "i-1", ServedName: served, BaseModel: "tiny", Source: "file://" + model,
 		Adapter: engine.LoRA{Name: "tuned", Path: adapter}})
 	await(t, inst, "ready", isReady)
@@ -317,6 +333,8 @@ func TestProcessOllamaImports(t *testing.T) {
 		t.Errorf("the answer names model %q, want %q", got, served)
 	}
 	// A crash: the restarted engine knows nothing, and is set up again.
+	// (The simulated Ollama answers a create that sets num_thread as it
+	// does any other.)
 	if err := syscall.Kill(-pgid(t, inst), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
