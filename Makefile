@@ -78,7 +78,7 @@ tidy:
 	@for m in libs $(addprefix services/,$(SERVICES)) cmd/modelport deploy; do (cd $$m && GOWORK=off $(GO) mod tidy) || exit 1; done
 
 ## bench: the benchmark suite; rewrites docs/benchmarks.md
-bench: build
+bench: build engines
 	bin/modelport bench -requests 3000 -out docs/benchmarks.md
 
 clean:
