@@ -41,8 +41,9 @@ engines:
 run: build
 	MODELPORT_CLICKHOUSE_INSTALL=$${MODELPORT_CLICKHOUSE_INSTALL:-1} bin/modelport up
 
-## test: vet, then every test with the race detector (needs ClickHouse, Node and Chromium; see README)
-test: vet clients/node/node_modules tests/browser/node_modules
+## test: vet, then every test with the race detector (needs ClickHouse, Node and Chromium, and
+## builds the engines the first time; see README)
+test: vet engines clients/node/node_modules tests/browser/node_modules
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 # The official openai npm package, for the client compatibility test.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -323,4 +324,34 @@ func TestOllamaServesALoRA(t *testing.T) {
 		t.Errorf("with the adapter %+v, without %+v", withLoRA, plain)
 	}
 	sameAsOllama(t, strings.TrimSuffix(tuned.Endpoint(), "/v1"), req, withLoRA)
+}
+
+// TestOllamaRejectsWhatIsNotAModel: a source file that is not a GGUF model
+// fails the instance with Ollama's reason, rather than leaving it
+// starting.
+func TestOllamaRejectsWhatIsNotAModel(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a real engine")
+	}
+	bad := filepath.Join(t.TempDir(), "notes.gguf")
+	if err := os.WriteFile(bad, []byte("these are notes, not weights"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := &engine.Process{
+		Adapter: engine.Ollama{}, Ports: engine.Ports{Host: "127.0.0.1"}, SearchPath: filepath.Dir(enginetest.Ollama(t)),
+		Environ: []string{"HOME=" + t.TempDir(), "PATH=/usr/bin:/bin"}, Policy: realEngine,
+	}
+	inst := start(t, p, engine.Spec{InstanceID: "i-1", ServedName: "u-a11ce0000001/notes", Source: bad})
+	for ev := range inst.Events() {
+		if ev.State == engine.Ready {
+			t.Fatal("an instance of a file that is not a model became ready")
+		}
+		if ev.State == engine.Failed {
+			if !strings.Contains(ev.Failure.Reason, "/api/create") || !strings.Contains(ev.Failure.Reason, "400") {
+				t.Errorf("failure %q, want Ollama's refusal of the create request", ev.Failure.Reason)
+			}
+			return
+		}
+	}
+	t.Fatal("events closed without a failure")
 }
