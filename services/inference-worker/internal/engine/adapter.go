@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -222,7 +223,8 @@ func (Ollama) Name() string { return "ollama" }
 //     is uploaded unless Ollama has it already, then /api/create makes the
 //     model from it;
 //   - an Ollama tag (ollama://name:tag, or a bare name:tag) is pulled and
-//     copied to the served name.
+//     copied to the served name, or created from when there is more to
+//     add.
 //
 // A LoRA adapter, a local GGUF file, is uploaded the same way and created
 // into the model, on an imported or a pulled base. Threads become the
@@ -298,11 +300,15 @@ func ollamaSource(source string) (model string, local bool, err error) {
 	return source, false, nil
 }
 
-// localPath returns the file a model source names: a file:// URL, or a
-// path (see isPath).
+// localPath returns the file a model source names: a file:// URL (on this
+// host), or a path (see isPath).
 func localPath(source string) (string, bool) {
-	if rest, ok := strings.CutPrefix(source, "file://"); ok {
-		return rest, rest != ""
+	if strings.HasPrefix(source, "file://") {
+		u, err := url.Parse(source)
+		if err != nil || (u.Host != "" && u.Host != "localhost") || u.Path == "" {
+			return "", false
+		}
+		return u.Path, true
 	}
 	if !strings.Contains(source, "://") && isPath(source) {
 		return source, true

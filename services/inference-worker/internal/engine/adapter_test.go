@@ -405,6 +405,20 @@ func TestOllamaCommand(t *testing.T) {
 			wantErr: "the LoRA adapter must be a local GGUF file"},
 		{name: "a source Ollama cannot read", spec: base(func(s *engine.Spec) { s.Source = "s3://bucket/tiny.gguf" }),
 			wantErr: "Ollama takes a local GGUF file"},
+		{name: "a file on another host", spec: base(func(s *engine.Spec) { s.Source = "file://models.example/tiny.gguf" }),
+			wantErr: "Ollama takes a local GGUF file"},
+		{
+			name:       "an escaped file URL",
+			spec:       base(onCPU, func(s *engine.Spec) { s.Source = "file:///my%20models/tiny.gguf" }),
+			wantArgs:   []string{"serve"},
+			wantEnv:    map[string]string{"OLLAMA_HOST": "0.0.0.0:9101", "OLLAMA_CONTEXT_LENGTH": "32768", "CUDA_VISIBLE_DEVICES": "-1"},
+			wantHealth: "/",
+			wantSetup: []engine.Request{
+				upload(0, "/my models/tiny.gguf"),
+				{Method: "POST", Path: "/api/create", Body: `{"files":{"model.gguf":"{digest 0}"},"model":"u-a11ce0000001/chat","stream":false}`,
+					Digests: []string{"/my models/tiny.gguf"}},
+			},
+		},
 	}
 	runAdapterCases(t, engine.Ollama{}, append(tests, commonErrors()...))
 }
