@@ -44,6 +44,11 @@ func streamChat(ctx context.Context, client *http.Client, base, model string, ma
 		"model": model, "stream": true, "max_tokens": maxTokens, "stream_options": map[string]bool{"include_usage": true},
 		"messages": []map[string]string{{"role": "user", "content": "Count slowly to a very large number."}},
 	})
+	return streamChatBody(ctx, client, base, body, onChunk)
+}
+
+// streamChatBody is streamChat with a request body of the caller's.
+func streamChatBody(ctx context.Context, client *http.Client, base string, body []byte, onChunk func(int)) streamResult {
 	req, err := http.NewRequestWithContext(ctx, "POST", base+"/v1/chat/completions", bytes.NewReader(body))
 	if err != nil {
 		return streamResult{readErr: err}

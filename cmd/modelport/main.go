@@ -29,8 +29,9 @@ func main() {
 const usage = `usage: modelport <command>
 
 commands:
-  up     run the whole platform in this process (embedded NATS, local ClickHouse)
-  bench  measure the request path against a direct-to-engine baseline
+  up         run the whole platform in this process (embedded NATS, local ClickHouse)
+  bench      measure the request path against a direct-to-engine baseline
+  testmodel  write a tiny random-weights GGUF model that real engines serve on a CPU
 
 client commands (a running platform; "modelport <command> -h" for flags, docs/cli.md):
   login     check an API key and save it with the URL
@@ -61,6 +62,8 @@ func run(ctx context.Context, args []string, getenv config.Getenv, stdout, stder
 		return up(ctx, getenv, stdout, stderr)
 	case "bench":
 		return bench(ctx, args[1:], stdout)
+	case "testmodel":
+		return testmodel(args[1:], stdout, stderr)
 	case "login", "catalog", "models", "deploy", "ls", "get", "scale", "delete", "keys", "usage", "chat", "events":
 		return runCLI(ctx, args, getenv, os.Stdin, stdout, stderr)
 	case "help", "-h", "--help":

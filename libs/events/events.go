@@ -249,9 +249,10 @@ func (ServiceDeletedV1) Subject() string { return SubjectServiceDeletedV1 }
 // InstanceReleasedV1 says the scaler took an instance off a worker (scale
 // down, deletion, or a worker replaced). Published by the scaler on
 // SubjectInstanceReleasedV1 + "." + WorkerID; consumed by that worker,
-// which drains and stops the instance, and by billing, which ends the
+// which drains and stops the instance, by billing, which ends the
 // instance's billed time at OccurredAt when WorkerGone is set (a worker
-// that died publishes no InstanceStoppedV1).
+// that died publishes no InstanceStoppedV1), and, when WorkerGone is set,
+// by the deployer, which recounts the service's ready instances without it.
 type InstanceReleasedV1 struct {
 	Meta
 	InstanceID string `json:"instance_id"`
