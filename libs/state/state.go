@@ -13,6 +13,7 @@
 //	idempotency <owner id>.<sha256 of key>   deployer         deployer (TTL: keys expire after IdempotencyTTL)
 //	images      (object store) <name>.png    router           router (TTL: ImageTTL)
 //	load        <service id>.<router id>     router           scaler (TTL: LoadTTL; the autoscaler's demand signal)
+//	leases      <service>.<lease name>       its holder       the same service's other processes (TTL: LeaseTTL; one holder at a time)
 package state
 
 import (
@@ -43,7 +44,15 @@ const (
 	// BucketLoad holds each router's requests in flight per service, the
 	// demand the autoscaler sizes services by.
 	BucketLoad = "load"
+	// BucketLeases holds leases: work that one process of a service at a
+	// time may do (billing's migrations, price changes, period closings
+	// and scheduled jobs). A holder keeps its key alive by writing it again
+	// within LeaseTTL; a holder that dies loses it when the key expires.
+	BucketLeases = "leases"
 )
+
+// LeaseTTL is how long a lease lasts without being renewed.
+const LeaseTTL = 30 * time.Second
 
 // LoadTTL is how long a router's load report lasts without a newer one.
 const LoadTTL = time.Minute
@@ -68,6 +77,7 @@ var Buckets = []jetstream.KeyValueConfig{
 	{Bucket: BucketOwners, Storage: jetstream.FileStorage},
 	{Bucket: BucketIdempotency, Storage: jetstream.FileStorage, TTL: IdempotencyTTL},
 	{Bucket: BucketLoad, Storage: jetstream.MemoryStorage, TTL: LoadTTL},
+	{Bucket: BucketLeases, Storage: jetstream.FileStorage, TTL: LeaseTTL},
 }
 
 // EnsureBuckets creates or updates every bucket with the given number of
