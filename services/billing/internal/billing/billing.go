@@ -6,6 +6,7 @@ package billing
 import (
 	"context"
 	"regexp"
+	"sync"
 	"time"
 
 	"github.com/modelport/modelport/libs/errs"
@@ -296,6 +297,9 @@ type Service struct {
 	services Services
 	locks    Locks
 	now      func() time.Time
+
+	seenMu   sync.Mutex
+	lastSeen map[string]time.Time // by instance ID; see Reconcile
 }
 
 // Option configures a Service.

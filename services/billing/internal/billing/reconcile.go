@@ -78,13 +78,29 @@ func (s *Service) Reconcile(ctx context.Context, seen map[string]Sighting, lease
 	now := s.Now()
 	r := ReconcileReport{Open: len(open)}
 	var sightings []Sighting
+	// The latest sighting of each open instance seen by this process,
+	// finer than the stored ones.
+	s.seenMu.Lock()
+	defer s.seenMu.Unlock()
+	lastSeen := make(map[string]time.Time, len(open))
 	for _, o := range open {
+		if t, ok := s.lastSeen[o.InstanceID]; ok && t.After(o.LastSeenAt) {
+			o.LastSeenAt = t
+		}
 		if sg, ok := seen[o.InstanceID]; ok {
+			if sg.At.After(o.LastSeenAt) {
+				lastSeen[o.InstanceID] = sg.At
+			} else {
+				lastSeen[o.InstanceID] = o.LastSeenAt
+			}
 			if sg.At.Sub(o.LastSeenAt) >= SightingEvery && sg.At.After(o.LastEventAt) {
 				sg.ServiceID = o.ServiceID
 				sightings = append(sightings, sg)
 			}
 			continue
+		}
+		if !o.LastSeenAt.IsZero() {
+			lastSeen[o.InstanceID] = o.LastSeenAt
 		}
 		last := o.evidence()
 		if now.Sub(last) <= lease {
@@ -105,6 +121,7 @@ func (s *Service) Reconcile(ctx context.Context, seen map[string]Sighting, lease
 			return r, err
 		}
 	}
+	s.lastSeen = lastSeen
 	return r, nil
 }
 
