@@ -34,7 +34,7 @@ func TestClosedPeriodsAndAdjustments(t *testing.T) {
 	// million tokens.
 	store := &fakeStore{lines: []line{
 		{Hour: nov.Add(5 * time.Hour), APIKeyID: "k1", BaseModel: "qwen2.5-7b-instruct", Requests: 2, PromptTokens: 1_000_000, CompletionTokens: 100_000}, // 210,000
-		{Hour: dec.Add(2 * time.Hour), APIKeyID: "k1", BaseModel: "qwen2.5-7b-instruct", Requests: 1, PromptTokens: 100_000},                               // 15,000
+		{Hour: dec.Add(2 * time.Hour), APIKeyID: "k1", BaseModel: "qwen2.5-7b-instruct", Requests: 1, PromptTokens: 100_000},                              // 15,000
 	}}
 	services := fakeServices{"s1": {ID: "s1", OwnerID: alice.OwnerID, Name: "chat", BaseModel: "qwen2.5-7b-instruct", BillingMethod: state.BillingPerToken, CreatedAt: nov}}
 	svc := billing.New(store, services, billing.WithClock(func() time.Time { return now }))

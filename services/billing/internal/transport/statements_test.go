@@ -59,7 +59,7 @@ func TestStatementsAPI(t *testing.T) {
 	bobs := e.service(e.bob, state.BillingPerToken, nov)
 	if err := e.store.InsertUsage(e.ctx, []events.RequestCompletedV1{
 		usageEvent(svc, "=cmd|' /C calc'!A0", 1_000_000, 0, nov.Add(3*time.Hour)), // 150,000
-		usageEvent(svc, "k2", 0, 1_000_000, nov.Add(50*time.Hour)),               // 600,000
+		usageEvent(svc, "k2", 0, 1_000_000, nov.Add(50*time.Hour)),                // 600,000
 		usageEvent(bobs, "k3", 10, 10, nov.Add(time.Hour)),
 	}); err != nil {
 		t.Fatal(err)
