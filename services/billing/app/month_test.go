@@ -467,6 +467,14 @@ func TestSimulatedMonth(t *testing.T) {
 		}
 	}
 
+	// The documented cost-per-month query bills November as the API does.
+	monthly := documentedMonthCosts(t, conn, db)
+	for _, svc := range []state.Service{chat, other, hosted} {
+		if api := billed(urlB, svc.ID, nov2025, dec2025, "").CostMicros; monthly[[2]string{svc.ID, "2025-11"}] != api {
+			t.Errorf("%s: cost-per-month says %d micros for November, the API %d", svc.ID, monthly[[2]string{svc.ID, "2025-11"}], api)
+		}
+	}
+
 	// January 2nd: December closes, with its adjustment; the documented
 	// SQL reads the closed statements as the API does.
 	setClock(jan2026.Add(24 * time.Hour))
@@ -501,21 +509,52 @@ func TestSimulatedMonth(t *testing.T) {
 		decTotal += st.CostMicros
 	}
 	var totals [][3]int64
-	rows, err := conn.Query(ctx, "SELECT toString(period), toInt64(sum(cost_micros)), toInt64(sumIf(cost_micros, kind = 'adjustment')) FROM "+db+".statements GROUP BY period ORDER BY period")
+	rows, err := conn.Query(ctx, documented(t, "statement-totals", db))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var periods []string
 	for rows.Next() {
-		var p string
+		var p time.Time
 		var r [3]int64
-		if err := rows.Scan(&p, &r[0], &r[1]); err != nil {
+		var services uint64
+		if err := rows.Scan(&p, &r[0], &r[1], &services); err != nil {
 			t.Fatal(err)
 		}
-		periods = append(periods, p)
+		periods = append(periods, p.Format("2006-01-02"))
 		totals = append(totals, r)
 	}
 	rows.Close()
+	// And per service, each closed month as the API answered it.
+	for _, period := range []string{"2025-11", "2025-12"} {
+		api := statementOf(urlA, period)
+		rows, err := conn.Query(ctx, strings.ReplaceAll(documented(t, "statement-per-service", db), "2025-05-01", period+"-01"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for rows.Next() {
+			var id, owner string
+			var usage, adj, total int64
+			if err := rows.Scan(&id, &owner, &usage, &adj, &total); err != nil {
+				t.Fatal(err)
+			}
+			n++
+			if st := api[id]; st.UsageCostMicros != usage || st.AdjustmentsCostMicros != adj || st.CostMicros != total || st.OwnerID != owner {
+				t.Errorf("%s %s: statement-per-service %d/%d/%d (owner %s), the API %+v", period, id, usage, adj, total, owner, st)
+			}
+		}
+		rows.Close()
+		if n != len(api) {
+			t.Errorf("%s: statement-per-service has %d services, the API %d", period, n, len(api))
+		}
+	}
+	monthly = documentedMonthCosts(t, conn, db)
+	for _, svc := range []state.Service{chat, other, hosted} {
+		if api := billed(urlB, svc.ID, dec2025, jan2026, "").CostMicros; monthly[[2]string{svc.ID, "2025-12"}] != api {
+			t.Errorf("%s: cost-per-month says %d micros for December, the API %d", svc.ID, monthly[[2]string{svc.ID, "2025-12"}], api)
+		}
+	}
 	var novTotal int64
 	for _, c := range novWant {
 		novTotal += c
@@ -523,6 +562,50 @@ func TestSimulatedMonth(t *testing.T) {
 	if len(totals) != 2 || periods[0] != "2025-11-01" || totals[0][0] != novTotal || totals[0][1] != 0 || totals[1][0] != decTotal || totals[1][1] == 0 {
 		t.Errorf("statements in ClickHouse %v %v, want November %d and December %d with its adjustments", periods, totals, novTotal, decTotal)
 	}
+}
+
+// documented returns the SQL of docs/billing.md marked <!-- query: name -->,
+// for database db.
+func documented(t *testing.T, name, db string) string {
+	t.Helper()
+	b, err := os.ReadFile("../../../docs/billing.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), "<!-- query: "+name+" -->\n```sql\n")
+	if !ok {
+		t.Fatalf("docs/billing.md has no query %s", name)
+	}
+	sql, _, _ := strings.Cut(rest, "```")
+	return strings.ReplaceAll(sql, "modelport.", db+".")
+}
+
+// documentedMonthCosts runs the documented cost-per-month query: cost by
+// service and month.
+func documentedMonthCosts(t *testing.T, conn ch.Conn, db string) map[[2]string]uint64 {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), documented(t, "cost-per-month", db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[[2]string]uint64{}
+	for rows.Next() {
+		var id, usd string
+		var month time.Time
+		var cost, unknown uint64
+		if err := rows.Scan(&id, &month, &cost, &usd, &unknown); err != nil {
+			t.Fatal(err)
+		}
+		if unknown != 0 {
+			t.Errorf("cost-per-month: %s has %d lines without a billing method", id, unknown)
+		}
+		if want := fmt.Sprintf("%d.%06d", cost/1_000_000, cost%1_000_000); usd != want {
+			t.Errorf("cost-per-month: %s in USD %q, want %q", id, usd, want)
+		}
+		out[[2]string{id, month.Format("2006-01")}] = cost
+	}
+	return out
 }
 
 // snapshot returns a copy of the ledger as it stands.
