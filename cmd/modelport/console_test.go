@@ -23,6 +23,7 @@ import (
 var consoleScreenshots = []string{
 	"signin-1280", "list-1280", "list-390", "deploy-1280", "deploy-390", "detail-1280", "detail-390",
 	"playground-chat-1280", "playground-chat-390", "image-generation-1280", "image-understanding-1280",
+	"statements-1280", "statements-390",
 }
 
 // TestConsole drives the web console in Chromium with playwright-core
@@ -30,7 +31,8 @@ var consoleScreenshots = []string{
 // in, deploy a text, an image-generation and an image-understanding
 // service through the form, watch them reach running live, try each in
 // the playground, scale one to 2, and delete them, a wrong name refused
-// first. The browser test saves a screenshot of each page.
+// first; then read the month's statements and close last month. The
+// browser test saves a screenshot of each page.
 func TestConsole(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the platform and a browser")
