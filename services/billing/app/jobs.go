@@ -80,8 +80,9 @@ func jobs(cfg Config, svc *billing.Service, store *clickhouse.Store, bus *natsx.
 		}},
 		{Name: "reconcile", Every: cfg.ReconcileEvery, Run: func(ctx context.Context) error {
 			defer func() {
-				if n, err := svc.StaleIntervals(ctx); err == nil {
-					gauges.openOverDay.Store(int64(n))
+				if open, stale, err := svc.OpenIntervals(ctx); err == nil {
+					gauges.openIntervals.Store(int64(open))
+					gauges.openOverDay.Store(int64(stale))
 				}
 			}()
 			// An instance whose stop is still on its way must not be
@@ -96,7 +97,6 @@ func jobs(cfg Config, svc *billing.Service, store *clickhouse.Store, bus *natsx.
 				return err
 			}
 			r, err := svc.Reconcile(ctx, seen, cfg.InstanceLease)
-			gauges.openIntervals.Store(int64(r.Open - len(r.Ended)))
 			if len(r.Ended) > 0 {
 				intervalsLost.Add(ctx, int64(len(r.Ended)))
 				for _, e := range r.Ended {

@@ -117,9 +117,9 @@ func TestReconcileEndsInstancesWithoutEvidence(t *testing.T) {
 		"seen":                 {InstanceID: "seen", WorkerID: "w1", At: now.Add(-time.Second)},
 		"seen-recently-stored": {InstanceID: "seen-recently-stored", WorkerID: "w1", At: now.Add(-time.Second)},
 	}
-	stale, err := svc.StaleIntervals(context.Background())
-	if err != nil || stale != 1 {
-		t.Errorf("StaleIntervals = %d, %v; want 1 (never-seen, no evidence for 39 hours)", stale, err)
+	open, stale, err := svc.OpenIntervals(context.Background())
+	if err != nil || open != 5 || stale != 1 {
+		t.Errorf("OpenIntervals = %d, %d, %v; want 5, and 1 with no evidence for over a day (never-seen: 39 hours)", open, stale, err)
 	}
 	r, err := svc.Reconcile(context.Background(), seen, lease)
 	if err != nil {

@@ -125,18 +125,19 @@ func (s *Service) Reconcile(ctx context.Context, seen map[string]Sighting, lease
 	return r, nil
 }
 
-// StaleIntervals counts the instances billed as running with no evidence
-// for more than a day: what the alert on open intervals watches.
-func (s *Service) StaleIntervals(ctx context.Context) (int, error) {
-	open, err := s.store.OpenInstances(ctx)
+// OpenIntervals counts the instances billed as running, and of them the
+// ones with no evidence for more than a day: what the alert on open
+// intervals watches.
+func (s *Service) OpenIntervals(ctx context.Context) (open, staleOverDay int, err error) {
+	instances, err := s.store.OpenInstances(ctx)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	now, n := s.Now(), 0
-	for _, o := range open {
+	now := s.Now()
+	for _, o := range instances {
 		if now.Sub(o.evidence()) > 24*time.Hour {
-			n++
+			staleOverDay++
 		}
 	}
-	return n, nil
+	return len(instances), staleOverDay, nil
 }
