@@ -34,10 +34,11 @@ tests/browser/node_modules: tests/browser/package-lock.json
 
 ## test-faults: the fault tests alone (a killed worker mid-stream, a NATS restart, a
 ## thousand streaming clients, NATS and router deaths on a cluster, a ClickHouse outage,
-## duplicate and poison events); `make test` runs them too
+## duplicate and poison events, lost stops, billing replicas starting together, retried
+## inserts, late usage after a month closed); `make test` runs them too
 test-faults:
 	$(GO) test -race -count=1 -timeout 20m -run 'TestFault|TestMultiNode|TestWorkerKilled' ./cmd/modelport
-	$(GO) test -race -count=1 -timeout 20m -run 'Outage|Poison|Duplicate|Redeliver|DeadLetter' github.com/modelport/modelport/services/billing/...
+	$(GO) test -race -count=1 -timeout 20m -run 'Outage|Poison|Duplicate|Redeliver|DeadLetter|Review2|Review4|Review5|SimulatedMonth' github.com/modelport/modelport/services/billing/...
 
 ## test-short: the tests that need no binaries built
 test-short:
