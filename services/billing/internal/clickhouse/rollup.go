@@ -11,27 +11,35 @@ import (
 	"github.com/modelport/modelport/libs/events"
 )
 
-// markHours notes the UTC hours a stored batch of usage touched, for
-// FillRollup: one small INSERT.
-func (s *Store) markHours(ctx context.Context, batch []events.RequestCompletedV1) error {
+// markHours notes the UTC hours before current that a stored batch of
+// usage touched, for FillRollup: one small INSERT, none when there are
+// no such hours.
+func (s *Store) markHours(ctx context.Context, batch []events.RequestCompletedV1, current time.Time) error {
 	seen := map[int64]bool{}
+	var hours []time.Time
+	for _, e := range batch {
+		h := e.OccurredAt.UTC().Truncate(time.Hour)
+		if !h.Before(current) || seen[h.Unix()] {
+			continue
+		}
+		seen[h.Unix()] = true
+		hours = append(hours, h)
+	}
+	if len(hours) == 0 {
+		return nil
+	}
 	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+".usage_hours_touched (hour)")
 	if err != nil {
 		return errs.Wrap(errs.Unavailable, err, "prepare touched hours")
 	}
-	for _, e := range batch {
-		h := e.OccurredAt.UTC().Truncate(time.Hour)
-		if seen[h.Unix()] {
-			continue
-		}
-		seen[h.Unix()] = true
+	for _, h := range hours {
 		if err := b.Append(h); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("append touched hour: %w", err)
 		}
 	}
-	if err := send(ctx, b, "usage_hours_touched", len(seen)); err != nil {
-		return errs.Wrap(errs.Unavailable, err, "note %d touched hours", len(seen))
+	if err := send(ctx, b, "usage_hours_touched", len(hours)); err != nil {
+		return errs.Wrap(errs.Unavailable, err, "note %d touched hours", len(hours))
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package clickhouse
 import (
 	"context"
 	"fmt"
+	"time"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/modelport/modelport/libs/errs"
@@ -23,10 +24,14 @@ const lookupChunk = 1000
 // event at the same moment, or a retry after an insert the client saw fail
 // but the server kept, store it twice. The raw table and every query on it
 // still count each event ID once, and so does the rollup, which is filled
-// from the collapsed raw events. The hours are noted after the insert
-// succeeds, so a noted hour's usage is already visible; they are noted
-// even when every event was stored already, since the attempt that stored
-// them may have failed before noting them.
+// from the collapsed raw events. Hours that had ended when the insert
+// succeeded are noted after it, so a noted hour's usage is already
+// visible; they are noted even when every event was stored already, since
+// the attempt that stored them may have failed before noting them. The
+// hour in progress needs no note: it is filled first after it ends (and
+// the rollup's grace, which also covers clocks that differ by less), when
+// this insert is long visible. So a batch of current usage, the usual
+// case, costs no more round trips than before.
 func (s *Store) InsertUsage(ctx context.Context, batch []events.RequestCompletedV1) error {
 	if len(batch) == 0 {
 		return nil
@@ -40,7 +45,7 @@ func (s *Store) InsertUsage(ctx context.Context, batch []events.RequestCompleted
 			return err
 		}
 	}
-	return s.markHours(ctx, batch)
+	return s.markHours(ctx, batch, time.Now().UTC().Truncate(time.Hour))
 }
 
 // insertUsage stores events in usage_events with one INSERT.

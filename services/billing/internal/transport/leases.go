@@ -65,21 +65,25 @@ func (l *Leases) TryHold(ctx context.Context, name string, fn func(ctx context.C
 	}
 	lctx, lose := context.WithCancelCause(ctx)
 	defer lose(nil)
-	renewed := make(chan struct{})
+	stop, renewed := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(renewed)
 		t := time.NewTicker(l.ttl / 3)
 		defer t.Stop()
 		for {
 			select {
+			case <-stop:
+				return
 			case <-lctx.Done():
 				return
 			case <-t.C:
-				r, err := l.kv.Update(lctx, key, []byte(l.holder), rev)
+				// Not on lctx: a renewal the server makes must be seen,
+				// or the lease could not be given back.
+				uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.ttl/3)
+				r, err := l.kv.Update(uctx, key, []byte(l.holder), rev)
+				cancel()
 				if err != nil {
-					if lctx.Err() == nil {
-						lose(fmt.Errorf("%w: %s: %v", errLeaseLost, name, err))
-					}
+					lose(fmt.Errorf("%w: %s: %v", errLeaseLost, name, err))
 					return
 				}
 				rev = r
@@ -87,15 +91,17 @@ func (l *Leases) TryHold(ctx context.Context, name string, fn func(ctx context.C
 		}
 	}()
 	err = fn(lctx)
-	lose(nil)
+	close(stop)
 	<-renewed
 	// Give it back, unless it was lost (another process may hold it now).
-	if cause := context.Cause(lctx); !errors.Is(cause, errLeaseLost) {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		_ = l.kv.Delete(dctx, key, jetstream.LastRevision(rev))
-		cancel()
-	} else if err == nil {
-		err = errs.Wrap(errs.Unavailable, cause, "the %s lease", name)
+	if cause := context.Cause(lctx); lctx.Err() != nil && errors.Is(cause, errLeaseLost) {
+		if err == nil {
+			err = errs.Wrap(errs.Unavailable, cause, "the %s lease", name)
+		}
+		return true, err
 	}
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	_ = l.kv.Delete(dctx, key, jetstream.LastRevision(rev))
+	cancel()
 	return true, err
 }
