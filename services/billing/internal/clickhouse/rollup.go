@@ -89,8 +89,8 @@ const keepMarks = 7
 // newer version replaces the older (read usage_hourly with FINAL). Only
 // FillRollup writes usage_hourly; one process should run it at a time.
 // Notes younger than settle (at least a second) wait for the next call
-// (billing passes MarkSettle). It stops after budget, to resume on the
-// next call.
+// (billing passes MarkSettle). It stops once budget is spent (after one
+// chunk at least), to resume on the next call.
 func (s *Store) FillRollup(ctx context.Context, closedBefore time.Time, settle, budget time.Duration) (RollupReport, error) {
 	deadline := time.Now().Add(budget)
 	closedBefore = closedBefore.UTC().Truncate(time.Hour)
@@ -118,8 +118,8 @@ func (s *Store) FillRollup(ctx context.Context, closedBefore time.Time, settle, 
 		}
 	}
 	r := RollupReport{State: st, CaughtUp: true}
-	for r.State.FilledThrough.Before(closedBefore) {
-		if time.Now().After(deadline) {
+	for chunks := 0; r.State.FilledThrough.Before(closedBefore); chunks++ {
+		if chunks > 0 && time.Now().After(deadline) {
 			r.CaughtUp = false
 			return r, nil
 		}

@@ -408,3 +408,43 @@ func TestOpenRejectsBadDatabaseName(t *testing.T) {
 		}
 	}
 }
+
+// TestRollupBackfillIsChunkedAndResumable fills a rollup over several days
+// of usage with a budget that stops it after each day: every call picks up
+// where the last stopped, and the result is exact. The usage is inserted
+// behind the gate, as a database billing has never rolled up holds it.
+func TestRollupBackfillIsChunkedAndResumable(t *testing.T) {
+	s, conn, db := open(t)
+	ctx := context.Background()
+	var evs []events.RequestCompletedV1
+	for i := range 600 {
+		evs = append(evs, usage("svc-backfill", 10+i%7, 3, hour0.Add(time.Duration(i)*17*time.Minute)))
+	}
+	insertBehindTheGate(t, conn, db, evs...)
+	insertBehindTheGate(t, conn, db, evs[:100]...) // and duplicates
+	closed := hour0.Add(8 * 24 * time.Hour)
+	calls := 0
+	for {
+		calls++
+		r, err := s.FillRollup(ctx, closed, 0, time.Nanosecond) // out of time after one chunk
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.CaughtUp {
+			break
+		}
+		if calls > 20 {
+			t.Fatalf("not caught up after %d calls: %+v", calls, r)
+		}
+	}
+	if calls < 7 {
+		t.Errorf("caught up in %d calls: the fill was not chunked by day", calls)
+	}
+	st, err := s.RollupState(ctx)
+	if err != nil || !st.FilledThrough.Equal(closed) {
+		t.Errorf("rollup state %+v, %v; want filled through %v", st, err, closed)
+	}
+	if got, want := rollup(t, conn, db, "svc-backfill"), sumEvents(evs...); got != want {
+		t.Errorf("usage_hourly = %+v, want %+v", got, want)
+	}
+}
