@@ -164,12 +164,15 @@ func (s *Service) Usage(ctx context.Context, caller auth.Key, q Query) (Usage, e
 		return Usage{}, errs.InvalidParam("to", "to must be after from")
 	}
 	if to.Sub(from) > limit {
-		param := "from"
-		if q.GroupBy != "" {
-			param = "group_by"
+		days := int(limit / (24 * time.Hour))
+		switch q.GroupBy {
+		case GroupHour:
+			return Usage{}, errs.InvalidParam("group_by", "group_by=hour covers at most %d days; narrow from and to, or group by day", days)
+		case "":
+			return Usage{}, errs.InvalidParam("from", "a usage window covers at most %d days; narrow from and to, or read the monthly statements", days)
+		default:
+			return Usage{}, errs.InvalidParam("group_by", "group_by=%s covers at most %d days; narrow from and to, or read the monthly statements", q.GroupBy, days)
 		}
-		return Usage{}, errs.InvalidParam(param, "group_by=%s covers at most %d days; narrow from and to%s",
-			cmp.Or(q.GroupBy, "(none)"), int(limit/(24*time.Hour)), map[bool]string{true: ", or group by day", false: ", or read the monthly statements"}[q.GroupBy == GroupHour])
 	}
 	schedule, err := s.schedule(ctx)
 	if err != nil {

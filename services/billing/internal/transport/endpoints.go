@@ -40,7 +40,7 @@ const ReadQueueWait = 10 * time.Second
 func MakeEndpoints(svc *billing.Service, dead *DeadLetters) Endpoints {
 	reads := bounded(MaxReads, ReadQueueWait)
 	caller := func(ctx context.Context) auth.Key { k, _ := auth.FromContext(ctx); return k }
-	schedule := func(ctx context.Context, sch *billing.Schedule, err error) (any, error) {
+	schedule := func(sch *billing.Schedule, err error) (any, error) {
 		if err != nil {
 			return nil, err
 		}
@@ -70,12 +70,10 @@ func MakeEndpoints(svc *billing.Service, dead *DeadLetters) Endpoints {
 			return svc.ClosePeriod(ctx, caller(ctx), req.(billing.Period))
 		}),
 		Prices: instrument("prices")(func(ctx context.Context, _ any) (any, error) {
-			sch, err := svc.Prices(ctx)
-			return schedule(ctx, sch, err)
+			return schedule(svc.Prices(ctx))
 		}),
 		ChangePrices: instrument("change_prices")(func(ctx context.Context, req any) (any, error) {
-			sch, err := svc.ChangePrices(ctx, caller(ctx), req.([]billing.PriceEntry))
-			return schedule(ctx, sch, err)
+			return schedule(svc.ChangePrices(ctx, caller(ctx), req.([]billing.PriceEntry)))
 		}),
 	}
 }
