@@ -178,7 +178,7 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 			case errs.Invalid, errs.Conflict:
 				log.Error("the price list cannot be added to the stored prices; billing waits, events wait in JetStream", "err", err, "retry_in", wait)
 			default:
-				log.Warn("ClickHouse not ready; events wait in JetStream", "addr", cfg.ClickHouseAddr, "err", err, "retry_in", wait)
+				log.Warn("billing not ready (ClickHouse schema, prices or a lease out of reach); events wait in JetStream", "addr", cfg.ClickHouseAddr, "err", err, "retry_in", wait)
 			}
 			select {
 			case <-runCtx.Done():

@@ -58,9 +58,17 @@ func (l *Leases) TryHold(ctx context.Context, name string, fn func(ctx context.C
 	key := "billing." + name
 	rev, err := l.kv.Create(ctx, key, []byte(l.holder))
 	if errors.Is(err, jetstream.ErrKeyExists) {
-		return false, nil
-	}
-	if err != nil {
+		// Ours, should this process have failed to give it back (NATS
+		// unreachable then): take it up again rather than wait for it
+		// to expire.
+		e, gerr := l.kv.Get(ctx, key)
+		if gerr != nil || string(e.Value()) != l.holder {
+			return false, nil
+		}
+		if rev, err = l.kv.Update(ctx, key, []byte(l.holder), e.Revision()); err != nil {
+			return false, nil
+		}
+	} else if err != nil {
 		return false, errs.Wrap(errs.Unavailable, err, "take the %s lease", name)
 	}
 	lctx, lose := context.WithCancelCause(ctx)

@@ -103,3 +103,23 @@ func TestLeaseOutlivesItsTTLWhileHeldAndIsTakenOverWhenItsHolderDies(t *testing.
 		t.Error("Hold hid the work's error")
 	}
 }
+
+// A lease its holder could not give back (NATS away at that moment) is the
+// holder's to take up again at once; others still wait for it to expire.
+func TestALeaseNotGivenBackIsItsHoldersAgain(t *testing.T) {
+	kv := leaseBucket(t, 30*time.Second)
+	a := transport.NewLeases(kv, "a", 30*time.Second)
+	if _, err := kv.Create(context.Background(), "billing.migrate", []byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	if held, err := transport.NewLeases(kv, "b", 30*time.Second).TryHold(context.Background(), "migrate", func(context.Context) error { return nil }); held || err != nil {
+		t.Errorf("another process took it: %v, %v", held, err)
+	}
+	ran := false
+	if held, err := a.TryHold(context.Background(), "migrate", func(context.Context) error { ran = true; return nil }); !held || err != nil || !ran {
+		t.Errorf("its holder could not take it up again: %v, %v", held, err)
+	}
+	if _, err := kv.Get(context.Background(), "billing.migrate"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("the lease was not given back: %v", err)
+	}
+}
