@@ -352,8 +352,8 @@ func TestOllamaEndToEnd(t *testing.T) {
 
 	// ClickHouse bills exactly what the clients were told.
 	eventually(t, 30*time.Second, "usage billed", func() error {
-		if got := usageOf(t, p.BaseURL, svc.ID); got != billed {
-			return fmt.Errorf("usage API %+v, want %+v", got, billed)
+		if got, err := usageOf(t, p.BaseURL, svc.ID); err != nil || got != billed {
+			return fmt.Errorf("usage API %+v (%v), want %+v", got, err, billed)
 		}
 		return nil
 	})
@@ -436,8 +436,8 @@ func TestOllamaEndToEnd(t *testing.T) {
 		}
 		bill(r.prompt, r.completion)
 		eventually(t, 30*time.Second, "usage billed exactly", func() error {
-			if got := usageOf(t, p.BaseURL, svc.ID); got != billed {
-				return fmt.Errorf("usage %+v, want %+v", got, billed)
+			if got, err := usageOf(t, p.BaseURL, svc.ID); err != nil || got != billed {
+				return fmt.Errorf("usage %+v (%v), want %+v", got, err, billed)
 			}
 			return nil
 		})
@@ -492,8 +492,8 @@ func TestOllamaEndToEnd(t *testing.T) {
 		sameAsOllama(t, "cold start", messages, map[string]any{"temperature": 0, "top_p": 1, "num_predict": 6},
 			resp.Choices[0].Message.Content, resp.Choices[0].FinishReason, resp.Usage.PromptTokens, resp.Usage.CompletionTokens)
 		eventually(t, 30*time.Second, "usage billed exactly", func() error {
-			if got := usageOf(t, p.BaseURL, svc.ID); got != billed {
-				return fmt.Errorf("usage %+v, want %+v", got, billed)
+			if got, err := usageOf(t, p.BaseURL, svc.ID); err != nil || got != billed {
+				return fmt.Errorf("usage %+v (%v), want %+v", got, err, billed)
 			}
 			return nil
 		})

@@ -158,8 +158,10 @@ func startPlatform(ctx context.Context, getenv config.Getenv, log *slog.Logger) 
 
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", r.Handler)
-	mux.Handle("/api/v1/usage", b.Handler)
-	mux.Handle("/api/v1/usage/", b.Handler) // export.csv, deadletters
+	for _, prefix := range []string{"/api/v1/usage", "/api/v1/statements", "/api/v1/periods", "/api/v1/prices"} {
+		mux.Handle(prefix, b.Handler)
+		mux.Handle(prefix+"/", b.Handler) // export.csv, deadletters, {period}/close
+	}
 	mux.Handle("/api/v1/", d.Handler)
 	mux.Handle("/console/", d.Handler) // the web console
 	mux.Handle("GET /{$}", d.Handler)  // redirects to it

@@ -7,8 +7,9 @@
 // Every table that holds events is a ReplacingMergeTree whose sorting key
 // ends in the event ID, and every query collapses rows by event ID first,
 // so answers are exact before merges run. Usage is also kept from being
-// stored twice in the first place (see InsertUsage), which keeps the
-// hourly rollup exact.
+// stored twice in the first place where it can be (see InsertUsage), and
+// the hourly rollup is filled from the collapsed raw events, so it is
+// exact whatever reached the raw table (see FillRollup).
 package clickhouse
 
 import (
@@ -59,10 +60,11 @@ func (s *Store) Close() error { return s.conn.Close() }
 func (s *Store) Database() string { return s.db }
 
 // Migrate creates the database and applies the migrations not yet applied,
-// in order; schema_migrations records each one once it has run.
+// in order; schema_migrations records each one once it has run. It takes
+// no lock: the caller makes sure one process migrates at a time (billing
+// holds a lease while it does). No migration copies data of any size: the
+// rollup fills itself afterwards (FillRollup), in chunks.
 func (s *Store) Migrate(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
 	if err := s.conn.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+s.db); err != nil {
 		return errs.Wrap(errs.Unavailable, err, "create database %s", s.db)
 	}
@@ -92,8 +94,19 @@ func (s *Store) Migrate(ctx context.Context) error {
 		if applied[uint32(m.version)] {
 			continue
 		}
-		for i, step := range m.steps {
-			if err := s.conn.Exec(ctx, expand(step, s.db)); err != nil {
+		for i, st := range m.steps {
+			if st.supersededBy != 0 && !applied[uint32(st.supersededBy)] {
+				continue
+			}
+			stepCtx, cancel := context.WithTimeout(ctx, stepTimeout)
+			var err error
+			if st.run != nil {
+				err = st.run(stepCtx, s)
+			} else {
+				err = s.conn.Exec(stepCtx, expand(st.sql, s.db))
+			}
+			cancel()
+			if err != nil {
 				return fmt.Errorf("migration %d %s, step %d: %w", m.version, m.name, i+1, err)
 			}
 		}
@@ -107,6 +120,11 @@ func (s *Store) Migrate(ctx context.Context) error {
 		if err := b.Send(); err != nil {
 			return fmt.Errorf("record migration %d: %w", m.version, err)
 		}
+		applied[uint32(m.version)] = true
 	}
 	return nil
 }
+
+// stepTimeout bounds one migration step. Steps change the schema and copy
+// small tables only.
+const stepTimeout = 2 * time.Minute

@@ -86,9 +86,15 @@ func (e *env) service(owner auth.Key, method string, created time.Time) state.Se
 	return s
 }
 
-// billing returns the domain service over the env's store.
+// billing returns the domain service over the env's store, with the
+// built-in price list stored.
 func (e *env) billing(store billing.Store, opts ...billing.Option) *billing.Service {
-	return billing.New(store, transport.Services{KV: e.bus.KV(state.BucketServices)}, billing.DefaultPrices(), opts...)
+	e.t.Helper()
+	svc := billing.New(store, transport.Services{KV: e.bus.KV(state.BucketServices)}, opts...)
+	if _, err := svc.AddPrices(e.ctx, billing.DefaultPriceList()); err != nil {
+		e.t.Fatal(err)
+	}
+	return svc
 }
 
 // consume starts the consumers with svc and stops them at cleanup.
