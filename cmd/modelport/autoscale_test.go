@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/chtest"
 	"github.com/modelport/modelport/libs/config"
 	"github.com/modelport/modelport/libs/events"
@@ -114,8 +115,8 @@ func TestAutoscaling(t *testing.T) {
 	}
 
 	// Every decision is an event with its reason; the deployer applied each.
-	decisions := subjectEvents[events.ServiceAutoscaledV1](t, p.bus.JS, events.StreamScale, events.SubjectServiceAutoscaledV1)
-	scaled := subjectEvents[events.ServiceScaledV1](t, p.bus.JS, events.StreamDeploy, events.SubjectServiceScaledV1)
+	decisions := subjectEvents[events.ServiceAutoscaledV1](t, p.busAs(t, access.EventsReader).JS, events.StreamScale, events.SubjectServiceAutoscaledV1)
+	scaled := subjectEvents[events.ServiceScaledV1](t, p.busAs(t, access.EventsReader).JS, events.StreamDeploy, events.SubjectServiceScaledV1)
 	var path []string
 	for _, ev := range scaled {
 		if ev.ServiceID == svc.ID {

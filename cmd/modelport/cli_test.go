@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/chtest"
 	"github.com/modelport/modelport/libs/events"
 )
@@ -63,8 +64,14 @@ func TestCLI(t *testing.T) {
 		t.Errorf("saved config %+v (%v), want the URL %s and the key", saved, err, p.BaseURL)
 	}
 
-	// Follow every event live from here on.
-	live := m.start(nil, "events", "tail", "--output", "json", "--nats", p.NATSURL)
+	// Follow every event live from here on, as the read-only events-reader
+	// identity; without credentials the server refuses the tail, and the
+	// error says which.
+	reader := access.SeedFile(p.NATSCreds, access.EventsReader)
+	if _, stderr := m.fail("", "events", "tail", "--nats", p.NATSURL); !strings.Contains(stderr, "refused no credentials") || !strings.Contains(stderr, "Authorization Violation") {
+		t.Errorf("events tail without credentials: %q", stderr)
+	}
+	live := m.start(nil, "events", "tail", "--output", "json", "--nats", p.NATSURL, "--nkey", reader)
 	live.waitStderr(t, "Following DEPLOY")
 
 	out, _ := m.ok("", "catalog")
@@ -200,7 +207,10 @@ func TestCLI(t *testing.T) {
 		{[]string{"deploy", "other"}, "--model is required"},
 		{[]string{"scale", "clitest", "two"}, "INSTANCES must be a whole number"},
 		{[]string{"ls", "--output", "yaml"}, "want table or json"},
-		{[]string{"events", "tail", "--subject", "nope.>", "--nats", p.NATSURL}, "no event stream holds subjects matching nope.>"},
+		{[]string{"events", "tail", "--subject", "nope.>", "--nats", p.NATSURL, "--nkey", reader}, "no event stream holds subjects matching nope.>"},
+		// Another identity's seed: the server knows it, but not as a reader
+		// of every stream.
+		{[]string{"events", "tail", "--nats", p.NATSURL, "--nkey", access.SeedFile(p.NATSCreds, access.InferenceWorker)}, "permission denied: NATS identity events-reader may not"},
 	} {
 		if _, stderr := m.fail("", tc.args...); !strings.Contains(stderr, tc.want) {
 			t.Errorf("%v: stderr %q, want %q", tc.args, stderr, tc.want)
@@ -263,7 +273,7 @@ func TestCLI(t *testing.T) {
 	live.interrupt(t)
 
 	// Replayed from a time, with a subject filter: only what matches.
-	replay := m.start([]string{"MODELPORT_NATS_URL=" + p.NATSURL}, "events", "tail", "--since", "10m", "--subject", "deploy.service.*.v1", "--subject", "usage.>")
+	replay := m.start([]string{"MODELPORT_NATS_URL=" + p.NATSURL, "MODELPORT_NATS_NKEY=" + reader}, "events", "tail", "--since", "10m", "--subject", "deploy.service.*.v1", "--subject", "usage.>")
 	replay.waitStderr(t, "Following DEPLOY (deploy.service.*.v1), USAGE (usage.>)")
 	eventually(t, 10*time.Second, "events replayed", func() error {
 		out := replay.stdout.String()

@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/chtest"
 	"github.com/modelport/modelport/libs/config"
+	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/telemetry"
 )
 
@@ -102,6 +104,20 @@ func chatUntilOK(t *testing.T, base, model string) usageTotals {
 		return nil
 	})
 	return u
+}
+
+// busAs connects to the platform's NATS as identity name, with the seed
+// the platform wrote, as a person or tool given that identity would.
+func (p *platform) busAs(t *testing.T, name string) *natsx.Bus {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := natsx.Open(ctx, p.NATSURL, name, 1, testLogger(), natsx.NKeyFile(access.SeedFile(p.NATSCreds, name)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	return b
 }
 
 func testEnv(t *testing.T, chAddr, chDB string) config.Getenv {

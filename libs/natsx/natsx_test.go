@@ -34,7 +34,7 @@ func open(t *testing.T) (*natsx.Bus, context.Context) {
 	t.Helper()
 	s := natstest.New(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	bus, err := natsx.Open(ctx, s.ClientURL(), "test", 1, quiet)
+	bus, err := natsx.Open(ctx, s.ClientURL(), natstest.Admin, 1, quiet, s.As(natstest.Admin)...)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
