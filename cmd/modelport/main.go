@@ -10,8 +10,10 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
+	"github.com/modelport/modelport/libs/chlocal"
 	"github.com/modelport/modelport/libs/config"
 	"github.com/modelport/modelport/libs/telemetry"
 )
@@ -82,8 +84,11 @@ func up(ctx context.Context, getenv config.Getenv, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	if ch := ensureClickHouse(ctx, cfg, log); ch != nil {
+	ch := ensureClickHouse(ctx, cfg, getenv, log)
+	if ch != nil {
 		defer ch.Stop()
+		// The server it started has its users: billing logs in as its own.
+		getenv = config.Chain(config.Map(ch.Env), getenv)
 	}
 	p, err := startPlatform(ctx, getenv, log)
 	if err != nil {
@@ -95,7 +100,10 @@ func up(ctx context.Context, getenv config.Getenv, stdout, stderr io.Writer) err
 	fmt.Fprintf(stdout, "  OpenAI API (router):  %s/v1\n", p.BaseURL)
 	fmt.Fprintf(stdout, "  Control API:          %s/api/v1\n", p.BaseURL)
 	fmt.Fprintf(stdout, "  Console:              %s/console/\n", p.BaseURL)
-	fmt.Fprintf(stdout, "  NATS:                 %s\n", p.NATSURL)
+	fmt.Fprintf(stdout, "  NATS:                 %s (credentials: %s, events-reader.nk to follow the events)\n", p.NATSURL, p.NATSCreds)
+	if ch != nil {
+		fmt.Fprintf(stdout, "  ClickHouse:           %s, read-only user %s, password in %s\n", ch.Addr, chlocal.AnalystUser, filepath.Join(ch.PasswordDir, chlocal.AnalystUser+".password"))
+	}
 	if p.AdminKey != "" {
 		fmt.Fprintf(stdout, "  Admin API key:        %s\n                        (shown once: only its hash is stored)\n", p.AdminKey)
 	} else {

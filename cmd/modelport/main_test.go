@@ -6,10 +6,16 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
+
 	"github.com/modelport/modelport/libs/access"
+	"github.com/modelport/modelport/libs/chlocal"
 	"github.com/modelport/modelport/libs/chtest"
 	"github.com/modelport/modelport/libs/config"
 	"github.com/modelport/modelport/libs/natsx"
@@ -140,4 +146,70 @@ func testLogger() *slog.Logger {
 	}
 	log, _ := telemetry.Setup(context.Background(), "modelport-test", io.Discard, slog.LevelError)
 	return log
+}
+
+// TestLocalClickHouseUsers runs the all-in-one as `modelport up` does when
+// it starts its own ClickHouse: billing stores usage as its own user, which
+// may not change the schema (the default user, loopback only, migrates
+// it), and the analysts' user, whose password file up names, reads the
+// usage and can change nothing.
+func TestLocalClickHouseUsers(t *testing.T) {
+	port, err := chlocal.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := config.Map(map[string]string{
+		"MODELPORT_DATA_DIR":        t.TempDir(),
+		"MODELPORT_HTTP_ADDR":       "127.0.0.1:0",
+		"MODELPORT_NATS_PORT":       "-1",
+		"MODELPORT_CLICKHOUSE_ADDR": "127.0.0.1:" + strconv.Itoa(port),
+		"MODELPORT_ADMIN_KEY":       testAdminKey,
+		"MODELPORT_SCALER_SWEEP":    "500ms",
+		"MODELPORT_READY_WAIT":      "2s",
+	})
+	cfg, err := upConfigFromEnv(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := testLogger()
+	ch := ensureClickHouse(context.Background(), cfg, env, log)
+	if ch == nil {
+		t.Fatal("no local ClickHouse started (install the Debian package clickhouse-server)")
+	}
+	t.Cleanup(ch.Stop)
+	p, err := startPlatform(context.Background(), config.Chain(config.Map(ch.Env), env), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close(context.Background()) })
+	runFlow(t, endpoints{control: p.BaseURL, router: p.BaseURL, usage: p.BaseURL}, ch.Addr, "modelport")
+
+	password := func(user string) string {
+		b, err := os.ReadFile(filepath.Join(ch.PasswordDir, user+".password"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	ctx := context.Background()
+	for _, u := range []struct {
+		user  string
+		write string
+	}{
+		{chlocal.AnalystUser, "INSERT INTO modelport.prices (base_model) VALUES ('forged')"},
+		{chlocal.BillingUser, "DROP TABLE modelport.usage_events"},
+	} {
+		conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{ch.Addr}, Auth: clickhouse.Auth{Username: u.user, Password: password(u.user)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		var n uint64
+		if err := conn.QueryRow(ctx, "SELECT count() FROM modelport.usage_events").Scan(&n); err != nil || n == 0 {
+			t.Errorf("%s reads %d usage events (%v), want some", u.user, n, err)
+		}
+		if err := conn.Exec(ctx, u.write); err == nil {
+			t.Errorf("%s ran %q", u.user, u.write)
+		}
+	}
 }

@@ -208,9 +208,20 @@ func openBuses(ctx context.Context, url, creds string, log *slog.Logger) (map[st
 	return buses, nil
 }
 
+// localClickHouse is a private server the all-in-one started, with
+// Modelport's users.
+type localClickHouse struct {
+	*chlocal.Server
+	// PasswordDir holds each user's password, <user>.password.
+	PasswordDir string
+	// Env is billing's settings for it: its own user, and the passwordless
+	// default user (loopback only) as the schema owner.
+	Env map[string]string
+}
+
 // ensureClickHouse returns a private server it started, or nil when one
 // already answers or none can be had; billing then waits for one.
-func ensureClickHouse(ctx context.Context, cfg upConfig, log *slog.Logger) *chlocal.Server {
+func ensureClickHouse(ctx context.Context, cfg upConfig, getenv config.Getenv, log *slog.Logger) *localClickHouse {
 	pingCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	err := chlocal.Ping(pingCtx, cfg.ClickHouseAddr)
 	cancel()
@@ -234,13 +245,27 @@ func ensureClickHouse(ctx context.Context, cfg upConfig, log *slog.Logger) *chlo
 			return nil
 		}
 	}
-	srv, err := chlocal.Start(ctx, filepath.Join(cfg.DataDir, "clickhouse"), port)
+	// Billing writes as its own user, which may not change the schema;
+	// analysts read as theirs. Their passwords stay in the data folder.
+	db := config.String(getenv, "MODELPORT_CLICKHOUSE_DB", "modelport")
+	pwDir := filepath.Join(cfg.DataDir, "clickhouse-users")
+	users, err := chlocal.ModelportUsers(pwDir, db)
+	if err != nil {
+		log.Warn("ClickHouse users", "err", err)
+		return nil
+	}
+	srv, err := chlocal.StartWith(ctx, filepath.Join(cfg.DataDir, "clickhouse"), port, chlocal.Options{Users: users})
 	if err != nil {
 		log.Warn("ClickHouse did not start; billing will wait for it and usage stays in JetStream", "err", err)
 		return nil
 	}
 	log.Info("started a local ClickHouse", "addr", srv.Addr, "dir", srv.Dir)
-	return srv
+	return &localClickHouse{Server: srv, PasswordDir: pwDir, Env: map[string]string{
+		"MODELPORT_CLICKHOUSE_USER":             users[0].Name,
+		"MODELPORT_CLICKHOUSE_PASSWORD":         users[0].Password,
+		"MODELPORT_CLICKHOUSE_MIGRATE_USER":     "default",
+		"MODELPORT_CLICKHOUSE_MIGRATE_PASSWORD": "",
+	}}
 }
 
 // Wait blocks until the HTTP server fails or ctx ends.

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/attribute"
@@ -26,7 +27,7 @@ type recorder struct {
 
 	mu      sync.Mutex
 	denied  map[string]time.Time // "publish <subject>" or "subscribe <subject>"
-	last    denial
+	recent  []denial             // the latest refusals, oldest first
 	waiting map[*int]context.CancelCauseFunc // guarded calls, ended by a refusal
 }
 
@@ -75,7 +76,10 @@ func (r *recorder) handle(nc *nats.Conn, sub *nats.Subscription, err error) {
 		r.denied = map[string]time.Time{}
 	}
 	r.denied[op+" "+subject] = now
-	r.last = denial{op, subject, now}
+	if len(r.recent) == 16 {
+		r.recent = r.recent[1:]
+	}
+	r.recent = append(r.recent, denial{op, subject, now})
 	for k, cancel := range r.waiting {
 		cancel(fmt.Errorf("permission denied: NATS identity %s may not %s %s", r.name, op, subject))
 		delete(r.waiting, k)
@@ -122,14 +126,32 @@ func (r *recorder) deniedSince(subject string, t time.Time) bool {
 	return ok && !at.Before(t)
 }
 
-// lastSince returns the latest refusal at or after t, if any.
-func (r *recorder) lastSince(t time.Time) (denial, bool) {
+// firstSince returns the first refusal at or after t, if any; a refused
+// subscription to the connection's own replies comes first, since nothing
+// can work without them.
+func (r *recorder) firstSince(t time.Time) (denial, bool) {
 	if r == nil {
 		return denial{}, false
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.last, !r.last.at.IsZero() && !r.last.at.Before(t)
+	var first *denial
+	for i := range r.recent {
+		d := &r.recent[i]
+		if d.at.Before(t) {
+			continue
+		}
+		if d.op == "subscribe" && strings.HasPrefix(d.subject, access.InboxPrefix(r.name)+".") {
+			return *d, true
+		}
+		if first == nil {
+			first = d
+		}
+	}
+	if first == nil {
+		return denial{}, false
+	}
+	return *first, true
 }
 
 // Explain turns an error from a JetStream call that started at t into an
@@ -140,7 +162,10 @@ func Explain(nc *nats.Conn, t time.Time, err error) error {
 		return nil
 	}
 	r := recorderOf(nc)
-	if d, ok := r.lastSince(t); ok {
+	if d, ok := r.firstSince(t); ok {
+		if d.op == "subscribe" && strings.HasPrefix(d.subject, access.InboxPrefix(r.name)+".") {
+			return errs.Wrap(errs.Forbidden, err, "permission denied: NATS identity %s may not subscribe to its own replies (%s): are the credentials %s's?", r.name, d.subject, r.name)
+		}
 		return errs.Wrap(errs.Forbidden, err, "permission denied: NATS identity %s may not %s %s", r.name, d.op, d.subject)
 	}
 	return err

@@ -5,6 +5,8 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"os"
@@ -22,11 +24,25 @@ import (
 
 // Config is billing's settings.
 type Config struct {
-	ClickHouseAddr string        // MODELPORT_CLICKHOUSE_ADDR: Native protocol host:port
-	ClickHouseDB   string        // MODELPORT_CLICKHOUSE_DB
-	BatchSize      int           // MODELPORT_BILLING_BATCH: events per insert at most
-	BatchWait      time.Duration // MODELPORT_BILLING_BATCH_WAIT: how long a batch fills at most
-	PricesFile     string        // MODELPORT_BILLING_PRICES: a price list replacing the built-in one
+	ClickHouseAddr string // MODELPORT_CLICKHOUSE_ADDR: Native protocol host:port
+	ClickHouseDB   string // MODELPORT_CLICKHOUSE_DB
+	// ClickHouseUser and ClickHousePassword are billing's ClickHouse user
+	// (MODELPORT_CLICKHOUSE_USER, _PASSWORD): it inserts and selects.
+	ClickHouseUser, ClickHousePassword string
+	// ClickHouseTLS speaks the Native protocol over TLS
+	// (MODELPORT_CLICKHOUSE_TLS), checking the server's certificate
+	// against ClickHouseTLSCA (MODELPORT_CLICKHOUSE_TLS_CA, PEM), or the
+	// system's roots.
+	ClickHouseTLS   bool
+	ClickHouseTLSCA string
+	// ClickHouseMigrateUser and ClickHouseMigratePassword, when set, are
+	// the schema owner's account, used for the migrations alone
+	// (MODELPORT_CLICKHOUSE_MIGRATE_USER, _PASSWORD): where billing's own
+	// user may not change the schema, as on ClickHouse 18.16.
+	ClickHouseMigrateUser, ClickHouseMigratePassword string
+	BatchSize                                        int           // MODELPORT_BILLING_BATCH: events per insert at most
+	BatchWait                                        time.Duration // MODELPORT_BILLING_BATCH_WAIT: how long a batch fills at most
+	PricesFile                                       string        // MODELPORT_BILLING_PRICES: a price list replacing the built-in one
 	// Now is the clock for instance time still accruing; nil is time.Now.
 	// Tests set it to simulate time.
 	Now func() time.Time
@@ -38,6 +54,13 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 		ClickHouseAddr: config.String(getenv, "MODELPORT_CLICKHOUSE_ADDR", "127.0.0.1:9000"),
 		ClickHouseDB:   config.String(getenv, "MODELPORT_CLICKHOUSE_DB", "modelport"),
 		PricesFile:     config.String(getenv, "MODELPORT_BILLING_PRICES", ""),
+		// No default password: a secret.
+		ClickHouseUser:            config.String(getenv, "MODELPORT_CLICKHOUSE_USER", "default"),
+		ClickHousePassword:        getenv("MODELPORT_CLICKHOUSE_PASSWORD"),
+		ClickHouseTLS:             config.Bool(getenv, "MODELPORT_CLICKHOUSE_TLS", false),
+		ClickHouseTLSCA:           getenv("MODELPORT_CLICKHOUSE_TLS_CA"),
+		ClickHouseMigrateUser:     getenv("MODELPORT_CLICKHOUSE_MIGRATE_USER"),
+		ClickHouseMigratePassword: getenv("MODELPORT_CLICKHOUSE_MIGRATE_PASSWORD"),
 	}
 	var err error
 	if c.BatchSize, err = config.Int(getenv, "MODELPORT_BILLING_BATCH", 500); err != nil {
@@ -57,7 +80,30 @@ func (c Config) Validate() error {
 	if c.BatchWait <= 0 {
 		return fmt.Errorf("MODELPORT_BILLING_BATCH_WAIT must be positive, not %s", c.BatchWait)
 	}
+	if c.ClickHouseTLSCA != "" && !c.ClickHouseTLS {
+		return fmt.Errorf("MODELPORT_CLICKHOUSE_TLS_CA is set but MODELPORT_CLICKHOUSE_TLS is not: set MODELPORT_CLICKHOUSE_TLS=1")
+	}
 	return nil
+}
+
+// clickhouseOptions are the connection options for user and password.
+func (c Config) clickhouseOptions(user, password string) ([]clickhouse.Option, error) {
+	opts := []clickhouse.Option{clickhouse.WithAuth(user, password)}
+	if c.ClickHouseTLS {
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if c.ClickHouseTLSCA != "" {
+			pem, err := os.ReadFile(c.ClickHouseTLSCA)
+			if err != nil {
+				return nil, fmt.Errorf("MODELPORT_CLICKHOUSE_TLS_CA: %w", err)
+			}
+			cfg.RootCAs = x509.NewCertPool()
+			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("MODELPORT_CLICKHOUSE_TLS_CA %s: no PEM certificate in it", c.ClickHouseTLSCA)
+			}
+		}
+		opts = append(opts, clickhouse.WithTLS(cfg))
+	}
+	return opts, nil
 }
 
 // prices returns the price list the config names.
@@ -84,7 +130,11 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	if err != nil {
 		return runner.Service{}, err
 	}
-	store, err := clickhouse.Open(cfg.ClickHouseAddr, cfg.ClickHouseDB)
+	chOpts, err := cfg.clickhouseOptions(cfg.ClickHouseUser, cfg.ClickHousePassword)
+	if err != nil {
+		return runner.Service{}, err
+	}
+	store, err := clickhouse.Open(cfg.ClickHouseAddr, cfg.ClickHouseDB, chOpts...)
 	if err != nil {
 		return runner.Service{}, err
 	}
@@ -99,7 +149,7 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	go func() {
 		defer close(stopped)
 		for attempt := uint64(1); runCtx.Err() == nil; attempt++ {
-			err := prepare(runCtx, store, prices, log)
+			err := prepare(runCtx, cfg, store, prices, log)
 			if err == nil {
 				break
 			}
@@ -144,8 +194,8 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 }
 
 // prepare migrates the schema and writes the price list.
-func prepare(ctx context.Context, store *clickhouse.Store, prices *billing.Prices, log *slog.Logger) error {
-	if err := store.Migrate(ctx); err != nil {
+func prepare(ctx context.Context, cfg Config, store *clickhouse.Store, prices *billing.Prices, log *slog.Logger) error {
+	if err := migrate(ctx, cfg, store); err != nil {
 		return err
 	}
 	n, err := store.SyncPrices(ctx, prices.List())
@@ -156,4 +206,27 @@ func prepare(ctx context.Context, store *clickhouse.Store, prices *billing.Price
 		log.Info("price list written to ClickHouse", "changed", n)
 	}
 	return nil
+}
+
+// migrate brings the schema up to date: as the schema owner when one is
+// configured, over a connection used for that alone, else as billing's
+// own user.
+func migrate(ctx context.Context, cfg Config, store *clickhouse.Store) error {
+	if cfg.ClickHouseMigrateUser == "" {
+		return store.Migrate(ctx)
+	}
+	opts, err := cfg.clickhouseOptions(cfg.ClickHouseMigrateUser, cfg.ClickHouseMigratePassword)
+	if err != nil {
+		return err
+	}
+	owner, err := clickhouse.Open(cfg.ClickHouseAddr, cfg.ClickHouseDB, opts...)
+	if err != nil {
+		return err
+	}
+	defer owner.Close()
+	if err := owner.Migrate(ctx); err != nil {
+		return fmt.Errorf("migrate as %s: %w", cfg.ClickHouseMigrateUser, err)
+	}
+	// Billing's own user reads what it needs.
+	return store.Migrate(ctx)
 }
