@@ -46,9 +46,13 @@ client commands (a running platform; "modelport <command> -h" for flags, docs/cl
   chat      chat with a text-generation service, streamed
   events    tail: follow the platform's events live
 
+operator commands:
+  nats      keys: make the NATS identities' seeds; conf: the nats-server permissions
+
 settings (environment): MODELPORT_DATA_DIR, MODELPORT_HTTP_ADDR, MODELPORT_NATS_PORT,
 MODELPORT_CLICKHOUSE_ADDR, MODELPORT_CLICKHOUSE_DB, MODELPORT_ADMIN_KEY,
-MODELPORT_CLICKHOUSE_INSTALL, MODELPORT_LOG_LEVEL
+MODELPORT_CLICKHOUSE_INSTALL, MODELPORT_LOG_LEVEL; the services' NATS identities are
+in $MODELPORT_DATA_DIR/nats/<identity>.nk
 `
 
 func run(ctx context.Context, args []string, getenv config.Getenv, stdout, stderr io.Writer) error {
@@ -61,7 +65,7 @@ func run(ctx context.Context, args []string, getenv config.Getenv, stdout, stder
 		return up(ctx, getenv, stdout, stderr)
 	case "bench":
 		return bench(ctx, args[1:], stdout)
-	case "login", "catalog", "deploy", "ls", "get", "scale", "delete", "keys", "usage", "chat", "events":
+	case "login", "catalog", "deploy", "ls", "get", "scale", "delete", "keys", "usage", "chat", "events", "nats":
 		return runCLI(ctx, args, getenv, os.Stdin, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)

@@ -65,3 +65,10 @@ func writeRule(b *strings.Builder, what string, r Rule) {
 	list("deny", r.Deny)
 	b.WriteString("        }\n")
 }
+
+// SeedVar is the environment variable a deployment's settings carry an
+// identity's NKey seed in, before it becomes the identity's file:
+// MODELPORT_NATS_SEED_<IDENTITY>.
+func SeedVar(name string) string {
+	return "MODELPORT_NATS_SEED_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}

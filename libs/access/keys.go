@@ -38,11 +38,18 @@ func EnsureSeeds(dir string, names []string) (map[string]string, error) {
 	return pubs, nil
 }
 
-// ReadSeed checks the NKey seed file at path and returns its public key:
-// it must hold a user seed, and other users than its owner and group may
-// not read it. (A Kubernetes Secret mounted for a non-root user is
-// readable by the pod's group.)
-func ReadSeed(path string) (string, error) { return readSeed(path, 0o007) }
+// ReadSeed checks that the file at path holds an NKey user seed and
+// returns its public key. Who may read the file is the deployment's
+// business (a Kubernetes Secret is mounted readable by the pod's group, a
+// Compose secret by everyone in its container): see SeedExposed.
+func ReadSeed(path string) (string, error) { return readSeed(path, 0) }
+
+// SeedExposed reports whether users other than the file's owner and group
+// may read the seed at path.
+func SeedExposed(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.Mode().Perm()&0o004 != 0
+}
 
 func readSeed(path string, forbidden fs.FileMode) (string, error) {
 	st, err := os.Stat(path)

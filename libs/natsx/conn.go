@@ -120,6 +120,9 @@ func Connect(url, name string, log *slog.Logger, opts ...Option) (*nats.Conn, je
 		if _, err := access.ReadSeed(o.nkeyFile); err != nil {
 			return nil, nil, fmt.Errorf("%s: NATS credentials: %w", name, err)
 		}
+		if access.SeedExposed(o.nkeyFile) {
+			log.Warn("the NATS seed is readable by every user of this machine or container; make it readable by its owner (and group) alone", "file", o.nkeyFile)
+		}
 		opt, err := nats.NkeyOptionFromSeed(o.nkeyFile)
 		if err != nil {
 			return nil, nil, fmt.Errorf("%s: NATS credentials %s: %w", name, o.nkeyFile, err)
