@@ -198,7 +198,7 @@ var Identities = []Identity{
 		Buckets: map[string]Level{state.BucketServices: Read, state.BucketAPIKeys: Read},
 	},
 	{
-		Name:    EventsReader,
+		Name:  EventsReader,
 		About: "people following the events (modelport events tail): reads every event stream, changes nothing",
 		Reads: eventStreams,
 	},

@@ -26,8 +26,8 @@ type recorder struct {
 	log  *slog.Logger
 
 	mu      sync.Mutex
-	denied  map[string]time.Time // "publish <subject>" or "subscribe <subject>"
-	recent  []denial             // the latest refusals, oldest first
+	denied  map[string]time.Time             // "publish <subject>" or "subscribe <subject>"
+	recent  []denial                         // the latest refusals, oldest first
 	waiting map[*int]context.CancelCauseFunc // guarded calls, ended by a refusal
 }
 
