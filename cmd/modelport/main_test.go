@@ -55,6 +55,7 @@ func TestRestart(t *testing.T) {
 		t.Fatalf("create: status %d", s)
 	}
 	first := chatUntilOK(t, p.BaseURL, svc.AccessName)
+	identities := natsIdentities(t, p.NATSCreds)
 	p.Close(context.Background())
 
 	p, err = startPlatform(context.Background(), env, log)
@@ -62,6 +63,10 @@ func TestRestart(t *testing.T) {
 		t.Fatalf("restart: %v", err)
 	}
 	t.Cleanup(func() { p.Close(context.Background()) })
+	// The same NATS identities: the seeds are kept.
+	if again := natsIdentities(t, p.NATSCreds); fmt.Sprint(again) != fmt.Sprint(identities) {
+		t.Errorf("NATS identities after the restart %v, want the first start's %v", again, identities)
+	}
 	var again service
 	if s := call(t, "GET", p.BaseURL+"/api/v1/services/"+svc.ID, testAdminKey, nil, &again); s != 200 || again.AccessName != svc.AccessName {
 		t.Fatalf("after restart: status %d, service %+v", s, again)
@@ -85,6 +90,28 @@ func TestRestart(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// natsIdentities returns the public key of each identity's seed in the
+// all-in-one's credentials folder, checking that each is readable by its
+// owner alone.
+func natsIdentities(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, name := range access.Names() {
+		path := access.SeedFile(dir, name)
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, want 0600", path, st.Mode().Perm())
+		}
+		if out[name], err = access.ReadSeed(path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
 }
 
 // chatUntilOK calls the service until it answers (it may still be

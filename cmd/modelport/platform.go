@@ -189,17 +189,19 @@ func openBuses(ctx context.Context, url, creds string, log *slog.Logger) (map[st
 		}()
 	}
 	buses := map[string]*natsx.Bus{}
-	var errs []error
+	var first error
 	for range services {
 		r := <-results
 		if r.err != nil {
-			errs = append(errs, r.err)
+			if first == nil {
+				first = r.err
+			}
 			cancel() // the others would wait for it
 			continue
 		}
 		buses[r.name] = r.bus
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := first; err != nil {
 		for _, b := range buses {
 			b.Close()
 		}
