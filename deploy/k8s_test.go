@@ -720,7 +720,7 @@ func (c *cluster) checkSettings(t *testing.T) {
 				target, cp, err := c.resolve(host, port)
 				if err != nil {
 					t.Errorf("%s: MODELPORT_CLICKHOUSE_ADDR %s: %v", where, e["MODELPORT_CLICKHOUSE_ADDR"], err)
-				} else if !strings.HasPrefix(target.pod.Spec.Containers[0].Image, "clickhouse/") || cp.ContainerPort != 9000 {
+				} else if native := map[string]int32{"": 9000, "1": 9440}[e["MODELPORT_CLICKHOUSE_TLS"]]; !strings.HasPrefix(target.pod.Spec.Containers[0].Image, "clickhouse/") || cp.ContainerPort != native {
 					t.Errorf("%s: MODELPORT_CLICKHOUSE_ADDR reaches %s port %d, not ClickHouse's Native port", where, target, cp.ContainerPort)
 				}
 			case "inference-worker":
@@ -842,6 +842,19 @@ func (c *cluster) checkNATS(t *testing.T) {
 	if want := "nats:" + natsVersion(t) + "-alpine"; spec.Containers[0].Image != want {
 		t.Errorf("NATS image %s, want %s: the version the tests run", spec.Containers[0].Image, want)
 	}
+}
+
+// clickhousePort is the port billing reaches ClickHouse on: the Native
+// protocol's, over TLS where the overlay turns it on.
+func (c *cluster) clickhousePort(t *testing.T) int32 {
+	t.Helper()
+	e := c.containerEnv(c.deployments["billing"].Spec.Template.Spec.Containers[0])
+	_, port, _ := net.SplitHostPort(e["MODELPORT_CLICKHOUSE_ADDR"])
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatalf("billing's MODELPORT_CLICKHOUSE_ADDR %q", e["MODELPORT_CLICKHOUSE_ADDR"])
+	}
+	return int32(p)
 }
 
 // natsVersion is the nats-server version the end-to-end tests build and
@@ -986,7 +999,7 @@ func (c *cluster) checkNetwork(t *testing.T) {
 	}{
 		{"router", "inference-worker", 9100, true},
 		{"router", "inference-worker", 9131, true},
-		{"billing", "clickhouse", 9000, true},
+		{"billing", "clickhouse", c.clickhousePort(t), true},
 		{"nats", "nats", 6222, true},
 		{"router", "clickhouse", 9000, false},
 		{"inference-worker", "deployer", 8080, false},

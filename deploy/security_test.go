@@ -258,6 +258,12 @@ func (c *cluster) checkSecurity(t *testing.T) {
 				if svc == "billing" && (e["MODELPORT_CLICKHOUSE_USER"] != chlocal.BillingUser || e["MODELPORT_CLICKHOUSE_PASSWORD"] == "") {
 					t.Errorf("%s logs in to ClickHouse as %q, want %s with a password", where, e["MODELPORT_CLICKHOUSE_USER"], chlocal.BillingUser)
 				}
+				if svc == "billing" && c.overlay == "production" {
+					ca, _ := mountedSecret(spec, ctr, e["MODELPORT_CLICKHOUSE_TLS_CA"])
+					if e["MODELPORT_CLICKHOUSE_TLS"] != "1" || !strings.HasPrefix(ca.secret, "clickhouse-tls") || ca.key != "ca.crt" {
+						t.Errorf("%s: production reaches ClickHouse without TLS, or without the CA of the Secret clickhouse-tls (%q, %+v)", where, e["MODELPORT_CLICKHOUSE_TLS"], ca)
+					}
+				}
 			case strings.HasPrefix(ctr.Image, "nats:"):
 				for _, id := range access.Names() {
 					if e[access.NKeyVar(id)] == "" {
@@ -297,6 +303,19 @@ func (c *cluster) checkSecurity(t *testing.T) {
 					t.Errorf("%s does not make billing's and the analysts' users (clickhouse-users.sh)", where)
 				}
 				checkUsersScript(t, script)
+				if c.overlay == "production" {
+					tlsConf := ""
+					for _, v := range spec.Volumes {
+						if v.ConfigMap != nil && c.configMaps[v.ConfigMap.Name] != nil {
+							tlsConf += c.configMaps[v.ConfigMap.Name].Data["tls.xml"]
+						}
+					}
+					if !strings.Contains(tlsConf, "<tcp_port_secure>") || !slices.ContainsFunc(ctr.VolumeMounts, func(m corev1.VolumeMount) bool {
+						return m.MountPath == "/etc/clickhouse-server/config.d/tls.xml"
+					}) {
+						t.Errorf("%s: production ClickHouse serves no TLS port", where)
+					}
+				}
 			}
 		}
 	}
