@@ -224,8 +224,9 @@ func TestFaultWorkerKilledMidStream(t *testing.T) {
 // were answered, none of those refused during the outage.
 func TestFaultNATSRestart(t *testing.T) {
 	server := buildNATSServer(t, t.TempDir())
-	nd := startNATSServer(t, server)
-	c := startClusterOn(t, nd.clientURL, workerSpec{id: "w1", capacity: 2})
+	sec := newNATSSecurity(t)
+	nd := startNATSServer(t, server, sec)
+	c := startClusterOn(t, nd.clientURL, sec.seeds, sec.clientEnv(), workerSpec{id: "w1", capacity: 2})
 	svc := c.deploy(t, "weathered", 1)
 
 	var (
@@ -302,9 +303,10 @@ func TestFaultNATSRestart(t *testing.T) {
 }
 
 // startNATSServer starts one nats-server process with JetStream on
-// loopback, storing in a directory of its own; start it again after a
-// kill to restart it on the same port and store.
-func startNATSServer(t *testing.T, server string) *natsNode {
+// loopback, storing in a directory of its own, with sec's identities and
+// TLS; start it again after a kill to restart it on the same port and
+// store.
+func startNATSServer(t *testing.T, server string, sec *natsSecurity) *natsNode {
 	t.Helper()
 	client, err := chlocal.FreePort()
 	if err != nil {
@@ -316,13 +318,13 @@ func startNATSServer(t *testing.T, server string) *natsNode {
 	}
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "nats.conf")
-	text := fmt.Sprintf("server_name: solo\nlisten: 127.0.0.1:%d\nhttp: 127.0.0.1:%d\njetstream { store_dir: %q }\n",
-		client, monitor, filepath.Join(dir, "store"))
+	text := fmt.Sprintf("server_name: solo\nlisten: 127.0.0.1:%d\nhttp: 127.0.0.1:%d\njetstream { store_dir: %q }\n%s",
+		client, monitor, filepath.Join(dir, "store"), sec.conf())
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	nd := &natsNode{name: "nats", clientURL: fmt.Sprintf("nats://127.0.0.1:%d", client),
-		monitor: fmt.Sprintf("http://127.0.0.1:%d", monitor), conf: conf}
+	nd := &natsNode{name: "nats", clientURL: fmt.Sprintf("tls://127.0.0.1:%d", client),
+		monitor: fmt.Sprintf("http://127.0.0.1:%d", monitor), conf: conf, env: sec.serverEnv()}
 	nd.start(t, server)
 	return nd
 }

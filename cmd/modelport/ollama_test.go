@@ -168,7 +168,7 @@ func TestOllamaEndToEnd(t *testing.T) {
 
 	// A second worker, a process of its own that the test kills later,
 	// with an engine store of its own as on another machine.
-	c := &cluster{bin: buildWorker(t), urls: map[string]string{}, procs: map[string]*proc{}, common: []string{
+	c := &cluster{bin: buildWorker(t), seeds: p.NATSCreds, urls: map[string]string{}, procs: map[string]*proc{}, common: []string{
 		"MODELPORT_NATS_URL=" + p.NATSURL, "MODELPORT_LOG_LEVEL=debug", "OLLAMA_MODELS=" + filepath.Join(store, "w2"),
 	}}
 	for k, v := range modelEnv {

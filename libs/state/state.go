@@ -87,8 +87,13 @@ var Buckets = []jetstream.KeyValueConfig{
 	{Bucket: BucketLeases, Storage: jetstream.FileStorage, TTL: LeaseTTL},
 }
 
-// EnsureBuckets creates or updates every bucket with the given number of
-// replicas and returns them by name.
+// ObjectStores are the object stores' configurations.
+var ObjectStores = []jetstream.ObjectStoreConfig{
+	{Bucket: BucketImages, TTL: ImageTTL, Storage: jetstream.FileStorage},
+}
+
+// EnsureBuckets creates or updates every bucket and object store with the
+// given number of replicas and returns the buckets by name.
 func EnsureBuckets(ctx context.Context, js jetstream.JetStream, replicas int) (map[string]jetstream.KeyValue, error) {
 	kvs := make(map[string]jetstream.KeyValue, len(Buckets))
 	for _, cfg := range Buckets {
@@ -98,6 +103,12 @@ func EnsureBuckets(ctx context.Context, js jetstream.JetStream, replicas int) (m
 			return nil, fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)
 		}
 		kvs[cfg.Bucket] = kv
+	}
+	for _, cfg := range ObjectStores {
+		cfg.Replicas = max(replicas, 1)
+		if _, err := js.CreateOrUpdateObjectStore(ctx, cfg); err != nil {
+			return nil, fmt.Errorf("ensure object store %s: %w", cfg.Bucket, err)
+		}
 	}
 	return kvs, nil
 }

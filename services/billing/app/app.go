@@ -6,6 +6,8 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"os"
@@ -25,11 +27,25 @@ import (
 
 // Config is billing's settings.
 type Config struct {
-	ClickHouseAddr string        // MODELPORT_CLICKHOUSE_ADDR: Native protocol host:port
-	ClickHouseDB   string        // MODELPORT_CLICKHOUSE_DB
-	BatchSize      int           // MODELPORT_BILLING_BATCH: events per insert at most
-	BatchWait      time.Duration // MODELPORT_BILLING_BATCH_WAIT: how long a batch fills at most
-	PricesFile     string        // MODELPORT_BILLING_PRICES: a price list replacing the built-in one
+	ClickHouseAddr string // MODELPORT_CLICKHOUSE_ADDR: Native protocol host:port
+	ClickHouseDB   string // MODELPORT_CLICKHOUSE_DB
+	// ClickHouseUser and ClickHousePassword are billing's ClickHouse user
+	// (MODELPORT_CLICKHOUSE_USER, _PASSWORD): it inserts and selects.
+	ClickHouseUser, ClickHousePassword string
+	// ClickHouseTLS speaks the Native protocol over TLS
+	// (MODELPORT_CLICKHOUSE_TLS), checking the server's certificate
+	// against ClickHouseTLSCA (MODELPORT_CLICKHOUSE_TLS_CA, PEM), or the
+	// system's roots.
+	ClickHouseTLS   bool
+	ClickHouseTLSCA string
+	// ClickHouseMigrateUser and ClickHouseMigratePassword, when set, are
+	// the schema owner's account, used for the migrations alone
+	// (MODELPORT_CLICKHOUSE_MIGRATE_USER, _PASSWORD): where billing's own
+	// user may not change the schema, as on ClickHouse 18.16.
+	ClickHouseMigrateUser, ClickHouseMigratePassword string
+	BatchSize                                        int           // MODELPORT_BILLING_BATCH: events per insert at most
+	BatchWait                                        time.Duration // MODELPORT_BILLING_BATCH_WAIT: how long a batch fills at most
+	PricesFile                                       string        // MODELPORT_BILLING_PRICES: a price list replacing the built-in one
 	// InstanceLease is how long an instance is billed as running with no
 	// evidence it runs (an event, or a worker heartbeat listing it)
 	// before its time ends at the last evidence
@@ -65,6 +81,13 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 		ClickHouseAddr: config.String(getenv, "MODELPORT_CLICKHOUSE_ADDR", "127.0.0.1:9000"),
 		ClickHouseDB:   config.String(getenv, "MODELPORT_CLICKHOUSE_DB", "modelport"),
 		PricesFile:     config.String(getenv, "MODELPORT_BILLING_PRICES", ""),
+		// No default password: a secret.
+		ClickHouseUser:            config.String(getenv, "MODELPORT_CLICKHOUSE_USER", "default"),
+		ClickHousePassword:        getenv("MODELPORT_CLICKHOUSE_PASSWORD"),
+		ClickHouseTLS:             config.Bool(getenv, "MODELPORT_CLICKHOUSE_TLS", false),
+		ClickHouseTLSCA:           getenv("MODELPORT_CLICKHOUSE_TLS_CA"),
+		ClickHouseMigrateUser:     getenv("MODELPORT_CLICKHOUSE_MIGRATE_USER"),
+		ClickHouseMigratePassword: getenv("MODELPORT_CLICKHOUSE_MIGRATE_PASSWORD"),
 	}
 	var err error
 	if c.BatchSize, err = config.Int(getenv, "MODELPORT_BILLING_BATCH", 500); err != nil {
@@ -117,8 +140,30 @@ func (c Config) Validate() error {
 		return fmt.Errorf("MODELPORT_BILLING_RECONCILE_EVERY, _ROLLUP_EVERY and _ROLLUP_CHECK_EVERY must be positive")
 	case c.RollupGrace < 0:
 		return fmt.Errorf("MODELPORT_BILLING_ROLLUP_GRACE must not be negative, not %s", c.RollupGrace)
+	case c.ClickHouseTLSCA != "" && !c.ClickHouseTLS:
+		return fmt.Errorf("MODELPORT_CLICKHOUSE_TLS_CA is set but MODELPORT_CLICKHOUSE_TLS is not: set MODELPORT_CLICKHOUSE_TLS=1")
 	}
 	return nil
+}
+
+// clickhouseOptions are the connection options for user and password.
+func (c Config) clickhouseOptions(user, password string) ([]clickhouse.Option, error) {
+	opts := []clickhouse.Option{clickhouse.WithAuth(user, password)}
+	if c.ClickHouseTLS {
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if c.ClickHouseTLSCA != "" {
+			pem, err := os.ReadFile(c.ClickHouseTLSCA)
+			if err != nil {
+				return nil, fmt.Errorf("MODELPORT_CLICKHOUSE_TLS_CA: %w", err)
+			}
+			cfg.RootCAs = x509.NewCertPool()
+			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("MODELPORT_CLICKHOUSE_TLS_CA %s: no PEM certificate in it", c.ClickHouseTLSCA)
+			}
+		}
+		opts = append(opts, clickhouse.WithTLS(cfg))
+	}
+	return opts, nil
 }
 
 // priceList returns the price list the config names.
@@ -151,7 +196,11 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	if err != nil {
 		return runner.Service{}, err
 	}
-	store, err := clickhouse.Open(cfg.ClickHouseAddr, cfg.ClickHouseDB)
+	chOpts, err := cfg.clickhouseOptions(cfg.ClickHouseUser, cfg.ClickHousePassword)
+	if err != nil {
+		return runner.Service{}, err
+	}
+	store, err := clickhouse.Open(cfg.ClickHouseAddr, cfg.ClickHouseDB, chOpts...)
 	if err != nil {
 		return runner.Service{}, err
 	}
@@ -169,7 +218,7 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	go func() {
 		defer close(stopped)
 		for attempt := uint64(1); runCtx.Err() == nil; attempt++ {
-			err := prepare(runCtx, store, svc, leases, services, prices, log)
+			err := prepare(runCtx, cfg, store, svc, leases, services, prices, log)
 			if err == nil {
 				break
 			}
@@ -228,10 +277,10 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 // stores a services row for services billing never saw created, all
 // under the "migrate" lease, so billing processes starting together do
 // it once.
-func prepare(ctx context.Context, store *clickhouse.Store, svc *billing.Service, leases *transport.Leases,
+func prepare(ctx context.Context, cfg Config, store *clickhouse.Store, svc *billing.Service, leases *transport.Leases,
 	services transport.Services, prices []billing.PriceEntry, log *slog.Logger) error {
 	return leases.Hold(ctx, "migrate", func(ctx context.Context) error {
-		if err := store.Migrate(ctx); err != nil {
+		if err := migrate(ctx, cfg, store); err != nil {
 			return err
 		}
 		n, err := svc.AddPrices(ctx, prices)
@@ -257,4 +306,27 @@ func prepare(ctx context.Context, store *clickhouse.Store, svc *billing.Service,
 		}
 		return nil
 	})
+}
+
+// migrate brings the schema up to date: as the schema owner when one is
+// configured, over a connection used for that alone, else as billing's
+// own user.
+func migrate(ctx context.Context, cfg Config, store *clickhouse.Store) error {
+	if cfg.ClickHouseMigrateUser == "" {
+		return store.Migrate(ctx)
+	}
+	opts, err := cfg.clickhouseOptions(cfg.ClickHouseMigrateUser, cfg.ClickHouseMigratePassword)
+	if err != nil {
+		return err
+	}
+	owner, err := clickhouse.Open(cfg.ClickHouseAddr, cfg.ClickHouseDB, opts...)
+	if err != nil {
+		return err
+	}
+	defer owner.Close()
+	if err := owner.Migrate(ctx); err != nil {
+		return fmt.Errorf("migrate as %s: %w", cfg.ClickHouseMigrateUser, err)
+	}
+	// Billing's own user reads what it needs.
+	return store.Migrate(ctx)
 }

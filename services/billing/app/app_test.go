@@ -18,6 +18,7 @@ import (
 	"time"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/chlocal"
 	"github.com/modelport/modelport/libs/chtest"
@@ -67,7 +68,8 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 type world struct {
 	t      *testing.T
 	ctx    context.Context
-	bus    *natsx.Bus
+	bus    *natsx.Bus        // the test's own, as the test admin
+	svcBus *natsx.Bus        // billing's, as its identity
 	keys   map[string]string // owner name → secret
 	owners map[string]auth.Key
 	admin  string
@@ -77,12 +79,11 @@ func newWorld(t *testing.T) *world {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	bus, err := natsx.Open(ctx, natstest.New(t).ClientURL(), "test", 1, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bus.Close)
-	w := &world{t: t, ctx: ctx, bus: bus, keys: map[string]string{}, owners: map[string]auth.Key{}}
+	// Billing runs as its NATS identity (w.billing); the test plays the
+	// other services as the test admin (w.bus).
+	ns := natstest.New(t)
+	bus := ns.Bus(t, natstest.Admin)
+	w := &world{t: t, ctx: ctx, bus: bus, svcBus: ns.Bus(t, access.Billing), keys: map[string]string{}, owners: map[string]auth.Key{}}
 	ring := auth.NewKeyring(bus.KV(state.BucketAPIKeys))
 	for _, name := range []string{"alice", "bob", "admin"} {
 		secret := auth.NewSecret()
@@ -135,7 +136,7 @@ func (w *world) publishRaw(subject string, data []byte) {
 // billing starts billing on the world's bus and serves its API.
 func (w *world) billing(cfg app.Config, log *slog.Logger) (runner.Service, string) {
 	w.t.Helper()
-	svc, err := app.Start(w.ctx, cfg, w.bus, log)
+	svc, err := app.Start(w.ctx, cfg, w.svcBus, log)
 	if err != nil {
 		w.t.Fatal(err)
 	}

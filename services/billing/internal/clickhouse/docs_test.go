@@ -106,10 +106,15 @@ func (s services) Service(_ context.Context, id string) (state.Service, error) {
 	return state.Service{}, errs.E(errs.NotFound, "service %s not found", id)
 }
 
-// TestDocumentedSQL runs every query in docs/billing.md on ClickHouse and
-// checks that the ones that bill agree with the usage API's numbers.
+// TestDocumentedSQL runs every query in docs/billing.md on ClickHouse, as
+// the analysts' read-only user, and checks that the ones that bill agree
+// with the usage API's numbers. Billing stores the data as its own user;
+// the maintenance statements run as the administrator.
 func TestDocumentedSQL(t *testing.T) {
-	s, conn, db := open(t)
+	sec, s := securedStore(t)
+	conn := rawAs(t, sec.Addr, "default", "")
+	analyst := rawAs(t, sec.Addr, sec.Analyst.Name, sec.Analyst.Password)
+	db := sec.Database
 	ctx := context.Background()
 	qs := docQueries(t)
 	for _, name := range []string{"tokens-per-service-per-day", "top-keys", "cost-per-month", "statement-per-service", "statement-totals",
@@ -188,7 +193,7 @@ func TestDocumentedSQL(t *testing.T) {
 
 	t.Run("cost-per-month", func(t *testing.T) {
 		got := map[string]string{}
-		for _, r := range query(t, conn, db, qs["cost-per-month"]) {
+		for _, r := range query(t, analyst, db, qs["cost-per-month"]) {
 			if r[1] == "2025-05-01" {
 				got[r[0]] = r[2] + " " + r[3]
 			}
@@ -223,7 +228,7 @@ func TestDocumentedSQL(t *testing.T) {
 			}
 		}
 		var got [][]string
-		for _, r := range query(t, conn, db, qs["instance-time-per-day"]) {
+		for _, r := range query(t, analyst, db, qs["instance-time-per-day"]) {
 			if r[0] == "svc-instances" {
 				got = append(got, r)
 			}
@@ -243,7 +248,7 @@ func TestDocumentedSQL(t *testing.T) {
 			want[row.PeriodStart.Format("2006-01-02")] = fmt.Sprint(row.Requests, row.PromptTokens, row.CompletionTokens, row.TotalTokens)
 		}
 		got := map[string]string{}
-		for _, r := range query(t, conn, db, qs["tokens-per-service-per-day"]) {
+		for _, r := range query(t, analyst, db, qs["tokens-per-service-per-day"]) {
 			if r[0] == "svc-unlisted" {
 				got[r[1]] = strings.Join(r[2:], " ")
 			}
@@ -258,7 +263,7 @@ func TestDocumentedSQL(t *testing.T) {
 			want[fmt.Sprintf("%s %d", e.ServiceID, e.Status)]++
 		}
 		got := map[string]int{}
-		for _, r := range query(t, conn, db, qs["requests-by-status"]) {
+		for _, r := range query(t, analyst, db, qs["requests-by-status"]) {
 			var n int
 			fmt.Sscan(r[2], &n)
 			got[r[0]+" "+r[1]] = n
@@ -268,7 +273,7 @@ func TestDocumentedSQL(t *testing.T) {
 		}
 	})
 	t.Run("top-keys", func(t *testing.T) {
-		rows := query(t, conn, db, qs["top-keys"])
+		rows := query(t, analyst, db, qs["top-keys"])
 		if len(rows) != 4 {
 			t.Fatalf("top keys %v, want 4 keys", rows)
 		}
@@ -302,13 +307,13 @@ func TestDocumentedSQL(t *testing.T) {
 			}
 		}
 		got := map[string]string{}
-		for _, r := range query(t, conn, db, strings.ReplaceAll(qs["statement-per-service"], "2025-05-01", may.Format("2006-01-02"))) {
+		for _, r := range query(t, analyst, db, strings.ReplaceAll(qs["statement-per-service"], "2025-05-01", may.Format("2006-01-02"))) {
 			got[r[0]] = strings.Join(r[2:], " ")
 		}
 		if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("statement-per-service\n%v\nthe API\n%v", got, want)
 		}
-		totals := query(t, conn, db, qs["statement-totals"])
+		totals := query(t, analyst, db, qs["statement-totals"])
 		if len(totals) != 1 || totals[0][0] != "2025-05-01" || totals[0][1] != fmt.Sprint(st.CostMicros) || totals[0][2] != "0" {
 			t.Errorf("statement-totals %v, want May at %d with no adjustments", totals, st.CostMicros)
 		}
@@ -319,7 +324,7 @@ func TestDocumentedSQL(t *testing.T) {
 			t.Fatal(err)
 		}
 		at := time.Date(2025, 5, 10, 14, 0, 0, 0, time.UTC)
-		rows := query(t, conn, db, qs["prices-at"])
+		rows := query(t, analyst, db, qs["prices-at"])
 		if len(rows) != len(billing.DefaultPriceList()) {
 			t.Fatalf("prices-at: %d rows, want one per price: %v", len(rows), rows)
 		}
@@ -331,16 +336,16 @@ func TestDocumentedSQL(t *testing.T) {
 		}
 	})
 	t.Run("rollup-check finds a disagreement and billing fills it again", func(t *testing.T) {
-		if rows := query(t, conn, db, qs["rollup-check"]); len(rows) != 0 {
+		if rows := query(t, analyst, db, qs["rollup-check"]); len(rows) != 0 {
 			t.Fatalf("rollup disagrees before anything went wrong: %v", rows)
 		}
 		insertBehindTheGate(t, conn, db, evs[0]) // a duplicate: the rollup counts events
-		if rows := query(t, conn, db, qs["rollup-check"]); len(rows) != 0 {
+		if rows := query(t, analyst, db, qs["rollup-check"]); len(rows) != 0 {
 			t.Fatalf("rollup-check after a duplicate behind the gate = %v, want none", rows)
 		}
 		extra := usage(evs[0].ServiceID, 5, 5, evs[0].OccurredAt) // a new event no batch noted
 		insertBehindTheGate(t, conn, db, extra)
-		if rows := query(t, conn, db, qs["rollup-check"]); len(rows) != 1 || rows[0][0] != evs[0].ServiceID {
+		if rows := query(t, analyst, db, qs["rollup-check"]); len(rows) != 1 || rows[0][0] != evs[0].ServiceID {
 			t.Fatalf("rollup-check after a row written by hand = %v, want one row for %s", rows, evs[0].ServiceID)
 		}
 		for _, stmt := range strings.Split(qs["refill-rollup"], ";") {
@@ -354,7 +359,7 @@ func TestDocumentedSQL(t *testing.T) {
 		if r := fill(t, s); len(r.Refilled) == 0 {
 			t.Errorf("the rollup job filled nothing again: %+v", r)
 		}
-		if rows := query(t, conn, db, qs["rollup-check"]); len(rows) != 0 {
+		if rows := query(t, analyst, db, qs["rollup-check"]); len(rows) != 0 {
 			t.Errorf("rollup disagrees after billing filled it again: %v", rows)
 		}
 	})

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/modelport/modelport/libs/natstest"
-	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/services/billing/internal/transport"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -18,11 +17,7 @@ import (
 func leaseBucket(t *testing.T, ttl time.Duration) jetstream.KeyValue {
 	t.Helper()
 	ctx := context.Background()
-	bus, err := natsx.Open(ctx, natstest.New(t).ClientURL(), "test", 1, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bus.Close)
+	bus := natstest.New(t).Bus(t, natstest.Admin)
 	kv, err := bus.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "leases_test", TTL: ttl})
 	if err != nil {
 		t.Fatal(err)
