@@ -3,7 +3,7 @@ GO       ?= go
 PKGS     := github.com/modelport/modelport/...
 SERVICES := deployer scaler router inference-worker billing
 
-.PHONY: all build deps run test test-faults test-short screenshots vet fmt tidy bench clean
+.PHONY: all build deps engines run test test-faults test-short screenshots vet fmt tidy bench clean
 
 all: build
 
@@ -20,6 +20,29 @@ build:
 deps:
 	@scripts/deps $(DEPS)
 
+# The real engines that run on this machine's CPU, built from source once into
+# .cache/engines/bin (ignored by git) and linked beside bin/modelport, where the
+# inference-worker finds them. The tests that run a real engine look there too.
+OLLAMA_VERSION ?= v0.17.4
+ENGINES_BIN    := .cache/engines/bin
+
+## engines: build Ollama $(OLLAMA_VERSION) (cgo, CPU) into .cache/engines/bin, or reuse it there;
+## needs a C/C++ compiler and the Debian packages nlohmann-json3-dev and libstb-dev
+engines:
+	@mkdir -p $(ENGINES_BIN) bin
+	@if $(GO) version -m $(ENGINES_BIN)/ollama 2>/dev/null | grep -Eq "^[[:space:]]+mod[[:space:]]+github.com/ollama/ollama[[:space:]]+$(OLLAMA_VERSION)([[:space:]]|$$)"; then \
+		echo "ollama $(OLLAMA_VERSION): $(ENGINES_BIN)/ollama (built already)"; \
+	else \
+		for h in nlohmann/json.hpp stb/stb_image.h; do \
+			echo '#include <'$$h'>' | $${CXX:-c++} -x c++ -fsyntax-only - 2>/dev/null || { \
+				echo "make engines: <$$h> is missing: install the Debian packages nlohmann-json3-dev and libstb-dev (and a C++ compiler)"; exit 1; }; \
+		done; \
+		echo "building ollama $(OLLAMA_VERSION) into $(ENGINES_BIN) (the first build takes several minutes)"; \
+		GOWORK=off CGO_ENABLED=1 CGO_CPPFLAGS="-I$(CURDIR)/third_party" GOBIN="$(CURDIR)/$(ENGINES_BIN)" \
+			$(GO) install github.com/ollama/ollama@$(OLLAMA_VERSION) || exit 1; \
+	fi
+	ln -sf ../$(ENGINES_BIN)/ollama bin/ollama
+
 ## run: the all-in-one platform on embedded NATS and a local ClickHouse
 run: DEPS := run
 run: deps build
@@ -35,16 +58,17 @@ $(WITH_CLICKHOUSE): FORCE
 ## test: install what is missing, vet, then every test with the race detector against
 ## real NATS, ClickHouse, Node.js and Chromium
 test: DEPS := test
-test: deps vet $(WITH_CLICKHOUSE)
+test: deps engines vet $(WITH_CLICKHOUSE)
 	$(WITH_CLICKHOUSE) $(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 ## test-faults: the fault tests alone (a killed worker mid-stream, a NATS restart, a
 ## thousand streaming clients, NATS and router deaths on a cluster, a ClickHouse outage,
-## duplicate and poison events); `make test` runs them too
+## duplicate and poison events, lost stops, billing replicas starting together, retried
+## inserts, late usage after a month closed); `make test` runs them too
 test-faults: DEPS := test
-test-faults: deps $(WITH_CLICKHOUSE)
+test-faults: deps engines $(WITH_CLICKHOUSE)
 	$(WITH_CLICKHOUSE) $(GO) test -race -count=1 -timeout 20m -run 'TestFault|TestMultiNode|TestWorkerKilled' ./cmd/modelport
-	$(WITH_CLICKHOUSE) $(GO) test -race -count=1 -timeout 20m -run 'Outage|Poison|Duplicate|Redeliver|DeadLetter' github.com/modelport/modelport/services/billing/...
+	$(WITH_CLICKHOUSE) $(GO) test -race -count=1 -timeout 20m -run 'Outage|Poison|Duplicate|Redeliver|DeadLetter|Review2|Review4|Review5|SimulatedMonth' github.com/modelport/modelport/services/billing/...
 
 ## test-short: the tests that need no binaries built
 test-short:
@@ -62,7 +86,7 @@ tidy:
 	@for m in libs $(addprefix services/,$(SERVICES)) cmd/modelport deploy; do (cd $$m && GOWORK=off $(GO) mod tidy) || exit 1; done
 
 ## bench: the benchmark suite; rewrites docs/benchmarks.md
-bench: build
+bench: build engines
 	bin/modelport bench -requests 3000 -out docs/benchmarks.md
 
 ## screenshots: refresh docs/screenshots from the console's browser test (the test itself

@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -30,7 +32,8 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	requests := fs.Int("requests", 3000, "requests per scenario at the highest concurrency")
 	out := fs.String("out", "", "write the report (markdown) to this file")
-	only := fs.String("only", "", "run only this section: latency, lifecycle, billing or prefix-routing")
+	realEngine := fs.Bool("engine", true, "also measure a real engine: Ollama (`make engines`) serving a tiny model")
+	only := fs.String("only", "", "run only this section: latency, lifecycle, prefix-routing, engine or billing")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -41,7 +44,7 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	defer os.RemoveAll(dir)
 	const key = "mp-bench-admin-key-0123456789abcdef"
-	env := config.Map(map[string]string{
+	settings := map[string]string{
 		"MODELPORT_DATA_DIR":        dir,
 		"MODELPORT_HTTP_ADDR":       "127.0.0.1:0",
 		"MODELPORT_NATS_PORT":       "-1",
@@ -50,7 +53,19 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 		// Scale-to-zero is quick to reach between the cold-start runs.
 		"MODELPORT_AUTOSCALE_INTERVAL":   "100ms",
 		"MODELPORT_LOAD_REPORT_INTERVAL": "100ms",
-	})
+	}
+	if *realEngine {
+		engineSettings, err := benchEngineSetup(dir)
+		if err != nil {
+			return err
+		}
+		maps.Copy(settings, engineSettings)
+		// Ollama keeps the models it imports here, not in the user's store.
+		if err := os.Setenv("OLLAMA_MODELS", filepath.Join(dir, "ollama")); err != nil {
+			return err
+		}
+	}
+	env := config.Map(settings)
 	log, _ := telemetry.Setup(ctx, "modelport-bench", io.Discard, slog.LevelError)
 	p, err := startPlatform(ctx, env, log)
 	if err != nil {
@@ -119,6 +134,13 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 		section, err := benchPrefixRouting(ctx, defaultChatWorkload)
 		if err != nil {
 			return fmt.Errorf("prefix routing: %w", err)
+		}
+		life += section
+	}
+	if *realEngine && run("engine") {
+		section, err := benchEngine(ctx, client, p.BaseURL, key)
+		if err != nil {
+			return fmt.Errorf("real engine: %w", err)
 		}
 		life += section
 	}

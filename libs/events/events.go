@@ -167,8 +167,9 @@ func (InstanceStoppedV1) Subject() string { return SubjectInstanceStoppedV1 }
 // the instance's record and freed its slot. Published by the
 // inference-worker; consumed by the deployer (a service left with no
 // ready instance fails, with the reason), the scaler (which unplaces the
-// instance and places a replacement) and people reading the reason and the
-// log tail.
+// instance and places a replacement), billing (the end of the instance's
+// billed time, even if the stop that should follow is lost) and people
+// reading the reason and the log tail.
 type InstanceFailedV1 struct {
 	Meta
 	InstanceID string `json:"instance_id"`
@@ -253,9 +254,10 @@ func (ServiceDeletedV1) Subject() string { return SubjectServiceDeletedV1 }
 // InstanceReleasedV1 says the scaler took an instance off a worker (scale
 // down, deletion, or a worker replaced). Published by the scaler on
 // SubjectInstanceReleasedV1 + "." + WorkerID; consumed by that worker,
-// which drains and stops the instance, and by billing, which ends the
+// which drains and stops the instance, by billing, which ends the
 // instance's billed time at OccurredAt when WorkerGone is set (a worker
-// that died publishes no InstanceStoppedV1).
+// that died publishes no InstanceStoppedV1), and, when WorkerGone is set,
+// by the deployer, which recounts the service's ready instances without it.
 type InstanceReleasedV1 struct {
 	Meta
 	InstanceID string `json:"instance_id"`

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -52,6 +53,13 @@ type Config struct {
 	// lists. Heartbeats advertise both; the scaler places by them.
 	Memory    int64
 	GPUMemory int64
+	// EnginePath is where engine programs are looked up, a list like
+	// $PATH (MODELPORT_WORKER_ENGINE_PATH); empty: $PATH, then the folder
+	// of the worker's own binary.
+	EnginePath string
+	// CPUThreads caps the CPU threads of each engine instance that runs
+	// without GPUs (MODELPORT_WORKER_CPU_THREADS); 0: the engine decides.
+	CPUThreads int
 }
 
 // DefaultPrefixCacheTokens is a simulator instance's prefix cache when
@@ -90,6 +98,9 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 	if c.GPUs, err = config.Int(getenv, "MODELPORT_WORKER_GPUS", -1); err != nil {
 		return c, err
 	}
+	if c.CPUThreads, err = config.Int(getenv, "MODELPORT_WORKER_CPU_THREADS", 0); err != nil {
+		return c, err
+	}
 	if c.GPUs < 0 {
 		c.GPUs = countGPUs()
 	}
@@ -108,6 +119,7 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 		}
 	}
 	c.CatalogFile = getenv("MODELPORT_CATALOG")
+	c.EnginePath = getenv("MODELPORT_WORKER_ENGINE_PATH")
 	if r := getenv("MODELPORT_WORKER_PORTS"); r != "" {
 		first, last, ok := strings.Cut(r, "-")
 		a, err1 := strconv.Atoi(first)
@@ -133,6 +145,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("MODELPORT_SIM_PREFIX_CACHE must not be negative (0 caches nothing)")
 	case c.PrefillPerToken < 0:
 		return fmt.Errorf("MODELPORT_SIM_PREFILL must not be negative")
+	case c.CPUThreads < 0:
+		return fmt.Errorf("MODELPORT_WORKER_CPU_THREADS cannot be negative")
 	}
 	for _, e := range c.Engines {
 		if _, ok := engine.Adapters[e]; !ok {
@@ -180,6 +194,24 @@ func runsOn(spec engine.Spec, eng string, cfg Config) engine.Spec {
 	return spec
 }
 
+// enginePath is where the worker looks for engine programs: the
+// configured list, or else $PATH and then the folder of the worker's own
+// binary, so that engines installed beside it (make engines links them
+// into bin/) are found without touching $PATH.
+func enginePath(configured, path, exe string) string {
+	if configured != "" {
+		return configured
+	}
+	if exe == "" {
+		return path
+	}
+	dir := filepath.Dir(exe)
+	if path == "" {
+		return dir
+	}
+	return path + string(filepath.ListSeparator) + dir
+}
+
 // workerIDPattern keeps worker IDs usable as key-value keys and as the
 // last token of the placement subject.
 var workerIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
@@ -219,8 +251,11 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	if err != nil {
 		return runner.Service{}, err
 	}
+	exe, _ := os.Executable()
 	eng := &engine.Registry{
 		Ports:            engine.Ports{Host: cfg.ListenHost, First: cfg.FirstPort, Last: cfg.LastPort, Advertise: cfg.AdvertiseHost},
+		SearchPath:       enginePath(cfg.EnginePath, os.Getenv("PATH"), exe),
+		CPUThreads:       cfg.CPUThreads,
 		Log:              log,
 		TimeToFirstToken: cfg.TimeToFirstToken, InterTokenLatency: cfg.InterTokenLatency,
 		PrefixCacheTokens: cfg.PrefixCacheTokens, PrefillPerToken: cfg.PrefillPerToken,
@@ -270,7 +305,8 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		stopBeats()
 		return runner.Service{}, err
 	}
-	log.Info("worker started", "capacity", cfg.Capacity, "gpus", cfg.GPUs, "engines", cfg.Engines, "memory", cfg.Memory, "gpu_memory", cfg.GPUMemory)
+	log.Info("worker started", "capacity", cfg.Capacity, "gpus", cfg.GPUs, "engines", cfg.Engines, "engine_path", eng.SearchPath,
+		"memory", cfg.Memory, "gpu_memory", cfg.GPUMemory)
 	return runner.Service{Stop: func(ctx context.Context) {
 		stopBeats()
 		w.Shutdown(ctx, "worker stopped")

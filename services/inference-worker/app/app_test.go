@@ -26,6 +26,7 @@ func TestSpecsChooseTheEngine(t *testing.T) {
 		{"allowed with GPUs", Config{GPUs: 1, Engines: []string{"vllm"}}, "qwen2.5-7b-instruct", "vllm", 1, ""},
 		{"allowed but no GPU", Config{GPUs: 0, Engines: []string{"vllm"}}, "qwen2.5-7b-instruct", "simulator", 0, ""},
 		{"CPU model on llama.cpp", Config{GPUs: 0, Engines: []string{"llama.cpp"}}, "qwen2.5-0.5b-instruct-gguf", "llama.cpp", 0, ""},
+		{"CPU model on a worker with GPUs", Config{GPUs: 2, Engines: []string{"llama.cpp"}}, "qwen2.5-0.5b-instruct-gguf", "llama.cpp", 0, ""},
 		{"another engine allowed only", Config{GPUs: 4, Engines: []string{"sglang"}}, "qwen2.5-7b-instruct", "simulator", 0, ""},
 		{"fine-tuned gets its adapter", Config{GPUs: 1, Engines: []string{"vllm"}}, "qwen2.5-7b-support-lora", "vllm", 1, "/models/adapters/qwen2.5-7b-support"},
 	}
@@ -156,5 +157,26 @@ func TestMemorySettings(t *testing.T) {
 	}
 	if _, err := ConfigFromEnv(config.Map(map[string]string{"MODELPORT_WORKER_MEMORY": "plenty"})); err == nil || !strings.Contains(err.Error(), "MODELPORT_WORKER_MEMORY") {
 		t.Errorf("a bad size: %v", err)
+	}
+}
+
+func TestEnginePath(t *testing.T) {
+	tests := []struct{ configured, path, exe, want string }{
+		{"", "/usr/bin:/bin", "/opt/modelport/bin/inference-worker", "/usr/bin:/bin:/opt/modelport/bin"},
+		{"", "", "/opt/modelport/bin/modelport", "/opt/modelport/bin"},
+		{"", "/usr/bin", "", "/usr/bin"},
+		{"/engines:/more", "/usr/bin", "/opt/modelport/bin/modelport", "/engines:/more"},
+	}
+	for _, tc := range tests {
+		if got := enginePath(tc.configured, tc.path, tc.exe); got != tc.want {
+			t.Errorf("enginePath(%q, %q, %q) = %q, want %q", tc.configured, tc.path, tc.exe, got, tc.want)
+		}
+	}
+	c, err := ConfigFromEnv(config.Map(map[string]string{"MODELPORT_WORKER_ENGINE_PATH": "/engines", "MODELPORT_WORKER_GPUS": "0", "MODELPORT_WORKER_CPU_THREADS": "2"}))
+	if err != nil || c.EnginePath != "/engines" || c.CPUThreads != 2 {
+		t.Errorf("config %+v, %v", c, err)
+	}
+	if _, err := ConfigFromEnv(config.Map(map[string]string{"MODELPORT_WORKER_CPU_THREADS": "-1", "MODELPORT_WORKER_GPUS": "0"})); err == nil {
+		t.Error("negative CPU threads accepted")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -268,6 +269,25 @@ func (m *Manager) Instances(ctx context.Context, caller auth.Key, id string) ([]
 // service with no instance left becomes deleted and frees its name; a
 // deleting or deleted service never comes back to life.
 func (m *Manager) RefreshReady(ctx context.Context, serviceID string) error {
+	return m.refresh(ctx, serviceID, "")
+}
+
+// InstanceGone recounts a service whose instance the scaler released
+// because its worker stopped beating. A dead worker announces no stop, and
+// the scaler removes the instance's record only after the announcement,
+// so the recount leaves that instance out: without it, a service scaled
+// to zero meanwhile would stay "scaling" with a ready instance that no
+// longer exists. An ordinary release is recounted when its worker stops
+// the instance.
+func (m *Manager) InstanceGone(ctx context.Context, ev events.InstanceReleasedV1) error {
+	if !ev.WorkerGone {
+		return nil
+	}
+	return m.refresh(ctx, ev.ServiceID, ev.InstanceID)
+}
+
+// refresh is RefreshReady, leaving out the instance gone, if any.
+func (m *Manager) refresh(ctx context.Context, serviceID, gone string) error {
 	for attempt := 0; attempt < 10; attempt++ {
 		s, rev, err := m.store.Get(ctx, serviceID)
 		if errs.KindOf(err) == errs.NotFound {
@@ -285,6 +305,7 @@ func (m *Manager) RefreshReady(ctx context.Context, serviceID string) error {
 		if err != nil {
 			return err
 		}
+		insts = slices.DeleteFunc(insts, func(in state.Instance) bool { return gone != "" && in.ID == gone })
 		ready, engine := 0, s.Engine
 		for _, in := range insts {
 			if in.Status == state.InstanceReady {

@@ -29,6 +29,13 @@ func ConsumeInstanceEvents(ctx context.Context, js jetstream.JetStream, m *deplo
 		return err
 	}
 	if err := natsx.Consume(ctx, js, natsx.Subscription{
+		Stream: events.StreamScale, Durable: "deployer-instance-gone", Filter: events.SubjectInstanceReleasedV1 + ".>",
+	}, log, func(ctx context.Context, ev events.InstanceReleasedV1) error {
+		return m.InstanceGone(ctx, ev)
+	}); err != nil {
+		return err
+	}
+	if err := natsx.Consume(ctx, js, natsx.Subscription{
 		Stream: events.StreamWorker, Durable: "deployer-instance-failed", Filter: events.SubjectInstanceFailedV1,
 	}, log, func(ctx context.Context, ev events.InstanceFailedV1) error {
 		return m.InstanceFailed(ctx, ev)
