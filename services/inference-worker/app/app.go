@@ -174,6 +174,8 @@ func runsOn(spec engine.Spec, eng string, cfg Config) engine.Spec {
 		spec.Engine, spec.GPUs = "simulator", 0
 	}
 	return spec
+}
+
 // enginePath is where the worker looks for engine programs: the
 // configured list, or else $PATH and then the folder of the worker's own
 // binary, so that engines installed beside it (make engines links them

@@ -137,6 +137,9 @@ func TestMemorySettings(t *testing.T) {
 	}
 	if _, err := ConfigFromEnv(config.Map(map[string]string{"MODELPORT_WORKER_MEMORY": "plenty"})); err == nil || !strings.Contains(err.Error(), "MODELPORT_WORKER_MEMORY") {
 		t.Errorf("a bad size: %v", err)
+	}
+}
+
 func TestEnginePath(t *testing.T) {
 	tests := []struct{ configured, path, exe, want string }{
 		{"", "/usr/bin:/bin", "/opt/modelport/bin/inference-worker", "/usr/bin:/bin:/opt/modelport/bin"},
