@@ -53,7 +53,7 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 		"MODELPORT_LOAD_REPORT_INTERVAL": "100ms",
 	}
 	if *realEngine {
-		engineSettings, err := benchEngineSetup(dir)
+		engineSettings, err := benchEngineSetup()
 		if err != nil {
 			return err
 		}
@@ -124,7 +124,7 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("lifecycle: %w", err)
 	}
 	if *realEngine {
-		section, err := benchEngine(ctx, client, p.BaseURL, key)
+		section, err := benchEngine(ctx, client, p.BaseURL, key, p.ModelDirs[0])
 		if err != nil {
 			return fmt.Errorf("real engine: %w", err)
 		}
