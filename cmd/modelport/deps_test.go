@@ -34,7 +34,7 @@ for p in "$@"; do
   -*|install) ;;
   nodejs) printf '#!/bin/sh\necho v20.11.1\n' >"$FAKE_BIN/node"; chmod +x "$FAKE_BIN/node" ;;
   chromium) printf '#!/bin/sh\n' >"$MODELPORT_CHROMIUM"; chmod +x "$MODELPORT_CHROMIUM" ;;
-  clickhouse-server|clickhouse-client|curl) printf '#!/bin/sh\n' >"$FAKE_BIN/$p"; chmod +x "$FAKE_BIN/$p" ;;
+  clickhouse-server|clickhouse-client|curl|g++) printf '#!/bin/sh\n' >"$FAKE_BIN/$p"; chmod +x "$FAKE_BIN/$p" ;;
   npm) cp "$FAKE_BIN/.npm" "$FAKE_BIN/npm" ;;
   esac
   touch "$FAKE_DPKG/$p"
@@ -111,7 +111,7 @@ func (m *depsMachine) run(env []string, args ...string) (code int, out string, c
 	return code, b.String(), calls
 }
 
-const allPackages = "clickhouse-server clickhouse-client nodejs npm chromium curl nlohmann-json3-dev libstb-dev"
+const allPackages = "clickhouse-server clickhouse-client nodejs npm chromium curl g++ nlohmann-json3-dev libstb-dev"
 
 // TestDepsScript: make deps (scripts/deps) on a machine that lacks
 // everything installs it all with one apt-get update and one install,
