@@ -63,11 +63,12 @@ test: deps engines vet $(WITH_CLICKHOUSE)
 
 ## test-faults: the fault tests alone (a killed worker mid-stream, a NATS restart, a
 ## thousand streaming clients, NATS and router deaths on a cluster, a ClickHouse outage,
-## duplicate and poison events); `make test` runs them too
+## duplicate and poison events, lost stops, billing replicas starting together, retried
+## inserts, late usage after a month closed); `make test` runs them too
 test-faults: DEPS := test
 test-faults: deps engines $(WITH_CLICKHOUSE)
 	$(WITH_CLICKHOUSE) $(GO) test -race -count=1 -timeout 20m -run 'TestFault|TestMultiNode|TestWorkerKilled' ./cmd/modelport
-	$(WITH_CLICKHOUSE) $(GO) test -race -count=1 -timeout 20m -run 'Outage|Poison|Duplicate|Redeliver|DeadLetter' github.com/modelport/modelport/services/billing/...
+	$(WITH_CLICKHOUSE) $(GO) test -race -count=1 -timeout 20m -run 'Outage|Poison|Duplicate|Redeliver|DeadLetter|Review2|Review4|Review5|SimulatedMonth' github.com/modelport/modelport/services/billing/...
 
 ## test-short: the tests that need no binaries built
 test-short:

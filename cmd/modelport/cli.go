@@ -33,6 +33,7 @@ var cliCommands = map[string]func(ctx context.Context, c *cli, args []string) er
 	"usage":   runUsage,
 	"chat":    runChat,
 	"events":  runEvents,
+	"nats":    runNATS,
 }
 
 // runCLI runs a client command. stdin answers prompts (the API key at

@@ -25,6 +25,7 @@ import (
 var consoleScreenshots = []string{
 	"signin-1280", "list-1280", "list-390", "deploy-1280", "deploy-390", "detail-1280", "detail-390",
 	"playground-chat-1280", "playground-chat-390", "image-generation-1280", "image-understanding-1280",
+	"statements-1280", "statements-390",
 }
 
 // TestConsole drives the web console in Chromium with playwright-core
@@ -33,8 +34,8 @@ var consoleScreenshots = []string{
 // service through the form, watch them reach running live, try each in
 // the playground, scale one to 2, and delete them, a wrong name refused
 // first; register a model through the Models page, deploy it and delete
-// it once unused. The browser test saves a screenshot of each page but
-// the Models pages.
+// it once unused; then read the month's statements and close last month.
+// The browser test saves a screenshot of each page but the Models pages.
 func TestConsole(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the platform and a browser")

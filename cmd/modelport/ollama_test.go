@@ -269,7 +269,7 @@ func TestOllamaEndToEnd(t *testing.T) {
 
 	// A second worker, a process of its own that the test kills later,
 	// with an engine store of its own as on another machine.
-	c := &cluster{bin: buildWorker(t), urls: map[string]string{}, procs: map[string]*proc{}, common: []string{
+	c := &cluster{bin: buildWorker(t), seeds: p.NATSCreds, urls: map[string]string{}, procs: map[string]*proc{}, common: []string{
 		"MODELPORT_NATS_URL=" + p.NATSURL, "MODELPORT_LOG_LEVEL=debug", "OLLAMA_MODELS=" + filepath.Join(store, "w2"),
 	}}
 	for k, v := range engineEnv {
@@ -460,8 +460,8 @@ func TestOllamaEndToEnd(t *testing.T) {
 
 	// ClickHouse bills exactly what the clients were told.
 	eventually(t, 30*time.Second, "usage billed", func() error {
-		if got := usageOf(t, p.BaseURL, svc.ID); got != billed {
-			return fmt.Errorf("usage API %+v, want %+v", got, billed)
+		if got, err := usageOf(t, p.BaseURL, svc.ID); err != nil || got != billed {
+			return fmt.Errorf("usage API %+v (%v), want %+v", got, err, billed)
 		}
 		return nil
 	})
@@ -544,8 +544,8 @@ func TestOllamaEndToEnd(t *testing.T) {
 		}
 		bill(r.prompt, r.completion)
 		eventually(t, 30*time.Second, "usage billed exactly", func() error {
-			if got := usageOf(t, p.BaseURL, svc.ID); got != billed {
-				return fmt.Errorf("usage %+v, want %+v", got, billed)
+			if got, err := usageOf(t, p.BaseURL, svc.ID); err != nil || got != billed {
+				return fmt.Errorf("usage %+v (%v), want %+v", got, err, billed)
 			}
 			return nil
 		})
@@ -600,8 +600,8 @@ func TestOllamaEndToEnd(t *testing.T) {
 		sameAsOllama(t, "cold start", messages, map[string]any{"temperature": 0, "top_p": 1, "num_predict": 6},
 			resp.Choices[0].Message.Content, resp.Choices[0].FinishReason, resp.Usage.PromptTokens, resp.Usage.CompletionTokens)
 		eventually(t, 30*time.Second, "usage billed exactly", func() error {
-			if got := usageOf(t, p.BaseURL, svc.ID); got != billed {
-				return fmt.Errorf("usage %+v, want %+v", got, billed)
+			if got, err := usageOf(t, p.BaseURL, svc.ID); err != nil || got != billed {
+				return fmt.Errorf("usage %+v (%v), want %+v", got, err, billed)
 			}
 			return nil
 		})
@@ -758,8 +758,8 @@ func TestOllamaEndToEnd(t *testing.T) {
 		}
 		want := usageTotals{ServiceID: tuned.ID, Requests: 1, PromptTokens: uint64(n.Prompt), CompletionTokens: uint64(n.Completion), TotalTokens: uint64(n.Prompt + n.Completion)}
 		eventually(t, 30*time.Second, "the fine-tune's usage billed", func() error {
-			if got := usageOf(t, p.BaseURL, tuned.ID); got != want {
-				return fmt.Errorf("usage %+v, want %+v", got, want)
+			if got, err := usageOf(t, p.BaseURL, tuned.ID); err != nil || got != want {
+				return fmt.Errorf("usage %+v (%v), want %+v", got, err, want)
 			}
 			return nil
 		})

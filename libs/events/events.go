@@ -167,8 +167,9 @@ func (InstanceStoppedV1) Subject() string { return SubjectInstanceStoppedV1 }
 // the instance's record and freed its slot. Published by the
 // inference-worker; consumed by the deployer (a service left with no
 // ready instance fails, with the reason), the scaler (which unplaces the
-// instance and places a replacement) and people reading the reason and the
-// log tail.
+// instance and places a replacement), billing (the end of the instance's
+// billed time, even if the stop that should follow is lost) and people
+// reading the reason and the log tail.
 type InstanceFailedV1 struct {
 	Meta
 	InstanceID string `json:"instance_id"`

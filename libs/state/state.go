@@ -14,6 +14,7 @@
 //	images      (object store) <name>.png    router           router (TTL: ImageTTL)
 //	load        <service id>.<router id>     router           scaler (TTL: LoadTTL; the autoscaler's demand signal)
 //	models      <owner id>.<name>            deployer         deployer (models owners registered; "public" for everyone's)
+//	leases      <service>.<lease name>       its holder       the same service's other processes (TTL: LeaseTTL; one holder at a time)
 package state
 
 import (
@@ -49,7 +50,15 @@ const (
 	// "<owner id>.<name>", and those an admin registered for everyone
 	// under "public.<name>".
 	BucketModels = "models"
+	// BucketLeases holds leases: work that one process of a service at a
+	// time may do (billing's migrations, price changes, period closings
+	// and scheduled jobs). A holder keeps its key alive by writing it again
+	// within LeaseTTL; a holder that dies loses it when the key expires.
+	BucketLeases = "leases"
 )
+
+// LeaseTTL is how long a lease lasts without being renewed.
+const LeaseTTL = 30 * time.Second
 
 // LoadTTL is how long a router's load report lasts without a newer one.
 const LoadTTL = time.Minute
@@ -75,10 +84,16 @@ var Buckets = []jetstream.KeyValueConfig{
 	{Bucket: BucketIdempotency, Storage: jetstream.FileStorage, TTL: IdempotencyTTL},
 	{Bucket: BucketLoad, Storage: jetstream.MemoryStorage, TTL: LoadTTL},
 	{Bucket: BucketModels, Storage: jetstream.FileStorage},
+	{Bucket: BucketLeases, Storage: jetstream.FileStorage, TTL: LeaseTTL},
 }
 
-// EnsureBuckets creates or updates every bucket with the given number of
-// replicas and returns them by name.
+// ObjectStores are the object stores' configurations.
+var ObjectStores = []jetstream.ObjectStoreConfig{
+	{Bucket: BucketImages, TTL: ImageTTL, Storage: jetstream.FileStorage},
+}
+
+// EnsureBuckets creates or updates every bucket and object store with the
+// given number of replicas and returns the buckets by name.
 func EnsureBuckets(ctx context.Context, js jetstream.JetStream, replicas int) (map[string]jetstream.KeyValue, error) {
 	kvs := make(map[string]jetstream.KeyValue, len(Buckets))
 	for _, cfg := range Buckets {
@@ -88,6 +103,12 @@ func EnsureBuckets(ctx context.Context, js jetstream.JetStream, replicas int) (m
 			return nil, fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)
 		}
 		kvs[cfg.Bucket] = kv
+	}
+	for _, cfg := range ObjectStores {
+		cfg.Replicas = max(replicas, 1)
+		if _, err := js.CreateOrUpdateObjectStore(ctx, cfg); err != nil {
+			return nil, fmt.Errorf("ensure object store %s: %w", cfg.Bucket, err)
+		}
 	}
 	return kvs, nil
 }

@@ -13,10 +13,10 @@
 //
 // The tests run in order and share one browser page: sign in, deploy one
 // service of each task through the form, then try each one, scale the
-// text service, and delete them all.
+// text service, delete them all, and read the month's statements.
 
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
@@ -87,7 +87,7 @@ async function shot(name, { size = WIDE, fullPage = false } = {}) {
   const prev = page.viewportSize();
   if (prev.width !== size.width) await page.setViewportSize(size);
   if (size.width === NARROW.width) await assertNoSideways();
-  assert.doesNotMatch(await page.locator('main').innerText(), /\b(null|undefined|NaN|\[object Object\])\b/, `the ${name} page shows a value the code failed to format`);
+  assert.doesNotMatch(await page.locator('main').innerText(), /\b(null|undefined|NaN)\b|\[object \w+\]/, `the ${name} page shows a value the code failed to format`);
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: path.join(shots, `${name}-${size.width}.png`), fullPage, animations: 'disabled', caret: 'hide' });
   if (prev.width !== size.width) await page.setViewportSize(prev);
@@ -443,6 +443,47 @@ test('image understanding: an uploaded image is described by size and colour', a
   assert.match(text, /#2288dd/, `the answer names the image's colour: ${text}`);
   await shot('image-understanding', { fullPage: true });
   await deleteThroughDialog(s.name);
+});
+
+test('statements: this month per service with its lines and a CSV, and an admin closes last month', async () => {
+  await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Statements' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Statements' }).waitFor();
+  const now = new Date();
+  const month = now.toISOString().slice(0, 7);
+  assert.equal(await page.getByLabel('Month').inputValue(), month, 'the statements open on this month');
+  await page.locator('.period-status[data-status="open"]').waitFor();
+
+  // The text service was used in the playground: it has a statement, even
+  // deleted, with its token usage as a line.
+  const chat = page.locator(`table.statements tbody tr[data-name="${services.text.name}"]`);
+  await chat.waitFor();
+  assert.match(await chat.locator('[data-field="total"]').textContent(), /^\$\d/);
+  await chat.locator('summary').click();
+  const usageLine = chat.locator('.line-items tr[data-kind="usage"]').first();
+  await usageLine.waitFor();
+  assert.match(await usageLine.textContent(), /\d+ requests?, \d+ tokens/);
+
+  // The CSV has the same services, one row per line.
+  const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download CSV' }).click()]);
+  assert.equal(download.suggestedFilename(), `statements-${month}.csv`);
+  const csv = readFileSync(await download.path(), 'utf8');
+  const [header, ...rows] = csv.trim().split('\n');
+  assert.match(header, /^period,status,service_id,owner_id,service_name,billing_method,kind,for_period,part,/);
+  assert.ok(rows.some((r) => r.includes(`,${services.text.name},`)), `the CSV has no line of ${services.text.name}:\n${csv}`);
+  await shot('statements', { fullPage: true });
+  await shot('statements', { size: NARROW, fullPage: true });
+
+  // Last month has ended: the admin closes it, and its statements are final.
+  const last = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 1, 1)).toISOString().slice(0, 7);
+  await page.getByLabel('Month').selectOption(last);
+  const close = page.getByRole('button', { name: `Close ${last}` });
+  await close.waitFor();
+  await close.click();
+  const dialog = page.getByRole('dialog', { name: `Close ${last}` });
+  await dialog.getByRole('button', { name: 'Close the period' }).click();
+  await dialog.waitFor({ state: 'detached' });
+  await page.locator('.period-status[data-status="closed"]').waitFor();
+  assert.equal(await close.isVisible(), false, 'a closed month offers no close');
 });
 
 test('the console made no request to another host and logged no error', async () => {

@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/catalog"
 	"github.com/modelport/modelport/libs/config"
@@ -42,6 +44,11 @@ type Config struct {
 	// (modelport events tail), as GET /api/v1/me tells admin keys:
 	// MODELPORT_PUBLIC_NATS_URL, else the deployer's own MODELPORT_NATS_URL.
 	EventsURL string
+	// EventsNKey is the events-reader identity's NKey seed file
+	// (MODELPORT_EVENTS_NKEY): when set, GET /api/v1/me hands the seed to
+	// admin keys with the address, so modelport events tail signs in as
+	// that read-only identity with nothing else to configure.
+	EventsNKey string
 }
 
 // ConfigFromEnv reads Config.
@@ -57,7 +64,8 @@ func ConfigFromEnv(getenv config.Getenv) Config {
 			RouterURL:  config.String(getenv, "MODELPORT_PUBLIC_ROUTER_URL", getenv("MODELPORT_PUBLIC_URL")),
 			BillingURL: getenv("MODELPORT_PUBLIC_BILLING_URL"),
 		},
-		EventsURL: config.String(getenv, "MODELPORT_PUBLIC_NATS_URL", config.String(getenv, "MODELPORT_NATS_URL", "nats://127.0.0.1:4222")),
+		EventsURL:  config.String(getenv, "MODELPORT_PUBLIC_NATS_URL", config.String(getenv, "MODELPORT_NATS_URL", "nats://127.0.0.1:4222")),
+		EventsNKey: getenv("MODELPORT_EVENTS_NKEY"),
 	}
 }
 
@@ -101,11 +109,22 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
+	es := transport.EventStream{NATSURL: cfg.EventsURL}
+	if cfg.EventsNKey != "" {
+		if _, err := access.ReadSeed(cfg.EventsNKey); err != nil { // a user seed, readable
+			return nil, fmt.Errorf("MODELPORT_EVENTS_NKEY: %w", err)
+		}
+		seed, err := os.ReadFile(cfg.EventsNKey)
+		if err != nil {
+			return nil, fmt.Errorf("MODELPORT_EVENTS_NKEY: %w", err)
+		}
+		es.Identity, es.NKeySeed = access.EventsReader, strings.TrimSpace(string(seed))
+	}
 	streams, endStreams := context.WithCancel(ctx)
 	live := transport.NewLive(m, bus.KV(state.BucketServices), bus.JS, streams.Done(), log)
 	api := transport.NewHandler(m, deploy.NewIdempotent(m, kvstore.NewClaims(bus.KV(state.BucketIdempotency))), deploy.NewKeys(keys, m), keys, log,
 		transport.WithLive(live), transport.WithOwners(deploy.NewOwners(kvstore.NewOwners(bus.KV(state.BucketOwners)), keys)),
-		transport.WithEventStream(transport.EventStream{NATSURL: cfg.EventsURL}),
+		transport.WithEventStream(es),
 		transport.WithModels(registry))
 	return &Deployer{
 		Service:        runner.Service{Handler: withConsole(ui, api), Stop: func(context.Context) { endStreams() }},

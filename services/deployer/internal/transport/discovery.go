@@ -7,18 +7,24 @@ import (
 )
 
 // EventStream says where a client reads the platform's events: the NATS
-// server whose JetStream streams hold them (docs/events.md). It is an
-// object rather than a bare address so that what a reader needs to sign
-// in, such as the credentials of a read-only identity, can join it.
+// server whose JetStream streams hold them (docs/events.md), and, where
+// the operator allows it, the credentials of the read-only identity that
+// may read them.
 type EventStream struct {
 	// NATSURL is the NATS server as clients reach it.
 	NATSURL string `json:"nats_url"`
+	// Identity names the NATS identity NKeySeed signs in as
+	// (events-reader); empty with no seed.
+	Identity string `json:"identity,omitempty"`
+	// NKeySeed is that identity's NKey seed: it may read the event
+	// streams and nothing else.
+	NKeySeed string `json:"nkey_seed,omitempty"`
 }
 
 // WithEventStream tells clients where the event stream is, in the answer
 // to GET /api/v1/me (WithOwners), so "modelport events tail" needs no
-// address of its own. Only admin keys are told: the streams hold every
-// owner's events and NATS has no reader identity of its own yet.
+// address or credentials of its own. Only admin keys are told: the streams
+// hold every owner's events.
 func WithEventStream(es EventStream) Option {
 	return func(h *handler, _ *http.ServeMux) {
 		if es.NATSURL != "" {

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/catalog"
 	"github.com/modelport/modelport/libs/events"
@@ -76,13 +77,12 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	bus, err := natsx.Open(ctx, natstest.New(t).ClientURL(), "test", 1, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bus.Close)
+	// The deployer's parts run as its NATS identity; the test plays the
+	// other services as the test admin (e.bus).
+	ns := natstest.New(t)
+	bus := ns.Bus(t, access.Deployer)
 	keys := auth.NewKeyring(bus.KV(state.BucketAPIKeys))
-	e := &env{t: t, bus: bus, pub: &recorder{}}
+	e := &env{t: t, bus: ns.Bus(t, natstest.Admin), pub: &recorder{}}
 	for _, secret := range []*string{&e.alice, &e.bob, &e.admin} {
 		*secret = auth.NewSecret()
 		if err := keys.Put(ctx, auth.NewKey(*secret, auth.NewOwnerID(), secret == &e.admin)); err != nil {

@@ -148,3 +148,18 @@ export function secretDialog(key) {
     submit: async () => true,
   });
 }
+
+// closePeriodDialog asks an admin to confirm closing a billing period and
+// closes it: its statements become final, and usage of it that arrives
+// later is billed in the next open period.
+export function closePeriodDialog(api, period) {
+  return openDialog({
+    title: `Close ${period}`,
+    body: [
+      h('p', {}, `The statements of ${period} are worked out from the usage billing has now and never change again.`),
+      h('p', { class: 'hint' }, 'Usage of this month that arrives later is billed in the next open month, as adjustments.'),
+    ],
+    submitLabel: 'Close the period',
+    submit: () => api.billing('POST', `/periods/${encodeURIComponent(period)}/close`),
+  });
+}

@@ -8,6 +8,7 @@
 //   #/models/<name>               a model's details
 //   #/services/<id>               a service's details
 //   #/services/<id>/playground    try the service
+//   #/statements[/<yyyy-mm>]       a month's statements
 
 import { API } from './api.js';
 import { clear, h } from './dom.js';
@@ -18,6 +19,7 @@ import { renderDeploy } from './views/deploy.js';
 import { renderDetail } from './views/detail.js';
 import { renderPlayground } from './views/playground.js';
 import { renderModel, renderModels, renderRegister } from './views/models.js';
+import { renderStatements } from './views/statements.js';
 
 const main = document.getElementById('main');
 const nav = document.querySelector('.topnav');
@@ -123,6 +125,9 @@ function route() {
   } else if ((m = hash.match(/^\/services\/([^/]+)$/))) {
     view = () => renderDetail(main, ctx, decodeURIComponent(m[1]));
     markNav('services');
+  } else if ((m = hash.match(/^\/statements(?:\/(\d{4}-\d{2}))?$/))) {
+    view = () => renderStatements(main, ctx, m[1]);
+    markNav('statements');
   } else {
     main.append(h('h1', {}, 'Not found'), h('p', {}, h('a', { href: '#/services' }, 'Back to the services')));
     return;
