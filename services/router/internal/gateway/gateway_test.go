@@ -59,7 +59,7 @@ func (e *fakeEngine) set(endpoint string, a answer) {
 	e.answers[endpoint] = a
 }
 
-func (e *fakeEngine) Open(_ context.Context, endpoint, path string, body []byte) (int, io.ReadCloser, error) {
+func (e *fakeEngine) Open(_ context.Context, endpoint, path string, body []byte, sent func()) (int, io.ReadCloser, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.calls = append(e.calls, call{endpoint: endpoint, path: path, body: slices.Clone(body)})
@@ -69,6 +69,9 @@ func (e *fakeEngine) Open(_ context.Context, endpoint, path string, body []byte)
 	}
 	if a.err != nil {
 		return 0, nil, a.err
+	}
+	if sent != nil {
+		sent()
 	}
 	return a.status, io.NopCloser(strings.NewReader(a.body)), nil
 }
@@ -121,8 +124,10 @@ const completion = `{"id":"chatcmpl-engine","object":"chat.completion","created"
 
 const unreachable = "unreachable"
 
+// unavailable is an instance that refuses connections: the request never
+// reached it.
 func unavailable(endpoint string) answer {
-	return answer{err: errs.Wrap(errs.Unavailable, errors.New("connection refused"), "engine %s %s", endpoint, unreachable)}
+	return answer{err: &gateway.EngineError{Faulty: true, Err: errs.Wrap(errs.Unavailable, errors.New("connection refused"), "engine %s %s", endpoint, unreachable)}}
 }
 
 // Services in the table: alice's text and image services, bob's text

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"reflect"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -49,6 +51,14 @@ type chatParams struct {
 
 	// parts are each message's content parts, checked by validate.
 	parts [][]contentPart
+	// streamOptions are the spans of every top-level stream_options value
+	// in the body, which the request to the engine replaces; top is the
+	// whole object's.
+	streamOptions []span
+	top           span
+	// prompt is the messages' text, for counting the prompt's tokens when
+	// the engine does not report them.
+	prompt *prompt
 }
 
 type streamOptions struct {
@@ -56,21 +66,49 @@ type streamOptions struct {
 	ContinuousUsageStats bool `json:"continuous_usage_stats"`
 }
 
+// chatMessage is a message as encoding/json decodes it; its content, which
+// may hold megabytes of inline images, is read in place by validate
+// rather than copied.
 type chatMessage struct {
-	Role    string          `json:"role"`
-	Content json.RawMessage `json:"content"`
+	Role    string  `json:"role"`
+	Content inPlace `json:"content"`
 }
 
+// inPlace is a value the gateway reads from the body where it sits: it
+// takes any JSON and keeps none of it.
+type inPlace struct{}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (*inPlace) UnmarshalJSON([]byte) error { return nil }
+
+// contentPart is a checked content part. An image part's URL is where it
+// sits in the body: url, as a JSON string literal.
 type contentPart struct {
-	Type     string `json:"type"`
-	ImageURL *struct {
-		URL string `json:"url"`
-	} `json:"image_url"`
+	Type string
+	// url is the span of image_url.url; hasURL is false when the part has
+	// no image_url.url (or a null one).
+	url    span
+	hasURL bool
+}
+
+// imageURL returns the text of an image part's URL, without copying it
+// unless it has escapes.
+func (c contentPart) imageURL(body []byte) ([]byte, error) {
+	if !c.hasURL {
+		return nil, nil
+	}
+	lit := body[c.url.start:c.url.end]
+	if bytes.IndexByte(lit, '\\') < 0 {
+		return lit[1 : len(lit)-1], nil
+	}
+	s, err := unquote(lit)
+	return []byte(s), err
 }
 
 // parseChat decodes and checks a chat completion request: every error is
 // errs.Invalid, and names the parameter at fault once the body is a JSON
-// object. Data URLs may hold at most maxImageBytes.
+// object. Data URLs may hold at most maxImageBytes. Content is read where
+// it sits in body, so a body of large inline images is not copied.
 func parseChat(body []byte, maxImageBytes int64) (*chatParams, error) {
 	var p chatParams
 	if err := decodeBody(body, &p); err != nil {
@@ -80,7 +118,7 @@ func parseChat(body []byte, maxImageBytes int64) (*chatParams, error) {
 		}
 		return nil, err
 	}
-	if err := p.validate(maxImageBytes); err != nil {
+	if err := p.validate(body, maxImageBytes); err != nil {
 		return nil, err
 	}
 	return &p, nil
@@ -119,7 +157,7 @@ func decodeBody(body []byte, v any) error {
 	if err := decodeJSON(body, v, ""); err != nil {
 		return err
 	}
-	return exactFields(body, reflect.TypeOf(v).Elem(), "")
+	return exactFields(body, span{0, len(body)}, reflect.TypeOf(v).Elem(), "")
 }
 
 // decodeJSON decodes data into v, turning a wrong type into a 400 on the
@@ -164,33 +202,26 @@ func invalidUTF8At(b []byte) int {
 	return len(b)
 }
 
-// exactFields refuses an object key in data that encoding/json would take
-// for a field of t only by ignoring case, such as "Messages". The engine
-// reads JSON with exact names, so such a key would let the gateway check
-// one value while the engine uses another (a "messages" beside a
-// "Messages"). path is data's parameter path, for the error.
-func exactFields(data []byte, t reflect.Type, path string) error {
+// exactFields refuses an object key in the value at v that encoding/json
+// would take for a field of t only by ignoring case, such as "Messages".
+// The engine reads JSON with exact names, so such a key would let the
+// gateway check one value while the engine uses another (a "messages"
+// beside a "Messages"). path is v's parameter path, for the error. It
+// walks the body in place; values of types that decode themselves
+// (json.RawMessage, inPlace) are not looked into.
+func exactFields(body []byte, v span, t reflect.Type, path string) error {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
 	switch {
-	case t == reflect.TypeFor[json.RawMessage]():
+	case reflect.PointerTo(t).Implements(reflect.TypeFor[json.Unmarshaler]()):
 		return nil
 	case t.Kind() == reflect.Slice:
-		var items []json.RawMessage
-		if json.Unmarshal(data, &items) != nil {
-			return nil // not an array: the typed decode reports it
-		}
-		for i, item := range items {
-			if err := exactFields(item, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
-				return err
-			}
-		}
+		// Not an array: the typed decode reports it.
+		return elements(body, v, func(i int, item span) error {
+			return exactFields(body, item, t.Elem(), fmt.Sprintf("%s[%d]", path, i))
+		})
 	case t.Kind() == reflect.Struct:
-		var obj map[string]json.RawMessage
-		if json.Unmarshal(data, &obj) != nil {
-			return nil
-		}
 		fields := map[string]reflect.Type{}
 		for f := range t.Fields() {
 			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
@@ -198,22 +229,26 @@ func exactFields(data []byte, t reflect.Type, path string) error {
 				fields[name] = f.Type
 			}
 		}
-		for key, raw := range obj {
+		return members(body, v, func(key string, val span) error {
 			param := key
 			if path != "" {
 				param = path + "." + key
 			}
 			if ft, ok := fields[key]; ok {
-				if err := exactFields(raw, ft, param); err != nil {
-					return err
-				}
-				continue
+				return exactFields(body, val, ft, param)
 			}
-			for name := range fields {
-				if strings.EqualFold(key, name) {
-					return errs.InvalidParam(param, "unknown parameter %q: parameter names are case-sensitive; did you mean %q?", key, name)
-				}
-			}
+			return caseVariant(key, param, slices.Collect(maps.Keys(fields))...)
+		})
+	}
+	return nil
+}
+
+// caseVariant refuses key when it matches one of names only by ignoring
+// case.
+func caseVariant(key, param string, names ...string) error {
+	for _, name := range names {
+		if key != name && strings.EqualFold(key, name) {
+			return errs.InvalidParam(param, "unknown parameter %q: parameter names are case-sensitive; did you mean %q?", key, name)
 		}
 	}
 	return nil
@@ -235,25 +270,52 @@ func jsonKind(k string) string {
 }
 
 // validate checks what the gateway itself must know: the model, the
-// messages and their parts, and whether the service can take them.
-func (p *chatParams) validate(maxImageBytes int64) error {
+// messages and their parts, and whether the service can take them. It
+// reads the messages' content in body, where it sits.
+func (p *chatParams) validate(body []byte, maxImageBytes int64) error {
 	if p.Model == "" {
 		return errs.InvalidParam("model", "model is required: the service's access name, such as u-<owner>/<name>")
 	}
 	if len(p.Messages) == 0 {
 		return errs.InvalidParam("messages", "messages must be a non-empty array")
 	}
+	p.top = span{0, len(body)}
+	msgs, _, err := member(body, p.top, "messages")
+	if err != nil {
+		return errs.E(errs.Invalid, "request body is not valid JSON")
+	}
+	if err := members(body, p.top, func(key string, val span) error {
+		if key == "stream_options" {
+			p.streamOptions = append(p.streamOptions, val)
+		}
+		return nil
+	}); err != nil {
+		return errs.E(errs.Invalid, "request body is not valid JSON")
+	}
+	var content []span
+	if err := elements(body, msgs, func(_ int, m span) error {
+		c, ok, err := member(body, m, "content")
+		if !ok {
+			c = span{m.end, m.end} // no content
+		}
+		content = append(content, c)
+		return err
+	}); err != nil || len(content) != len(p.Messages) {
+		return errs.E(errs.Invalid, "request body is not valid JSON")
+	}
+	p.prompt = &prompt{}
 	for i, m := range p.Messages {
 		switch m.Role {
 		case "system", "developer", "user", "assistant", "tool":
 		default:
 			return errs.InvalidParam(fmt.Sprintf("messages[%d].role", i), "role must be system, developer, user, assistant or tool, not %q", m.Role)
 		}
-		parts, err := m.parts(i, maxImageBytes)
+		parts, text, err := readContent(body, content[i], i, maxImageBytes)
 		if err != nil {
 			return err
 		}
 		p.parts = append(p.parts, parts)
+		p.prompt.messages = append(p.prompt.messages, promptMessage{role: m.Role, text: text})
 	}
 	if len(p.Stop) > 0 && string(p.Stop) != "null" {
 		var one string
@@ -268,84 +330,166 @@ func (p *chatParams) validate(maxImageBytes int64) error {
 	return nil
 }
 
-// parts returns the content parts of message i; a plain string content
+// readContent returns the content parts of message i, whose content is at
+// c in body, and its text (the text parts joined); a plain string content
 // is one text part. Image URLs must be base64 data URLs of an image of at
 // most maxImageBytes, or http(s) URLs, which the gateway fetches itself.
-func (m chatMessage) parts(i int, maxImageBytes int64) ([]contentPart, error) {
-	c := bytes.TrimSpace(m.Content)
-	if len(c) == 0 || string(c) == "null" {
-		return nil, nil
+// Nothing is copied but text and the URLs to fetch.
+func readContent(body []byte, c span, i int, maxImageBytes int64) ([]contentPart, string, error) {
+	raw := body[c.start:c.end]
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, "", nil
 	}
 	param := fmt.Sprintf("messages[%d].content", i)
-	if c[0] == '"' {
-		return []contentPart{{Type: "text"}}, nil
-	}
-	if c[0] != '[' {
-		return nil, errs.InvalidParam(param, "content must be a string or an array of content parts")
-	}
-	var raw []json.RawMessage
-	if err := decodeJSON(c, &raw, param); err != nil {
-		return nil, err
-	}
-	parts := make([]contentPart, len(raw))
-	for j, r := range raw {
-		param := fmt.Sprintf("%s[%d]", param, j)
-		if err := decodeJSON(r, &parts[j], param); err != nil {
-			return nil, err
+	if raw[0] == '"' {
+		text, err := unquote(raw)
+		if err != nil {
+			return nil, "", errs.InvalidParam(param, "%s is malformed", param)
 		}
-		if err := exactFields(r, reflect.TypeFor[contentPart](), param); err != nil {
-			return nil, err
+		return []contentPart{{Type: "text"}}, text, nil
+	}
+	if raw[0] != '[' {
+		return nil, "", errs.InvalidParam(param, "content must be a string or an array of content parts")
+	}
+	var parts []contentPart
+	var text strings.Builder
+	if err := elements(body, c, func(j int, v span) error {
+		part, t, err := readPart(body, v, fmt.Sprintf("%s[%d]", param, j))
+		parts = append(parts, part)
+		text.WriteString(t)
+		return err
+	}); err != nil {
+		if _, ok := errs.As(err); ok {
+			return nil, "", err
 		}
+		return nil, "", errs.InvalidParam(param, "%s is malformed", param)
 	}
 	for j, part := range parts {
 		param := fmt.Sprintf("%s[%d]", param, j)
 		switch part.Type {
 		case "text":
 		case "image_url":
-			if part.ImageURL == nil || part.ImageURL.URL == "" {
-				return nil, errs.InvalidParam(param+".image_url.url", "an image_url part needs image_url.url")
+			u, err := part.imageURL(body)
+			if err != nil {
+				return nil, "", errs.InvalidParam(param+".image_url.url", "%s.image_url.url is malformed", param)
 			}
-			u := part.ImageURL.URL
-			scheme, _, found := strings.Cut(u, ":")
+			if !part.hasURL || len(u) == 0 {
+				return nil, "", errs.InvalidParam(param+".image_url.url", "an image_url part needs image_url.url")
+			}
+			scheme, _, found := bytes.Cut(u, []byte(":"))
 			if !found {
-				scheme = ""
+				scheme = nil
 			}
-			switch strings.ToLower(scheme) {
+			switch strings.ToLower(string(scheme)) {
 			case "data":
 				if err := checkDataURL(u, maxImageBytes); err != nil {
-					return nil, errs.InvalidParam(param+".image_url.url", "%v", err)
+					return nil, "", errs.InvalidParam(param+".image_url.url", "%v", err)
 				}
 			case "http", "https":
 			default:
-				return nil, errs.InvalidParam(param+".image_url.url", "image URLs must be data:image/...;base64 URLs or http(s) URLs")
+				return nil, "", errs.InvalidParam(param+".image_url.url", "image URLs must be data:image/...;base64 URLs or http(s) URLs")
 			}
 		default:
-			return nil, errs.InvalidParam(param+".type", "content part type %q is not supported; use text or image_url", part.Type)
+			return nil, "", errs.InvalidParam(param+".type", "content part type %q is not supported; use text or image_url", part.Type)
 		}
 	}
-	return parts, nil
+	return parts, text.String(), nil
+}
+
+// readPart reads the content part at v, as encoding/json would decode it
+// into {type, image_url: {url}}: wrong types are refused naming the field,
+// and so are keys that match those only by ignoring case. It returns the
+// part and, for a text part, its text.
+func readPart(body []byte, v span, param string) (contentPart, string, error) {
+	var part contentPart
+	raw := body[v.start:v.end]
+	if string(raw) == "null" {
+		return part, "", nil
+	}
+	if raw[0] != '{' {
+		return part, "", wrongType(param, "object", raw)
+	}
+	var textLit []byte
+	err := members(body, v, func(key string, val span) error {
+		lit := body[val.start:val.end]
+		switch key {
+		case "type":
+			switch {
+			case string(lit) == "null":
+			case lit[0] != '"':
+				return wrongType(param+".type", "string", lit)
+			default:
+				t, err := unquote(lit)
+				if err != nil {
+					return err
+				}
+				part.Type = t
+			}
+		case "image_url":
+			part.hasURL = false
+			switch {
+			case string(lit) == "null":
+			case lit[0] != '{':
+				return wrongType(param+".image_url", "object", lit)
+			default:
+				return members(body, val, func(key string, u span) error {
+					ulit := body[u.start:u.end]
+					switch {
+					case key != "url":
+						return caseVariant(key, param+".image_url."+key, "url")
+					case string(ulit) == "null":
+						part.hasURL = false
+					case ulit[0] != '"':
+						return wrongType(param+".image_url.url", "string", ulit)
+					default:
+						part.url, part.hasURL = u, true
+					}
+					return nil
+				})
+			}
+		case "text":
+			textLit = lit
+		default:
+			return caseVariant(key, param+"."+key, "type", "image_url")
+		}
+		return nil
+	})
+	if err != nil {
+		return part, "", err
+	}
+	var text string
+	if part.Type == "text" && len(textLit) > 0 && textLit[0] == '"' {
+		text, _ = unquote(textLit)
+	}
+	return part, text, nil
+}
+
+// wrongType is the error for a value of the wrong JSON type, worded as
+// decodeJSON words encoding/json's.
+func wrongType(param, want string, got []byte) error {
+	return errs.InvalidParam(param, "%s has the wrong type: expected %s, got %s", param, want, kindOf(got))
 }
 
 // isRemote reports whether an image URL is one the gateway must fetch.
-func isRemote(u string) bool {
-	scheme, _, found := strings.Cut(u, ":")
-	return found && (strings.EqualFold(scheme, "http") || strings.EqualFold(scheme, "https"))
+func isRemote(u []byte) bool {
+	scheme, _, found := bytes.Cut(u, []byte(":"))
+	return found && (strings.EqualFold(string(scheme), "http") || strings.EqualFold(string(scheme), "https"))
 }
 
 // checkDataURL checks that u is data:image/<type>[;param...];base64,<data>
 // with valid standard base64 holding 1 to max bytes.
-func checkDataURL(u string, max int64) error {
-	meta, payload, ok := strings.Cut(u[len("data:"):], ",")
-	mediaType, _, _ := strings.Cut(meta, ";")
-	lower := strings.ToLower(meta)
+func checkDataURL(u []byte, max int64) error {
+	meta, payload, ok := bytes.Cut(u[len("data:"):], []byte(","))
+	mediaType, _, _ := bytes.Cut(meta, []byte(";"))
+	lower := strings.ToLower(string(meta))
 	if !ok || !strings.HasSuffix(lower, ";base64") {
 		return errors.New("a data URL must have the form data:image/<type>;base64,<data>")
 	}
-	if typ, sub, _ := strings.Cut(strings.ToLower(mediaType), "/"); typ != "image" || sub == "" {
+	if typ, sub, _ := strings.Cut(strings.ToLower(string(mediaType)), "/"); typ != "image" || sub == "" {
 		return fmt.Errorf("a data URL must hold an image (data:image/<type>;base64,...), not %q", mediaType)
 	}
 	// Decoding into io.Discard checks every byte without keeping a copy.
-	n, err := io.Copy(io.Discard, io.LimitReader(base64.NewDecoder(base64.StdEncoding, strings.NewReader(payload)), max+1))
+	n, err := io.Copy(io.Discard, io.LimitReader(base64.NewDecoder(base64.StdEncoding, bytes.NewReader(payload)), max+1))
 	switch {
 	case n > max:
 		return fmt.Errorf("the image is larger than %d bytes", max)
@@ -374,19 +518,6 @@ func (p *chatParams) checkTask(svc state.Service) error {
 		}
 	}
 	return nil
-}
-
-// withStreamOptions returns body with stream_options set as the router
-// needs them upstream: usage in the last chunk and, where the engine
-// supports it, running usage in every chunk, so a stream cut short is
-// still metered.
-func withStreamOptions(body []byte) ([]byte, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(body, &m); err != nil {
-		return nil, errs.E(errs.Invalid, "request body is not a JSON object")
-	}
-	m["stream_options"] = json.RawMessage(`{"include_usage":true,"continuous_usage_stats":true}`)
-	return marshal(m)
 }
 
 // marshal encodes v without escaping <, > and &, so text passes through

@@ -356,7 +356,7 @@ func TestRateLimits(t *testing.T) {
 			t.Fatalf("err = %v, want the limiter's refusal", err)
 		}
 		body := []byte(`{"model":"` + aliceImage.AccessName + `","prompt":"a cat"}`)
-		if _, err := f.g.GenerateImages(context.Background(), gateway.Call{Caller: alice, RequestID: "r", Body: body}, nil, ""); err != refusal {
+		if _, err := f.g.GenerateImages(context.Background(), gateway.Call{Caller: alice, RequestID: "r", Body: body}, nil, "http://router.test"); err != refusal {
 			t.Fatalf("images: err = %v, want the limiter's refusal", err)
 		}
 		if len(f.eng.endpoints()) != 0 || len(f.pub.published()) != 0 || len(l.charges) != 0 {

@@ -86,7 +86,7 @@ func (f *ImageFetcher) Fetch(ctx context.Context, rawURL string, limit int64) (s
 	if resp.ContentLength > limit {
 		return "", nil, errs.E(errs.Invalid, "the image is larger than %d bytes", limit)
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	data, err := readImage(resp.Body, resp.ContentLength, limit)
 	if err != nil {
 		return "", nil, f.fetchError(ctx, err)
 	}
@@ -101,6 +101,22 @@ func (f *ImageFetcher) Fetch(ctx context.Context, rawURL string, limit int64) (s
 		return "", nil, err
 	}
 	return mediaType, data, nil
+}
+
+// readImage reads an image of at most limit bytes (limit+1 tell it is
+// larger): into a buffer of the size the server announced, when it did,
+// so the bytes are allocated once.
+func readImage(r io.Reader, announced, limit int64) ([]byte, error) {
+	if announced < 0 || announced > limit {
+		return io.ReadAll(io.LimitReader(r, limit+1))
+	}
+	b := make([]byte, announced, announced+1)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, err
+	}
+	// A server that sends more than it announced is cut off by the HTTP
+	// client; one that sends less fails ReadFull.
+	return b, nil
 }
 
 // imageType returns the image's media type: the one the server declared

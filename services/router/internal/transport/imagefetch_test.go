@@ -157,6 +157,13 @@ func checkRefused(t *testing.T, err error, want string) {
 
 func TestImageFetcher(t *testing.T) {
 	img := pngBytes(t)
+	// A port nobody listens on: one just freed (port 1 may be taken).
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedPort := ln.Addr().String()
+	ln.Close()
 	mux := http.NewServeMux()
 	mux.HandleFunc("/cat.png", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "image/png")
@@ -243,7 +250,7 @@ func TestImageFetcher(t *testing.T) {
 		{"no host", "http:///cat.png", 1 << 20, "has no host"},
 		{"not a URL", "http://exa mple.com/", 1 << 20, "not valid"},
 		{"a host that does not resolve", "http://no-such-host.invalid/cat.png", 1 << 20, "could not be resolved"},
-		{"a port nobody listens on", "http://127.0.0.1:1/cat.png", 1 << 20, "could not be fetched"},
+		{"a port nobody listens on", "http://" + closedPort + "/cat.png", 1 << 20, "could not be fetched"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := f.Fetch(ctx, tc.url, tc.limit)
