@@ -253,6 +253,9 @@ func (r *Keyring) miss(h string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := time.Now()
+	if r.misses == nil {
+		r.misses = map[string]time.Time{}
+	}
 	if len(r.misses) >= maxMisses {
 		for m, until := range r.misses {
 			if now.After(until) || len(r.misses) >= maxMisses {
@@ -439,7 +442,9 @@ func (r *Keyring) advance(seq uint64) {
 	if seq > r.seen {
 		r.seen = seq
 	}
-	close(r.caught)
+	if r.caught != nil {
+		close(r.caught)
+	}
 	r.caught = make(chan struct{})
 }
 

@@ -32,7 +32,7 @@ var tinyPNG = []byte("\x89PNG\r\n\x1a\n")
 
 type fuzzFetcher struct{}
 
-func (fuzzFetcher) Fetch(_ context.Context, url string, limit int64) (string, []byte, error) {
+func (fuzzFetcher) Fetch(_ context.Context, url string, limit int64, _ func(int64) error) (string, []byte, error) {
 	if strings.Contains(url, "refuse") {
 		return "", nil, errs.E(errs.Invalid, "refused")
 	}

@@ -361,7 +361,7 @@ func notStarted(body []byte) bool {
 }
 
 // idleBody is an engine's answer that ends the engine request, through
-// expire, when no byte arrives for d.
+// expire, when a read waits d for a byte (and until the first read).
 type idleBody struct {
 	io.ReadCloser
 	d     time.Duration
@@ -372,11 +372,13 @@ func newIdleBody(rc io.ReadCloser, d time.Duration, expire func()) *idleBody {
 	return &idleBody{ReadCloser: rc, d: d, timer: time.AfterFunc(d, expire)}
 }
 
+// Read counts only the time spent waiting for the engine: a client slow
+// to take the answer (the router blocked writing to it) is not the
+// engine's silence.
 func (b *idleBody) Read(p []byte) (int, error) {
+	b.timer.Reset(b.d)
 	n, err := b.ReadCloser.Read(p)
-	if n > 0 {
-		b.timer.Reset(b.d)
-	}
+	b.timer.Stop()
 	return n, err
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -17,9 +18,11 @@ import (
 // private, loopback and link-local targets.
 type ImageFetcher interface {
 	// Fetch returns the image's media type ("image/png") and at most limit
-	// bytes of it. Errors of kind errs.Invalid have messages for the
-	// client; the gateway adds the parameter.
-	Fetch(ctx context.Context, url string, limit int64) (mediaType string, data []byte, err error)
+	// bytes of it. reserve, when not nil, is called with a number of bytes
+	// before a buffer of that many more is allocated for the image; its
+	// error ends the fetch. Errors of kind errs.Invalid have messages for
+	// the client; the gateway adds the parameter.
+	Fetch(ctx context.Context, url string, limit int64, reserve func(n int64) error) (mediaType string, data []byte, err error)
 }
 
 // DefaultMaxImageBytes bounds an image, as OpenAI does.
@@ -86,14 +89,9 @@ func (g *Gateway) fetchImages(ctx context.Context, body []byte, p *chatParams, o
 			return nil, errs.InvalidParam(r.ref.param(), "the images fetched for one request may total at most %d bytes; send this one inline", g.MaxFetchedBytes)
 		}
 		limit := min(g.MaxImageBytes, budget)
-		// The fetch may bring up to limit bytes: hold them until it is
-		// known how many it did.
-		if err := hold.Grow(limit); err != nil {
-			return nil, err
-		}
 		u, _ := p.parts[r.ref.i][r.ref.j].imageURL(body)
-		mediaType, data, err := g.fetchImage(fetchCtx, string(u), limit, owner)
-		hold.Shrink(limit - int64(len(data)))
+		// The image's bytes are held as they are allocated.
+		mediaType, data, err := g.fetchImage(fetchCtx, string(u), limit, owner, hold.Grow)
 		if ctx.Err() != nil {
 			return nil, ctx.Err() // the client went away
 		}
@@ -122,18 +120,28 @@ const (
 )
 
 // fetchImage fetches one image once one of owner's fetch slots is free.
-// No slot free in time is errs.Unavailable: the client should retry, not
-// change its request.
-func (g *Gateway) fetchImage(ctx context.Context, url string, limit int64, owner string) (string, []byte, error) {
+// The wait for a slot takes at most half of what is left of ctx's time,
+// so a fetch that gets one has time to run; no slot free by then is
+// errs.Unavailable: the client should retry, not change its request.
+func (g *Gateway) fetchImage(ctx context.Context, url string, limit int64, owner string, reserve func(int64) error) (string, []byte, error) {
 	if g.fetchSlots != nil {
-		release, err := g.fetchSlots.acquire(ctx, owner)
+		waitCtx := ctx
+		if deadline, ok := ctx.Deadline(); ok {
+			var cancel context.CancelFunc
+			waitCtx, cancel = context.WithTimeout(ctx, time.Until(deadline)/2)
+			defer cancel()
+		}
+		release, err := g.fetchSlots.acquire(waitCtx, owner)
 		if err != nil {
+			if ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return "", nil, ctx.Err()
+			}
 			return "", nil, &errs.Error{Kind: errs.Unavailable, RetryAfter: time.Second,
 				Msg: "no image fetch slot was free in time: the router is busy fetching other images for this account or others; retry shortly"}
 		}
 		defer release()
 	}
-	return g.Images.Fetch(ctx, url, limit)
+	return g.Images.Fetch(ctx, url, limit, reserve)
 }
 
 // streamOptionsUpstream are the stream options the router asks engines

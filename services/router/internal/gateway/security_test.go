@@ -114,7 +114,7 @@ type fakeFetcher struct {
 	wait   bool // block until the context ends
 }
 
-func (f *fakeFetcher) Fetch(ctx context.Context, url string, limit int64) (string, []byte, error) {
+func (f *fakeFetcher) Fetch(ctx context.Context, url string, limit int64, _ func(int64) error) (string, []byte, error) {
 	f.mu.Lock()
 	f.urls = append(f.urls, url)
 	f.mu.Unlock()

@@ -215,7 +215,7 @@ func TestImageFetcher(t *testing.T) {
 
 	t.Run("an image", func(t *testing.T) {
 		for _, path := range []string{"/cat.png", "/untyped", "/octets", "/redirect"} {
-			mt, data, err := f.Fetch(ctx, srv.URL+path, 1<<20)
+			mt, data, err := f.Fetch(ctx, srv.URL+path, 1<<20, nil)
 			if err != nil {
 				t.Fatalf("%s: %v", path, err)
 			}
@@ -225,7 +225,7 @@ func TestImageFetcher(t *testing.T) {
 		}
 	})
 	t.Run("exactly the limit", func(t *testing.T) {
-		if _, data, err := f.Fetch(ctx, srv.URL+"/cat.png", int64(len(img))); err != nil || len(data) != len(img) {
+		if _, data, err := f.Fetch(ctx, srv.URL+"/cat.png", int64(len(img)), nil); err != nil || len(data) != len(img) {
 			t.Errorf("got %d bytes, %v", len(data), err)
 		}
 	})
@@ -253,7 +253,7 @@ func TestImageFetcher(t *testing.T) {
 		{"a port nobody listens on", "http://" + closedPort + "/cat.png", 1 << 20, "could not be fetched"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, _, err := f.Fetch(ctx, tc.url, tc.limit)
+			_, _, err := f.Fetch(ctx, tc.url, tc.limit, nil)
 			checkRefused(t, err, tc.want)
 		})
 	}
@@ -263,7 +263,7 @@ func TestImageFetcher(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 			cancel()
 		}()
-		_, _, err := NewImageFetcher(time.Minute, true).Fetch(cctx, srv.URL+"/slow", 1<<20)
+		_, _, err := NewImageFetcher(time.Minute, true).Fetch(cctx, srv.URL+"/slow", 1<<20, nil)
 		if err != context.Canceled {
 			t.Errorf("err = %v, want context.Canceled", err)
 		}
@@ -314,7 +314,7 @@ func TestImageFetcherRefusesPrivateTargets(t *testing.T) {
 			{"http://0.0.0.0:" + port + "/cat.png", "unspecified"},
 			{"http://[fe80::1%25eth0]/cat.png", "link-local"},
 		} {
-			_, _, err := f.Fetch(ctx, tc.url, 1<<20)
+			_, _, err := f.Fetch(ctx, tc.url, 1<<20, nil)
 			checkRefused(t, err, tc.want)
 		}
 		if n := srv.hits.Load(); n != 0 {
@@ -327,7 +327,7 @@ func TestImageFetcherRefusesPrivateTargets(t *testing.T) {
 		f := NewImageFetcher(time.Second, false)
 		withResolver(f, map[string]string{"images.example": "127.0.0.1", "v6.example": "::1"})
 		for _, host := range []string{"images.example", "v6.example"} {
-			_, _, err := f.Fetch(ctx, "http://"+host+":"+port+"/cat.png", 1<<20)
+			_, _, err := f.Fetch(ctx, "http://"+host+":"+port+"/cat.png", 1<<20, nil)
 			checkRefused(t, err, "loopback address")
 		}
 		if n := srv.hits.Load(); n != 0 {
@@ -353,7 +353,7 @@ func TestImageFetcherRefusesPrivateTargets(t *testing.T) {
 			}
 			return f.publicOnly(ap)
 		}
-		_, _, err := f.Fetch(ctx, "http://public.example:"+public+"/cat.png", 1<<20)
+		_, _, err := f.Fetch(ctx, "http://public.example:"+public+"/cat.png", 1<<20, nil)
 		checkRefused(t, err, "127.0.0.1, a loopback address")
 		if outer.hits.Load() != 1 || inner.hits.Load() != 0 {
 			t.Errorf("hits: outer %d, inner %d; want 1 and 0", outer.hits.Load(), inner.hits.Load())
@@ -362,7 +362,7 @@ func TestImageFetcherRefusesPrivateTargets(t *testing.T) {
 	t.Run("allowed by the operator", func(t *testing.T) {
 		f := NewImageFetcher(time.Second, true)
 		for _, u := range []string{"http://127.0.0.1:" + port + "/cat.png", "http://localhost:" + port + "/cat.png"} {
-			if _, data, err := f.Fetch(ctx, u, 1<<20); err != nil || !bytes.Equal(data, img) {
+			if _, data, err := f.Fetch(ctx, u, 1<<20, nil); err != nil || !bytes.Equal(data, img) {
 				t.Errorf("%s: %d bytes, %v", u, len(data), err)
 			}
 		}
