@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -204,6 +205,11 @@ func healthy(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(engineCompletion))
 		return
 	}
+	healthyStream(w)
+}
+
+// healthyStream writes a whole stream, as an engine does.
+func healthyStream(w http.ResponseWriter) {
 	w.Header().Set("Content-Type", "text/event-stream")
 	for _, c := range []string{
 		`{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}],"usage":{"prompt_tokens":12,"completion_tokens":0,"total_tokens":12}}`,
@@ -769,6 +775,7 @@ type killableKV struct {
 	jetstream.KeyValue
 	mu       sync.Mutex
 	watchers []*killableWatcher
+	refuse   atomic.Bool // new watches fail
 }
 
 type killableWatcher struct {
@@ -779,6 +786,9 @@ type killableWatcher struct {
 }
 
 func (k *killableKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+	if k.refuse.Load() {
+		return nil, errors.New("watch refused")
+	}
 	w, err := k.KeyValue.WatchAll(ctx, opts...)
 	if err != nil {
 		return nil, err
@@ -850,14 +860,43 @@ func TestKeyWatchDeathIsRepaired(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	kv.refuse.Store(true) // the watch cannot be started again for now
 	kv.killAll()
-	if err := keys.Revoke(ctx, owner, k.ID); err != nil {
+	if err := auth.NewKeyring(bus.KV(state.BucketAPIKeys)).Revoke(ctx, owner, k.ID); err != nil {
 		t.Fatal(err)
 	}
 	deadline = time.Now().Add(5 * time.Second)
 	for _, err := keys.Verify(ctx, secret); err == nil; _, err = keys.Verify(ctx, secret) {
 		if time.Now().After(deadline) {
 			t.Fatal("the revoked key still verifies 5s after its watch died")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := keys.Ready(); err == nil {
+		t.Error("ready with the key watch down")
+	}
+	// Back: ready again, and keys are checked from memory again.
+	kv.refuse.Store(false)
+	waitFor(t, "the key watch back", func() bool { return keys.Ready() == nil })
+	other := auth.NewSecret()
+	if err := keys.Put(ctx, auth.NewKey(other, owner, false)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := keys.Verify(ctx, other); err != nil {
+		t.Errorf("a new key after the watch came back: %v", err)
+	}
+	if _, err := keys.Verify(ctx, secret); err == nil {
+		t.Error("the revoked key verifies after the watch came back")
+	}
+}
+
+// waitFor waits up to 10s for cond.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -876,7 +915,8 @@ func TestTableWatchDeathIsRepaired(t *testing.T) {
 	services := &killableKV{KeyValue: bus.KV(state.BucketServices)}
 	instances := &killableKV{KeyValue: bus.KV(state.BucketInstances)}
 	table := routing.NewTable()
-	if _, err := WatchTable(ctx, services, instances, table, quiet); err != nil {
+	w, err := WatchTable(ctx, services, instances, table, quiet)
+	if err != nil {
 		t.Fatal(err)
 	}
 	put := func(kv jetstream.KeyValue, key string, v any) {
@@ -886,21 +926,24 @@ func TestTableWatchDeathIsRepaired(t *testing.T) {
 		}
 	}
 	put(services, chatService.ID, chatService)
+	gone := state.Instance{ID: "i-gone", ServiceID: chatService.ID, WorkerID: "w1", Endpoint: "http://gone/v1", Status: state.InstanceReady}
+	put(instances, chatService.ID+".i-gone", gone)
+	waitFor(t, "the first instance in the table", func() bool { return len(table.Loads()) == 1 })
+	services.refuse.Store(true)
 	services.killAll()
 	instances.killAll()
+	waitFor(t, "readiness failing", func() bool { return w.Ready() != nil })
 	in := state.Instance{ID: "i-late", ServiceID: chatService.ID, WorkerID: "w1", Endpoint: "http://x/v1", Status: state.InstanceReady}
 	put(instances, chatService.ID+".i-late", in)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, release, ok := table.Pick(chatService.ID); ok {
-			release()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("an instance added after the watch died is not in the table 5s later")
-		}
-		time.Sleep(10 * time.Millisecond)
+	// Purged while the watch was down: no delete reaches a watcher.
+	if err := instances.Purge(ctx, chatService.ID+".i-gone"); err != nil {
+		t.Fatal(err)
 	}
+	services.refuse.Store(false)
+	waitFor(t, "the watch back, with the instance added and without the one removed meanwhile", func() bool {
+		l := table.Loads()
+		return w.Ready() == nil && len(l) == 1 && l[0].InstanceID == "i-late"
+	})
 }
 
 // TestImageRequestAllocations: a small request naming eight remote
@@ -1116,5 +1159,128 @@ func TestStreamClientGoneIs499(t *testing.T) {
 		if u.Status != 499 {
 			t.Errorf("a stream whose client hung up was metered as %d, want 499", u.Status)
 		}
+	}
+}
+
+// TestRequestMemoryIsBounded: concurrent requests whose images together
+// would go over the router's byte budget are refused with 503 and
+// Retry-After, never held beyond it, and every byte is given back.
+func TestRequestMemoryIsBounded(t *testing.T) {
+	const budget = 40 << 20
+	r := newRig(t, rigOptions{budget: budget})
+	r.g.Images = NewImageFetcher(10*time.Second, true)
+	r.g.ImageFetchTimeout = 10 * time.Second
+	img := make([]byte, 4<<20)
+	copy(img, pngBytes(t))
+	const clients = 8
+	var arrived atomic.Int64
+	all := make(chan struct{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("/big.png", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "image/png")
+		w.Header().Set("Content-Length", fmt.Sprint(len(img)))
+		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
+		// The bodies wait until every client's first image is announced.
+		if arrived.Add(1) == clients {
+			close(all)
+		}
+		select {
+		case <-all:
+		case <-time.After(2 * time.Second):
+		}
+		_, _ = w.Write(img)
+	})
+	images := newImageServer(t, mux)
+	e := newFakeEngine(t, func(w http.ResponseWriter, req *http.Request) {
+		n, _ := io.Copy(io.Discard, req.Body)
+		if n < 2*int64(len(img)) {
+			w.WriteHeader(400)
+			return
+		}
+		healthy(w, req)
+	})
+	r.instance(visionService, "i-v", e.URL)
+	part := `{"type":"image_url","image_url":{"url":"` + images.URL + `/big.png"}}`
+	body := `{"model":"` + visionService.AccessName + `","messages":[{"role":"user","content":[` + part + `,` + part + `]}]}`
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	go func() {
+		for {
+			peak.Store(max(peak.Load(), r.g.Budget.Used()))
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	statuses := make(chan string, clients)
+	for range clients {
+		go func() {
+			resp, out, err := r.do(context.Background(), "/v1/chat/completions", body)
+			if err != nil {
+				statuses <- err.Error()
+				return
+			}
+			statuses <- fmt.Sprint(resp.StatusCode, " ", resp.Header.Get("Retry-After"), " ", string(out))
+		}()
+	}
+	ok, busy := 0, 0
+	for range clients {
+		s := <-statuses
+		switch {
+		case strings.HasPrefix(s, "200 "):
+			ok++
+		case strings.HasPrefix(s, "503 1 "):
+			busy++
+		default:
+			t.Errorf("a request got %s", s)
+		}
+	}
+	close(stop)
+	t.Logf("%d answered, %d told to retry; %d MiB held at most of %d", ok, busy, peak.Load()>>20, budget>>20)
+	if ok == 0 || busy == 0 {
+		t.Errorf("%d answered and %d told to retry; want some of each", ok, busy)
+	}
+	if peak.Load() > budget {
+		t.Errorf("%d bytes held, over the budget of %d", peak.Load(), budget)
+	}
+	if used := r.g.Budget.Used(); used != 0 {
+		t.Errorf("%d bytes still held after every request ended", used)
+	}
+	// An inline body the budget has no room for is refused before it is
+	// read.
+	huge := `{"model":"` + visionService.AccessName + `","messages":[{"role":"user","content":"` + strings.Repeat("a", budget) + `"}]}`
+	resp, out, err := r.do(context.Background(), "/v1/chat/completions", huge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 413 && resp.StatusCode != 503 {
+		t.Errorf("a body over the budget: status %d %s", resp.StatusCode, out)
+	}
+}
+
+// TestStreamKeepAlive: while the engine is silent (a long prefill), the
+// client gets SSE comments, and the stream then goes on as usual.
+func TestStreamKeepAlive(t *testing.T) {
+	r := newRig(t, rigOptions{handler: Options{KeepAlive: 100 * time.Millisecond}})
+	e := newFakeEngine(t, func(w http.ResponseWriter, req *http.Request) {
+		_, _ = io.ReadAll(req.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
+		time.Sleep(550 * time.Millisecond)
+		healthyStream(w)
+	})
+	r.instance(chatService, "i-a", e.URL)
+	body := `{"model":"` + chatService.AccessName + `","messages":[{"role":"user","content":"hi"}],"stream":true}`
+	resp, out, err := r.do(context.Background(), "/v1/chat/completions", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, comments := sseEvents(t, strings.NewReader(string(out)))
+	if resp.StatusCode != 200 || comments < 3 || len(data) == 0 || data[len(data)-1] != "[DONE]" {
+		t.Errorf("status %d, %d comments, events %q; want a few comments, then the stream", resp.StatusCode, comments, data)
 	}
 }
