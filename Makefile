@@ -33,7 +33,8 @@ tests/browser/node_modules: tests/browser/package-lock.json
 	@touch $@
 
 ## test-faults: the fault tests alone (a killed worker mid-stream, a NATS restart, a
-## thousand streaming clients, NATS and router deaths on a cluster, a ClickHouse outage,
+## thousand streaming clients, NATS and router deaths on a cluster, a query of death, a
+## blackholed instance, a hung stream, a flood of made-up API keys, a ClickHouse outage,
 ## duplicate and poison events); `make test` runs them too
 test-faults:
 	$(GO) test -race -count=1 -timeout 20m -run 'TestFault|TestMultiNode|TestWorkerKilled' ./cmd/modelport
