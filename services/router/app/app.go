@@ -200,7 +200,9 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	g.Limits = limits
 	g.Images = transport.NewImageFetcher(cfg.ImageFetchTimeout, cfg.AllowPrivateImageURLs)
 	g.ImageFetchTimeout, g.MaxImageBytes = cfg.ImageFetchTimeout, cfg.MaxImageBytes
-	g.MaxFetchedBytes = transport.MaxBody // as much as a body with inline images may hold
+	// As much as a body may hold inline: base64 takes 4 bytes for 3, so the
+	// request the engine gets stays within the body limit engines share.
+	g.MaxFetchedBytes = transport.MaxBody / 4 * 3
 	go transport.ReportLoad(watchCtx, bus.KV(state.BucketLoad), uuid.NewString(), demand, cfg.LoadReport, log)
 	images, err := transport.NewImageStore(ctx, bus.JS, bus.Replicas)
 	if err != nil {

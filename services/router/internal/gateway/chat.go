@@ -68,9 +68,9 @@ func (g *Gateway) Chat(ctx context.Context, c Call) (*Reply, error) {
 	}
 	// From here only the request for the engine is kept, and only until
 	// it is written.
-	images, c.Body = nil, nil
-	up, err := g.forward(ctx, svc, "/chat/completions", body, c.Hold.Release)
-	body = nil
+	req := newPayload(body, c.Hold.Release)
+	images, c.Body, body = nil, nil, nil
+	up, err := g.forward(ctx, svc, "/chat/completions", req)
 	if err != nil {
 		var sent *sentError
 		if errors.As(err, &sent) {

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/modelport/modelport/libs/auth"
@@ -244,7 +245,7 @@ func (e *sentError) Unwrap() error { return e.err }
 // request runs once. An instance at fault leaves the rotation for a
 // while. sent is called once the body is written to the engine. The
 // request counts in the service's demand until the upstream is closed.
-func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, body []byte, sent func()) (_ *upstream, err error) {
+func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, req *payload) (_ *upstream, err error) {
 	finish := g.demand.Begin(svc.ID)
 	defer func() {
 		if err != nil {
@@ -258,7 +259,7 @@ func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, b
 			return nil, err
 		}
 		engCtx, cancel := context.WithCancelCause(ctx)
-		status, resp, err := g.engine.Open(engCtx, ep.Instance.Endpoint, path, body, sent)
+		status, resp, err := g.engine.Open(engCtx, ep.Instance.Endpoint, path, req.bytes(), req.sent)
 		if err != nil {
 			release()
 			cancel(nil)
@@ -309,6 +310,35 @@ func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, b
 			up.body = newIdleBody(resp, g.IdleTimeout, func() { cancel(errIdle) })
 		}
 		return up, nil
+	}
+}
+
+// payload is the body of a request to an engine, held until it has been
+// written, then let go of (and the bytes it held in the budget given
+// back), even while the engine works on its answer: a non-streamed answer
+// comes only once the whole generation is done.
+type payload struct {
+	mu      sync.Mutex
+	b       []byte
+	release func() // gives back what the request holds of the budget
+}
+
+func newPayload(b []byte, release func()) *payload { return &payload{b: b, release: release} }
+
+// bytes returns the body, nil once it has been sent.
+func (p *payload) bytes() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.b
+}
+
+// sent is the engine's callback once the body is written.
+func (p *payload) sent() {
+	p.mu.Lock()
+	p.b = nil
+	p.mu.Unlock()
+	if p.release != nil {
+		p.release()
 	}
 }
 

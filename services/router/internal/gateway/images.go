@@ -90,8 +90,9 @@ func (g *Gateway) GenerateImages(ctx context.Context, c Call, images ImageSaver,
 	body, c.Body = nil, nil
 	const endpoint = "/v1/images/generations"
 	prompt := Usage{PromptTokens: countTokens(*p.Prompt)}
-	up, err := g.forward(ctx, svc, "/images/generations", upBody, nil)
+	req := newPayload(upBody, nil)
 	upBody = nil
+	up, err := g.forward(ctx, svc, "/images/generations", req)
 	if err != nil {
 		var sent *sentError
 		if errors.As(err, &sent) {

@@ -127,10 +127,13 @@ func (s *bodySource) drop() {
 	s.b = nil
 }
 
+// ended records that a body was read to the end: the bytes are sent,
+// and not needed again (a request is sent again only when nothing of it
+// was written).
 func (s *bodySource) ended() {
 	s.mu.Lock()
 	first := !s.wasEnd
-	s.wasEnd = true
+	s.wasEnd, s.b = true, nil
 	s.mu.Unlock()
 	if first && s.sent != nil {
 		s.sent()

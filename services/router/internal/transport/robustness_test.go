@@ -1284,3 +1284,75 @@ func TestStreamKeepAlive(t *testing.T) {
 		t.Errorf("status %d, %d comments, events %q; want a few comments, then the stream", resp.StatusCode, comments, data)
 	}
 }
+
+// TestRequestBytesFreedOnceSent: once the request has been written to the
+// engine, the router keeps none of it while the engine works on the
+// answer, and its bytes are back in the budget.
+func TestRequestBytesFreedOnceSent(t *testing.T) {
+	r := newRig(t, rigOptions{budget: 256 << 20})
+	working := make(chan struct{})
+	done := make(chan struct{})
+	e := newFakeEngine(t, func(w http.ResponseWriter, req *http.Request) {
+		_, _ = io.Copy(io.Discard, req.Body)
+		close(working)
+		<-done // a long generation
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(engineCompletion))
+	})
+	r.instance(chatService, "i-a", e.URL)
+	const size = 24 << 20
+	body := `{"model":"` + chatService.AccessName + `","messages":[{"role":"user","content":"` + strings.Repeat("a", size) + `"}]}`
+	var base runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&base)
+	answered := make(chan int, 1)
+	// The client's body lets go of its bytes once sent, as the router's
+	// must.
+	src := &droppingReader{b: []byte(body)}
+	body = ""
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, r.srv.URL+"/v1/chat/completions", src)
+		req.ContentLength = int64(len(src.b))
+		req.Header.Set("Authorization", "Bearer "+r.key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			answered <- 0
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	<-working
+	var during runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&during)
+	held := r.g.Budget.Used()
+	close(done)
+	if s := <-answered; s != 200 {
+		t.Fatalf("status %d", s)
+	}
+	t.Logf("heap %d MiB before, %d MiB while the engine works; budget held %d bytes", base.HeapAlloc>>20, during.HeapAlloc>>20, held)
+	// The client's copy of the body is the test's own, and gone too.
+	if during.HeapAlloc > base.HeapAlloc+size/2 {
+		t.Errorf("heap %d MiB while the engine works, %d MiB before: the %d MiB request is still held", during.HeapAlloc>>20, base.HeapAlloc>>20, size>>20)
+	}
+	if held != 0 {
+		t.Errorf("%d bytes held in the budget after the request was written", held)
+	}
+}
+
+// droppingReader reads b once, letting go of it at the end.
+type droppingReader struct{ b []byte }
+
+func (d *droppingReader) Read(p []byte) (int, error) {
+	if len(d.b) == 0 {
+		d.b = nil
+		return 0, io.EOF
+	}
+	n := copy(p, d.b)
+	d.b = d.b[n:]
+	if len(d.b) == 0 {
+		d.b = nil
+	}
+	return n, nil
+}
