@@ -185,19 +185,29 @@ func readAnswer(r io.Reader, limit int64) (body, tail []byte, err error) {
 
 // usageIn finds the last usage object in the tail of an answer.
 func usageIn(tail []byte) (Usage, bool) {
+	var u *Usage
+	if !lastMember(tail, "usage", &u) || u == nil {
+		return Usage{}, false
+	}
+	return *u, true
+}
+
+// lastMember decodes into v the value of the last member named key found
+// in the tail of a JSON document, where the start may be cut off.
+func lastMember(tail []byte, key string, v any) bool {
+	quoted := []byte(`"` + key + `"`)
 	for end := len(tail); ; {
-		i := bytes.LastIndex(tail[:end], []byte(`"usage"`))
+		i := bytes.LastIndex(tail[:end], quoted)
 		if i < 0 {
-			return Usage{}, false
+			return false
 		}
 		end = i
-		rest := bytes.TrimLeft(tail[i+len(`"usage"`):], " \t\r\n")
+		rest := bytes.TrimLeft(tail[i+len(quoted):], " \t\r\n")
 		if len(rest) == 0 || rest[0] != ':' {
 			continue
 		}
-		var u *Usage
-		if json.NewDecoder(bytes.NewReader(rest[1:])).Decode(&u) == nil && u != nil {
-			return *u, true
+		if json.NewDecoder(bytes.NewReader(rest[1:])).Decode(v) == nil {
+			return true
 		}
 	}
 }

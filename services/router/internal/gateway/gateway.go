@@ -167,7 +167,8 @@ type Call struct {
 	Hold *Hold
 }
 
-// hold returns c's hold, taking one for c.Body in g.Budget if c has none.
+// hold gives c a hold on g.Budget for c.Body if it has none; the error is
+// the budget's refusal.
 func (g *Gateway) hold(c *Call) error {
 	if c.Hold != nil {
 		return nil

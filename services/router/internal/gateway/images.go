@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -177,19 +176,9 @@ func (g *Gateway) GenerateImages(ctx context.Context, c Call, images ImageSaver,
 // imageUsageIn finds the usage of an image generation in the tail of its
 // answer.
 func imageUsageIn(tail []byte) (Usage, bool) {
-	for end := len(tail); ; {
-		i := bytes.LastIndex(tail[:end], []byte(`"usage"`))
-		if i < 0 {
-			return Usage{}, false
-		}
-		end = i
-		rest := bytes.TrimLeft(tail[i+len(`"usage"`):], " \t\r\n")
-		if len(rest) == 0 || rest[0] != ':' {
-			continue
-		}
-		var u *imageUsage
-		if json.NewDecoder(bytes.NewReader(rest[1:])).Decode(&u) == nil && u != nil {
-			return Usage{PromptTokens: u.InputTokens, CompletionTokens: u.OutputTokens}, true
-		}
+	var u *imageUsage
+	if !lastMember(tail, "usage", &u) || u == nil {
+		return Usage{}, false
 	}
+	return Usage{PromptTokens: u.InputTokens, CompletionTokens: u.OutputTokens}, true
 }
