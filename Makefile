@@ -3,7 +3,7 @@ GO       ?= go
 PKGS     := github.com/modelport/modelport/...
 SERVICES := deployer scaler router inference-worker billing
 
-.PHONY: all build run test test-faults test-short vet fmt tidy bench clean
+.PHONY: all build deps run test test-faults test-short screenshots vet fmt tidy bench clean
 
 all: build
 
@@ -14,31 +14,38 @@ build:
 	@for s in $(SERVICES); do echo "$(GO) build -o bin/$$s ./services/$$s/cmd/$$s"; $(GO) build -o bin/$$s ./services/$$s/cmd/$$s || exit 1; done
 	$(GO) build -o bin/modelport-simulator ./services/inference-worker/cmd/modelport-simulator
 
+## deps: install what this machine lacks (Debian packages as root: ClickHouse, Node.js and
+## npm, Chromium, the test engine's headers; the npm modules); quiet when all is there.
+## `make run` needs only ClickHouse, and runs without it; `make test` needs everything.
+deps:
+	@scripts/deps $(DEPS)
+
 ## run: the all-in-one platform on embedded NATS and a local ClickHouse
-run: build
-	MODELPORT_CLICKHOUSE_INSTALL=$${MODELPORT_CLICKHOUSE_INSTALL:-1} bin/modelport up
+run: DEPS := run
+run: deps build
+	bin/modelport up
 
-## test: vet, then every test with the race detector (needs ClickHouse, Node and Chromium; see README)
-test: vet clients/node/node_modules tests/browser/node_modules
-	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+# withclickhouse gives a whole test run one private ClickHouse, unless
+# MODELPORT_TEST_CLICKHOUSE_ADDR names a running one.
+WITH_CLICKHOUSE := bin/withclickhouse
+$(WITH_CLICKHOUSE): FORCE
+	@mkdir -p bin
+	@$(GO) build -o $@ ./libs/chtest/cmd/withclickhouse
 
-# The official openai npm package, for the client compatibility test.
-clients/node/node_modules: clients/node/package-lock.json
-	npm ci --prefix clients/node --no-audit --no-fund
-	@touch $@
-
-# playwright-core, which drives Chromium in the console's browser test.
-tests/browser/node_modules: tests/browser/package-lock.json
-	npm ci --prefix tests/browser --no-audit --no-fund
-	@touch $@
+## test: install what is missing, vet, then every test with the race detector against
+## real NATS, ClickHouse, Node.js and Chromium
+test: DEPS := test
+test: deps vet $(WITH_CLICKHOUSE)
+	$(WITH_CLICKHOUSE) $(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 ## test-faults: the fault tests alone (a killed worker mid-stream, a NATS restart, a
 ## thousand streaming clients, NATS and router deaths on a cluster, a query of death, a
 ## blackholed instance, a hung stream, a flood of made-up API keys, a ClickHouse outage,
 ## duplicate and poison events); `make test` runs them too
-test-faults:
-	$(GO) test -race -count=1 -timeout 20m -run 'TestFault|TestMultiNode|TestWorkerKilled' ./cmd/modelport
-	$(GO) test -race -count=1 -timeout 20m -run 'Outage|Poison|Duplicate|Redeliver|DeadLetter' github.com/modelport/modelport/services/billing/...
+test-faults: DEPS := test
+test-faults: deps $(WITH_CLICKHOUSE)
+	$(WITH_CLICKHOUSE) $(GO) test -race -count=1 -timeout 20m -run 'TestFault|TestMultiNode|TestWorkerKilled' ./cmd/modelport
+	$(WITH_CLICKHOUSE) $(GO) test -race -count=1 -timeout 20m -run 'Outage|Poison|Duplicate|Redeliver|DeadLetter' github.com/modelport/modelport/services/billing/...
 
 ## test-short: the tests that need no binaries built
 test-short:
@@ -59,5 +66,14 @@ tidy:
 bench: build
 	bin/modelport bench -requests 3000 -out docs/benchmarks.md
 
+## screenshots: refresh docs/screenshots from the console's browser test (the test itself
+## writes to build/screenshots, which git ignores); run it when the console changes
+screenshots: DEPS := test
+screenshots: deps $(WITH_CLICKHOUSE)
+	$(WITH_CLICKHOUSE) $(GO) test -count=1 -timeout 10m -run '^TestConsole$$' ./cmd/modelport
+	cp build/screenshots/*.png docs/screenshots/
+
 clean:
-	rm -rf bin
+	rm -rf bin build
+
+FORCE:

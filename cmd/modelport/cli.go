@@ -29,6 +29,7 @@ var cliCommands = map[string]func(ctx context.Context, c *cli, args []string) er
 	"scale":   runScale,
 	"delete":  runDelete,
 	"keys":    runKeys,
+	"models":  runModels,
 	"usage":   runUsage,
 	"chat":    runChat,
 	"events":  runEvents,

@@ -63,8 +63,10 @@ func TestCLI(t *testing.T) {
 		t.Errorf("saved config %+v (%v), want the URL %s and the key", saved, err, p.BaseURL)
 	}
 
-	// Follow every event live from here on.
-	live := m.start(nil, "events", "tail", "--output", "json", "--nats", p.NATSURL)
+	// Follow every event live from here on. The platform logged in to
+	// says where its event stream is: no --nats (it is not on the
+	// default port).
+	live := m.start(nil, "events", "tail", "--output", "json")
 	live.waitStderr(t, "Following DEPLOY")
 
 	out, _ := m.ok("", "catalog")
@@ -155,6 +157,10 @@ func TestCLI(t *testing.T) {
 	}
 	if out, _ = m.ok("", "chat", "clitest", "hello from ci", "--key", key.Key); strings.TrimSpace(out) == "" {
 		t.Error("chat with the new key: no answer")
+	}
+	// Only admin keys are told where the event stream is.
+	if _, stderr := m.fail("", "events", "tail", "--key", key.Key); !strings.Contains(stderr, "only admin keys") || !strings.Contains(stderr, "--nats") {
+		t.Errorf("events tail with an owner's key: %q", stderr)
 	}
 	if out, _ = m.ok("", "keys", "revoke", "ci"); !strings.Contains(out, "Revoked key ci") {
 		t.Errorf("keys revoke: %q", out)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -16,6 +17,10 @@ import (
 )
 
 const eventsTailSynopsis = "tail [--subject PATTERN]... [--since TIME|DURATION] [--nats URL]"
+
+// defaultNATSURL is where events tail looks when no platform is known:
+// modelport up's embedded server on its default port.
+const defaultNATSURL = "nats://127.0.0.1:4222"
 
 func runEvents(ctx context.Context, c *cli, args []string) error {
 	if len(args) == 0 || args[0] != "tail" {
@@ -32,11 +37,11 @@ func runEvents(ctx context.Context, c *cli, args []string) error {
 // stream: ephemeral, in memory, nothing to clean up, and it never takes
 // events from the platform's own durable consumers.
 func runEventsTail(ctx context.Context, c *cli, args []string) error {
-	fs := c.flags("events tail", eventsTailSynopsis, false)
+	fs := c.flags("events tail", eventsTailSynopsis, true)
 	var subjects stringsFlag
 	fs.Var(&subjects, "subject", "only subjects matching this pattern, with NATS wildcards * and > (repeat for more; default: every event)")
 	since := fs.String("since", "", "replay from this time (RFC 3339, a date, or a duration before now such as 1h) before following; default: only new events")
-	natsURL := fs.String("nats", "", "the platform's NATS server (default: $MODELPORT_NATS_URL, else nats://127.0.0.1:4222)")
+	natsURL := fs.String("nats", "", "the platform's NATS server (default: $MODELPORT_NATS_URL, else where the platform logged in to says, else "+defaultNATSURL+")")
 	if _, err := c.parse(fs, args, 0, 0); err != nil {
 		return err
 	}
@@ -60,7 +65,10 @@ func runEventsTail(ctx context.Context, c *cli, args []string) error {
 		from = t.Local().Format(time.RFC3339)
 	}
 
-	url := firstOf(*natsURL, c.getenv("MODELPORT_NATS_URL"), "nats://127.0.0.1:4222")
+	url, err := c.eventsURL(ctx, *natsURL)
+	if err != nil {
+		return err
+	}
 	nc, err := nats.Connect(url, nats.Name("modelport events tail"), nats.MaxReconnects(-1))
 	if err != nil {
 		return fmt.Errorf("cannot reach NATS at %s: %w\nIs the platform running? Pass --nats URL or set MODELPORT_NATS_URL (modelport up prints it).", url, err)
@@ -95,6 +103,41 @@ func runEventsTail(ctx context.Context, c *cli, args []string) error {
 	fmt.Fprintf(c.stderr, "Following %s from %s. Stop with Ctrl-C.\n", strings.Join(names, ", "), from)
 	<-ctx.Done()
 	return p.err()
+}
+
+// eventsURL returns the NATS server to follow: --nats, else
+// $MODELPORT_NATS_URL, else the one the platform from --url, $MODELPORT_URL
+// or the saved login names in GET /api/v1/me, else defaultNATSURL when no
+// platform is known at all.
+func (c *cli) eventsURL(ctx context.Context, flagURL string) (string, error) {
+	if u := firstOf(flagURL, c.getenv("MODELPORT_NATS_URL")); u != "" {
+		return u, nil
+	}
+	a, err := c.client()
+	if errors.Is(err, errNotLoggedIn) {
+		return defaultNATSURL, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	var me struct {
+		Admin  bool `json:"admin"`
+		Events *struct {
+			NATSURL string `json:"nats_url"`
+		} `json:"events"`
+	}
+	if _, _, err := a.do(ctx, http.MethodGet, "/api/v1/me", nil, &me); err != nil {
+		return "", fmt.Errorf("ask %s where its event stream is: %w\n(or pass --nats URL)", a.base, err)
+	}
+	switch {
+	case me.Events != nil && me.Events.NATSURL != "":
+		return me.Events.NATSURL, nil
+	case !me.Admin:
+		return "", fmt.Errorf("%s tells only admin keys where its event stream is, since the streams hold every owner's events: "+
+			"log in with an admin key, or pass --nats URL", a.base)
+	default:
+		return "", fmt.Errorf("%s does not say where its event stream is: pass --nats URL or set MODELPORT_NATS_URL", a.base)
+	}
 }
 
 // streamPlan is what to consume from one stream.

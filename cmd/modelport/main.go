@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/modelport/modelport/libs/config"
@@ -34,6 +35,7 @@ commands:
 client commands (a running platform; "modelport <command> -h" for flags, docs/cli.md):
   login     check an API key and save it with the URL
   catalog   list the base models that can be deployed
+  models    register your own models: add, ls, get, rm
   deploy    deploy a model service
   ls        list model services
   get       show a model service
@@ -59,7 +61,7 @@ func run(ctx context.Context, args []string, getenv config.Getenv, stdout, stder
 		return up(ctx, getenv, stdout, stderr)
 	case "bench":
 		return bench(ctx, args[1:], stdout)
-	case "login", "catalog", "deploy", "ls", "get", "scale", "delete", "keys", "usage", "chat", "events":
+	case "login", "catalog", "models", "deploy", "ls", "get", "scale", "delete", "keys", "usage", "chat", "events":
 		return runCLI(ctx, args, getenv, os.Stdin, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
@@ -96,6 +98,7 @@ func up(ctx context.Context, getenv config.Getenv, stdout, stderr io.Writer) err
 	fmt.Fprintf(stdout, "  Control API:          %s/api/v1\n", p.BaseURL)
 	fmt.Fprintf(stdout, "  Console:              %s/console/\n", p.BaseURL)
 	fmt.Fprintf(stdout, "  NATS:                 %s\n", p.NATSURL)
+	fmt.Fprintf(stdout, "  Model store:          %s\n", strings.Join(p.ModelDirs, ", "))
 	if p.AdminKey != "" {
 		fmt.Fprintf(stdout, "  Admin API key:        %s\n                        (shown once: only its hash is stored)\n", p.AdminKey)
 	} else {

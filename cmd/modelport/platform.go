@@ -53,6 +53,10 @@ type platform struct {
 	AdminKey       string // the admin key generated on this start; empty if it existed
 	AdminKeyPrefix string
 	NATSURL        string
+	// ModelDirs are the model store's folders: where file:// model
+	// sources may lie (MODELPORT_MODEL_DIRS; default: models in the data
+	// folder).
+	ModelDirs []string
 
 	nats  *server.Server
 	bus   *natsx.Bus
@@ -89,7 +93,22 @@ func startPlatform(ctx context.Context, getenv config.Getenv, log *slog.Logger) 
 		return nil, err
 	}
 
-	dcfg := deployer.ConfigFromEnv(getenv)
+	// One machine: the model store is a folder beside the data, unless
+	// MODELPORT_MODEL_DIRS names others.
+	models, err := filepath.Abs(filepath.Join(cfg.DataDir, "models"))
+	if err != nil {
+		return nil, fmt.Errorf("model store: %w", err)
+	}
+	if getenv("MODELPORT_MODEL_DIRS") == "" {
+		if err := os.MkdirAll(models, 0o750); err != nil {
+			return nil, fmt.Errorf("model store: %w", err)
+		}
+	}
+	dcfg := deployer.ConfigFromEnv(config.Chain(getenv, config.Map(map[string]string{"MODELPORT_MODEL_DIRS": models})))
+	p.ModelDirs = dcfg.ModelDirs
+	if getenv("MODELPORT_PUBLIC_NATS_URL") == "" {
+		dcfg.EventsURL = p.NATSURL // the embedded server clients tail
+	}
 	scfg, err := scaler.ConfigFromEnv(getenv)
 	if err != nil {
 		return nil, err

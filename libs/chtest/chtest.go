@@ -1,5 +1,6 @@
 // Package chtest gives tests a real ClickHouse database: on the server named
-// by MODELPORT_TEST_CLICKHOUSE_ADDR when set (CI starts one), otherwise on a
+// by MODELPORT_TEST_CLICKHOUSE_ADDR when set (make test starts one for the
+// whole run with libs/chtest/cmd/withclickhouse), otherwise on a
 // private server started once per test binary. Each call to New creates a
 // fresh database and drops it at cleanup.
 //
@@ -63,7 +64,7 @@ func Addr(t testing.TB) string {
 	s, err := chlocal.Start(context.Background(), dir, 0)
 	if err != nil {
 		os.RemoveAll(dir)
-		msg := fmt.Sprintf("ClickHouse is required: %v (install the Debian package clickhouse-server, or set %s)", err, EnvAddr)
+		msg := fmt.Sprintf("ClickHouse is required: %v (run `make deps` to install the Debian package clickhouse-server, or set %s)", err, EnvAddr)
 		t.Fatal(msg)
 	}
 	private, tmpDir = s, dir

@@ -13,6 +13,7 @@
 //	idempotency <owner id>.<sha256 of key>   deployer         deployer (TTL: keys expire after IdempotencyTTL)
 //	images      (object store) <name>.png    router           router (TTL: ImageTTL)
 //	load        <service id>.<router id>     router           scaler (TTL: LoadTTL; the autoscaler's demand signal)
+//	models      <owner id>.<name>            deployer         deployer (models owners registered; "public" for everyone's)
 package state
 
 import (
@@ -20,6 +21,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/modelport/modelport/libs/events"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -43,6 +45,10 @@ const (
 	// BucketLoad holds each router's requests in flight per service, the
 	// demand the autoscaler sizes services by.
 	BucketLoad = "load"
+	// BucketModels holds the models owners registered, under
+	// "<owner id>.<name>", and those an admin registered for everyone
+	// under "public.<name>".
+	BucketModels = "models"
 )
 
 // LoadTTL is how long a router's load report lasts without a newer one.
@@ -68,6 +74,7 @@ var Buckets = []jetstream.KeyValueConfig{
 	{Bucket: BucketOwners, Storage: jetstream.FileStorage},
 	{Bucket: BucketIdempotency, Storage: jetstream.FileStorage, TTL: IdempotencyTTL},
 	{Bucket: BucketLoad, Storage: jetstream.MemoryStorage, TTL: LoadTTL},
+	{Bucket: BucketModels, Storage: jetstream.FileStorage},
 }
 
 // EnsureBuckets creates or updates every bucket with the given number of
@@ -136,6 +143,11 @@ type Service struct {
 	// Autoscale, when set, lets the scaler choose Instances within its
 	// bounds from the requests in flight.
 	Autoscale *Autoscale `json:"autoscale,omitempty"`
+	// Model is the base model as it was resolved when the service was
+	// created: where its weights are, its engine and what an instance
+	// needs. Its placements carry it to the workers. Services created
+	// before it existed have none; their workers use their catalog.
+	Model *events.ModelSpec `json:"model,omitempty"`
 }
 
 // Autoscale is a service's autoscaling policy.
@@ -198,6 +210,8 @@ type Placement struct {
 	Task       string    `json:"task"`
 	Engine     string    `json:"engine"`
 	PlacedAt   time.Time `json:"placed_at"`
+	// Model is the service's model spec, as the placement event carries it.
+	Model *events.ModelSpec `json:"model,omitempty"`
 }
 
 // Instance statuses.
@@ -228,6 +242,12 @@ type Worker struct {
 	FreeGPUs  int       `json:"free_gpus"` // of those, not assigned to an instance
 	Instances []string  `json:"instances"` // IDs of its instances
 	BeatAt    time.Time `json:"beat_at"`
+	// MemoryBytes is the memory the worker's instances may use in all;
+	// 0: not advertised (a worker from before it was), not checked.
+	MemoryBytes int64 `json:"memory_bytes,omitempty"`
+	// GPUMemoryBytes is the memory of each of its GPUs (the smallest,
+	// where they differ); 0: no GPUs, or not advertised.
+	GPUMemoryBytes int64 `json:"gpu_memory_bytes,omitempty"`
 }
 
 // InstanceKey is the key of an instance or placement: "<service>.<instance>".

@@ -42,6 +42,14 @@ type Config struct {
 	GPUs              int           // MODELPORT_WORKER_GPUS; default: the GPUs nvidia-smi lists, else 0
 	Engines           []string      // MODELPORT_WORKER_ENGINES: real engines this worker may run, e.g. "vllm,llama.cpp"
 	CatalogFile       string        // MODELPORT_CATALOG: a catalog file replacing the built-in one
+
+	// Memory is what the worker's instances may use in all
+	// (MODELPORT_WORKER_MEMORY, bytes or a size such as 48GiB); default:
+	// the machine's memory. GPUMemory is each GPU's
+	// (MODELPORT_WORKER_GPU_MEMORY); default: the smallest nvidia-smi
+	// lists. Heartbeats advertise both; the scaler places by them.
+	Memory    int64
+	GPUMemory int64
 }
 
 // ConfigFromEnv reads Config.
@@ -70,6 +78,15 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 	}
 	if c.GPUs < 0 {
 		c.GPUs = countGPUs()
+	}
+	if c.Memory, err = sizeSetting(getenv, "MODELPORT_WORKER_MEMORY", machineMemory); err != nil {
+		return c, err
+	}
+	if c.GPUMemory, err = sizeSetting(getenv, "MODELPORT_WORKER_GPU_MEMORY", gpuMemory); err != nil {
+		return c, err
+	}
+	if c.GPUs == 0 {
+		c.GPUMemory = 0
 	}
 	for _, e := range strings.Split(getenv("MODELPORT_WORKER_ENGINES"), ",") {
 		if e = strings.TrimSpace(e); e != "" {
@@ -130,12 +147,19 @@ func specs(cat *catalog.Catalog, cfg Config) worker.SpecFunc {
 		if m.FineTuned() {
 			spec.Adapter = engine.LoRA{Name: spec.ServedName, Path: m.Adapter}
 		}
-		spec.Engine = m.Engine
-		if !slices.Contains(cfg.Engines, m.Engine) || m.GPUs > cfg.GPUs {
-			spec.Engine, spec.GPUs = "simulator", 0
-		}
-		return spec, nil
+		return runsOn(spec, m.Engine, cfg), nil
 	}
+}
+
+// runsOn sets the engine: the model's where this worker may run it and
+// has the GPUs, else the simulator, which then says so in every answer
+// and in the instance's engine.
+func runsOn(spec engine.Spec, eng string, cfg Config) engine.Spec {
+	spec.Engine = eng
+	if !slices.Contains(cfg.Engines, eng) || spec.GPUs > cfg.GPUs {
+		spec.Engine, spec.GPUs = "simulator", 0
+	}
+	return spec
 }
 
 // workerIDPattern keeps worker IDs usable as key-value keys and as the
@@ -182,7 +206,8 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		Log:              log,
 		TimeToFirstToken: cfg.TimeToFirstToken, InterTokenLatency: cfg.InterTokenLatency,
 	}
-	w := worker.New(cfg.ID, cfg.Capacity, eng, store, bus.Publisher, log, worker.WithSpecs(specs(cat, cfg)), worker.WithGPUs(cfg.GPUs))
+	w := worker.New(cfg.ID, cfg.Capacity, eng, store, bus.Publisher, log, worker.WithSpecs(specs(cat, cfg)),
+		worker.WithModels(modelSpecs(cat, cfg)), worker.WithGPUs(cfg.GPUs), worker.WithMemory(cfg.Memory, cfg.GPUMemory))
 	if err := w.Heartbeat(ctx); err != nil {
 		return runner.Service{}, err
 	}
@@ -211,7 +236,7 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		go func() {
 			ev := events.InstancePlacedV1{
 				Meta: events.NewMeta(), InstanceID: p.InstanceID, ServiceID: p.ServiceID, WorkerID: p.WorkerID,
-				AccessName: p.AccessName, BaseModel: p.BaseModel, Task: p.Task, Engine: p.Engine,
+				AccessName: p.AccessName, BaseModel: p.BaseModel, Task: p.Task, Engine: p.Engine, Model: p.Model,
 			}
 			if err := w.StartInstance(beatCtx, ev); err != nil {
 				log.Warn("restart placed instance", "instance_id", p.InstanceID, "err", err)
@@ -226,7 +251,7 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		stopBeats()
 		return runner.Service{}, err
 	}
-	log.Info("worker started", "capacity", cfg.Capacity, "gpus", cfg.GPUs, "engines", cfg.Engines)
+	log.Info("worker started", "capacity", cfg.Capacity, "gpus", cfg.GPUs, "engines", cfg.Engines, "memory", cfg.Memory, "gpu_memory", cfg.GPUMemory)
 	return runner.Service{Stop: func(ctx context.Context) {
 		stopBeats()
 		w.Shutdown(ctx, "worker stopped")

@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"sync"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/deployer/internal/models"
 )
 
 // MaxInstances bounds one service's instance count.
@@ -56,10 +56,35 @@ type CreateRequest struct {
 	Autoscale *state.Autoscale `json:"autoscale,omitempty"`
 }
 
+// Models finds the base models a caller may deploy: its own, the public
+// ones and the operator's catalog; another owner's are errs.NotFound.
+// Implemented by *models.Registry.
+type Models interface {
+	Get(ctx context.Context, caller auth.Key, name string) (models.Model, error)
+}
+
+// catalogOnly is Models over the operator's catalog alone.
+type catalogOnly struct{ cat *catalog.Catalog }
+
+func (c catalogOnly) Get(_ context.Context, _ auth.Key, name string) (models.Model, error) {
+	if m, ok := c.cat.Lookup(name); ok {
+		return models.FromCatalog(m), nil
+	}
+	return models.Model{}, errs.E(errs.NotFound, "model %q not found", name)
+}
+
+// Option configures a Manager.
+type Option func(*Manager)
+
+// WithModels has services deploy the models r resolves, registered ones
+// included, instead of the catalog's alone.
+func WithModels(r Models) Option { return func(m *Manager) { m.models = r } }
+
 // Manager creates and reads services. It is safe for concurrent use.
 type Manager struct {
 	store   Store
 	catalog *catalog.Catalog
+	models  Models
 	pub     Publisher
 	now     func() time.Time
 
@@ -69,26 +94,48 @@ type Manager struct {
 	lifecycle sync.Mutex
 }
 
-// NewManager returns a Manager.
-func NewManager(store Store, cat *catalog.Catalog, pub Publisher) *Manager {
-	return &Manager{store: store, catalog: cat, pub: pub, now: func() time.Time { return time.Now().UTC() }}
+// NewManager returns a Manager deploying the catalog's models, and with
+// WithModels registered ones too.
+func NewManager(store Store, cat *catalog.Catalog, pub Publisher, opts ...Option) *Manager {
+	m := &Manager{store: store, catalog: cat, models: catalogOnly{cat}, pub: pub, now: func() time.Time { return time.Now().UTC() }}
+	for _, o := range opts {
+		o(m)
+	}
+	return m
 }
 
-// Catalog returns the deployable models.
+// Catalog returns the operator's catalog.
 func (m *Manager) Catalog() []catalog.Model { return m.catalog.Models() }
 
-var namePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+// namePattern is the rule for service names and owner handles, the same
+// as for model names.
+var namePattern = models.NamePattern
 
-// Validate checks a request against the catalog and fills defaults: one
-// instance, per-token billing, and the model's only task when it has one.
-func (m *Manager) Validate(req *CreateRequest) error {
+// Validate checks a request against the base model the caller asks for
+// and fills defaults: one instance, per-token billing, and the model's
+// only task when it has one. It returns the model.
+func (m *Manager) Validate(ctx context.Context, caller auth.Key, req *CreateRequest) (models.Model, error) {
 	if !namePattern.MatchString(req.Name) {
-		return errs.InvalidParam("name", "name must be 1-63 lowercase letters, digits or hyphens, starting and ending with a letter or digit")
+		return models.Model{}, errs.InvalidParam("name", "name must be 1-63 lowercase letters, digits or hyphens, starting and ending with a letter or digit")
 	}
-	model, ok := m.catalog.Lookup(req.BaseModel)
-	if !ok {
-		return errs.InvalidParam("base_model", "unknown base model %q; GET /api/v1/catalog lists them", req.BaseModel)
+	if req.BaseModel == "" {
+		return models.Model{}, errs.InvalidParam("base_model", "base_model is required; GET /api/v1/models lists the models")
 	}
+	model, err := m.models.Get(ctx, caller, req.BaseModel)
+	if errs.KindOf(err) == errs.NotFound {
+		return models.Model{}, errs.InvalidParam("base_model", "unknown base model %q; GET /api/v1/models lists them", req.BaseModel)
+	}
+	if err != nil {
+		return models.Model{}, err
+	}
+	if err := validate(req, model); err != nil {
+		return models.Model{}, err
+	}
+	return model, nil
+}
+
+// validate checks and completes what the request asks of model.
+func validate(req *CreateRequest, model models.Model) error {
 	if req.Task == "" && len(model.Tasks) == 1 {
 		req.Task = model.Tasks[0]
 	}
@@ -134,11 +181,12 @@ func (m *Manager) Create(ctx context.Context, caller auth.Key, req CreateRequest
 	if err := changes(caller); err != nil {
 		return state.Service{}, err
 	}
-	if err := m.Validate(&req); err != nil {
+	model, err := m.Validate(ctx, caller, &req)
+	if err != nil {
 		return state.Service{}, err
 	}
-	model, _ := m.catalog.Lookup(req.BaseModel)
 	now := m.now()
+	spec := model.Spec()
 	s := state.Service{
 		ID:            uuid.NewString(),
 		OwnerID:       caller.OwnerID,
@@ -154,6 +202,7 @@ func (m *Manager) Create(ctx context.Context, caller auth.Key, req CreateRequest
 		CreatedAt:     now,
 		UpdatedAt:     now,
 		Autoscale:     req.Autoscale,
+		Model:         &spec,
 	}
 	if err := m.store.Create(ctx, s); err != nil {
 		return state.Service{}, err

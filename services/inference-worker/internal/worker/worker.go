@@ -46,11 +46,27 @@ type Publisher interface {
 // placement: an errs.Invalid one for good.
 type SpecFunc func(spec engine.Spec) (engine.Spec, error)
 
+// ModelFunc completes the spec of a placement that carries its model
+// (events.ModelSpec), such as a model its owner registered, which no
+// catalog lists. Its error rejects the placement as SpecFunc's does.
+type ModelFunc func(spec engine.Spec, model events.ModelSpec) (engine.Spec, error)
+
 // Option configures a Worker.
 type Option func(*Worker)
 
 // WithSpecs completes every placement's spec with f.
 func WithSpecs(f SpecFunc) Option { return func(w *Worker) { w.specs = f } }
+
+// WithModels completes the specs of placements that carry their model
+// with f; the others still go through WithSpecs.
+func WithModels(f ModelFunc) Option { return func(w *Worker) { w.models = f } }
+
+// WithMemory has the worker advertise the memory its instances may use in
+// all, and the memory of each of its GPUs, in its heartbeats, so that the
+// scaler places only what fits; 0: not advertised.
+func WithMemory(memory, gpuMemory int64) Option {
+	return func(w *Worker) { w.memory, w.gpuMemory = max(memory, 0), max(gpuMemory, 0) }
+}
 
 // WithGPUs has the worker hand out n GPUs, numbered 0 to n-1 as CUDA
 // numbers them, to the instances that need them. Without it the worker
@@ -76,6 +92,9 @@ type Worker struct {
 	pub          Publisher
 	log          *slog.Logger
 	specs        SpecFunc
+	models       ModelFunc
+	memory       int64 // advertised; 0: not
+	gpuMemory    int64 // per GPU, advertised; 0: not
 	readyTimeout time.Duration
 	drain        time.Duration
 
@@ -135,9 +154,13 @@ func (w *Worker) StartInstance(ctx context.Context, p events.InstancePlacedV1) e
 	if known {
 		return w.reannounce(ctx, r)
 	}
-	spec, err := w.specs(engine.Spec{
-		InstanceID: p.InstanceID, ServedName: p.AccessName, BaseModel: p.BaseModel, Task: p.Task, Engine: p.Engine,
-	})
+	spec := engine.Spec{InstanceID: p.InstanceID, ServedName: p.AccessName, BaseModel: p.BaseModel, Task: p.Task, Engine: p.Engine}
+	var err error
+	if p.Model != nil && w.models != nil {
+		spec, err = w.models(spec, *p.Model)
+	} else {
+		spec, err = w.specs(spec)
+	}
 	if err != nil {
 		return fmt.Errorf("instance %s: %w", p.InstanceID, err)
 	}
@@ -442,7 +465,8 @@ func logTail(s string, n int) string {
 // Heartbeat records that the worker is alive and how full it is.
 func (w *Worker) Heartbeat(ctx context.Context) error {
 	w.mu.Lock()
-	beat := state.Worker{ID: w.id, Capacity: w.capacity, Running: len(w.instances), GPUs: len(w.gpus), Instances: []string{}, BeatAt: time.Now().UTC()}
+	beat := state.Worker{ID: w.id, Capacity: w.capacity, Running: len(w.instances), GPUs: len(w.gpus), Instances: []string{}, BeatAt: time.Now().UTC(),
+		MemoryBytes: w.memory, GPUMemoryBytes: w.gpuMemory}
 	for id := range w.instances {
 		beat.Instances = append(beat.Instances, id)
 	}

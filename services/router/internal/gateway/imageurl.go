@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/modelport/modelport/libs/errs"
+	"github.com/modelport/modelport/libs/jsonscan"
 )
 
 // ImageFetcher downloads the image an http(s) URL in a chat request names,
@@ -43,7 +44,7 @@ func (r imageRef) param() string {
 // bytes, and where the part's URL sits in the body.
 type fetched struct {
 	ref       imageRef
-	url       span
+	url       jsonscan.Span
 	mediaType string
 	data      []byte
 }
@@ -149,10 +150,10 @@ func (g *Gateway) fetchImage(ctx context.Context, url string, limit int64, owner
 // usage in every chunk, so a stream cut short is still metered.
 const streamOptionsUpstream = `{"include_usage":true,"continuous_usage_stats":true}`
 
-// edit replaces body[at.start:at.end] with text, or with a data URL of
+// edit replaces body[at.Start:at.End] with text, or with a data URL of
 // image when it is set.
 type edit struct {
-	at    span
+	at    jsonscan.Span
 	text  []byte
 	image *fetched
 }
@@ -175,7 +176,7 @@ func upstreamBody(body []byte, p *chatParams, images []fetched, hold *Hold) ([]b
 			if end < 0 {
 				return nil, errs.E(errs.Invalid, "request body is not a JSON object")
 			}
-			edits = append(edits, edit{at: span{end, end}, text: []byte(`,"stream_options":` + streamOptionsUpstream)})
+			edits = append(edits, edit{at: jsonscan.Span{Start: end, End: end}, text: []byte(`,"stream_options":` + streamOptionsUpstream)})
 		}
 	}
 	for k := range images {
@@ -184,7 +185,7 @@ func upstreamBody(body []byte, p *chatParams, images []fetched, hold *Hold) ([]b
 	if len(edits) == 0 {
 		return body, nil
 	}
-	slices.SortFunc(edits, func(a, b edit) int { return a.at.start - b.at.start })
+	slices.SortFunc(edits, func(a, b edit) int { return a.at.Start - b.at.Start })
 	prefix := func(im *fetched) []byte {
 		b, _ := marshal("data:" + im.mediaType + ";base64,")
 		return b[:len(b)-1] // the opening quote and the text; the data follows
@@ -192,7 +193,7 @@ func upstreamBody(body []byte, p *chatParams, images []fetched, hold *Hold) ([]b
 	size := len(body)
 	var freed int64 = int64(len(body))
 	for _, e := range edits {
-		size -= e.at.end - e.at.start
+		size -= e.at.End - e.at.Start
 		if e.image != nil {
 			size += len(prefix(e.image)) + base64.StdEncoding.EncodedLen(len(e.image.data)) + 1
 			freed += int64(len(e.image.data))
@@ -206,7 +207,7 @@ func upstreamBody(body []byte, p *chatParams, images []fetched, hold *Hold) ([]b
 	out := make([]byte, 0, size)
 	last := 0
 	for _, e := range edits {
-		out = append(out, body[last:e.at.start]...)
+		out = append(out, body[last:e.at.Start]...)
 		if e.image != nil {
 			out = append(out, prefix(e.image)...)
 			out = base64.StdEncoding.AppendEncode(out, e.image.data)
@@ -214,7 +215,7 @@ func upstreamBody(body []byte, p *chatParams, images []fetched, hold *Hold) ([]b
 		} else {
 			out = append(out, e.text...)
 		}
-		last = e.at.end
+		last = e.at.End
 	}
 	out = append(out, body[last:]...)
 	hold.Shrink(freed)

@@ -7,13 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"reflect"
-	"slices"
 	"strings"
 	"unicode/utf8"
 
 	"github.com/modelport/modelport/libs/errs"
+	"github.com/modelport/modelport/libs/httpx"
+	"github.com/modelport/modelport/libs/jsonscan"
 	"github.com/modelport/modelport/libs/state"
 )
 
@@ -54,8 +54,8 @@ type chatParams struct {
 	// streamOptions are the spans of every top-level stream_options value
 	// in the body, which the request to the engine replaces; top is the
 	// whole object's.
-	streamOptions []span
-	top           span
+	streamOptions []jsonscan.Span
+	top           jsonscan.Span
 	// prompt is the messages' text, for counting the prompt's tokens when
 	// the engine does not report them.
 	prompt *prompt
@@ -85,9 +85,9 @@ func (*inPlace) UnmarshalJSON([]byte) error { return nil }
 // sits in the body: url, as a JSON string literal.
 type contentPart struct {
 	Type string
-	// url is the span of image_url.url; hasURL is false when the part has
+	// url is the jsonscan.Span of image_url.url; hasURL is false when the part has
 	// no image_url.url (or a null one).
-	url    span
+	url    jsonscan.Span
 	hasURL bool
 }
 
@@ -97,11 +97,11 @@ func (c contentPart) imageURL(body []byte) ([]byte, error) {
 	if !c.hasURL {
 		return nil, nil
 	}
-	lit := body[c.url.start:c.url.end]
+	lit := body[c.url.Start:c.url.End]
 	if bytes.IndexByte(lit, '\\') < 0 {
 		return lit[1 : len(lit)-1], nil
 	}
-	s, err := unquote(lit)
+	s, err := jsonscan.Unquote(lit)
 	return []byte(s), err
 }
 
@@ -157,7 +157,17 @@ func decodeBody(body []byte, v any) error {
 	if err := decodeJSON(body, v, ""); err != nil {
 		return err
 	}
-	return exactFields(body, span{0, len(body)}, reflect.TypeOf(v).Elem(), "")
+	return exactFields(body, reflect.TypeOf(v).Elem(), "")
+}
+
+// exactFields refuses an object key in data that encoding/json would take
+// for a field of t only by ignoring case, such as "Messages". The engine
+// reads JSON with exact names, so such a key would let the gateway check
+// one value while the engine uses another (a "messages" beside a
+// "Messages"). Other unknown keys pass: they reach the engine as sent.
+// path is data's parameter path, for the error.
+func exactFields(data []byte, t reflect.Type, path string) error {
+	return httpx.CheckFields(data, t, path, httpx.PassUnknown)
 }
 
 // decodeJSON decodes data into v, turning a wrong type into a 400 on the
@@ -202,58 +212,6 @@ func invalidUTF8At(b []byte) int {
 	return len(b)
 }
 
-// exactFields refuses an object key in the value at v that encoding/json
-// would take for a field of t only by ignoring case, such as "Messages".
-// The engine reads JSON with exact names, so such a key would let the
-// gateway check one value while the engine uses another (a "messages"
-// beside a "Messages"). path is v's parameter path, for the error. It
-// walks the body in place; values of types that decode themselves
-// (json.RawMessage, inPlace) are not looked into.
-func exactFields(body []byte, v span, t reflect.Type, path string) error {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	switch {
-	case reflect.PointerTo(t).Implements(reflect.TypeFor[json.Unmarshaler]()):
-		return nil
-	case t.Kind() == reflect.Slice:
-		// Not an array: the typed decode reports it.
-		return elements(body, v, func(i int, item span) error {
-			return exactFields(body, item, t.Elem(), fmt.Sprintf("%s[%d]", path, i))
-		})
-	case t.Kind() == reflect.Struct:
-		fields := map[string]reflect.Type{}
-		for f := range t.Fields() {
-			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-			if f.IsExported() && name != "" && name != "-" {
-				fields[name] = f.Type
-			}
-		}
-		return members(body, v, func(key string, val span) error {
-			param := key
-			if path != "" {
-				param = path + "." + key
-			}
-			if ft, ok := fields[key]; ok {
-				return exactFields(body, val, ft, param)
-			}
-			return caseVariant(key, param, slices.Collect(maps.Keys(fields))...)
-		})
-	}
-	return nil
-}
-
-// caseVariant refuses key when it matches one of names only by ignoring
-// case.
-func caseVariant(key, param string, names ...string) error {
-	for _, name := range names {
-		if key != name && strings.EqualFold(key, name) {
-			return errs.InvalidParam(param, "unknown parameter %q: parameter names are case-sensitive; did you mean %q?", key, name)
-		}
-	}
-	return nil
-}
-
 // jsonKind names a Go kind as JSON does.
 func jsonKind(k string) string {
 	switch {
@@ -279,12 +237,12 @@ func (p *chatParams) validate(body []byte, maxImageBytes int64) error {
 	if len(p.Messages) == 0 {
 		return errs.InvalidParam("messages", "messages must be a non-empty array")
 	}
-	p.top = span{0, len(body)}
-	msgs, _, err := member(body, p.top, "messages")
+	p.top = jsonscan.All(body)
+	msgs, _, err := jsonscan.Member(body, p.top, "messages")
 	if err != nil {
 		return errs.E(errs.Invalid, "request body is not valid JSON")
 	}
-	if err := members(body, p.top, func(key string, val span) error {
+	if err := jsonscan.Members(body, p.top, func(key string, val jsonscan.Span) error {
 		if key == "stream_options" {
 			p.streamOptions = append(p.streamOptions, val)
 		}
@@ -292,11 +250,11 @@ func (p *chatParams) validate(body []byte, maxImageBytes int64) error {
 	}); err != nil {
 		return errs.E(errs.Invalid, "request body is not valid JSON")
 	}
-	var content []span
-	if err := elements(body, msgs, func(_ int, m span) error {
-		c, ok, err := member(body, m, "content")
+	var content []jsonscan.Span
+	if err := jsonscan.Elements(body, msgs, func(_ int, m jsonscan.Span) error {
+		c, ok, err := jsonscan.Member(body, m, "content")
 		if !ok {
-			c = span{m.end, m.end} // no content
+			c = jsonscan.Span{Start: m.End, End: m.End} // no content
 		}
 		content = append(content, c)
 		return err
@@ -335,14 +293,14 @@ func (p *chatParams) validate(body []byte, maxImageBytes int64) error {
 // is one text part. Image URLs must be base64 data URLs of an image of at
 // most maxImageBytes, or http(s) URLs, which the gateway fetches itself.
 // Nothing is copied but text and the URLs to fetch.
-func readContent(body []byte, c span, i int, maxImageBytes int64) ([]contentPart, string, error) {
-	raw := body[c.start:c.end]
+func readContent(body []byte, c jsonscan.Span, i int, maxImageBytes int64) ([]contentPart, string, error) {
+	raw := body[c.Start:c.End]
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, "", nil
 	}
 	param := fmt.Sprintf("messages[%d].content", i)
 	if raw[0] == '"' {
-		text, err := unquote(raw)
+		text, err := jsonscan.Unquote(raw)
 		if err != nil {
 			return nil, "", errs.InvalidParam(param, "%s is malformed", param)
 		}
@@ -353,7 +311,7 @@ func readContent(body []byte, c span, i int, maxImageBytes int64) ([]contentPart
 	}
 	var parts []contentPart
 	var text strings.Builder
-	if err := elements(body, c, func(j int, v span) error {
+	if err := jsonscan.Elements(body, c, func(j int, v jsonscan.Span) error {
 		part, t, err := readPart(body, v, fmt.Sprintf("%s[%d]", param, j))
 		parts = append(parts, part)
 		text.WriteString(t)
@@ -396,13 +354,22 @@ func readContent(body []byte, c span, i int, maxImageBytes int64) ([]contentPart
 	return parts, text.String(), nil
 }
 
+// partFields are a content part's fields as the gateway reads them, for
+// the case check.
+type partFields struct {
+	Type     string `json:"type"`
+	ImageURL *struct {
+		URL string `json:"url"`
+	} `json:"image_url"`
+}
+
 // readPart reads the content part at v, as encoding/json would decode it
-// into {type, image_url: {url}}: wrong types are refused naming the field,
-// and so are keys that match those only by ignoring case. It returns the
-// part and, for a text part, its text.
-func readPart(body []byte, v span, param string) (contentPart, string, error) {
+// into partFields: wrong types are refused naming the field, and so are
+// keys that match those only by ignoring case. It returns the part and,
+// for a text part, its text.
+func readPart(body []byte, v jsonscan.Span, param string) (contentPart, string, error) {
 	var part contentPart
-	raw := body[v.start:v.end]
+	raw := body[v.Start:v.End]
 	if string(raw) == "null" {
 		return part, "", nil
 	}
@@ -410,8 +377,8 @@ func readPart(body []byte, v span, param string) (contentPart, string, error) {
 		return part, "", wrongType(param, "object", raw)
 	}
 	var textLit []byte
-	err := members(body, v, func(key string, val span) error {
-		lit := body[val.start:val.end]
+	err := jsonscan.Members(body, v, func(key string, val jsonscan.Span) error {
+		lit := body[val.Start:val.End]
 		switch key {
 		case "type":
 			switch {
@@ -419,7 +386,7 @@ func readPart(body []byte, v span, param string) (contentPart, string, error) {
 			case lit[0] != '"':
 				return wrongType(param+".type", "string", lit)
 			default:
-				t, err := unquote(lit)
+				t, err := jsonscan.Unquote(lit)
 				if err != nil {
 					return err
 				}
@@ -432,11 +399,10 @@ func readPart(body []byte, v span, param string) (contentPart, string, error) {
 			case lit[0] != '{':
 				return wrongType(param+".image_url", "object", lit)
 			default:
-				return members(body, val, func(key string, u span) error {
-					ulit := body[u.start:u.end]
+				return jsonscan.Members(body, val, func(key string, u jsonscan.Span) error {
+					ulit := body[u.Start:u.End]
 					switch {
 					case key != "url":
-						return caseVariant(key, param+".image_url."+key, "url")
 					case string(ulit) == "null":
 						part.hasURL = false
 					case ulit[0] != '"':
@@ -449,17 +415,18 @@ func readPart(body []byte, v span, param string) (contentPart, string, error) {
 			}
 		case "text":
 			textLit = lit
-		default:
-			return caseVariant(key, param+"."+key, "type", "image_url")
 		}
 		return nil
 	})
 	if err != nil {
 		return part, "", err
 	}
+	if err := exactFields(raw, reflect.TypeFor[partFields](), param); err != nil {
+		return part, "", err
+	}
 	var text string
 	if part.Type == "text" && len(textLit) > 0 && textLit[0] == '"' {
-		text, _ = unquote(textLit)
+		text, _ = jsonscan.Unquote(textLit)
 	}
 	return part, text, nil
 }
@@ -467,7 +434,7 @@ func readPart(body []byte, v span, param string) (contentPart, string, error) {
 // wrongType is the error for a value of the wrong JSON type, worded as
 // decodeJSON words encoding/json's.
 func wrongType(param, want string, got []byte) error {
-	return errs.InvalidParam(param, "%s has the wrong type: expected %s, got %s", param, want, kindOf(got))
+	return errs.InvalidParam(param, "%s has the wrong type: expected %s, got %s", param, want, jsonscan.Kind(got))
 }
 
 // isRemote reports whether an image URL is one the gateway must fetch.

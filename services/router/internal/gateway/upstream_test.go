@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -12,50 +13,6 @@ import (
 
 	"github.com/modelport/modelport/libs/errs"
 )
-
-// TestScanner: the in-place reading finds the values encoding/json finds,
-// escapes, nesting and the last of duplicate keys included.
-func TestScanner(t *testing.T) {
-	body := []byte(` { "a" : "x\"}]" , "b":[1, {"c":"]"}, [ ]], "\u0064":{"e":null}, "a": true } `)
-	var got []string
-	top := span{0, len(body)}
-	err := members(body, top, func(key string, v span) error {
-		got = append(got, key+"="+string(body[v.start:v.end]))
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []string{`a="x\"}]"`, `b=[1, {"c":"]"}, [ ]]`, `d={"e":null}`, `a=true`}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("members %q, want %q", got, want)
-	}
-	a, ok, err := member(body, top, "a")
-	if err != nil || !ok || string(body[a.start:a.end]) != "true" {
-		t.Errorf("member a = %q, %v, %v; want the last one, true", body[a.start:a.end], ok, err)
-	}
-	b, _, _ := member(body, top, "b")
-	var elems []string
-	if err := elements(body, b, func(i int, v span) error {
-		elems = append(elems, string(body[v.start:v.end]))
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if want := []string{`1`, `{"c":"]"}`, `[ ]`}; !reflect.DeepEqual(elems, want) {
-		t.Errorf("elements %q, want %q", elems, want)
-	}
-	for _, bad := range []string{`{"a":`, `{"a" 1}`, `{"a":"x}`, `[1,`} {
-		b := []byte(bad)
-		err := members(b, span{0, len(b)}, func(string, span) error { return nil })
-		if bad[0] == '[' {
-			err = elements(b, span{0, len(b)}, func(int, span) error { return nil })
-		}
-		if err == nil {
-			t.Errorf("%s: walked without an error", bad)
-		}
-	}
-}
 
 // TestUpstreamBody: the request for the engine is the client's bytes with
 // the fetched images spliced in as data URLs and stream_options set, read
@@ -323,4 +280,29 @@ func TestPromptTokens(t *testing.T) {
 	if n := countTokens(strings.Repeat(" hello", 1000)); n != 1000 {
 		t.Errorf("1000 hellos are %d tokens", n)
 	}
+}
+
+// TestParseDoesNotCopyImages: reading a request with a large inline image
+// allocates a small fraction of its size: content is read where it sits.
+func TestParseDoesNotCopyImages(t *testing.T) {
+	img := make([]byte, 12<<20)
+	body := []byte(`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"what is it?"},` +
+		`{"type":"image_url","image_url":{"url":"data:image/png;base64,` + base64.StdEncoding.EncodeToString(img) + `"}}]}],"stream":true}`)
+	if _, err := parseChat(body, 20<<20); err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	p, err := parseChat(body, 20<<20)
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allocated := after.TotalAlloc - before.TotalAlloc
+	t.Logf("a %d MiB request: %d KiB allocated to read it", len(body)>>20, allocated>>10)
+	if allocated > uint64(len(body))/10 {
+		t.Errorf("reading a %d MiB request allocated %d MiB", len(body)>>20, allocated>>20)
+	}
+	runtime.KeepAlive(p)
 }

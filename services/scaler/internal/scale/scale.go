@@ -135,6 +135,7 @@ func (s *Scaler) reconcile(ctx context.Context, load loadFunc) error {
 	now := s.now()
 	perService := map[string][]state.Placement{}
 	perWorker := map[string]int{}
+	used := map[string]int64{} // memory the placements hold, by worker
 	placed := map[string]bool{}
 	forgotten := map[string]bool{}
 	for _, p := range placements {
@@ -148,6 +149,7 @@ func (s *Scaler) reconcile(ctx context.Context, load loadFunc) error {
 		}
 		perService[p.ServiceID] = append(perService[p.ServiceID], p)
 		perWorker[p.WorkerID]++
+		used[p.WorkerID] += usedMemory(p)
 		placed[key] = true
 	}
 	// Records of dead workers' instances whose placements are already gone
@@ -190,10 +192,15 @@ func (s *Scaler) reconcile(ctx context.Context, load loadFunc) error {
 			delete(s.unplaceable, svc.ID)
 			continue
 		}
+		n := needOf(svc.Model)
 		for i := range missing {
-			w, ok := leastLoaded(workers, perWorker)
+			candidates, short := fitting(workers, n, used)
+			w, ok := leastLoaded(candidates, perWorker)
 			if !ok {
 				reason := fmt.Sprintf("no worker has room (%d live workers)", len(workers))
+				if short != "" {
+					reason = short
+				}
 				s.placementFailed(ctx, svc, want, want-missing+i, reason)
 				return errs.E(errs.Unavailable, "%s for service %s", reason, svc.ID)
 			}
@@ -201,6 +208,9 @@ func (s *Scaler) reconcile(ctx context.Context, load loadFunc) error {
 				return err
 			}
 			perWorker[w.ID]++
+			if n.gpus == 0 {
+				used[w.ID] += n.memory
+			}
 		}
 		delete(s.unplaceable, svc.ID)
 	}
@@ -388,14 +398,14 @@ func (s *Scaler) place(ctx context.Context, svc state.Service, workerID string) 
 	p := state.Placement{
 		InstanceID: uuid.NewString(), ServiceID: svc.ID, WorkerID: workerID,
 		AccessName: svc.AccessName, BaseModel: svc.BaseModel, Task: svc.Task, Engine: svc.Engine,
-		PlacedAt: s.now().UTC(),
+		PlacedAt: s.now().UTC(), Model: svc.Model,
 	}
 	if err := s.store.Place(ctx, p); err != nil {
 		return err
 	}
 	ev := events.InstancePlacedV1{
 		Meta: events.NewMeta(), InstanceID: p.InstanceID, ServiceID: p.ServiceID, WorkerID: p.WorkerID,
-		AccessName: p.AccessName, BaseModel: p.BaseModel, Task: p.Task, Engine: p.Engine,
+		AccessName: p.AccessName, BaseModel: p.BaseModel, Task: p.Task, Engine: p.Engine, Model: p.Model,
 	}
 	if err := s.pub.Publish(ctx, ev); err != nil {
 		// Without the event no worker starts it: take the slot back so the

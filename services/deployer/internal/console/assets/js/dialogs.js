@@ -50,6 +50,19 @@ function openDialog({ title, body, submitLabel, submitClass = 'btn-primary', sub
   });
 }
 
+// confirmDialog asks to confirm an action and runs it; an error keeps the
+// dialog open with the message. It resolves true when done, null when
+// cancelled.
+export function confirmDialog({ title, body, submitLabel, submitClass, submit }) {
+  return openDialog({
+    title, body, submitLabel, submitClass,
+    submit: async (form) => {
+      await submit(form);
+      return true;
+    },
+  });
+}
+
 // scaleDialog asks for a new instance count and scales the service.
 export function scaleDialog(api, store, svc) {
   const input = h('input', { type: 'number', min: '0', max: '64', step: '1', inputmode: 'numeric', required: true, value: String(svc.instances), name: 'instances' });

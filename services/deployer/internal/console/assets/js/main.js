@@ -2,7 +2,10 @@
 // store, and hash routes to the views.
 //
 //   #/services                    the service list
-//   #/deploy                      the deploy form
+//   #/deploy[?model=<name>]       the deploy form
+//   #/models                      the models the caller can deploy
+//   #/models/new                  register a model
+//   #/models/<name>               a model's details
 //   #/services/<id>               a service's details
 //   #/services/<id>/playground    try the service
 
@@ -14,6 +17,7 @@ import { renderList } from './views/list.js';
 import { renderDeploy } from './views/deploy.js';
 import { renderDetail } from './views/detail.js';
 import { renderPlayground } from './views/playground.js';
+import { renderModel, renderModels, renderRegister } from './views/models.js';
 
 const main = document.getElementById('main');
 const nav = document.querySelector('.topnav');
@@ -100,9 +104,19 @@ function route() {
   if (hash === '/services' || hash === '/signin' || hash === '/') {
     view = () => renderList(main, ctx);
     markNav('services');
-  } else if (hash === '/deploy') {
-    view = () => renderDeploy(main, ctx);
+  } else if (hash === '/deploy' || hash.startsWith('/deploy?')) {
+    const params = new URLSearchParams(hash.slice('/deploy'.length + 1));
+    view = () => renderDeploy(main, ctx, { model: params.get('model') || '' });
     markNav('deploy');
+  } else if (hash === '/models') {
+    view = () => renderModels(main, ctx);
+    markNav('models');
+  } else if (hash === '/models/new') {
+    view = () => renderRegister(main, ctx);
+    markNav('models');
+  } else if ((m = hash.match(/^\/models\/([^/]+)$/))) {
+    view = () => renderModel(main, ctx, decodeURIComponent(m[1]));
+    markNav('models');
   } else if ((m = hash.match(/^\/services\/([^/]+)\/playground$/))) {
     view = () => renderPlayground(main, ctx, decodeURIComponent(m[1]));
     markNav('services');

@@ -1,4 +1,9 @@
-package gateway
+// Package jsonscan walks JSON that has already been decoded once, to find
+// where values sit in it without copying them: the members of an object,
+// the elements of an array, each as a span of the input. It is for large
+// documents (requests of megabytes of inline images) that must be checked
+// and spliced rather than decoded again and again.
+package jsonscan
 
 import (
 	"bytes"
@@ -6,18 +11,15 @@ import (
 	"errors"
 )
 
-// The scanner below walks JSON the gateway has already decoded once
-// (decodeBody checks it is valid), to find where values sit in the body
-// without copying them: the content of each message, an image URL, the
-// stream options. Offsets are into the body, so the request for the
-// engine can be spliced together from the client's bytes.
+// ErrMalformed is JSON the scanner cannot walk. Callers check their JSON
+// first (encoding/json decodes it), so meeting it is a bug.
+var ErrMalformed = errors.New("malformed JSON")
 
-// errScan is JSON the scanner cannot walk; decodeBody refuses such bodies
-// first, so it is a bug if it reaches a client.
-var errScan = errors.New("malformed JSON")
+// Span is the value at b[Start:End].
+type Span struct{ Start, End int }
 
-// span is the value at b[start:end].
-type span struct{ start, end int }
+// All is the span of all of b.
+func All(b []byte) Span { return Span{0, len(b)} }
 
 // skipSpace returns the offset of the first byte at or after i that is
 // not JSON whitespace.
@@ -33,12 +35,12 @@ func skipSpace(b []byte, i int) int {
 	return i
 }
 
-// valueEnd returns the offset just past the JSON value that starts at i
+// ValueEnd returns the offset just past the JSON value that starts at i
 // (after any whitespace).
-func valueEnd(b []byte, i int) (int, error) {
+func ValueEnd(b []byte, i int) (int, error) {
 	i = skipSpace(b, i)
 	if i >= len(b) {
-		return 0, errScan
+		return 0, ErrMalformed
 	}
 	switch b[i] {
 	case '"':
@@ -64,7 +66,7 @@ func valueEnd(b []byte, i int) (int, error) {
 			}
 			i++
 		}
-		return 0, errScan
+		return 0, ErrMalformed
 	default: // a number, true, false or null
 		for i < len(b) {
 			switch b[i] {
@@ -88,99 +90,99 @@ func stringEnd(b []byte, i int) (int, error) {
 			return j + 1, nil
 		}
 	}
-	return 0, errScan
+	return 0, ErrMalformed
 }
 
-// members calls fn for each member of the object at v, in order, with its
+// Members calls fn for each member of the object at v, in order, with its
 // key as encoding/json reads it and its value's span. It stops at fn's
 // first error. A value that is not an object has no members.
-func members(b []byte, v span, fn func(key string, val span) error) error {
-	i := skipSpace(b, v.start)
-	if i >= v.end || b[i] != '{' {
+func Members(b []byte, v Span, fn func(key string, val Span) error) error {
+	i := skipSpace(b, v.Start)
+	if i >= v.End || b[i] != '{' {
 		return nil
 	}
 	i = skipSpace(b, i+1)
-	if i < v.end && b[i] == '}' {
+	if i < v.End && b[i] == '}' {
 		return nil
 	}
-	for i < v.end {
+	for i < v.End {
 		i = skipSpace(b, i)
-		if i >= v.end || b[i] != '"' {
-			return errScan
+		if i >= v.End || b[i] != '"' {
+			return ErrMalformed
 		}
 		kend, err := stringEnd(b, i)
 		if err != nil {
 			return err
 		}
-		key, err := unquote(b[i:kend])
+		key, err := Unquote(b[i:kend])
 		if err != nil {
 			return err
 		}
 		i = skipSpace(b, kend)
-		if i >= v.end || b[i] != ':' {
-			return errScan
+		if i >= v.End || b[i] != ':' {
+			return ErrMalformed
 		}
 		vstart := skipSpace(b, i+1)
-		vend, err := valueEnd(b, vstart)
+		vend, err := ValueEnd(b, vstart)
 		if err != nil {
 			return err
 		}
-		if err := fn(key, span{vstart, vend}); err != nil {
+		if err := fn(key, Span{vstart, vend}); err != nil {
 			return err
 		}
 		i = skipSpace(b, vend)
-		if i < v.end && b[i] == ',' {
+		if i < v.End && b[i] == ',' {
 			i++
 			continue
 		}
-		if i < v.end && b[i] == '}' {
+		if i < v.End && b[i] == '}' {
 			return nil
 		}
-		return errScan
+		return ErrMalformed
 	}
-	return errScan
+	return ErrMalformed
 }
 
-// elements calls fn for each element of the array at v, in order. A value
+// Elements calls fn for each element of the array at v, in order. A value
 // that is not an array has no elements.
-func elements(b []byte, v span, fn func(i int, val span) error) error {
-	i := skipSpace(b, v.start)
-	if i >= v.end || b[i] != '[' {
+func Elements(b []byte, v Span, fn func(i int, val Span) error) error {
+	i := skipSpace(b, v.Start)
+	if i >= v.End || b[i] != '[' {
 		return nil
 	}
 	i = skipSpace(b, i+1)
-	if i < v.end && b[i] == ']' {
+	if i < v.End && b[i] == ']' {
 		return nil
 	}
-	for n := 0; i < v.end; n++ {
+	for n := 0; i < v.End; n++ {
 		start := skipSpace(b, i)
-		end, err := valueEnd(b, start)
+		end, err := ValueEnd(b, start)
 		if err != nil {
 			return err
 		}
-		if err := fn(n, span{start, end}); err != nil {
+		if err := fn(n, Span{start, end}); err != nil {
 			return err
 		}
 		i = skipSpace(b, end)
-		if i < v.end && b[i] == ',' {
+		if i < v.End && b[i] == ',' {
 			i++
 			continue
 		}
-		if i < v.end && b[i] == ']' {
+		if i < v.End && b[i] == ']' {
 			return nil
 		}
-		return errScan
+		return ErrMalformed
 	}
-	return errScan
+	return ErrMalformed
 }
 
-// member returns the span of the last member named key of the object at
+// Member returns the span of the last member named key of the object at
 // v (encoding/json, like the engines' JSON readers, keeps the last of
 // duplicate keys), and whether there is one.
-func member(b []byte, v span, key string) (span, bool, error) {
-	var found span
+func Member(b []byte, v Span, key string) (Span, bool, error) {
+	var found Span
 	ok := false
-	err := members(b, v, func(k string, val span) error {
+	err := Members(b, v, func(k string, val Span) error {
 		if k == key {
 			found, ok = val, true
 		}
@@ -189,25 +191,25 @@ func member(b []byte, v span, key string) (span, bool, error) {
 	return found, ok, err
 }
 
-// unquote returns the text of the JSON string literal q. Without escapes
+// Unquote returns the text of the JSON string literal q. Without escapes
 // it is a plain conversion; with them, encoding/json decodes it.
-func unquote(q []byte) (string, error) {
+func Unquote(q []byte) (string, error) {
 	if len(q) < 2 || q[0] != '"' || q[len(q)-1] != '"' {
-		return "", errScan
+		return "", ErrMalformed
 	}
 	if bytes.IndexByte(q, '\\') < 0 {
 		return string(q[1 : len(q)-1]), nil
 	}
 	var s string
 	if err := json.Unmarshal(q, &s); err != nil {
-		return "", errScan
+		return "", ErrMalformed
 	}
 	return s, nil
 }
 
-// kindOf names the JSON type of the value starting at b[0], as
+// Kind names the JSON type of the value starting at b[0], as
 // encoding/json's type errors do.
-func kindOf(b []byte) string {
+func Kind(b []byte) string {
 	if len(b) == 0 {
 		return "value"
 	}
