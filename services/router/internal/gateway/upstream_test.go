@@ -285,7 +285,7 @@ func TestPromptTokens(t *testing.T) {
 // TestParseDoesNotCopyImages: reading a request with a large inline image
 // allocates a small fraction of its size: content is read where it sits.
 func TestParseDoesNotCopyImages(t *testing.T) {
-	img := make([]byte, 12<<20)
+	img := make([]byte, 3<<20)
 	body := []byte(`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"what is it?"},` +
 		`{"type":"image_url","image_url":{"url":"data:image/png;base64,` + base64.StdEncoding.EncodeToString(img) + `"}}]}],"stream":true}`)
 	if _, err := parseChat(body, 20<<20); err != nil {
