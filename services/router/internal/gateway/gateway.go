@@ -254,8 +254,9 @@ func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, r
 		}
 	}()
 	var tried []string
+	again := false // the instance tried may be tried again if it is the only one
 	for {
-		ep, release, err := g.pick(ctx, svc, tried)
+		ep, release, err := g.pick(ctx, svc, tried, again)
 		if err != nil {
 			return nil, err
 		}
@@ -280,6 +281,12 @@ func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, r
 			if !ee.Sent && len(tried) == 0 {
 				g.log.WarnContext(ctx, "instance not reached; trying another", "instance_id", ep.Instance.ID, "err", err)
 				tried = append(tried, ep.Instance.ID)
+				// A connection refused or dropped at once (a burst of new
+				// connections, an engine restarting) may be tried again on
+				// the same instance when there is no other; one that timed
+				// out would only make the client wait twice as long.
+				var t interface{ Timeout() bool }
+				again = !(errors.As(err, &t) && t.Timeout())
 				continue
 			}
 			if ee.Sent {
@@ -345,12 +352,15 @@ func (p *payload) sent() {
 
 // pick returns an instance for a request to svc, not one of tried: on the
 // first try the least loaded, holding the request until one is ready; on
-// a retry another one now, or none.
-func (g *Gateway) pick(ctx context.Context, svc state.Service, tried []string) (*routing.Endpoint, func(), error) {
+// a retry another one now, else, when again, one of tried, else none.
+func (g *Gateway) pick(ctx context.Context, svc state.Service, tried []string, again bool) (*routing.Endpoint, func(), error) {
 	unavailable := &errs.Error{Kind: errs.Unavailable, RetryAfter: time.Second,
 		Msg: fmt.Sprintf("service %s has no ready instance (it is %s); retry shortly", svc.AccessName, svc.Status)}
 	if len(tried) > 0 {
 		ep, release, ok := g.table.Pick(svc.ID, tried...)
+		if !ok && again {
+			ep, release, ok = g.table.Pick(svc.ID)
+		}
 		if !ok {
 			return nil, nil, unavailable
 		}

@@ -546,7 +546,8 @@ func TestChatCompletionRetry(t *testing.T) {
 		{name: "first unreachable, other order", down: []string{a2}, instances: []string{"i-a1", "i-a2"}, hold: "i-a1", wantCalls: 2, wantLast: a1},
 		{name: "healthy one picked first", down: []string{a1}, instances: []string{"i-a1", "i-a2"}, hold: "i-a1", wantCalls: 1, wantLast: a2},
 		{name: "both unreachable", down: []string{a1, a2}, instances: []string{"i-a1", "i-a2"}, wantErr: true, wantKind: errs.Unavailable, wantCalls: 2},
-		{name: "only instance unreachable", down: []string{a1}, instances: []string{"i-a1"}, wantErr: true, wantKind: errs.Unavailable, wantCalls: 1},
+		// Refused at once, by the only instance: tried once more there.
+		{name: "only instance unreachable", down: []string{a1}, instances: []string{"i-a1"}, wantErr: true, wantKind: errs.Unavailable, wantCalls: 2},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -577,8 +578,8 @@ func TestChatCompletionRetry(t *testing.T) {
 				if got, want := len(calls), tc.wantCalls; got != want {
 					t.Fatalf("engine called %d times (%v), want %d", got, calls, want)
 				}
-				if len(calls) == 2 && calls[0] == calls[1] {
-					t.Fatalf("retried on the same instance %s", calls[0])
+				if len(calls) == 2 && calls[0] == calls[1] && len(tc.instances) > 1 {
+					t.Fatalf("retried on the same instance %s with another one there", calls[0])
 				}
 				if tc.wantErr {
 					checkErr(t, err, tc.wantKind, "")
@@ -884,4 +885,36 @@ type engineFunc func(ctx context.Context) (int, io.ReadCloser, error)
 
 func (f engineFunc) Open(ctx context.Context, _, _ string, _ []byte, _ func()) (int, io.ReadCloser, error) {
 	return f(ctx)
+}
+
+// timedOut is a connection attempt that timed out.
+type timedOut struct{}
+
+func (timedOut) Error() string { return "dial tcp 10.0.0.7:9100: i/o timeout" }
+func (timedOut) Timeout() bool { return true }
+
+// TestRetryTheOnlyInstance: a request the only instance refused at once
+// is tried there once more (it never started); one whose connection timed
+// out is not, so the client does not wait twice.
+func TestRetryTheOnlyInstance(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		cause     error
+		wantCalls int
+	}{
+		{name: "refused", cause: errors.New("connection refused"), wantCalls: 2},
+		{name: "timed out", cause: timedOut{}, wantCalls: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture()
+			f.table.DeleteInstance(aliceChat.ID, "i-a2")
+			a1 := instance(aliceChat, "i-a1").Endpoint
+			f.eng.set(a1, answer{err: &gateway.EngineError{Faulty: true, Err: errs.Wrap(errs.Unavailable, tc.cause, "engine unreachable")}})
+			_, err := complete(f.g, context.Background(), alice, "req-1", chatBody(aliceChat.AccessName))
+			checkErr(t, err, errs.Unavailable, "")
+			if got := len(f.eng.endpoints()); got != tc.wantCalls {
+				t.Errorf("engine called %d times, want %d", got, tc.wantCalls)
+			}
+		})
+	}
 }
