@@ -33,7 +33,8 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 	requests := fs.Int("requests", 3000, "requests per scenario at the highest concurrency")
 	out := fs.String("out", "", "write the report (markdown) to this file")
 	realEngine := fs.Bool("engine", true, "also measure a real engine: Ollama (`make engines`) serving a tiny model")
-	only := fs.String("only", "", "run only this section: latency, lifecycle, prefix-routing, engine or billing")
+	routerBin := fs.String("router-bin", "", "the router binary for the hostile image scenario (default: router beside this binary)")
+	only := fs.String("only", "", "run only this section: latency, lifecycle, prefix-routing, hostile-images, engine or billing")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -54,8 +55,8 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 		"MODELPORT_AUTOSCALE_INTERVAL":   "100ms",
 		"MODELPORT_LOAD_REPORT_INTERVAL": "100ms",
 	}
-	if *realEngine {
-		engineSettings, err := benchEngineSetup(dir)
+	if *realEngine && run("engine") {
+		engineSettings, err := benchEngineSetup()
 		if err != nil {
 			return err
 		}
@@ -137,8 +138,11 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		life += section
 	}
+	if run("hostile-images") {
+		life += benchHostileImages(ctx, &http.Client{Timeout: 5 * time.Minute}, p, key, *routerBin)
+	}
 	if *realEngine && run("engine") {
-		section, err := benchEngine(ctx, client, p.BaseURL, key)
+		section, err := benchEngine(ctx, client, p.BaseURL, key, p.ModelDirs[0])
 		if err != nil {
 			return fmt.Errorf("real engine: %w", err)
 		}
