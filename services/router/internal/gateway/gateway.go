@@ -434,6 +434,8 @@ func (b *idleBody) Close() error {
 // tokens to the rate limits. Usage is recorded before the client has the
 // whole answer, and the event ID makes a retried publish count once.
 func (g *Gateway) meter(ctx context.Context, c Call, svc state.Service, inst state.Instance, endpoint string, status int, u Usage, started time.Time) error {
+	// An engine's cached count is at most its prompt, never negative.
+	u.PromptTokensDetails.CachedTokens = min(max(u.PromptTokensDetails.CachedTokens, 0), u.PromptTokens)
 	if g.Limits != nil {
 		// The engine did the work whether or not the event is stored.
 		g.Limits.Charge(c.Caller.ID, svc.ID, u.PromptTokens+u.CompletionTokens)
@@ -446,7 +448,7 @@ func (g *Gateway) meter(ctx context.Context, c Call, svc state.Service, inst sta
 		AccessName: svc.AccessName, BaseModel: svc.BaseModel, APIKeyID: c.Caller.ID, InstanceID: inst.ID,
 		Endpoint: endpoint, Status: status,
 		PromptTokens: u.PromptTokens, CompletionTokens: u.CompletionTokens, TotalTokens: u.PromptTokens + u.CompletionTokens,
-		CachedTokens: min(max(u.PromptTokensDetails.CachedTokens, 0), u.PromptTokens),
+		CachedTokens: u.PromptTokensDetails.CachedTokens,
 		StartedAt:    started, FinishedAt: time.Now().UTC(),
 	}
 	if err := g.pub.Publish(context.WithoutCancel(ctx), ev); err != nil {

@@ -2,11 +2,14 @@ package gateway_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/services/router/internal/gateway"
@@ -100,4 +103,108 @@ func TestUsageEventCarriesCachedTokens(t *testing.T) {
 		want.PromptTokensDetails.CachedTokens = 4
 		checkEvents(t, f.pub, instanceOf(eng.requests()[0].endpoint), 200, want)
 	})
+}
+
+// A service routed by prefix-affinity keeps the retry rules: a request
+// that never reached its home is tried on the other instance, and the next
+// turn goes home again unless the home was at fault (then it is out of
+// rotation for a while); one that reached its home is not sent again.
+func TestPrefixAffinityRetriesOnlyWhatNeverStarted(t *testing.T) {
+	failure := func(kind errs.Kind, sent, faulty bool) answer {
+		return answer{err: &gateway.EngineError{Sent: sent, Faulty: faulty, Err: errs.E(kind, "engine trouble")}}
+	}
+	tests := []struct {
+		name      string
+		first     answer
+		wantCalls int
+		wantKind  errs.Kind // 0: answered
+		wantHome  bool      // the next turn goes home
+	}{
+		{name: "never reached, home at fault", first: failure(errs.Unavailable, false, true), wantCalls: 2},
+		{name: "never reached, stale connection", first: failure(errs.Unavailable, false, false), wantCalls: 2, wantHome: true},
+		{name: "the engine's own 503", first: answer{status: 503, body: `{"error":{"message":"loading the model","type":"unavailable_error"}}`}, wantCalls: 2},
+		{name: "reached, then reset", first: failure(errs.Upstream, true, true), wantCalls: 1, wantKind: errs.Upstream},
+		{name: "reached on a reused connection, then reset", first: failure(errs.Upstream, true, false), wantCalls: 1, wantKind: errs.Upstream, wantHome: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture()
+			svc := aliceChat
+			svc.RoutingPolicy = state.RoutingPrefixAffinity
+			f.table.PutService(svc)
+			if _, err := complete(f.g, context.Background(), alice, "req-0", turnBody(svc.AccessName, 7, 0)); err != nil {
+				t.Fatal(err)
+			}
+			home := f.eng.endpoints()[0]
+
+			f.eng.set(home, tc.first)
+			_, err := complete(f.g, context.Background(), alice, "req-1", turnBody(svc.AccessName, 7, 1))
+			if tc.wantKind == 0 && err != nil || tc.wantKind != 0 && errs.KindOf(err) != tc.wantKind {
+				t.Errorf("err %v, want kind %v", err, tc.wantKind)
+			}
+			calls := f.eng.endpoints()[1:]
+			if len(calls) != tc.wantCalls {
+				t.Fatalf("engine called %d times (%v), want %d", len(calls), calls, tc.wantCalls)
+			}
+			if calls[0] != home || len(calls) == 2 && calls[1] == home {
+				t.Errorf("tried %v; want home %s first, then the other instance", calls, home)
+			}
+
+			f.eng.set(home, answer{status: 200, body: completion})
+			if _, err := complete(f.g, context.Background(), alice, "req-2", turnBody(svc.AccessName, 7, 2)); err != nil {
+				t.Fatal(err)
+			}
+			eps := f.eng.endpoints()
+			if got := eps[len(eps)-1] == home; got != tc.wantHome {
+				t.Errorf("next turn went home: %v, want %v", got, tc.wantHome)
+			}
+		})
+	}
+}
+
+// Cached prompt tokens survive every way a stream ends: the usage the
+// engine reported last is metered with the status of the ending.
+func TestCachedTokensOnEveryStreamExit(t *testing.T) {
+	withCache := func(chunk, total string) string {
+		return strings.Replace(chunk, `"total_tokens":`+total+`}`, `"total_tokens":`+total+`,"prompt_tokens_details":{"cached_tokens":8}}`, 1)
+	}
+	sent := sse(withCache(chunkRole, "12"), withCache(chunkText, "13"))
+	want := gateway.Usage{PromptTokens: 12, CompletionTokens: 1}
+	want.PromptTokensDetails.CachedTokens = 8
+	tests := []struct {
+		name       string
+		body       bodyFunc
+		idle       time.Duration
+		clientGone bool
+		wantStatus int
+	}{
+		{name: "engine ends without [DONE]", body: text(sent), wantStatus: 502},
+		{name: "engine connection breaks", body: failAfter(sent, errors.New("connection reset by peer")), wantStatus: 502},
+		{name: "engine goes silent", body: hangAfter(sent), idle: 50 * time.Millisecond, wantStatus: 504},
+		{name: "client goes away", body: hangAfter(sent), clientGone: true, wantStatus: 499},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f, eng := newScriptFixture(tc.body)
+			f.g.IdleTimeout = tc.idle
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			s := openStream(t, f.g, ctx, alice, streamBody(aliceChat.AccessName, ""))
+			for i := range 2 {
+				if _, err := s.Next(); err != nil {
+					t.Fatalf("chunk %d: %v", i, err)
+				}
+			}
+			if tc.clientGone {
+				cancel()
+			}
+			if _, err := s.Next(); err == nil || err == io.EOF {
+				t.Fatalf("stream went on (%v), want it cut short", err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			checkEvents(t, f.pub, instanceOf(eng.requests()[0].endpoint), tc.wantStatus, want)
+		})
+	}
 }

@@ -1,10 +1,12 @@
 package routing_test
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/services/router/internal/routing"
@@ -334,4 +336,75 @@ func BenchmarkRoute(b *testing.B) {
 			})
 		}
 	}
+}
+
+// Requests that wait for an instance are routed by the service's policy
+// too: a conversation's turns acquired while instances are up go home,
+// and a request held until the service's instances come up is handed to
+// its home, not to the least loaded.
+func TestAcquireRoutesByThePolicy(t *testing.T) {
+	t.Run("instances up", func(t *testing.T) {
+		tb := tableOf(state.RoutingPrefixAffinity, 3)
+		for i := range 4 {
+			c := newConversation(systemPrompt(i), i)
+			home := route(t, tb, c.turn(0))
+			for k := range 5 {
+				e, release, err := tb.Acquire(context.Background(), "s1", c.turn(k), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				release()
+				if e.Instance.ID != home {
+					t.Fatalf("conversation %d: turn %d acquired %s, its home is %s", i, k, e.Instance.ID, home)
+				}
+			}
+		}
+	})
+
+	t.Run("held", func(t *testing.T) {
+		// A conversation at home on i0 of i0 and i1.
+		homes := tableOf(state.RoutingPrefixAffinity, 2)
+		var c *conversation
+		for i := 0; c == nil; i++ {
+			if cand := newConversation(systemPrompt(i), i); route(t, homes, cand.turn(0)) == "i0" {
+				c = cand
+			}
+		}
+		tb := routing.NewTable()
+		tb.SpreadWait = time.Minute
+		svc := withPolicy("s1", state.RoutingPrefixAffinity)
+		svc.Instances = 2
+		tb.PutService(svc)
+		got := make(chan acquired, 2)
+		for i, r := range []routing.Request{newConversation(systemPrompt(-1), -1).turn(0), c.turn(1)} {
+			held := make(chan struct{})
+			go func() {
+				e, release, err := tb.Acquire(context.Background(), "s1", r, func() { close(held) })
+				a := acquired{order: i, release: release, err: err}
+				if err == nil {
+					a.instance = e.Instance.ID
+				}
+				got <- a
+			}()
+			select {
+			case <-held:
+			case <-time.After(5 * time.Second):
+				t.Fatalf("request %d not held", i)
+			}
+		}
+		// i0 comes first and takes its share, the first request; i1
+		// comes and the second is handed out with i0 busier.
+		tb.PutInstance(ready("s1", "i0"))
+		first := <-got
+		defer first.release()
+		tb.PutInstance(ready("s1", "i1"))
+		second := <-got
+		if second.err != nil {
+			t.Fatal(second.err)
+		}
+		defer second.release()
+		if first.instance != "i0" || second.instance != "i0" {
+			t.Errorf("held requests went to %s and %s; want i0, the only one up, then i0, the second's home", first.instance, second.instance)
+		}
+	})
 }
