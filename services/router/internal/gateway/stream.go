@@ -36,6 +36,7 @@ type Stream struct {
 	sawUsage bool
 	chunks   int // chunks with content, for an engine that reports no usage
 	finished bool
+	billed   Usage       // what Close recorded
 	idled    bool        // ended for sending nothing for the idle timeout
 	gone     atomic.Bool // the client went away
 	once     sync.Once
@@ -179,9 +180,26 @@ func (s *Stream) Close() error {
 				"service_id", s.svc.ID, "status", status, "content_chunks", s.chunks)
 			u = Usage{PromptTokens: s.prompt.tokens(), CompletionTokens: s.chunks}
 		}
+		u.TotalTokens = u.PromptTokens + u.CompletionTokens
+		s.billed = u
 		err = s.g.meter(s.ctx, s.call, s.svc, s.up.instance, chatEndpoint, status, u, s.started)
 	})
 	return err
+}
+
+// UsageChunk is the last chunk of a stream that ended early, for a
+// client that asked for usage (stream_options.include_usage): what Close
+// billed, so that the client knows it before the error event. It is nil
+// where the client did not ask, and must be called after Close.
+func (s *Stream) UsageChunk() []byte {
+	if !s.opts.IncludeUsage {
+		return nil
+	}
+	b, _ := marshal(map[string]any{
+		"id": s.id, "object": "chat.completion.chunk", "created": s.started.Unix(),
+		"model": s.svc.AccessName, "choices": []any{}, "usage": s.billed,
+	})
+	return b
 }
 
 // maxEvent bounds one server-sent event from an engine, so an engine
