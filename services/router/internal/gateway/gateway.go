@@ -434,8 +434,7 @@ func (b *idleBody) Close() error {
 // tokens to the rate limits. Usage is recorded before the client has the
 // whole answer, and the event ID makes a retried publish count once.
 func (g *Gateway) meter(ctx context.Context, c Call, svc state.Service, inst state.Instance, endpoint string, status int, u Usage, started time.Time) error {
-	// An engine's cached count is at most its prompt, never negative.
-	u.PromptTokensDetails.CachedTokens = min(max(u.PromptTokensDetails.CachedTokens, 0), u.PromptTokens)
+	u = u.billable()
 	if g.Limits != nil {
 		// The engine did the work whether or not the event is stored.
 		g.Limits.Charge(c.Caller.ID, svc.ID, u.PromptTokens+u.CompletionTokens)
@@ -464,10 +463,18 @@ type Usage struct {
 	CompletionTokens int `json:"completion_tokens"`
 	TotalTokens      int `json:"total_tokens"`
 	// PromptTokensDetails.CachedTokens is how many prompt tokens the
-	// engine found in its prefix cache, where it says.
+	// engine found in its prefix cache, where it says; left out of the
+	// JSON when none.
 	PromptTokensDetails struct {
 		CachedTokens int `json:"cached_tokens"`
-	} `json:"prompt_tokens_details"`
+	} `json:"prompt_tokens_details,omitzero"`
+}
+
+// billable returns u as it is metered: an engine's cached count is at
+// most its prompt, and never negative.
+func (u Usage) billable() Usage {
+	u.PromptTokensDetails.CachedTokens = min(max(u.PromptTokensDetails.CachedTokens, 0), u.PromptTokens)
+	return u
 }
 
 // Models lists the services caller may call, as OpenAI model objects.

@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -163,7 +164,10 @@ func TestPrefixAffinityRetriesOnlyWhatNeverStarted(t *testing.T) {
 }
 
 // Cached prompt tokens survive every way a stream ends: the usage the
-// engine reported last is metered with the status of the ending.
+// engine reported last is metered with the status of the ending, and the
+// usage chunk a client that asked for usage gets before the error event
+// says them too. Where the engine reported no usage, the chunk claims no
+// cached tokens.
 func TestCachedTokensOnEveryStreamExit(t *testing.T) {
 	withCache := func(chunk, total string) string {
 		return strings.Replace(chunk, `"total_tokens":`+total+`}`, `"total_tokens":`+total+`,"prompt_tokens_details":{"cached_tokens":8}}`, 1)
@@ -189,7 +193,7 @@ func TestCachedTokensOnEveryStreamExit(t *testing.T) {
 			f.g.IdleTimeout = tc.idle
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			s := openStream(t, f.g, ctx, alice, streamBody(aliceChat.AccessName, ""))
+			s := openStream(t, f.g, ctx, alice, streamBody(aliceChat.AccessName, `,"stream_options":{"include_usage":true}`))
 			for i := range 2 {
 				if _, err := s.Next(); err != nil {
 					t.Fatalf("chunk %d: %v", i, err)
@@ -205,6 +209,44 @@ func TestCachedTokensOnEveryStreamExit(t *testing.T) {
 				t.Fatal(err)
 			}
 			checkEvents(t, f.pub, instanceOf(eng.requests()[0].endpoint), tc.wantStatus, want)
+			var chunk struct {
+				Usage gateway.Usage `json:"usage"`
+			}
+			if err := json.Unmarshal(s.UsageChunk(), &chunk); err != nil || chunk.Usage.PromptTokensDetails.CachedTokens != 8 {
+				t.Errorf("usage chunk %s (%v); want 8 cached tokens", s.UsageChunk(), err)
+			}
 		})
 	}
+
+	t.Run("engine reports more cached than the prompt", func(t *testing.T) {
+		f, eng := newScriptFixture(text(sse(strings.Replace(chunkRole, `"total_tokens":12}`, `"total_tokens":12,"prompt_tokens_details":{"cached_tokens":99}}`, 1))))
+		s := openStream(t, f.g, context.Background(), alice, streamBody(aliceChat.AccessName, `,"stream_options":{"include_usage":true}`))
+		if _, err := drain(t, s); err == nil || err == io.EOF {
+			t.Fatalf("stream ended with %v, want it cut short", err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		want := gateway.Usage{PromptTokens: 12}
+		want.PromptTokensDetails.CachedTokens = 12
+		checkEvents(t, f.pub, instanceOf(eng.requests()[0].endpoint), 502, want)
+		if c := s.UsageChunk(); !strings.Contains(string(c), `"prompt_tokens_details":{"cached_tokens":12}`) {
+			t.Errorf("usage chunk %s; want the 12 cached tokens billed", c)
+		}
+	})
+
+	t.Run("engine reports no usage", func(t *testing.T) {
+		noUsage := `{"id":"e","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}`
+		f, _ := newScriptFixture(text(sse(noUsage)))
+		s := openStream(t, f.g, context.Background(), alice, streamBody(aliceChat.AccessName, `,"stream_options":{"include_usage":true}`))
+		if _, err := drain(t, s); err == nil || err == io.EOF {
+			t.Fatalf("stream ended with %v, want it cut short", err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if c := s.UsageChunk(); !strings.Contains(string(c), `"prompt_tokens"`) || strings.Contains(string(c), "cached_tokens") {
+			t.Errorf("usage chunk %s; want the counted tokens and no cached tokens", c)
+		}
+	})
 }

@@ -181,6 +181,7 @@ func (s *Stream) Close() error {
 			u = Usage{PromptTokens: s.prompt.tokens(), CompletionTokens: s.chunks}
 		}
 		u.TotalTokens = u.PromptTokens + u.CompletionTokens
+		u = u.billable()
 		s.billed = u
 		err = s.g.meter(s.ctx, s.call, s.svc, s.up.instance, chatEndpoint, status, u, s.started)
 	})
