@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,10 +17,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/config"
 	"github.com/modelport/modelport/libs/events"
+	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/telemetry"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -105,14 +107,16 @@ func benchPrefixRouting(ctx context.Context, w chatWorkload) (string, error) {
 		return "", err
 	}
 	defer p.Close(context.WithoutCancel(ctx))
-	nc, err := nats.Connect(p.NATSURL)
+	// The usage events are read as people follow them: by the read-only
+	// identity, with message gets.
+	nc, js, err := natsx.Connect(p.NATSURL, access.EventsReader, log, natsx.NKeyFile(access.SeedFile(p.NATSCreds, access.EventsReader)))
 	if err != nil {
 		return "", err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
+	usage, err := js.Stream(ctx, events.StreamUsage)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("the usage stream: %w", err)
 	}
 	client := &http.Client{Transport: &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256}}
 	convs := w.conversations()
@@ -121,7 +125,7 @@ func benchPrefixRouting(ctx context.Context, w chatWorkload) (string, error) {
 	// memo of encoded system prompts, which its instances share.
 	warm := w
 	warm.Turns, warm.ThinkMin, warm.ThinkMax = 1, 0, 0
-	if _, err := runPolicy(ctx, client, js, p.BaseURL, key, "warm-up", "least-outstanding", warm, convs); err != nil {
+	if _, err := runPolicy(ctx, client, usage, p.BaseURL, key, "warm-up", "least-outstanding", warm, convs); err != nil {
 		return "", fmt.Errorf("warm-up: %w", err)
 	}
 	// Two runs per policy, interleaved; the better of each is kept, to damp
@@ -129,7 +133,7 @@ func benchPrefixRouting(ctx context.Context, w chatWorkload) (string, error) {
 	results := make([]routingResult, len(routingPolicies))
 	for round := range 2 {
 		for i, policy := range routingPolicies {
-			r, err := runPolicy(ctx, client, js, p.BaseURL, key, fmt.Sprintf("chat-%s-%d", policy, round), policy, w, convs)
+			r, err := runPolicy(ctx, client, usage, p.BaseURL, key, fmt.Sprintf("chat-%s-%d", policy, round), policy, w, convs)
 			if err != nil {
 				return "", fmt.Errorf("%s: %w", policy, err)
 			}
@@ -201,7 +205,7 @@ type turn struct {
 
 // runPolicy deploys a four-instance service routed by policy, runs the
 // workload on it, reads its usage events and deletes it.
-func runPolicy(ctx context.Context, c *http.Client, js jetstream.JetStream, base, key, name, policy string, w chatWorkload, convs []conversation) (routingResult, error) {
+func runPolicy(ctx context.Context, c *http.Client, usage jetstream.Stream, base, key, name, policy string, w chatWorkload, convs []conversation) (routingResult, error) {
 	var svc struct {
 		ID         string `json:"id"`
 		AccessName string `json:"access_name"`
@@ -249,7 +253,7 @@ func runPolicy(ctx context.Context, c *http.Client, js jetstream.JetStream, base
 	q := func(f float64) time.Duration { return ttfts[min(len(ttfts)-1, int(f*float64(len(ttfts))))] }
 	r.p50, r.p99 = q(0.50), q(0.99)
 	var err error
-	if r.instances, err = instanceShares(ctx, js, svc.ID, len(turns), elapsed); err != nil {
+	if r.instances, err = instanceShares(ctx, usage, svc.ID, len(turns), started, elapsed); err != nil {
 		return routingResult{}, err
 	}
 	var load, reqs float64
@@ -385,46 +389,48 @@ func streamTurn(ctx context.Context, c *http.Client, url, key string, body []byt
 	return turn{}, "", fmt.Errorf("stream ended without [DONE]: %v", sc.Err())
 }
 
-// instanceShares reads a service's n usage events from the USAGE stream
-// and sums them per instance: requests, and requests in flight on
-// average over elapsed.
-func instanceShares(ctx context.Context, js jetstream.JetStream, serviceID string, n int, elapsed time.Duration) ([]instanceShare, error) {
+// instanceShares reads a service's n usage events, stored since started,
+// from the usage stream and sums them per instance: requests, and
+// requests in flight on average over elapsed.
+func instanceShares(ctx context.Context, usage jetstream.Stream, serviceID string, n int, started time.Time, elapsed time.Duration) ([]instanceShare, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cons, err := js.OrderedConsumer(ctx, events.StreamUsage, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.SubjectRequestCompletedV1}})
+	r, err := natsx.NewStreamReader(ctx, usage, started)
 	if err != nil {
 		return nil, err
 	}
 	by := map[string]*instanceShare{}
 	seen := map[string]bool{}
 	for len(seen) < n {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(time.Second))
-		if err != nil {
+		msg, err := r.Next(ctx)
+		switch {
+		case errors.Is(err, natsx.ErrCaughtUp):
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("found %d of the %d usage events of service %s", len(seen), n, serviceID)
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		case err != nil:
+			return nil, err
+		case msg.Subject != events.SubjectRequestCompletedV1:
+			continue
+		}
+		var ev events.RequestCompletedV1
+		if err := json.Unmarshal(msg.Data, &ev); err != nil {
 			return nil, err
 		}
-		for msg := range batch.Messages() {
-			var ev events.RequestCompletedV1
-			if err := json.Unmarshal(msg.Data(), &ev); err != nil {
-				return nil, err
-			}
-			if ev.ServiceID != serviceID || seen[ev.ID] {
-				continue
-			}
-			seen[ev.ID] = true
-			s := by[ev.InstanceID]
-			if s == nil {
-				s = &instanceShare{id: ev.InstanceID}
-				by[ev.InstanceID] = s
-			}
-			s.requests++
-			s.load += float64(ev.FinishedAt.Sub(ev.StartedAt)) / float64(elapsed)
+		if ev.ServiceID != serviceID || seen[ev.ID] {
+			continue
 		}
-		if err := batch.Error(); err != nil {
-			return nil, err
+		seen[ev.ID] = true
+		s := by[ev.InstanceID]
+		if s == nil {
+			s = &instanceShare{id: ev.InstanceID}
+			by[ev.InstanceID] = s
 		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("found %d of the %d usage events of service %s", len(seen), n, serviceID)
-		}
+		s.requests++
+		s.load += float64(ev.FinishedAt.Sub(ev.StartedAt)) / float64(elapsed)
 	}
 	var out []instanceShare
 	for _, s := range by {
