@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -31,7 +32,7 @@ type streamResult struct {
 	content    int    // content chunks: one token each from the simulator
 	prompt     int    // usage.prompt_tokens of the final chunk, if any
 	completion int    // usage.completion_tokens of the final chunk, if any
-	errMessage string // the message of an error event
+	errMessage string // the message of an error event, or of the error that refused the request
 	done       bool   // data: [DONE]
 	readErr    error  // the connection failed without an error event
 }
@@ -62,6 +63,14 @@ func streamChatBody(ctx context.Context, client *http.Client, base string, body 
 	defer resp.Body.Close()
 	r := streamResult{status: resp.StatusCode}
 	if resp.StatusCode != 200 {
+		// The error's message, for a test that reports the failure.
+		var e struct {
+			Error struct {
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		_ = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e)
+		r.errMessage = e.Error.Message
 		return r
 	}
 	sc := bufio.NewScanner(resp.Body)
