@@ -30,6 +30,7 @@ func (s *Simulator) Start(_ context.Context, spec Spec) (Instance, error) {
 	srv := simulator.Start(simulator.Config{
 		ServedName:        spec.ServedName,
 		BaseModel:         spec.BaseModel,
+		Dimensions:        spec.Dimensions,
 		TimeToFirstToken:  s.TimeToFirstToken,
 		InterTokenLatency: s.InterTokenLatency,
 	}, ln)

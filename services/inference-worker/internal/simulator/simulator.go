@@ -17,6 +17,10 @@
 //	POST /v1/chat/completions   (stream, n, stop, tools, response_format,
 //	                             logprobs, image inputs)
 //	POST /v1/images/generations (b64_json PNGs)
+//	POST /v1/completions        (legacy text completions: stream, n, stop,
+//	                             a prompt or a batch of them)
+//	POST /v1/embeddings         (unit vectors drawn from the input, float
+//	                             or base64, dimensions)
 //
 // For tests of what sits in front of an engine, Config shapes load (a
 // concurrency limit with a bounded queue) and injects failures (errors, a
@@ -52,6 +56,9 @@ type Config struct {
 	// completion token; an image generation waits TimeToFirstToken.
 	TimeToFirstToken  time.Duration
 	InterTokenLatency time.Duration
+	// Dimensions is the length of the embedding vectors the instance
+	// answers with; 0: DefaultDimensions.
+	Dimensions int
 
 	// MaxConcurrent bounds the chat and image requests being answered at
 	// once; 0 is unlimited. Up to MaxQueue more wait for a slot, or until
@@ -111,6 +118,8 @@ type Model struct {
 //	GET  /v1/models
 //	POST /v1/chat/completions
 //	POST /v1/images/generations
+//	POST /v1/completions
+//	POST /v1/embeddings
 //
 // Its SlowStart counts from now.
 func New(cfg Config) *Server {
@@ -132,6 +141,8 @@ func New(cfg Config) *Server {
 	mux.Handle("GET /v1/models", s.loaded(http.HandlerFunc(s.listModels)))
 	mux.Handle("POST /v1/chat/completions", s.loaded(s.shaped(http.HandlerFunc(s.chat))))
 	mux.Handle("POST /v1/images/generations", s.loaded(s.shaped(http.HandlerFunc(s.imageGenerations))))
+	mux.Handle("POST /v1/completions", s.loaded(s.shaped(http.HandlerFunc(s.completions))))
+	mux.Handle("POST /v1/embeddings", s.loaded(s.shaped(http.HandlerFunc(s.embeddings))))
 	s.handler = mux
 	return s
 }

@@ -21,16 +21,18 @@ import (
 // client. Next yields the chunks to send; Close records the usage. It is
 // used by one goroutine, but for ClientGone.
 type Stream struct {
-	g       *Gateway
-	ctx     context.Context
-	call    Call // the caller and request ID; the body is gone
-	svc     state.Service
-	up      *upstream
-	id      string
-	started time.Time
-	opts    streamOptions // what the client asked for
-	prompt  *prompt       // for the prompt's tokens, when the engine gives none
-	lines   *lineReader
+	g    *Gateway
+	ctx  context.Context
+	call Call // the caller and request ID; the body is gone
+	svc  state.Service
+	up   *upstream
+	// endpoint is the API path metered: chat or legacy completions.
+	endpoint string
+	id       string
+	started  time.Time
+	opts     streamOptions // what the client asked for
+	prompt   promptCounter // for the prompt's tokens, when the engine gives none
+	lines    *lineReader
 
 	usage    Usage
 	sawUsage bool
@@ -132,10 +134,11 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 }
 
 // hasContent reports whether a chunk's choices carry generated content:
-// text, reasoning or tool calls, as opposed to the role-only chunk engines
+// text (a chat delta's or a legacy completion's), reasoning or tool calls, as opposed to the role-only chunk engines
 // send first or the empty delta of a finish chunk.
 func hasContent(choices json.RawMessage) bool {
 	var cs []struct {
+		Text  *string `json:"text"` // a legacy completion's
 		Delta struct {
 			Content          *string         `json:"content"`
 			ReasoningContent *string         `json:"reasoning_content"`
@@ -147,6 +150,9 @@ func hasContent(choices json.RawMessage) bool {
 	}
 	for _, c := range cs {
 		d := c.Delta
+		if c.Text != nil && *c.Text != "" {
+			return true
+		}
 		if d.Content != nil && *d.Content != "" || d.ReasoningContent != nil && *d.ReasoningContent != "" ||
 			len(d.ToolCalls) > 0 && string(d.ToolCalls) != "null" && string(d.ToolCalls) != "[]" {
 			return true
@@ -177,9 +183,12 @@ func (s *Stream) Close() error {
 		if !s.sawUsage {
 			s.g.log.WarnContext(s.ctx, "no usage from the engine for this stream; billing the prompt's counted tokens and a token per content chunk",
 				"service_id", s.svc.ID, "status", status, "content_chunks", s.chunks)
-			u = Usage{PromptTokens: s.prompt.tokens(), CompletionTokens: s.chunks}
+			u = Usage{CompletionTokens: s.chunks}
+			if s.prompt != nil {
+				u.PromptTokens = s.prompt.tokens()
+			}
 		}
-		err = s.g.meter(s.ctx, s.call, s.svc, s.up.instance, chatEndpoint, status, u, s.started)
+		err = s.g.meter(s.ctx, s.call, s.svc, s.up.instance, s.endpoint, status, u, s.started)
 	})
 	return err
 }
