@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"image"
 	"image/png"
+	"math"
 	"net/http"
 	"strings"
 	"testing"
@@ -35,8 +36,10 @@ func TestOpenAIClient(t *testing.T) {
 	text := deployRunning(t, p.BaseURL, "text", "qwen2.5-7b-instruct", "text-generation")
 	vision := deployRunning(t, p.BaseURL, "vision", "qwen2-vl-7b-instruct", "image-understanding")
 	painter := deployRunning(t, p.BaseURL, "painter", "stable-diffusion-xl", "image-generation")
+	embedder := deployRunning(t, p.BaseURL, "embedder", "nomic-embed-text-v1.5", "embedding")
 	client := openai.NewClient(option.WithBaseURL(p.BaseURL+"/v1/"), option.WithAPIKey(testAdminKey), option.WithMaxRetries(0))
-	billed := map[string]*usageTotals{text.ID: {ServiceID: text.ID}, vision.ID: {ServiceID: vision.ID}, painter.ID: {ServiceID: painter.ID}}
+	billed := map[string]*usageTotals{text.ID: {ServiceID: text.ID}, vision.ID: {ServiceID: vision.ID}, painter.ID: {ServiceID: painter.ID},
+		embedder.ID: {ServiceID: embedder.ID}}
 	bill := func(svc string, prompt, completion int64) {
 		b := billed[svc]
 		b.Requests++
@@ -244,6 +247,119 @@ func TestOpenAIClient(t *testing.T) {
 		bill(painter.ID, resp.Usage.InputTokens, resp.Usage.OutputTokens)
 
 		_, err = client.Images.Generate(ctx, openai.ImageGenerateParams{Model: text.AccessName, Prompt: "a cat"})
+		wantAPIError(t, err, http.StatusBadRequest, "model")
+	})
+
+	t.Run("legacy completions", func(t *testing.T) {
+		resp, err := client.Completions.New(ctx, openai.CompletionNewParams{
+			Model:  openai.CompletionNewParamsModel(text.AccessName),
+			Prompt: openai.CompletionNewParamsPromptUnion{OfArrayOfStrings: []string{"Say this is a test", "And this"}},
+			MaxTokens: openai.Int(24), N: openai.Int(2), Seed: openai.Int(5), Temperature: openai.Float(0.5),
+			Stop: openai.CompletionNewParamsStopUnion{OfString: openai.String("never-appears")},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Choices) != 4 || resp.Object != "text_completion" || !strings.HasPrefix(resp.ID, "cmp-") || resp.Model != text.AccessName ||
+			!strings.Contains(resp.Choices[0].Text, "simulated") || resp.Usage.CompletionTokens == 0 {
+			t.Errorf("completion %s", resp.RawJSON())
+		}
+		bill(text.ID, resp.Usage.PromptTokens, resp.Usage.CompletionTokens)
+
+		var asked openai.CompletionUsage // the same request's usage, asked for
+		for _, includeUsage := range []bool{true, false} {
+			params := openai.CompletionNewParams{Model: openai.CompletionNewParamsModel(text.AccessName),
+				Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("Say this is a test")}, MaxTokens: openai.Int(24), Seed: openai.Int(5)}
+			if includeUsage {
+				params.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
+			}
+			stream := client.Completions.NewStreaming(ctx, params)
+			var got strings.Builder
+			var usage *openai.CompletionUsage
+			chunks := 0
+			for stream.Next() {
+				c := stream.Current()
+				chunks++
+				for _, ch := range c.Choices {
+					got.WriteString(ch.Text)
+				}
+				if c.JSON.Usage.Valid() {
+					usage = &c.Usage
+				}
+				if c.Model != text.AccessName || !strings.HasPrefix(c.ID, "cmp-") {
+					t.Errorf("chunk %s", c.RawJSON())
+				}
+			}
+			if err := stream.Err(); err != nil {
+				t.Fatalf("include_usage=%v: %v", includeUsage, err)
+			}
+			if !strings.Contains(got.String(), "simulated") || chunks < 3 || (usage != nil) != includeUsage {
+				t.Errorf("include_usage=%v: %d chunks, text %q, usage %+v", includeUsage, chunks, got.String(), usage)
+			}
+			if usage != nil {
+				if usage.CompletionTokens == 0 || usage.TotalTokens != usage.PromptTokens+usage.CompletionTokens {
+					t.Errorf("stream usage %+v", *usage)
+				}
+				asked = *usage
+			}
+			// Unasked, the usage is metered all the same: the router asked
+			// the engine for it. The answers are deterministic, so both
+			// streams used what the first was told.
+			bill(text.ID, asked.PromptTokens, asked.CompletionTokens)
+		}
+
+		_, err = client.Completions.New(ctx, openai.CompletionNewParams{Model: openai.CompletionNewParamsModel(embedder.AccessName),
+			Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("hi")}})
+		wantAPIError(t, err, http.StatusBadRequest, "model")
+		_, err = client.Completions.New(ctx, openai.CompletionNewParams{Model: openai.CompletionNewParamsModel(painter.AccessName),
+			Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("hi")}})
+		wantAPIError(t, err, http.StatusBadRequest, "model")
+	})
+
+	t.Run("embeddings", func(t *testing.T) {
+		texts := []string{"The food was delicious.", "The waiter was kind."}
+		resp, err := client.Embeddings.New(ctx, openai.EmbeddingNewParams{
+			Model: openai.EmbeddingModel(embedder.AccessName), Input: openai.EmbeddingNewParamsInputUnion{OfArrayOfStrings: texts},
+			EncodingFormat: openai.EmbeddingNewParamsEncodingFormatFloat,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Data) != 2 || resp.Model != embedder.AccessName || resp.Usage.PromptTokens == 0 || resp.Usage.TotalTokens != resp.Usage.PromptTokens {
+			t.Fatalf("embeddings: %d vectors, model %q, usage %+v", len(resp.Data), resp.Model, resp.Usage)
+		}
+		for i, d := range resp.Data {
+			var norm float64
+			for _, x := range d.Embedding {
+				norm += x * x
+			}
+			// The catalog's model has 768 dimensions, which the simulator
+			// answers with.
+			if len(d.Embedding) != 768 || d.Index != int64(i) || math.Abs(norm-1) > 1e-4 {
+				t.Errorf("data[%d]: %d dimensions, index %d, norm² %v; want a unit vector of 768", i, len(d.Embedding), d.Index, norm)
+			}
+		}
+		bill(embedder.ID, resp.Usage.PromptTokens, 0)
+
+		short, err := client.Embeddings.New(ctx, openai.EmbeddingNewParams{
+			Model: openai.EmbeddingModel(embedder.AccessName), Input: openai.EmbeddingNewParamsInputUnion{OfString: openai.String(texts[0])},
+			Dimensions: openai.Int(256),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(short.Data) != 1 || len(short.Data[0].Embedding) != 256 {
+			t.Errorf("dimensions 256: got %d vectors of %d", len(short.Data), len(short.Data[0].Embedding))
+		}
+		bill(embedder.ID, short.Usage.PromptTokens, 0)
+
+		_, err = client.Embeddings.New(ctx, openai.EmbeddingNewParams{Model: openai.EmbeddingModel(text.AccessName),
+			Input: openai.EmbeddingNewParamsInputUnion{OfString: openai.String("hi")}})
+		wantAPIError(t, err, http.StatusBadRequest, "model")
+		_, err = client.Embeddings.New(ctx, openai.EmbeddingNewParams{Model: openai.EmbeddingModel(embedder.AccessName),
+			Input: openai.EmbeddingNewParamsInputUnion{OfString: openai.String("hi")}, Dimensions: openai.Int(4096)})
+		wantAPIError(t, err, http.StatusBadRequest, "dimensions")
+		_, err = client.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: embedder.AccessName, Messages: user("hi")})
 		wantAPIError(t, err, http.StatusBadRequest, "model")
 	})
 
