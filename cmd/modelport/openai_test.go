@@ -252,8 +252,8 @@ func TestOpenAIClient(t *testing.T) {
 
 	t.Run("legacy completions", func(t *testing.T) {
 		resp, err := client.Completions.New(ctx, openai.CompletionNewParams{
-			Model:  openai.CompletionNewParamsModel(text.AccessName),
-			Prompt: openai.CompletionNewParamsPromptUnion{OfArrayOfStrings: []string{"Say this is a test", "And this"}},
+			Model:     openai.CompletionNewParamsModel(text.AccessName),
+			Prompt:    openai.CompletionNewParamsPromptUnion{OfArrayOfStrings: []string{"Say this is a test", "And this"}},
 			MaxTokens: openai.Int(24), N: openai.Int(2), Seed: openai.Int(5), Temperature: openai.Float(0.5),
 			Stop: openai.CompletionNewParamsStopUnion{OfString: openai.String("never-appears")},
 		})
