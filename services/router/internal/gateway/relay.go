@@ -29,6 +29,9 @@ type exchange struct {
 	// rewrite turns the engine's whole answer into the client's and
 	// returns its usage.
 	rewrite func(b []byte, id, model string) ([]byte, Usage, error)
+	// events, when set, turns a stream's chunks into the client's events;
+	// without it chunks are relayed with the id and model replaced.
+	events eventShaper
 }
 
 // promptCounter counts a request's prompt tokens.
@@ -65,7 +68,7 @@ func (g *Gateway) relay(ctx context.Context, c Call, svc state.Service, started 
 	}
 	if x.stream {
 		return &Reply{Stream: &Stream{g: g, ctx: ctx, call: Call{Caller: c.Caller, RequestID: c.RequestID}, svc: svc, up: up,
-			endpoint: x.endpoint, id: x.id, started: started, opts: x.opts, prompt: x.prompt,
+			endpoint: x.endpoint, id: x.id, started: started, opts: x.opts, prompt: x.prompt, events: x.events,
 			lines: newLineReader(up.body)}}, nil
 	}
 	defer up.close()

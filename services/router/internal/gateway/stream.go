@@ -33,6 +33,10 @@ type Stream struct {
 	opts     streamOptions // what the client asked for
 	prompt   promptCounter // for the prompt's tokens, when the engine gives none
 	lines    *lineReader
+	// events, when set, turns the engine's chunks into another API's
+	// events (the Responses API's); pending are those not yet sent.
+	events  eventShaper
+	pending [][]byte
 
 	usage    Usage
 	sawUsage bool
@@ -60,6 +64,14 @@ func (s *Stream) clientGone() bool { return s.gone.Load() || s.ctx.Err() != nil 
 // has finished, or the error that ended the stream (send ErrorEvent(err)).
 func (s *Stream) Next() ([]byte, error) {
 	for {
+		if len(s.pending) > 0 {
+			out := s.pending[0]
+			s.pending = s.pending[1:]
+			return out, nil
+		}
+		if s.finished {
+			return nil, io.EOF
+		}
 		data, err := s.lines.event()
 		if err != nil {
 			switch {
@@ -79,7 +91,15 @@ func (s *Stream) Next() ([]byte, error) {
 		}
 		if bytes.Equal(data, []byte("[DONE]")) {
 			s.finished = true
-			return nil, io.EOF
+			if s.events != nil {
+				// The last event carries the usage: it is recorded before
+				// the client has it, or the client gets the error instead.
+				if err := s.Close(); err != nil {
+					return nil, err
+				}
+				s.pending = s.events.done(s.usageOrCounted())
+			}
+			continue
 		}
 		if len(bytes.TrimSpace(data)) == 0 {
 			continue // an empty event carries no chunk
@@ -111,12 +131,6 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 		s.usage, s.sawUsage = *u, true
 	}
 	final := string(bytes.TrimSpace(m["choices"])) == "[]"
-	switch {
-	case final && !s.opts.IncludeUsage:
-		return nil, true, nil
-	case !final && !s.opts.ContinuousUsageStats:
-		delete(m, "usage")
-	}
 	if !final && hasContent(m["choices"]) {
 		s.chunks++
 		if s.chunks == 1 {
@@ -126,6 +140,21 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 				s.g.Observer.FirstToken(s.svc, ttft)
 			}
 		}
+	}
+	if s.events != nil {
+		evs, err := s.events.chunk(m)
+		if err != nil {
+			s.up.fail()
+			return nil, false, err
+		}
+		s.pending = append(s.pending, evs...)
+		return nil, true, nil
+	}
+	switch {
+	case final && !s.opts.IncludeUsage:
+		return nil, true, nil
+	case !final && !s.opts.ContinuousUsageStats:
+		delete(m, "usage")
 	}
 	m["id"], _ = marshal(s.id)
 	m["model"], _ = marshal(s.svc.AccessName)
@@ -179,18 +208,42 @@ func (s *Stream) Close() error {
 		case !s.finished:
 			status = 502
 		}
-		u := s.usage
 		if !s.sawUsage {
 			s.g.log.WarnContext(s.ctx, "no usage from the engine for this stream; billing the prompt's counted tokens and a token per content chunk",
 				"service_id", s.svc.ID, "status", status, "content_chunks", s.chunks)
-			u = Usage{CompletionTokens: s.chunks}
-			if s.prompt != nil {
-				u.PromptTokens = s.prompt.tokens()
-			}
 		}
+		u := s.usageOrCounted()
 		err = s.g.meter(s.ctx, s.call, s.svc, s.up.instance, s.endpoint, status, u, s.started)
 	})
 	return err
+}
+
+// usageOrCounted is the stream's usage as the engine reported it, or,
+// where it reported none, the prompt's counted tokens and a token per
+// content chunk sent.
+func (s *Stream) usageOrCounted() Usage {
+	if s.sawUsage {
+		return s.usage
+	}
+	u := Usage{CompletionTokens: s.chunks}
+	if s.prompt != nil {
+		u.PromptTokens = s.prompt.tokens()
+	}
+	return u
+}
+
+// EndsWithDone reports whether the stream's last event is "[DONE]", as
+// chat and legacy completions have it; a Responses stream ends with its
+// response.completed event instead.
+func (s *Stream) EndsWithDone() bool { return s.events == nil }
+
+// eventShaper turns a stream of chat chunks into another API's stream
+// events, each the data of one server-sent event.
+type eventShaper interface {
+	// chunk returns the events for one engine chunk.
+	chunk(m map[string]json.RawMessage) ([][]byte, error)
+	// done returns the events that end a finished stream of usage u.
+	done(u Usage) [][]byte
 }
 
 // maxEvent bounds one server-sent event from an engine, so an engine

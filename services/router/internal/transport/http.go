@@ -67,6 +67,7 @@ func NewHandler(g *gateway.Gateway, images *ImageStore, keys httpx.Verifier, lim
 	api.HandleFunc("POST /v1/chat/completions", h.relay(h.g.Chat))
 	api.HandleFunc("POST /v1/completions", h.relay(h.g.Completions))
 	api.HandleFunc("POST /v1/embeddings", h.relay(h.g.Embeddings))
+	api.HandleFunc("POST /v1/responses", h.relay(h.g.Responses))
 	api.HandleFunc("POST /v1/images/generations", h.generateImages)
 	api.HandleFunc("GET /v1/models", h.models)
 	api.HandleFunc("GET /v1/models/{model...}", h.model)
@@ -257,7 +258,9 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request, s *gateway.Stre
 			if err := s.Close(); err != nil {
 				h.log.ErrorContext(r.Context(), "stream usage", "err", err)
 			}
-			_ = send([]byte("[DONE]"))
+			if s.EndsWithDone() {
+				_ = send([]byte("[DONE]"))
+			}
 			return
 		}
 		if err != nil {
