@@ -274,6 +274,63 @@ test("embeddings with dimensions", async () => {
   assert.ok(Math.abs(unitNorm(r.data[0].embedding) - 1) < 1e-4);
 });
 
+test("responses", async () => {
+  const r = await client.responses.create({
+    model: textModel,
+    instructions: "You are terse.",
+    input: "Say this is a test!",
+    max_output_tokens: 200,
+  });
+  assert.match(r.id, /^resp_/);
+  assert.equal(r.object, "response");
+  assert.equal(r.status, "completed");
+  assert.equal(r.model, textModel);
+  assert.match(r.output_text, /simulat/, "the client assembles output_text from the output items");
+  assert.ok(r.usage.output_tokens > 0);
+  assert.equal(r.usage.total_tokens, r.usage.input_tokens + r.usage.output_tokens);
+});
+
+test("responses with a function call", async () => {
+  const tools = [{ type: "function", name: "get_weather", parameters: { type: "object", properties: { city: { type: "string" } } }, strict: false }];
+  const input = [{ role: "user", content: "What's the weather in Paris?" }];
+  const r = await client.responses.create({ model: textModel, input, tools, tool_choice: "required" });
+  assert.equal(r.output.length, 1);
+  const call = r.output[0];
+  assert.equal(call.type, "function_call");
+  assert.equal(call.name, "get_weather");
+  assert.ok(call.call_id);
+  const next = await client.responses.create({
+    model: textModel,
+    tools,
+    input: [...input, call, { type: "function_call_output", call_id: call.call_id, output: '{"sky":"clear"}' }],
+  });
+  assert.equal(next.status, "completed");
+  assert.match(next.output_text, /simulat/);
+});
+
+test("streamed responses", async () => {
+  const stream = await client.responses.create({ model: textModel, input: "Stream me a few words.", max_output_tokens: 40, stream: true });
+  const types = [];
+  let deltas = "";
+  let final;
+  for await (const event of stream) {
+    types.push(event.type);
+    if (event.type === "response.output_text.delta") deltas += event.delta;
+    if (event.type === "response.completed" || event.type === "response.incomplete") final = event.response;
+  }
+  assert.equal(types[0], "response.created");
+  assert.ok(final, `a final event among ${types}`);
+  assert.match(final.id, /^resp_/);
+  assert.match(deltas, /simulat/);
+  assert.equal(final.output[0].content[0].text, deltas);
+  assert.ok(final.usage.output_tokens > 0);
+
+  // The client's own assembly of the events (responses.stream) agrees.
+  const assembled = await client.responses.stream({ model: textModel, input: "Stream me a few words.", max_output_tokens: 40 }).finalResponse();
+  assert.equal(assembled.output_text, deltas);
+  assert.deepEqual(assembled.usage, final.usage);
+});
+
 test("errors are the client's typed errors", async (t) => {
   const hi = [{ role: "user", content: "hi" }];
 
@@ -317,6 +374,20 @@ test("errors are the client's typed errors", async (t) => {
     await assert.rejects(
       client.embeddings.create({ model: textModel, input: "hi" }),
       (err) => err instanceof OpenAI.BadRequestError && err.status === 400 && err.param === "model",
+    );
+  });
+
+  await t.test("previous_response_id is a BadRequestError naming it", async () => {
+    await assert.rejects(
+      client.responses.create({ model: textModel, input: "hi", previous_response_id: "resp_0" }),
+      (err) => err instanceof OpenAI.BadRequestError && err.param === "previous_response_id",
+    );
+  });
+
+  await t.test("responses from an image-generation model are a BadRequestError on model", async () => {
+    await assert.rejects(
+      client.responses.create({ model: imageModel, input: "hi" }),
+      (err) => err instanceof OpenAI.BadRequestError && err.param === "model",
     );
   });
 
