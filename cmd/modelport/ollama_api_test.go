@@ -1,8 +1,8 @@
 package main
 
 // The OpenAI endpoints beyond chat on a real engine: Ollama serving the
-// tiny random-weights model, as a text service (legacy completions) and
-// as an embedding service.
+// tiny random-weights model, as a text service (legacy completions and
+// the Responses API) and as an embedding service.
 
 import (
 	"bytes"
@@ -21,6 +21,7 @@ import (
 	"github.com/modelport/modelport/libs/config"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/responses"
 )
 
 // TestOllamaAPIBreadth registers the tiny GGUF model for text generation
@@ -178,6 +179,48 @@ func TestOllamaAPIBreadth(t *testing.T) {
 			t.Errorf("dimensions 4: %+v", short.Data)
 		}
 		bill(embed.ID, short.Usage.PromptTokens, 0)
+	})
+
+	t.Run("responses", func(t *testing.T) {
+		// A response is the chat answer to the same conversation: the
+		// instructions as a system message, then the input.
+		const instructions, input = "Be brief.", "Say this is a test!"
+		resp, err := client.Responses.New(ctx, responses.ResponseNewParams{Model: text.AccessName, Instructions: openai.String(instructions),
+			Input: responses.ResponseNewParamsInputUnion{OfString: openai.String(input)}, MaxOutputTokens: openai.Int(10), Temperature: openai.Float(0)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var own openai.ChatCompletion
+		native(t, textEngine, "/chat/completions", map[string]any{"model": text.AccessName, "max_tokens": 10, "temperature": 0,
+			"messages": []map[string]string{{"role": "system", "content": instructions}, {"role": "user", "content": input}}}, &own)
+		if !strings.HasPrefix(resp.ID, "resp_") || resp.Status != "incomplete" || resp.OutputText() != own.Choices[0].Message.Content ||
+			resp.Usage.InputTokens != own.Usage.PromptTokens || resp.Usage.OutputTokens != own.Usage.CompletionTokens {
+			t.Errorf("response %q (%s), %d+%d tokens; Ollama's own chat answer %q (%s), %d+%d tokens", resp.OutputText(), resp.Status,
+				resp.Usage.InputTokens, resp.Usage.OutputTokens, own.Choices[0].Message.Content, own.Choices[0].FinishReason,
+				own.Usage.PromptTokens, own.Usage.CompletionTokens)
+		}
+		bill(text.ID, resp.Usage.InputTokens, resp.Usage.OutputTokens)
+
+		stream := client.Responses.NewStreaming(ctx, responses.ResponseNewParams{Model: text.AccessName, Instructions: openai.String(instructions),
+			Input: responses.ResponseNewParamsInputUnion{OfString: openai.String(input)}, MaxOutputTokens: openai.Int(10), Temperature: openai.Float(0)})
+		var deltas strings.Builder
+		var final responses.Response
+		for stream.Next() {
+			switch ev := stream.Current(); ev.Type {
+			case "response.output_text.delta":
+				deltas.WriteString(ev.Delta)
+			case "response.completed", "response.incomplete":
+				final = ev.Response
+			}
+		}
+		if err := stream.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if deltas.String() != resp.OutputText() || final.OutputText() != resp.OutputText() || final.Usage.OutputTokens != resp.Usage.OutputTokens {
+			t.Errorf("streamed %q (final %q, %d tokens); want %q, %d tokens", deltas.String(), final.OutputText(), final.Usage.OutputTokens,
+				resp.OutputText(), resp.Usage.OutputTokens)
+		}
+		bill(text.ID, final.Usage.InputTokens, final.Usage.OutputTokens)
 	})
 
 	for id, want := range billed {
