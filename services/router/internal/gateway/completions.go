@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"slices"
 	"time"
 
 	"github.com/modelport/modelport/libs/errs"
@@ -164,20 +165,59 @@ func rewriteTextCompletion(b []byte, id, model string) ([]byte, Usage, error) {
 
 // rewriteAnswer replaces an engine answer's id (when id is not empty)
 // and model, and returns it with its usage, which it must have. what
-// names the answer, for errors.
+// names the answer, for errors. The two values are spliced in: an answer
+// of large vectors is checked once and copied once, never decoded whole.
 func rewriteAnswer(b []byte, id, model, what string) ([]byte, Usage, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(b, &m); err != nil || m == nil {
+	if !json.Valid(b) || bytes.IndexByte(bytes.TrimSpace(b), '{') != 0 {
 		return nil, Usage{}, errs.E(errs.Upstream, "the engine's answer is not %s", what)
 	}
+	var idAt, modelAt, usageAt *jsonscan.Span
+	if err := jsonscan.Members(b, jsonscan.All(b), func(key string, val jsonscan.Span) error {
+		switch key { // the last of a key wins, as encoding/json has it
+		case "id":
+			idAt = &val
+		case "model":
+			modelAt = &val
+		case "usage":
+			usageAt = &val
+		}
+		return nil
+	}); err != nil {
+		return nil, Usage{}, errs.Wrap(errs.Upstream, err, "the engine's answer is not %s", what)
+	}
 	var u *Usage
-	if err := json.Unmarshal(m["usage"], &u); err != nil || u == nil {
+	if usageAt == nil || json.Unmarshal(b[usageAt.Start:usageAt.End], &u) != nil || u == nil {
 		return nil, Usage{}, errs.E(errs.Upstream, "the engine answered without usage")
 	}
-	if id != "" {
-		m["id"], _ = marshal(id)
+	var edits []edit
+	var missing [][]byte // members the answer lacks, put first
+	set := func(at *jsonscan.Span, key string, v string) {
+		q, _ := marshal(v)
+		if at != nil {
+			edits = append(edits, edit{at: *at, text: q})
+			return
+		}
+		missing = append(missing, append([]byte(`"`+key+`":`), q...))
 	}
-	m["model"], _ = marshal(model)
-	out, err := marshal(m)
-	return out, *u, err
+	if id != "" {
+		set(idAt, "id", id)
+	}
+	set(modelAt, "model", model)
+	added := bytes.Join(missing, []byte(","))
+	slices.SortFunc(edits, func(a, b edit) int { return a.at.Start - b.at.Start })
+	out := make([]byte, 0, len(b)+len(added)+len(id)+len(model)+16)
+	last := 0
+	if len(added) > 0 {
+		open := bytes.IndexByte(b, '{') + 1
+		out = append(append(out, b[:open]...), added...)
+		if rest := bytes.TrimSpace(b[open:]); len(rest) > 0 && rest[0] != '}' {
+			out = append(out, ',')
+		}
+		last = open
+	}
+	for _, e := range edits {
+		out = append(append(out, b[last:e.at.Start]...), e.text...)
+		last = e.at.End
+	}
+	return append(out, b[last:]...), *u, nil
 }
