@@ -34,15 +34,23 @@ func BenchmarkEndpoints(b *testing.B) {
 		{"chat", completion, `{"model":"` + aliceChat.AccessName + `","messages":[{"role":"user","content":"Say this is a test!"}]}`,
 			func(g *gateway.Gateway) func(context.Context, gateway.Call) (*gateway.Reply, error) { return g.Chat }},
 		{"responses", completion, `{"model":"` + aliceChat.AccessName + `","input":"Say this is a test!"}`,
-			func(g *gateway.Gateway) func(context.Context, gateway.Call) (*gateway.Reply, error) { return g.Responses }},
+			func(g *gateway.Gateway) func(context.Context, gateway.Call) (*gateway.Reply, error) {
+				return g.Responses
+			}},
 		{"completions", textCompletion, `{"model":"` + aliceChat.AccessName + `","prompt":"Say this is a test!"}`,
-			func(g *gateway.Gateway) func(context.Context, gateway.Call) (*gateway.Reply, error) { return g.Completions }},
+			func(g *gateway.Gateway) func(context.Context, gateway.Call) (*gateway.Reply, error) {
+				return g.Completions
+			}},
 		{"embeddings 768", embedded, `{"model":"` + aliceEmbed.AccessName + `","input":"Say this is a test!"}`,
-			func(g *gateway.Gateway) func(context.Context, gateway.Call) (*gateway.Reply, error) { return g.Embeddings }},
+			func(g *gateway.Gateway) func(context.Context, gateway.Call) (*gateway.Reply, error) {
+				return g.Embeddings
+			}},
 		{"chat stream", streamed, `{"model":"` + aliceChat.AccessName + `","messages":[{"role":"user","content":"Say this is a test!"}],"stream":true}`,
 			func(g *gateway.Gateway) func(context.Context, gateway.Call) (*gateway.Reply, error) { return g.Chat }},
 		{"responses stream", streamed, `{"model":"` + aliceChat.AccessName + `","input":"Say this is a test!","stream":true}`,
-			func(g *gateway.Gateway) func(context.Context, gateway.Call) (*gateway.Reply, error) { return g.Responses }},
+			func(g *gateway.Gateway) func(context.Context, gateway.Call) (*gateway.Reply, error) {
+				return g.Responses
+			}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			f := newEndpointsFixture()
