@@ -207,3 +207,58 @@ func TestCompletionsRejects(t *testing.T) {
 		})
 	}
 }
+
+// TestCutShortUsageChunk: a legacy completion stream cut short tells a
+// client that asked for usage what was billed in a text_completion
+// chunk; a Responses stream has no such chunk, its usage being only in
+// its last event.
+func TestCutShortUsageChunk(t *testing.T) {
+	chunk := `{"id":"e","object":"text_completion","choices":[{"text":"word","index":0,"finish_reason":null}],"usage":{"prompt_tokens":4,"completion_tokens":1,"total_tokens":5}}`
+	for _, tc := range []struct {
+		name, body string
+		serve      func(*gateway.Gateway) func(context.Context, gateway.Call) (*gateway.Reply, error)
+		want       string // the chunk's object, "" for none
+	}{
+		{"completions", `{"model":"` + aliceChat.AccessName + `","prompt":"x","stream":true,"stream_options":{"include_usage":true}}`,
+			func(g *gateway.Gateway) func(context.Context, gateway.Call) (*gateway.Reply, error) {
+				return g.Completions
+			}, "text_completion"},
+		{"completions without asking", `{"model":"` + aliceChat.AccessName + `","prompt":"x","stream":true}`,
+			func(g *gateway.Gateway) func(context.Context, gateway.Call) (*gateway.Reply, error) {
+				return g.Completions
+			}, ""},
+		{"responses", `{"model":"` + aliceChat.AccessName + `","input":"x","stream":true}`,
+			func(g *gateway.Gateway) func(context.Context, gateway.Call) (*gateway.Reply, error) {
+				return g.Responses
+			}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newEndpointsFixture()
+			setAll(f, answer{status: 200, body: sse(chunk)}) // cut before [DONE]
+			reply, err := relayCall(tc.serve(f.g), context.Background(), alice, tc.body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for {
+				if _, err := reply.Stream.Next(); err != nil {
+					break
+				}
+			}
+			_ = reply.Stream.Close()
+			got := reply.Stream.UsageChunk()
+			if tc.want == "" {
+				if got != nil {
+					t.Errorf("usage chunk %s, want none", got)
+				}
+				return
+			}
+			var c struct {
+				Object string        `json:"object"`
+				Usage  gateway.Usage `json:"usage"`
+			}
+			if err := json.Unmarshal(got, &c); err != nil || c.Object != tc.want || c.Usage != (gateway.Usage{PromptTokens: 4, CompletionTokens: 1, TotalTokens: 5}) {
+				t.Errorf("usage chunk %s, want a %s chunk with 4+1", got, tc.want)
+			}
+		})
+	}
+}

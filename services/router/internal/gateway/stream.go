@@ -42,6 +42,7 @@ type Stream struct {
 	sawUsage bool
 	chunks   int // chunks with content, for an engine that reports no usage
 	finished bool
+	billed   Usage       // what Close recorded
 	idled    bool        // ended for sending nothing for the idle timeout
 	gone     atomic.Bool // the client went away
 	once     sync.Once
@@ -213,6 +214,8 @@ func (s *Stream) Close() error {
 				"service_id", s.svc.ID, "status", status, "content_chunks", s.chunks)
 		}
 		u := s.usageOrCounted()
+		u.TotalTokens = u.PromptTokens + u.CompletionTokens
+		s.billed = u
 		err = s.g.meter(s.ctx, s.call, s.svc, s.up.instance, s.endpoint, status, u, s.started)
 	})
 	return err
@@ -244,6 +247,26 @@ type eventShaper interface {
 	chunk(m map[string]json.RawMessage) ([][]byte, error)
 	// done returns the events that end a finished stream of usage u.
 	done(u Usage) [][]byte
+}
+
+// UsageChunk is the last chunk of a stream that ended early, for a
+// client that asked for usage (stream_options.include_usage): what Close
+// billed, so that the client knows it before the error event. It is nil
+// where the client did not ask, or for a Responses stream, whose clients
+// read usage only from its last event, and must be called after Close.
+func (s *Stream) UsageChunk() []byte {
+	if !s.opts.IncludeUsage || s.events != nil {
+		return nil
+	}
+	object := "chat.completion.chunk"
+	if s.endpoint == completionsEndpoint {
+		object = "text_completion"
+	}
+	b, _ := marshal(map[string]any{
+		"id": s.id, "object": object, "created": s.started.Unix(),
+		"model": s.svc.AccessName, "choices": []any{}, "usage": s.billed,
+	})
+	return b
 }
 
 // maxEvent bounds one server-sent event from an engine, so an engine
