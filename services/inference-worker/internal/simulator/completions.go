@@ -144,7 +144,7 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 	if !sleep(r.Context(), s.cfg.TimeToFirstToken+time.Duration(tokens)*s.cfg.InterTokenLatency) {
 		return
 	}
-	u := newUsage(a.prompt, tokens)
+	u := a.usage(tokens)
 	out := textCompletion{ID: a.id, Object: "text_completion", Created: a.created, Model: a.model,
 		SystemFingerprint: fingerprint, Usage: &u, Choices: []textChoice{}}
 	for i := range a.choices {
@@ -168,7 +168,7 @@ func (s *Server) streamText(w http.ResponseWriter, r *http.Request, p *chatParam
 		c := textCompletion{ID: a.id, Object: "text_completion", Created: a.created, Model: a.model,
 			SystemFingerprint: fingerprint, Choices: choices, Usage: u}
 		if u == nil && p.continuousUsage {
-			so := newUsage(a.prompt, total)
+			so := a.usage(total)
 			c.Usage = &so
 		}
 		b, err := json.Marshal(c)
@@ -214,7 +214,7 @@ func (s *Server) streamText(w http.ResponseWriter, r *http.Request, p *chatParam
 		}
 	}
 	if p.includeUsage {
-		u := newUsage(a.prompt, a.completionTokens())
+		u := a.usage(a.completionTokens())
 		if !send([]textChoice{}, &u) {
 			return
 		}

@@ -62,6 +62,9 @@ func (g *Gateway) Chat(ctx context.Context, c Call) (*Reply, error) {
 	if err != nil {
 		return nil, err
 	}
+	// What the routing policy reads of the prompt is copied now: the body
+	// is let go of once it is written to the engine.
+	route := p.route(c.Body)
 	body, err := upstreamBody(c.Body, p, images, c.Hold)
 	if err != nil {
 		return nil, err
@@ -73,7 +76,7 @@ func (g *Gateway) Chat(ctx context.Context, c Call) (*Reply, error) {
 	c.Body, images = nil, nil
 	return g.relay(ctx, c, svc, started, exchange{
 		endpoint: chatEndpoint, path: "/chat/completions", body: body, stream: p.Stream,
-		opts: opts, prompt: p.prompt, id: newCompletionID(), rewrite: rewriteCompletion,
+		opts: opts, prompt: p.prompt, id: newCompletionID(), rewrite: rewriteCompletion, route: route,
 	})
 }
 

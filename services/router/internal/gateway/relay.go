@@ -7,6 +7,7 @@ import (
 
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/router/internal/routing"
 )
 
 // exchange is one checked request on its way to an engine: what every
@@ -29,6 +30,8 @@ type exchange struct {
 	// rewrite turns the engine's whole answer into the client's and
 	// returns its usage.
 	rewrite func(b []byte, id, model string) ([]byte, Usage, error)
+	// route is what the service's routing policy reads of the request.
+	route routing.Request
 	// events, when set, turns a stream's chunks into the client's events;
 	// without it chunks are relayed with the id and model replaced.
 	events eventShaper
@@ -49,7 +52,7 @@ type promptCounter interface{ tokens() int }
 func (g *Gateway) relay(ctx context.Context, c Call, svc state.Service, started time.Time, x exchange) (*Reply, error) {
 	req := newPayload(x.body, c.Hold.Release)
 	x.body = nil
-	up, err := g.forward(ctx, svc, x.path, req)
+	up, err := g.forward(ctx, svc, x.path, req, x.route)
 	if err != nil {
 		var sent *sentError
 		if errors.As(err, &sent) {

@@ -187,6 +187,7 @@ func (g *Gateway) Responses(ctx context.Context, c Call) (*Reply, error) {
 	if err != nil {
 		return nil, where.locate(err)
 	}
+	route := cp.route(body)
 	upBody, err := upstreamBody(body, cp, images, c.Hold)
 	if err != nil {
 		return nil, err
@@ -195,7 +196,7 @@ func (g *Gateway) Responses(ctx context.Context, c Call) (*Reply, error) {
 	echo := p.echo(svc.AccessName)
 	x := exchange{
 		endpoint: responsesEndpoint, path: "/chat/completions", body: upBody, stream: p.Stream,
-		prompt: cp.prompt, id: newResponseID(),
+		prompt: cp.prompt, id: newResponseID(), route: route,
 		rewrite: func(b []byte, id, _ string) ([]byte, Usage, error) { return echo.fromCompletion(b, id) },
 	}
 	if p.Stream {

@@ -53,7 +53,10 @@ type responseUsage struct {
 }
 
 func usageOf(u Usage) *responseUsage {
-	return &responseUsage{InputTokens: u.PromptTokens, OutputTokens: u.CompletionTokens, TotalTokens: u.PromptTokens + u.CompletionTokens}
+	u = u.billable()
+	r := &responseUsage{InputTokens: u.PromptTokens, OutputTokens: u.CompletionTokens, TotalTokens: u.PromptTokens + u.CompletionTokens}
+	r.InputTokensDetails.CachedTokens = u.PromptTokensDetails.CachedTokens
+	return r
 }
 
 // outputMessage is an output item with the model's text.
@@ -205,7 +208,7 @@ func (e *responseEvents) event(typ string, fields map[string]any) []byte {
 	return b
 }
 
-func (e *responseEvents) chunk(m map[string]json.RawMessage) ([][]byte, error) {
+func (e *responseEvents) chunk(raw []byte) ([][]byte, error) {
 	var out [][]byte
 	if !e.begun {
 		e.begun = true
@@ -227,7 +230,7 @@ func (e *responseEvents) chunk(m map[string]json.RawMessage) ([][]byte, error) {
 		} `json:"delta"`
 		FinishReason *string `json:"finish_reason"`
 	}
-	if raw, ok := m["choices"]; ok {
+	if len(raw) > 0 {
 		if err := json.Unmarshal(raw, &choices); err != nil {
 			return nil, errs.Wrap(errs.Upstream, err, "the engine sent a malformed chunk")
 		}

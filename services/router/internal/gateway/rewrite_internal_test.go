@@ -14,7 +14,7 @@ func TestRewriteAnswer(t *testing.T) {
 		usage              Usage
 	}{
 		{"replaced", `{"id":"cmpl-1","object":"text_completion","model":"served","choices":[{"text":"a < b"}],"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}`, "cmp-x",
-			`{"id":"cmp-x","object":"text_completion","model":"u-1/m","choices":[{"text":"a < b"}],"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}`, Usage{2, 3, 5}},
+			`{"id":"cmp-x","object":"text_completion","model":"u-1/m","choices":[{"text":"a < b"}],"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}`, Usage{PromptTokens: 2, CompletionTokens: 3, TotalTokens: 5}},
 		{"no id asked, spacing kept", "{ \"object\" : \"list\",\n \"data\": [ {\"embedding\": [0.6, 0.8]} ],\n \"model\" : \"served\", \"usage\": {\"prompt_tokens\": 4, \"total_tokens\": 4} }\n", "",
 			"{ \"object\" : \"list\",\n \"data\": [ {\"embedding\": [0.6, 0.8]} ],\n \"model\" : \"u-1/m\", \"usage\": {\"prompt_tokens\": 4, \"total_tokens\": 4} }\n", Usage{PromptTokens: 4, TotalTokens: 4}},
 		{"added where missing", `{"usage":{"prompt_tokens":1,"total_tokens":1}}`, "cmp-y",
