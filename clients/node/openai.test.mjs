@@ -1,6 +1,6 @@
 // The official openai package, unchanged, against a running Modelport
 // router. cmd/modelport's TestNodeClient starts the platform, deploys the
-// three services and runs this file with the settings below; to run it by
+// four services and runs this file with the settings below; to run it by
 // hand against a platform of your own, set them and run `npm test` here.
 //
 //   MODELPORT_BASE_URL      the OpenAI API, such as http://127.0.0.1:8080/v1
@@ -8,6 +8,7 @@
 //   MODELPORT_TEXT_MODEL    access name of a text-generation service
 //   MODELPORT_VISION_MODEL  access name of an image-understanding service
 //   MODELPORT_IMAGE_MODEL   access name of an image-generation service
+//   MODELPORT_EMBEDDING_MODEL  access name of an embedding service
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
@@ -27,6 +28,7 @@ const apiKey = setting("MODELPORT_API_KEY");
 const textModel = setting("MODELPORT_TEXT_MODEL");
 const visionModel = setting("MODELPORT_VISION_MODEL");
 const imageModel = setting("MODELPORT_IMAGE_MODEL");
+const embeddingModel = setting("MODELPORT_EMBEDDING_MODEL");
 
 const client = new OpenAI({ baseURL, apiKey, maxRetries: 0 });
 
@@ -211,6 +213,124 @@ test("image generation as a URL", async () => {
   assert.deepEqual(pngSize(Buffer.from(await res.arrayBuffer())), { width: 64, height: 64 });
 });
 
+test("legacy completion", async () => {
+  const r = await client.completions.create({ model: textModel, prompt: "Say this is a test", max_tokens: 24 });
+  assert.match(r.id, /^cmp-/);
+  assert.equal(r.object, "text_completion");
+  assert.equal(r.model, textModel);
+  assert.equal(r.choices.length, 1);
+  assert.match(r.choices[0].text, /simulat/);
+  assert.equal(r.usage.total_tokens, r.usage.prompt_tokens + r.usage.completion_tokens);
+});
+
+test("streamed legacy completion with usage", async () => {
+  const chunks = await collect(
+    await client.completions.create({
+      model: textModel,
+      prompt: "Say this is a test",
+      max_tokens: 24,
+      stream: true,
+      stream_options: { include_usage: true },
+    }),
+  );
+  const text = chunks.flatMap((c) => c.choices.map((ch) => ch.text)).join("");
+  assert.match(text, /simulat/);
+  const withUsage = chunks.filter((c) => c.usage);
+  assert.equal(withUsage.length, 1, "one chunk carries the usage");
+  const u = withUsage[0].usage;
+  assert.ok(u.completion_tokens > 0);
+  assert.equal(u.total_tokens, u.prompt_tokens + u.completion_tokens);
+  for (const c of chunks) assert.equal(c.model, textModel);
+});
+
+function unitNorm(v) {
+  return Math.sqrt(v.reduce((s, x) => s + x * x, 0));
+}
+
+test("embeddings, as the client asks for them by default (base64)", async () => {
+  const r = await client.embeddings.create({ model: embeddingModel, input: ["The food was delicious.", "The waiter was kind."] });
+  assert.equal(r.object, "list");
+  assert.equal(r.model, embeddingModel);
+  assert.equal(r.data.length, 2);
+  for (const [i, d] of r.data.entries()) {
+    assert.equal(d.index, i);
+    assert.equal(d.embedding.length, 768, "the catalog model's dimensions");
+    assert.ok(Math.abs(unitNorm(d.embedding) - 1) < 1e-4, `norm ${unitNorm(d.embedding)}`);
+  }
+  assert.ok(r.usage.prompt_tokens > 0);
+  assert.equal(r.usage.total_tokens, r.usage.prompt_tokens);
+
+  const floats = await client.embeddings.create({ model: embeddingModel, input: "The food was delicious.", encoding_format: "float" });
+  assert.deepEqual(
+    floats.data[0].embedding.map((x) => Math.fround(x)),
+    r.data[0].embedding.map((x) => Math.fround(x)),
+    "float and base64 answers hold the same vector",
+  );
+});
+
+test("embeddings with dimensions", async () => {
+  const r = await client.embeddings.create({ model: embeddingModel, input: "short", dimensions: 64, encoding_format: "float" });
+  assert.equal(r.data[0].embedding.length, 64);
+  assert.ok(Math.abs(unitNorm(r.data[0].embedding) - 1) < 1e-4);
+});
+
+test("responses", async () => {
+  const r = await client.responses.create({
+    model: textModel,
+    instructions: "You are terse.",
+    input: "Say this is a test!",
+    max_output_tokens: 200,
+  });
+  assert.match(r.id, /^resp_/);
+  assert.equal(r.object, "response");
+  assert.equal(r.status, "completed");
+  assert.equal(r.model, textModel);
+  assert.match(r.output_text, /simulat/, "the client assembles output_text from the output items");
+  assert.ok(r.usage.output_tokens > 0);
+  assert.equal(r.usage.total_tokens, r.usage.input_tokens + r.usage.output_tokens);
+});
+
+test("responses with a function call", async () => {
+  const tools = [{ type: "function", name: "get_weather", parameters: { type: "object", properties: { city: { type: "string" } } }, strict: false }];
+  const input = [{ role: "user", content: "What's the weather in Paris?" }];
+  const r = await client.responses.create({ model: textModel, input, tools, tool_choice: "required" });
+  assert.equal(r.output.length, 1);
+  const call = r.output[0];
+  assert.equal(call.type, "function_call");
+  assert.equal(call.name, "get_weather");
+  assert.ok(call.call_id);
+  const next = await client.responses.create({
+    model: textModel,
+    tools,
+    input: [...input, call, { type: "function_call_output", call_id: call.call_id, output: '{"sky":"clear"}' }],
+  });
+  assert.equal(next.status, "completed");
+  assert.match(next.output_text, /simulat/);
+});
+
+test("streamed responses", async () => {
+  const stream = await client.responses.create({ model: textModel, input: "Stream me a few words.", max_output_tokens: 40, stream: true });
+  const types = [];
+  let deltas = "";
+  let final;
+  for await (const event of stream) {
+    types.push(event.type);
+    if (event.type === "response.output_text.delta") deltas += event.delta;
+    if (event.type === "response.completed" || event.type === "response.incomplete") final = event.response;
+  }
+  assert.equal(types[0], "response.created");
+  assert.ok(final, `a final event among ${types}`);
+  assert.match(final.id, /^resp_/);
+  assert.match(deltas, /simulat/);
+  assert.equal(final.output[0].content[0].text, deltas);
+  assert.ok(final.usage.output_tokens > 0);
+
+  // The client's own assembly of the events (responses.stream) agrees.
+  const assembled = await client.responses.stream({ model: textModel, input: "Stream me a few words.", max_output_tokens: 40 }).finalResponse();
+  assert.equal(assembled.output_text, deltas);
+  assert.deepEqual(assembled.usage, final.usage);
+});
+
 test("errors are the client's typed errors", async (t) => {
   const hi = [{ role: "user", content: "hi" }];
 
@@ -248,6 +368,27 @@ test("errors are the client's typed errors", async (t) => {
       assert.match(err.param ?? "", /messages/);
       return true;
     });
+  });
+
+  await t.test("embeddings from a chat model are a BadRequestError on model", async () => {
+    await assert.rejects(
+      client.embeddings.create({ model: textModel, input: "hi" }),
+      (err) => err instanceof OpenAI.BadRequestError && err.status === 400 && err.param === "model",
+    );
+  });
+
+  await t.test("previous_response_id is a BadRequestError naming it", async () => {
+    await assert.rejects(
+      client.responses.create({ model: textModel, input: "hi", previous_response_id: "resp_0" }),
+      (err) => err instanceof OpenAI.BadRequestError && err.param === "previous_response_id",
+    );
+  });
+
+  await t.test("responses from an image-generation model are a BadRequestError on model", async () => {
+    await assert.rejects(
+      client.responses.create({ model: imageModel, input: "hi" }),
+      (err) => err instanceof OpenAI.BadRequestError && err.param === "model",
+    );
   });
 
   await t.test("empty messages are a BadRequestError", async () => {

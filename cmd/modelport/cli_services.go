@@ -118,7 +118,7 @@ func runCatalog(ctx context.Context, c *cli, args []string) error {
 func runDeploy(ctx context.Context, c *cli, args []string) error {
 	fs := c.flags("deploy", "NAME --model BASE [--task T] [--instances N] [--billing per-token|per-instance-hour] [--routing POLICY] [--wait]", true)
 	model := fs.String("model", "", "base model: from the catalog or registered (modelport models ls lists them); required")
-	task := fs.String("task", "", "text-generation, image-understanding or image-generation (default: the model's only task)")
+	task := fs.String("task", "", "text-generation, image-understanding, image-generation or embedding (default: the model's only task)")
 	instances := fs.Int("instances", 1, "number of instances")
 	billing := fs.String("billing", "per-token", "billing method: per-token or per-instance-hour")
 	routing := fs.String("routing", "", "routing policy: "+strings.Join(state.RoutingPolicies, ", ")+" (default: prefix-affinity for text generation, least-outstanding otherwise)")

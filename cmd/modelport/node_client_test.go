@@ -22,7 +22,8 @@ const repoRoot = "../.."
 
 // TestNodeClient runs clients/node/openai.test.mjs, which drives the router
 // with the official openai npm package, unchanged, against the all-in-one
-// platform with a text, a vision and an image-generation service.
+// platform with a text, a vision, an image-generation and an embedding
+// service.
 func TestNodeClient(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the platform and Node.js")
@@ -41,6 +42,7 @@ func TestNodeClient(t *testing.T) {
 		{"node-text", "qwen2.5-7b-instruct", "text-generation"},
 		{"node-vision", "qwen2-vl-7b-instruct", "image-understanding"},
 		{"node-image", "stable-diffusion-xl", "image-generation"},
+		{"node-embed", "nomic-embed-text-v1.5", "embedding"},
 	} {
 		var svc service
 		if st := call(t, "POST", p.BaseURL+"/api/v1/services", testAdminKey, map[string]any{
@@ -74,6 +76,7 @@ func TestNodeClient(t *testing.T) {
 		"MODELPORT_TEXT_MODEL="+created[0].AccessName,
 		"MODELPORT_VISION_MODEL="+created[1].AccessName,
 		"MODELPORT_IMAGE_MODEL="+created[2].AccessName,
+		"MODELPORT_EMBEDDING_MODEL="+created[3].AccessName,
 	)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

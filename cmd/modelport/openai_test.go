@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"image"
 	"image/png"
+	"math"
 	"net/http"
 	"strings"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/modelport/modelport/libs/chtest"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/responses"
 )
 
 // TestOpenAIClient drives the router with the official Go client across
@@ -35,8 +37,10 @@ func TestOpenAIClient(t *testing.T) {
 	text := deployRunning(t, p.BaseURL, "text", "qwen2.5-7b-instruct", "text-generation")
 	vision := deployRunning(t, p.BaseURL, "vision", "qwen2-vl-7b-instruct", "image-understanding")
 	painter := deployRunning(t, p.BaseURL, "painter", "stable-diffusion-xl", "image-generation")
+	embedder := deployRunning(t, p.BaseURL, "embedder", "nomic-embed-text-v1.5", "embedding")
 	client := openai.NewClient(option.WithBaseURL(p.BaseURL+"/v1/"), option.WithAPIKey(testAdminKey), option.WithMaxRetries(0))
-	billed := map[string]*usageTotals{text.ID: {ServiceID: text.ID}, vision.ID: {ServiceID: vision.ID}, painter.ID: {ServiceID: painter.ID}}
+	billed := map[string]*usageTotals{text.ID: {ServiceID: text.ID}, vision.ID: {ServiceID: vision.ID}, painter.ID: {ServiceID: painter.ID},
+		embedder.ID: {ServiceID: embedder.ID}}
 	bill := func(svc string, prompt, completion int64) {
 		b := billed[svc]
 		b.Requests++
@@ -247,6 +251,239 @@ func TestOpenAIClient(t *testing.T) {
 		wantAPIError(t, err, http.StatusBadRequest, "model")
 	})
 
+	t.Run("legacy completions", func(t *testing.T) {
+		resp, err := client.Completions.New(ctx, openai.CompletionNewParams{
+			Model:     openai.CompletionNewParamsModel(text.AccessName),
+			Prompt:    openai.CompletionNewParamsPromptUnion{OfArrayOfStrings: []string{"Say this is a test", "And this"}},
+			MaxTokens: openai.Int(24), N: openai.Int(2), Seed: openai.Int(5), Temperature: openai.Float(0.5),
+			Stop: openai.CompletionNewParamsStopUnion{OfString: openai.String("never-appears")},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Choices) != 4 || resp.Object != "text_completion" || !strings.HasPrefix(resp.ID, "cmp-") || resp.Model != text.AccessName ||
+			!strings.Contains(resp.Choices[0].Text, "simulated") || resp.Usage.CompletionTokens == 0 {
+			t.Errorf("completion %s", resp.RawJSON())
+		}
+		bill(text.ID, resp.Usage.PromptTokens, resp.Usage.CompletionTokens)
+
+		var asked openai.CompletionUsage // the same request's usage, asked for
+		for _, includeUsage := range []bool{true, false} {
+			params := openai.CompletionNewParams{Model: openai.CompletionNewParamsModel(text.AccessName),
+				Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("Say this is a test")}, MaxTokens: openai.Int(24), Seed: openai.Int(5)}
+			if includeUsage {
+				params.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
+			}
+			stream := client.Completions.NewStreaming(ctx, params)
+			var got strings.Builder
+			var usage *openai.CompletionUsage
+			chunks := 0
+			for stream.Next() {
+				c := stream.Current()
+				chunks++
+				for _, ch := range c.Choices {
+					got.WriteString(ch.Text)
+				}
+				if c.JSON.Usage.Valid() {
+					usage = &c.Usage
+				}
+				if c.Model != text.AccessName || !strings.HasPrefix(c.ID, "cmp-") {
+					t.Errorf("chunk %s", c.RawJSON())
+				}
+			}
+			if err := stream.Err(); err != nil {
+				t.Fatalf("include_usage=%v: %v", includeUsage, err)
+			}
+			if !strings.Contains(got.String(), "simulated") || chunks < 3 || (usage != nil) != includeUsage {
+				t.Errorf("include_usage=%v: %d chunks, text %q, usage %+v", includeUsage, chunks, got.String(), usage)
+			}
+			if usage != nil {
+				if usage.CompletionTokens == 0 || usage.TotalTokens != usage.PromptTokens+usage.CompletionTokens {
+					t.Errorf("stream usage %+v", *usage)
+				}
+				asked = *usage
+			}
+			// Unasked, the usage is metered all the same: the router asked
+			// the engine for it. The answers are deterministic, so both
+			// streams used what the first was told.
+			bill(text.ID, asked.PromptTokens, asked.CompletionTokens)
+		}
+
+		_, err = client.Completions.New(ctx, openai.CompletionNewParams{Model: openai.CompletionNewParamsModel(embedder.AccessName),
+			Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("hi")}})
+		wantAPIError(t, err, http.StatusBadRequest, "model")
+		_, err = client.Completions.New(ctx, openai.CompletionNewParams{Model: openai.CompletionNewParamsModel(painter.AccessName),
+			Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("hi")}})
+		wantAPIError(t, err, http.StatusBadRequest, "model")
+	})
+
+	t.Run("embeddings", func(t *testing.T) {
+		texts := []string{"The food was delicious.", "The waiter was kind."}
+		resp, err := client.Embeddings.New(ctx, openai.EmbeddingNewParams{
+			Model: openai.EmbeddingModel(embedder.AccessName), Input: openai.EmbeddingNewParamsInputUnion{OfArrayOfStrings: texts},
+			EncodingFormat: openai.EmbeddingNewParamsEncodingFormatFloat,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Data) != 2 || resp.Model != embedder.AccessName || resp.Usage.PromptTokens == 0 || resp.Usage.TotalTokens != resp.Usage.PromptTokens {
+			t.Fatalf("embeddings: %d vectors, model %q, usage %+v", len(resp.Data), resp.Model, resp.Usage)
+		}
+		for i, d := range resp.Data {
+			var norm float64
+			for _, x := range d.Embedding {
+				norm += x * x
+			}
+			// The catalog's model has 768 dimensions, which the simulator
+			// answers with.
+			if len(d.Embedding) != 768 || d.Index != int64(i) || math.Abs(norm-1) > 1e-4 {
+				t.Errorf("data[%d]: %d dimensions, index %d, norm² %v; want a unit vector of 768", i, len(d.Embedding), d.Index, norm)
+			}
+		}
+		bill(embedder.ID, resp.Usage.PromptTokens, 0)
+
+		short, err := client.Embeddings.New(ctx, openai.EmbeddingNewParams{
+			Model: openai.EmbeddingModel(embedder.AccessName), Input: openai.EmbeddingNewParamsInputUnion{OfString: openai.String(texts[0])},
+			Dimensions: openai.Int(256),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(short.Data) != 1 || len(short.Data[0].Embedding) != 256 {
+			t.Errorf("dimensions 256: got %d vectors of %d", len(short.Data), len(short.Data[0].Embedding))
+		}
+		bill(embedder.ID, short.Usage.PromptTokens, 0)
+
+		_, err = client.Embeddings.New(ctx, openai.EmbeddingNewParams{Model: openai.EmbeddingModel(text.AccessName),
+			Input: openai.EmbeddingNewParamsInputUnion{OfString: openai.String("hi")}})
+		wantAPIError(t, err, http.StatusBadRequest, "model")
+		_, err = client.Embeddings.New(ctx, openai.EmbeddingNewParams{Model: openai.EmbeddingModel(embedder.AccessName),
+			Input: openai.EmbeddingNewParamsInputUnion{OfString: openai.String("hi")}, Dimensions: openai.Int(4096)})
+		wantAPIError(t, err, http.StatusBadRequest, "dimensions")
+		_, err = client.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: embedder.AccessName, Messages: user("hi")})
+		wantAPIError(t, err, http.StatusBadRequest, "model")
+	})
+
+	t.Run("responses", func(t *testing.T) {
+		resp, err := client.Responses.New(ctx, responses.ResponseNewParams{
+			Model: text.AccessName, Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("Say this is a test!")},
+			Instructions: openai.String("You are terse."), MaxOutputTokens: openai.Int(200), Temperature: openai.Float(0.7), TopP: openai.Float(0.9),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		u := resp.Usage
+		if !strings.HasPrefix(resp.ID, "resp_") || resp.Status != "completed" || resp.Model != text.AccessName ||
+			!strings.Contains(resp.OutputText(), "simulated") || u.OutputTokens == 0 || u.TotalTokens != u.InputTokens+u.OutputTokens {
+			t.Errorf("response %s", resp.RawJSON())
+		}
+		bill(text.ID, u.InputTokens, u.OutputTokens)
+
+		// Cut by max_output_tokens: incomplete, as OpenAI says.
+		short, err := client.Responses.New(ctx, responses.ResponseNewParams{Model: text.AccessName,
+			Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("Say this is a test!")}, MaxOutputTokens: openai.Int(3)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if short.Status != "incomplete" || short.IncompleteDetails.Reason != "max_output_tokens" || short.Usage.OutputTokens != 3 {
+			t.Errorf("max_output_tokens 3: %s", short.RawJSON())
+		}
+		bill(text.ID, short.Usage.InputTokens, short.Usage.OutputTokens)
+
+		// A function call, and the conversation sent back with its output.
+		weather := responses.ToolParamOfFunction("get_weather", map[string]any{"type": "object",
+			"properties": map[string]any{"city": map[string]any{"type": "string"}}, "required": []string{"city"}}, false)
+		question := responses.ResponseInputItemParamOfMessage("What's the weather in Paris?", responses.EasyInputMessageRoleUser)
+		called, err := client.Responses.New(ctx, responses.ResponseNewParams{Model: text.AccessName,
+			Input:      responses.ResponseNewParamsInputUnion{OfInputItemList: responses.ResponseInputParam{question}},
+			Tools:      []responses.ToolUnionParam{weather},
+			ToolChoice: responses.ResponseNewParamsToolChoiceUnion{OfToolChoiceMode: openai.Opt(responses.ToolChoiceOptionsRequired)},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(called.Output) != 1 || called.Output[0].Type != "function_call" {
+			t.Fatalf("function call: %s", called.RawJSON())
+		}
+		fc := called.Output[0].AsFunctionCall()
+		if fc.Name != "get_weather" || !strings.Contains(fc.Arguments, `"city"`) || fc.CallID == "" {
+			t.Errorf("function call %+v", fc)
+		}
+		bill(text.ID, called.Usage.InputTokens, called.Usage.OutputTokens)
+		answered, err := client.Responses.New(ctx, responses.ResponseNewParams{Model: text.AccessName,
+			Input: responses.ResponseNewParamsInputUnion{OfInputItemList: responses.ResponseInputParam{question,
+				responses.ResponseInputItemParamOfFunctionCall(fc.Arguments, fc.CallID, fc.Name),
+				functionOutput(fc.CallID, `{"sky":"clear"}`)}},
+			Tools: []responses.ToolUnionParam{weather},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if answered.Status != "completed" || !strings.Contains(answered.OutputText(), "simulated") || answered.Usage.InputTokens <= called.Usage.InputTokens {
+			t.Errorf("answer after the function's output: %s", answered.RawJSON())
+		}
+		bill(text.ID, answered.Usage.InputTokens, answered.Usage.OutputTokens)
+
+		// An image, to an image-understanding service.
+		img := image.NewRGBA(image.Rect(0, 0, 37, 21))
+		for i := range img.Pix {
+			img.Pix[i] = []byte{200, 30, 40, 255}[i%4]
+		}
+		var buf bytes.Buffer
+		if err := png.Encode(&buf, img); err != nil {
+			t.Fatal(err)
+		}
+		url := "data:image/png;base64," + base64.StdEncoding.EncodeToString(buf.Bytes())
+		seen, err := client.Responses.New(ctx, responses.ResponseNewParams{Model: vision.AccessName,
+			Input: responses.ResponseNewParamsInputUnion{OfInputItemList: responses.ResponseInputParam{
+				responses.ResponseInputItemParamOfMessage(responses.ResponseInputMessageContentListParam{
+					responses.ResponseInputContentParamOfInputText("What is in this picture?"),
+					{OfInputImage: &responses.ResponseInputImageParam{ImageURL: openai.String(url), Detail: responses.ResponseInputImageDetailLow}},
+				}, responses.EasyInputMessageRoleUser)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out := seen.OutputText(); !strings.Contains(out, "37x21") || !strings.Contains(strings.ToLower(out), "#c81e28") {
+			t.Errorf("answer does not describe the 37x21 #c81e28 image: %q", out)
+		}
+		bill(vision.ID, seen.Usage.InputTokens, seen.Usage.OutputTokens)
+
+		// Streamed: the events the client assembles, and the usage on the last.
+		stream := client.Responses.NewStreaming(ctx, responses.ResponseNewParams{Model: text.AccessName,
+			Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("Stream me a few words.")}, MaxOutputTokens: openai.Int(40)})
+		var deltas strings.Builder
+		var kinds []string
+		var final responses.Response
+		for stream.Next() {
+			ev := stream.Current()
+			kinds = append(kinds, ev.Type)
+			switch ev.Type {
+			case "response.output_text.delta":
+				deltas.WriteString(ev.Delta)
+			case "response.completed", "response.incomplete":
+				final = ev.Response
+			}
+		}
+		if err := stream.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if len(kinds) < 8 || kinds[0] != "response.created" || final.ID == "" || !strings.HasPrefix(final.ID, "resp_") ||
+			final.OutputText() != deltas.String() || !strings.Contains(deltas.String(), "simulated") || final.Usage.OutputTokens == 0 {
+			t.Errorf("stream: events %v, deltas %q, final %s", kinds, deltas.String(), final.RawJSON())
+		}
+		bill(text.ID, final.Usage.InputTokens, final.Usage.OutputTokens)
+
+		_, err = client.Responses.New(ctx, responses.ResponseNewParams{Model: text.AccessName,
+			Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("hi")}, PreviousResponseID: openai.String(resp.ID)})
+		wantAPIError(t, err, http.StatusBadRequest, "previous_response_id")
+		_, err = client.Responses.New(ctx, responses.ResponseNewParams{Model: painter.AccessName,
+			Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("hi")}})
+		wantAPIError(t, err, http.StatusBadRequest, "model")
+		_, err = client.Responses.New(ctx, responses.ResponseNewParams{Model: embedder.AccessName,
+			Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("hi")}})
+		wantAPIError(t, err, http.StatusBadRequest, "model")
+	})
+
 	t.Run("errors", func(t *testing.T) {
 		bad := openai.NewClient(option.WithBaseURL(p.BaseURL+"/v1/"), option.WithAPIKey("mp-wrong-key-0000000000000000"), option.WithMaxRetries(0))
 		_, err := bad.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: text.AccessName, Messages: user("hi")})
@@ -271,6 +508,13 @@ func TestOpenAIClient(t *testing.T) {
 			return nil
 		})
 	}
+}
+
+// functionOutput is a function_call_output input item.
+func functionOutput(callID, output string) responses.ResponseInputItemUnionParam {
+	item := responses.ResponseInputItemParamOfFunctionCallOutput(output)
+	item.OfFunctionCallOutput.CallID = openai.String(callID)
+	return item
 }
 
 // deployRunning creates a one-instance service and waits until it runs.

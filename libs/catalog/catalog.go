@@ -28,6 +28,8 @@ type Model struct {
 	MemoryGiB      int      `json:"memory_gib,omitempty"`      // per instance, for placement
 	Base           string   `json:"base,omitempty"`            // fine-tuned: the base model's name
 	Adapter        string   `json:"adapter,omitempty"`         // fine-tuned: the LoRA adapter's path or repository ID
+	// Dimensions is the length of an embedding model's vectors.
+	Dimensions int `json:"dimensions,omitempty"`
 }
 
 // FineTuned reports whether the model is a LoRA adapter on a base model.
@@ -103,15 +105,15 @@ func Parse(b []byte) (*Catalog, error) {
 		if !slices.Contains(Engines, m.Engine) {
 			return nil, fmt.Errorf("catalog entry %q: unknown engine %q", m.Name, m.Engine)
 		}
-		if m.GPUs < 0 || m.TensorParallel < 0 || m.ContextLength < 0 {
-			return nil, fmt.Errorf("catalog entry %q: gpus, tensor_parallel and context_length cannot be negative", m.Name)
+		if m.GPUs < 0 || m.TensorParallel < 0 || m.ContextLength < 0 || m.Dimensions < 0 {
+			return nil, fmt.Errorf("catalog entry %q: gpus, tensor_parallel, context_length and dimensions cannot be negative", m.Name)
 		}
 	}
 	return &Catalog{models: models}, nil
 }
 
 // Tasks are the tasks a model can serve.
-var Tasks = []string{"text-generation", "image-understanding", "image-generation"}
+var Tasks = []string{"text-generation", "image-understanding", "image-generation", "embedding"}
 
 // Engines are the engines the inference-worker can run.
 var Engines = []string{"vllm", "llama.cpp", "sglang", "ollama", "simulator"}
@@ -140,6 +142,9 @@ func inherit(m, base Model) Model {
 	}
 	if m.MemoryGiB == 0 {
 		m.MemoryGiB = base.MemoryGiB
+	}
+	if m.Dimensions == 0 {
+		m.Dimensions = base.Dimensions
 	}
 	return m
 }

@@ -118,6 +118,8 @@ const (
 	TaskTextGeneration     = "text-generation"
 	TaskImageUnderstanding = "image-understanding"
 	TaskImageGeneration    = "image-generation"
+	// TaskEmbedding turns text into vectors: POST /v1/embeddings.
+	TaskEmbedding = "embedding"
 )
 
 // Billing methods.

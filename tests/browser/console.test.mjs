@@ -45,6 +45,7 @@ const services = {
   text: { name: 'chat-demo', task: 'text-generation', model: 'qwen2.5-7b-instruct' },
   image: { name: 'painter', task: 'image-generation', model: 'stable-diffusion-xl' },
   vision: { name: 'vision-demo', task: 'image-understanding', model: 'qwen2-vl-7b-instruct' },
+  embed: { name: 'embed-demo', task: 'embedding', model: 'nomic-embed-text-v1.5' },
 };
 
 let browser;
@@ -183,7 +184,7 @@ test('deploy form: validates as you type, then deploys a service of each task', 
   await page.getByRole('button', { name: 'Deploy', exact: true }).click();
   await page.locator('dd[data-field="name"]', { hasText: services.text.name }).waitFor();
 
-  for (const key of ['image', 'vision']) {
+  for (const key of ['image', 'vision', 'embed']) {
     const s = services[key];
     await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Deploy' }).click();
     await page.getByLabel('Task').selectOption(s.task);
@@ -354,6 +355,22 @@ test('text service: the playground streams an answer, scaling to 2 shows 2 ready
   await shot('playground-chat');
   await shot('playground-chat', { size: NARROW, fullPage: true });
 
+  // The same conversation goes on through the Responses API: the request
+  // becomes instructions and input items, and its events stream in.
+  await page.getByLabel('API', { exact: true }).selectOption('responses');
+  await page.getByLabel('Message').fill('And once more, through the Responses API.');
+  const responsesRequest = await page.locator('.pg-request pre').textContent();
+  for (const want of [`${base.origin}/v1/responses`, '"instructions": "You are a terse assistant."', '"max_output_tokens": 48', '"input": [', '"role": "assistant"']) {
+    assert.ok(responsesRequest.includes(want), `the Responses request lacks ${want}:\n${responsesRequest}`);
+  }
+  await page.getByRole('button', { name: 'Send' }).click();
+  const second = page.locator('.bubble-assistant[data-done="true"]').nth(1);
+  await second.waitFor();
+  assert.match(await second.locator('.bubble-text').textContent(), /simulated/i);
+  assert.ok(Number(await second.getAttribute('data-chunks')) > 1, 'the response was not streamed');
+  await assertText(page.locator('.usage-line'), /\d+ input \+ \d+ output = \d+ tokens/);
+  await shot('playground-responses');
+
   // Scale to 2 from the detail page, with the keyboard.
   await openDetail(s.name);
   const scale = page.getByRole('button', { name: 'Scale', exact: true });
@@ -398,10 +415,14 @@ test('text service: the playground streams an answer, scaling to 2 shows 2 ready
   }
   const samples = await page.locator('[role="tabpanel"]:not([hidden]) pre').textContent();
   assert.ok(samples.includes(`${base.origin}/v1/chat/completions`) && samples.includes(await accessName(s.name)), samples);
-  await page.getByRole('tab', { name: 'curl' }).focus();
+  await page.getByRole('tab', { name: 'curl', exact: true }).focus();
   await page.keyboard.press('ArrowRight');
-  assert.equal(await page.getByRole('tab', { name: 'Python' }).getAttribute('aria-selected'), 'true');
+  assert.equal(await page.getByRole('tab', { name: 'Python', exact: true }).getAttribute('aria-selected'), 'true');
   assert.match(await page.locator('[role="tabpanel"]:not([hidden]) pre').textContent(), /from openai import OpenAI/);
+  await page.getByRole('tab', { name: 'Python · Responses' }).click();
+  assert.match(await page.locator('[role="tabpanel"]:not([hidden]) pre').textContent(), /client\.responses\.create\(/);
+  await page.getByRole('tab', { name: 'curl · Responses' }).click();
+  assert.ok((await page.locator('[role="tabpanel"]:not([hidden]) pre').textContent()).includes(`${base.origin}/v1/responses`));
 
   // The API key section: the session's prefix, and a new key shown once.
   await page.getByRole('button', { name: 'View my API key' }).click();
@@ -461,6 +482,27 @@ test('image understanding: an uploaded image is described by size and colour', a
   assert.match(text, /48x32 png/, `the answer names the image's size: ${text}`);
   assert.match(text, /#2288dd/, `the answer names the image's colour: ${text}`);
   await shot('image-understanding', { fullPage: true });
+  await deleteThroughDialog(s.name);
+});
+
+test('embedding: the playground shows each text\'s vector, and the samples call the embeddings API', async () => {
+  const s = services.embed;
+  await openDetail(s.name);
+  const sample = await page.locator('[role="tabpanel"]:not([hidden]) pre').textContent();
+  assert.ok(sample.includes(`${base.origin}/v1/embeddings`) && sample.includes(await accessName(s.name)), sample);
+  await page.getByRole('link', { name: 'Open playground' }).click();
+  await page.getByRole('heading', { level: 2, name: 'Embed' }).waitFor();
+  await page.getByLabel('Texts').fill('The food was delicious.\nThe waiter was kind.');
+  await page.getByLabel('Dimensions').fill('256');
+  await page.getByLabel('Dimensions').dispatchEvent('input');
+  const request = await page.locator('.pg-request pre').textContent();
+  assert.ok(request.includes('/v1/embeddings') && request.includes('"dimensions": 256') && request.includes('"The waiter was kind."'), request);
+  await page.getByRole('button', { name: 'Embed' }).click();
+  await page.locator('.embedding-table tbody tr').nth(1).waitFor();
+  const dims = await page.locator('.embedding-table tbody tr').evaluateAll((rows) => rows.map((r) => r.dataset.dimensions));
+  assert.deepEqual(dims, ['256', '256'], 'a vector of 256 per text');
+  await assertText(page.locator('.usage-line'), /^\d+ input tokens$/);
+  await shot('embedding', { fullPage: true });
   await deleteThroughDialog(s.name);
 });
 

@@ -176,6 +176,7 @@ func specs(cat *catalog.Catalog, cfg Config) worker.SpecFunc {
 			return spec, errs.E(errs.Invalid, "base model %q is not in this worker's catalog", spec.BaseModel)
 		}
 		spec.Source, spec.ContextLength, spec.GPUs, spec.TensorParallel = m.Source, m.ContextLength, m.GPUs, m.TensorParallel
+		spec.Dimensions = m.Dimensions
 		if m.FineTuned() {
 			spec.Adapter = engine.LoRA{Name: spec.ServedName, Path: m.Adapter}
 		}

@@ -145,9 +145,9 @@ func validate(req *CreateRequest, model models.Model) error {
 		req.Task = model.Tasks[0]
 	}
 	switch req.Task {
-	case state.TaskTextGeneration, state.TaskImageUnderstanding, state.TaskImageGeneration:
+	case state.TaskTextGeneration, state.TaskImageUnderstanding, state.TaskImageGeneration, state.TaskEmbedding:
 	default:
-		return errs.InvalidParam("task", "task must be one of text-generation, image-understanding, image-generation")
+		return errs.InvalidParam("task", "task must be one of text-generation, image-understanding, image-generation, embedding")
 	}
 	if !model.Supports(req.Task) {
 		return errs.InvalidParam("task", "base model %s does not support %s (it supports %v)", model.Name, req.Task, model.Tasks)

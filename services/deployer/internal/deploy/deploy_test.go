@@ -194,6 +194,12 @@ func TestValidate(t *testing.T) {
 			wantParam: "task",
 		},
 		{
+			name:   "the catalog's embedding model",
+			edit:   func(r *req) { r.BaseModel, r.Task = "nomic-embed-text-v1.5", "" },
+			filled: func(r *req) { r.Task = state.TaskEmbedding },
+		},
+		{name: "embedding on a chat model", edit: func(r *req) { r.Task = state.TaskEmbedding }, wantParam: "task"},
+		{
 			name: "second task of a multi-task model",
 			edit: func(r *req) { r.BaseModel, r.Task = "qwen2-vl-7b-instruct", state.TaskImageUnderstanding },
 		},

@@ -154,7 +154,7 @@ var statuses = []string{
 	state.StatusFailed, state.StatusDeleting, state.StatusDeleted,
 }
 
-var tasks = []string{state.TaskTextGeneration, state.TaskImageUnderstanding, state.TaskImageGeneration}
+var tasks = []string{state.TaskTextGeneration, state.TaskImageUnderstanding, state.TaskImageGeneration, state.TaskEmbedding}
 
 // List returns a page of the services the caller may see, oldest first,
 // and whether more follow. Deleted services are left out unless

@@ -169,6 +169,8 @@ func TestRegister(t *testing.T) {
 			models.Model{Source: "ollama://llama3.2:1b", Format: "ollama", Engine: "ollama", GPUs: 0}},
 		{"safetensors on S3", models.Request{Name: "s3-llama", Source: "s3://weights/llama-8b/", Engine: "sglang", GPUs: gpus(2)},
 			models.Model{Format: "safetensors", Engine: "sglang", GPUs: 2}},
+		{"a GGUF model on Ollama embeds", models.Request{Name: "embed", Source: "file:///models/tiny.gguf", Tasks: []string{"embedding"}},
+			models.Model{Format: "gguf", Engine: "ollama", GPUs: 0, Tasks: []string{"embedding"}}},
 		{"the simulator serves any task", models.Request{Name: "sim", Source: "file:///models/tiny.gguf", Engine: "simulator", Tasks: []string{"image-generation"}},
 			models.Model{Engine: "simulator", Tasks: []string{"image-generation"}}},
 	}

@@ -14,16 +14,17 @@ const (
 	taskText   = "text-generation"
 	taskVision = "image-understanding"
 	taskImage  = "image-generation"
+	taskEmbed  = "embedding"
 )
 
 // engineTasks are the tasks each engine serves. The simulator serves
 // every task, with answers that say they are simulated.
 var engineTasks = map[string][]string{
-	"vllm":      {taskText, taskVision},
-	"sglang":    {taskText, taskVision},
-	"llama.cpp": {taskText},
-	"ollama":    {taskText, taskVision},
-	"simulator": {taskText, taskVision, taskImage},
+	"vllm":      {taskText, taskVision, taskEmbed},
+	"sglang":    {taskText, taskVision, taskEmbed},
+	"llama.cpp": {taskText, taskEmbed},
+	"ollama":    {taskText, taskVision, taskEmbed},
+	"simulator": {taskText, taskVision, taskImage, taskEmbed},
 }
 
 // formatEngines are the engines that load each weight format, the

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/modelport/modelport/libs/state"
 )
 
 // Adapter knows how to run one engine as a process. Its method only
@@ -131,6 +133,9 @@ func (v VLLM) Command(spec Spec, host string, port int) (Command, error) {
 		args = append(args, "--max-model-len", strconv.Itoa(spec.ContextLength))
 	}
 	args = append(args, "--tensor-parallel-size", strconv.Itoa(max(spec.TensorParallel, 1)))
+	if spec.Task == state.TaskEmbedding {
+		args = append(args, "--runner", "pooling") // /v1/embeddings instead of generation
+	}
 	if hasLoRA(spec) {
 		args = append(args, "--enable-lora", "--lora-modules", spec.ServedName+"="+spec.Adapter.Path)
 	}
@@ -166,6 +171,9 @@ func (l LlamaCpp) Command(spec Spec, host string, port int) (Command, error) {
 	args = append(args, "-ngl", layers)
 	if spec.Threads > 0 {
 		args = append(args, "--threads", strconv.Itoa(spec.Threads))
+	}
+	if spec.Task == state.TaskEmbedding {
+		args = append(args, "--embeddings")
 	}
 	if hasLoRA(spec) {
 		lora := spec.Adapter.Path
@@ -203,6 +211,9 @@ func (s SGLang) Command(spec Spec, host string, port int) (Command, error) {
 		args = append(args, "--context-length", strconv.Itoa(spec.ContextLength))
 	}
 	args = append(args, "--tp", strconv.Itoa(max(spec.TensorParallel, 1)))
+	if spec.Task == state.TaskEmbedding {
+		args = append(args, "--is-embedding")
+	}
 	if hasLoRA(spec) {
 		args = append(args, "--lora-paths", spec.ServedName+"="+spec.Adapter.Path)
 	}
@@ -228,7 +239,9 @@ func (Ollama) Name() string { return "ollama" }
 //
 // A LoRA adapter, a local GGUF file, is uploaded the same way and created
 // into the model, on an imported or a pulled base. Threads become the
-// model's num_thread parameter, set by /api/create as well.
+// model's num_thread parameter, set by /api/create as well. Ollama serves
+// /v1/embeddings for any model it runs, so the embedding task needs
+// nothing more.
 func (o Ollama) Command(spec Spec, host string, port int) (Command, error) {
 	if err := check(o.Name(), spec); err != nil {
 		return Command{}, err

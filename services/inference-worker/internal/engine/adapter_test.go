@@ -33,6 +33,7 @@ func base(mod ...func(*engine.Spec)) engine.Spec {
 func withLoRA(s *engine.Spec)   { s.Adapter = engine.LoRA{Name: "sql", Path: "/loras/sql"} }
 func onCPU(s *engine.Spec)      { s.GPUs, s.Devices = 0, nil }
 func twoGPUs(s *engine.Spec)    { s.GPUs, s.TensorParallel, s.Devices = 2, 2, []int{0, 1} }
+func embedding(s *engine.Spec)  { s.Task = "embedding" }
 func unassigned(s *engine.Spec) { s.Devices = nil }
 
 type adapterCase struct {
@@ -170,6 +171,14 @@ func TestVLLMCommand(t *testing.T) {
 				"--host", "0.0.0.0", "--port", "9101", "--max-model-len", "32768", "--tensor-parallel-size", "1"},
 			wantEnv: map[string]string{"CUDA_VISIBLE_DEVICES": "-1"},
 		},
+		{
+			name: "an embedding model runs as a pooling model",
+			spec: base(embedding),
+			wantArgs: []string{"serve", "Qwen/Qwen2.5-7B-Instruct", "--served-model-name", "u-a11ce0000001/chat",
+				"--host", "0.0.0.0", "--port", "9101", "--max-model-len", "32768", "--tensor-parallel-size", "1",
+				"--runner", "pooling"},
+			wantEnv: map[string]string{"CUDA_VISIBLE_DEVICES": "2"},
+		},
 	}
 	runAdapterCases(t, engine.VLLM{}, append(tests, commonErrors()...))
 }
@@ -232,6 +241,13 @@ func TestLlamaCppCommand(t *testing.T) {
 				"--host", "0.0.0.0", "--port", "9101", "-c", "32768", "-ngl", "999"},
 			wantEnv: map[string]string{"CUDA_VISIBLE_DEVICES": "0,1", "LLAMA_ARG_THREADS": "8"},
 		},
+		{
+			name: "an embedding model serves embeddings",
+			spec: base(gguf, onCPU, embedding),
+			wantArgs: []string{"-m", "/models/qwen2.5-0.5b-instruct-q4_k_m.gguf", "--alias", "u-a11ce0000001/tiny",
+				"--host", "0.0.0.0", "--port", "9101", "-c", "32768", "-ngl", "0", "--embeddings"},
+			wantEnv: map[string]string{"CUDA_VISIBLE_DEVICES": "-1"},
+		},
 	}
 	runAdapterCases(t, engine.LlamaCpp{}, append(tests, commonErrors()...))
 }
@@ -260,6 +276,14 @@ func TestSGLangCommand(t *testing.T) {
 			wantArgs: []string{"-m", "sglang.launch_server", "--model-path", "Qwen/Qwen2.5-7B-Instruct",
 				"--served-model-name", "u-a11ce0000001/chat", "--host", "0.0.0.0", "--port", "9101", "--tp", "1"},
 			wantEnv: map[string]string{"SGLANG_LOG_LEVEL": "info"},
+		},
+		{
+			name: "an embedding model",
+			spec: base(embedding),
+			wantArgs: []string{"-m", "sglang.launch_server", "--model-path", "Qwen/Qwen2.5-7B-Instruct",
+				"--served-model-name", "u-a11ce0000001/chat", "--host", "0.0.0.0", "--port", "9101",
+				"--context-length", "32768", "--tp", "1", "--is-embedding"},
+			wantEnv: map[string]string{"CUDA_VISIBLE_DEVICES": "2"},
 		},
 	}
 	runAdapterCases(t, engine.SGLang{}, append(tests, commonErrors()...))

@@ -47,6 +47,9 @@ type Spec struct {
 	// engine decides (llama.cpp and Ollama take every core). Process sets
 	// it for instances without GPUs from its CPUThreads.
 	Threads int
+	// Dimensions is the length of an embedding model's vectors, where the
+	// catalog gives it; the simulator answers with vectors that long.
+	Dimensions int
 }
 
 // LoRA is a low-rank adapter: a name for people and where its weights are.

@@ -25,7 +25,7 @@ type Simulator struct {
 // config is the simulator configuration of an instance for spec.
 func (s *Simulator) config(spec Spec) simulator.Config {
 	return simulator.Config{
-		ServedName: spec.ServedName, BaseModel: spec.BaseModel,
+		ServedName: spec.ServedName, BaseModel: spec.BaseModel, Dimensions: spec.Dimensions,
 		TimeToFirstToken: s.TimeToFirstToken, InterTokenLatency: s.InterTokenLatency,
 		PrefixCacheTokens: s.PrefixCacheTokens, PrefillPerToken: s.PrefillPerToken,
 	}

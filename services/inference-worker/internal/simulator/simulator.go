@@ -17,6 +17,10 @@
 //	POST /v1/chat/completions   (stream, n, stop, tools, response_format,
 //	                             logprobs, image inputs)
 //	POST /v1/images/generations (b64_json PNGs)
+//	POST /v1/completions        (legacy text completions: stream, n, stop,
+//	                             a prompt or a batch of them)
+//	POST /v1/embeddings         (unit vectors drawn from the input, float
+//	                             or base64, dimensions)
 //
 // For tests of what sits in front of an engine, Config shapes load (a
 // concurrency limit with a bounded queue) and injects failures (errors, a
@@ -52,6 +56,9 @@ type Config struct {
 	// completion token; an image generation waits TimeToFirstToken.
 	TimeToFirstToken  time.Duration
 	InterTokenLatency time.Duration
+	// Dimensions is the length of the embedding vectors the instance
+	// answers with; 0: DefaultDimensions.
+	Dimensions int
 	// PrefixCacheTokens is the capacity, in tokens, of the instance's
 	// prefix cache: prompts are cached in blocks of 16 tokens, least
 	// recently used evicted first, and answers report the prompt tokens
@@ -123,6 +130,8 @@ type Model struct {
 //	GET  /v1/models
 //	POST /v1/chat/completions
 //	POST /v1/images/generations
+//	POST /v1/completions
+//	POST /v1/embeddings
 //
 // Its SlowStart counts from now.
 func New(cfg Config) *Server {
@@ -146,6 +155,8 @@ func New(cfg Config) *Server {
 	mux.Handle("GET /v1/models", s.loaded(http.HandlerFunc(s.listModels)))
 	mux.Handle("POST /v1/chat/completions", s.loaded(s.shaped(http.HandlerFunc(s.chat))))
 	mux.Handle("POST /v1/images/generations", s.loaded(s.shaped(http.HandlerFunc(s.imageGenerations))))
+	mux.Handle("POST /v1/completions", s.loaded(s.shaped(http.HandlerFunc(s.completions))))
+	mux.Handle("POST /v1/embeddings", s.loaded(s.shaped(http.HandlerFunc(s.embeddings))))
 	s.handler = mux
 	return s
 }

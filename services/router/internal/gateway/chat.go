@@ -69,67 +69,15 @@ func (g *Gateway) Chat(ctx context.Context, c Call) (*Reply, error) {
 	if err != nil {
 		return nil, err
 	}
-	// From here only the request for the engine is kept, and only until
-	// it is written.
-	req := newPayload(body, c.Hold.Release)
-	images, c.Body, body = nil, nil, nil
-	up, err := g.forward(ctx, svc, "/chat/completions", req, route)
-	if err != nil {
-		var sent *sentError
-		if errors.As(err, &sent) {
-			g.meterGone(ctx, c, svc, sent.instance, chatEndpoint, Usage{PromptTokens: p.prompt.tokens()}, started)
-			return nil, sent.err
-		}
-		g.observeFailure(svc, chatEndpoint, err, started)
-		return nil, err
+	opts := streamOptions{}
+	if p.StreamOptions != nil {
+		opts = *p.StreamOptions
 	}
-	if up.status != 200 {
-		defer up.close()
-		b, _ := readLimited(up.body, 1<<20)
-		err := engineError(up.status, b)
-		g.observeFailure(svc, chatEndpoint, err, started)
-		return nil, err
-	}
-	id := newCompletionID()
-	if p.Stream {
-		opts := streamOptions{}
-		if p.StreamOptions != nil {
-			opts = *p.StreamOptions
-		}
-		return &Reply{Stream: &Stream{g: g, ctx: ctx, call: Call{Caller: c.Caller, RequestID: c.RequestID}, svc: svc, up: up,
-			id: id, started: started, opts: opts, prompt: p.prompt, lines: newLineReader(up.body)}}, nil
-	}
-	defer up.close()
-	b, tail, err := readAnswer(up.body, maxAnswer)
-	switch {
-	case ctx.Err() != nil:
-		// The client went away while the answer was being read; the
-		// engine did the work, and the instance did nothing wrong.
-		g.meterGone(ctx, c, svc, up.instance, chatEndpoint, Usage{PromptTokens: p.prompt.tokens()}, started)
-		return nil, ctx.Err()
-	case errors.Is(err, errTooLarge):
-		return nil, g.tooLarge(ctx, c, svc, up.instance, chatEndpoint, tail, p.prompt.tokens(), started)
-	case up.idled():
-		up.fail()
-		err := errs.E(errs.Timeout, "the engine stopped sending its answer for %s", g.IdleTimeout)
-		g.observeFailure(svc, chatEndpoint, err, started)
-		return nil, err
-	case err != nil:
-		up.fail()
-		err := errs.Wrap(errs.Upstream, err, "read the engine's answer")
-		g.observeFailure(svc, chatEndpoint, err, started)
-		return nil, err
-	}
-	out, usage, err := rewriteCompletion(b, id, svc.AccessName)
-	if err != nil {
-		up.fail()
-		g.observeFailure(svc, chatEndpoint, err, started)
-		return nil, err
-	}
-	if err := g.meter(ctx, c, svc, up.instance, chatEndpoint, 200, usage, started); err != nil {
-		return nil, err
-	}
-	return &Reply{Body: out}, nil
+	c.Body, images = nil, nil
+	return g.relay(ctx, c, svc, started, exchange{
+		endpoint: chatEndpoint, path: "/chat/completions", body: body, stream: p.Stream,
+		opts: opts, prompt: p.prompt, id: newCompletionID(), rewrite: rewriteCompletion, route: route,
+	})
 }
 
 // meterGone meters a request whose client went away after it reached an

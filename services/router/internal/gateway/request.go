@@ -498,8 +498,8 @@ func (p *chatParams) route(body []byte) routing.Request {
 
 // checkTask refuses what the service's task cannot serve.
 func (p *chatParams) checkTask(svc state.Service) error {
-	if svc.Task == state.TaskImageGeneration {
-		return errs.InvalidParam("model", "%s is an image-generation service; use POST /v1/images/generations", svc.AccessName)
+	if err := generatesText(svc, chatEndpoint); err != nil {
+		return err
 	}
 	if svc.Task == state.TaskImageUnderstanding {
 		return nil
@@ -511,6 +511,19 @@ func (p *chatParams) checkTask(svc state.Service) error {
 					"%s is a %s service and does not accept images; deploy an image-understanding service", svc.AccessName, svc.Task)
 			}
 		}
+	}
+	return nil
+}
+
+// generatesText refuses a request to endpoint, one that generates text,
+// for a service that does not: an OpenAI error naming model that says
+// which endpoint the service serves.
+func generatesText(svc state.Service, endpoint string) error {
+	switch svc.Task {
+	case state.TaskImageGeneration:
+		return errs.InvalidParam("model", "%s is an image-generation service and does not serve %s; use POST /v1/images/generations", svc.AccessName, endpoint)
+	case state.TaskEmbedding:
+		return errs.InvalidParam("model", "%s is an embedding service and does not serve %s; use POST /v1/embeddings", svc.AccessName, endpoint)
 	}
 	return nil
 }

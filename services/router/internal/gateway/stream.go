@@ -22,16 +22,22 @@ import (
 // client. Next yields the chunks to send; Close records the usage. It is
 // used by one goroutine, but for ClientGone.
 type Stream struct {
-	g       *Gateway
-	ctx     context.Context
-	call    Call // the caller and request ID; the body is gone
-	svc     state.Service
-	up      *upstream
-	id      string
-	started time.Time
-	opts    streamOptions // what the client asked for
-	prompt  *prompt       // for the prompt's tokens, when the engine gives none
-	lines   *lineReader
+	g    *Gateway
+	ctx  context.Context
+	call Call // the caller and request ID; the body is gone
+	svc  state.Service
+	up   *upstream
+	// endpoint is the API path metered: chat or legacy completions.
+	endpoint string
+	id       string
+	started  time.Time
+	opts     streamOptions // what the client asked for
+	prompt   promptCounter // for the prompt's tokens, when the engine gives none
+	lines    *lineReader
+	// events, when set, turns the engine's chunks into another API's
+	// events (the Responses API's); pending are those not yet sent.
+	events  eventShaper
+	pending [][]byte
 
 	usage    Usage
 	sawUsage bool
@@ -63,6 +69,14 @@ func (s *Stream) clientGone() bool { return s.gone.Load() || s.ctx.Err() != nil 
 // has finished, or the error that ended the stream (send ErrorEvent(err)).
 func (s *Stream) Next() ([]byte, error) {
 	for {
+		if len(s.pending) > 0 {
+			out := s.pending[0]
+			s.pending = s.pending[1:]
+			return out, nil
+		}
+		if s.finished {
+			return nil, io.EOF
+		}
 		data, err := s.lines.event()
 		if err != nil {
 			switch {
@@ -82,7 +96,15 @@ func (s *Stream) Next() ([]byte, error) {
 		}
 		if bytes.Equal(data, []byte("[DONE]")) {
 			s.finished = true
-			return nil, io.EOF
+			if s.events != nil {
+				// The last event carries the usage: it is recorded before
+				// the client has it, or the client gets the error instead.
+				if err := s.Close(); err != nil {
+					return nil, err
+				}
+				s.pending = s.events.done(s.usageOrCounted())
+			}
+			continue
 		}
 		if len(bytes.TrimSpace(data)) == 0 {
 			continue // an empty event carries no chunk
@@ -156,6 +178,19 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 			}
 		}
 	}
+	if s.events != nil {
+		var ch []byte
+		if hasChoices {
+			ch = data[choices.Start:choices.End]
+		}
+		evs, err := s.events.chunk(ch)
+		if err != nil {
+			s.up.fail()
+			return nil, false, err
+		}
+		s.pending = append(s.pending, evs...)
+		return nil, true, nil
+	}
 	if s.idJSON == nil {
 		s.idJSON, _ = marshal(s.id)
 		s.modelJSON, _ = marshal(s.svc.AccessName)
@@ -214,10 +249,11 @@ func appendKey(out []byte, key string) []byte {
 }
 
 // hasContent reports whether a chunk's choices carry generated content:
-// text, reasoning or tool calls, as opposed to the role-only chunk engines
+// text (a chat delta's or a legacy completion's), reasoning or tool calls, as opposed to the role-only chunk engines
 // send first or the empty delta of a finish chunk.
 func hasContent(choices json.RawMessage) bool {
 	var cs []struct {
+		Text  *string `json:"text"` // a legacy completion's
 		Delta struct {
 			Content          *string         `json:"content"`
 			ReasoningContent *string         `json:"reasoning_content"`
@@ -229,6 +265,9 @@ func hasContent(choices json.RawMessage) bool {
 	}
 	for _, c := range cs {
 		d := c.Delta
+		if c.Text != nil && *c.Text != "" {
+			return true
+		}
 		if d.Content != nil && *d.Content != "" || d.ReasoningContent != nil && *d.ReasoningContent != "" ||
 			len(d.ToolCalls) > 0 && string(d.ToolCalls) != "null" && string(d.ToolCalls) != "[]" {
 			return true
@@ -256,30 +295,63 @@ func (s *Stream) Close() error {
 		case !s.finished:
 			status = 502
 		}
-		u := s.usage
 		if !s.sawUsage {
 			s.g.log.WarnContext(s.ctx, "no usage from the engine for this stream; billing the prompt's counted tokens and a token per content chunk",
 				"service_id", s.svc.ID, "status", status, "content_chunks", s.chunks)
-			u = Usage{PromptTokens: s.prompt.tokens(), CompletionTokens: s.chunks}
 		}
+		u := s.usageOrCounted()
 		u.TotalTokens = u.PromptTokens + u.CompletionTokens
 		u = u.billable()
 		s.billed = u
-		err = s.g.meter(s.ctx, s.call, s.svc, s.up.instance, chatEndpoint, status, u, s.started)
+		err = s.g.meter(s.ctx, s.call, s.svc, s.up.instance, s.endpoint, status, u, s.started)
 	})
 	return err
+}
+
+// usageOrCounted is the stream's usage as the engine reported it, or,
+// where it reported none, the prompt's counted tokens and a token per
+// content chunk sent.
+func (s *Stream) usageOrCounted() Usage {
+	if s.sawUsage {
+		return s.usage
+	}
+	u := Usage{CompletionTokens: s.chunks}
+	if s.prompt != nil {
+		u.PromptTokens = s.prompt.tokens()
+	}
+	return u
+}
+
+// EndsWithDone reports whether the stream's last event is "[DONE]", as
+// chat and legacy completions have it; a Responses stream ends with its
+// response.completed event instead.
+func (s *Stream) EndsWithDone() bool { return s.events == nil }
+
+// eventShaper turns a stream of chat chunks into another API's stream
+// events, each the data of one server-sent event.
+type eventShaper interface {
+	// chunk returns the events for one engine chunk, given its choices
+	// (nil where it has none).
+	chunk(choices []byte) ([][]byte, error)
+	// done returns the events that end a finished stream of usage u.
+	done(u Usage) [][]byte
 }
 
 // UsageChunk is the last chunk of a stream that ended early, for a
 // client that asked for usage (stream_options.include_usage): what Close
 // billed, so that the client knows it before the error event. It is nil
-// where the client did not ask, and must be called after Close.
+// where the client did not ask, or for a Responses stream, whose clients
+// read usage only from its last event, and must be called after Close.
 func (s *Stream) UsageChunk() []byte {
-	if !s.opts.IncludeUsage {
+	if !s.opts.IncludeUsage || s.events != nil {
 		return nil
 	}
+	object := "chat.completion.chunk"
+	if s.endpoint == completionsEndpoint {
+		object = "text_completion"
+	}
 	b, _ := marshal(map[string]any{
-		"id": s.id, "object": "chat.completion.chunk", "created": s.started.Unix(),
+		"id": s.id, "object": object, "created": s.started.Unix(),
 		"model": s.svc.AccessName, "choices": []any{}, "usage": s.billed,
 	})
 	return b

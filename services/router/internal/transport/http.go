@@ -64,7 +64,10 @@ func NewHandler(g *gateway.Gateway, images *ImageStore, keys httpx.Verifier, lim
 	}
 	h := &handler{g: g, images: images, opts: opts, clients: clients{trusted: opts.TrustedProxies}, log: log}
 	api := http.NewServeMux()
-	api.HandleFunc("POST /v1/chat/completions", h.chat)
+	api.HandleFunc("POST /v1/chat/completions", h.relay(h.g.Chat))
+	api.HandleFunc("POST /v1/completions", h.relay(h.g.Completions))
+	api.HandleFunc("POST /v1/embeddings", h.relay(h.g.Embeddings))
+	api.HandleFunc("POST /v1/responses", h.relay(h.g.Responses))
 	api.HandleFunc("POST /v1/images/generations", h.generateImages)
 	api.HandleFunc("GET /v1/models", h.models)
 	api.HandleFunc("GET /v1/models/{model...}", h.model)
@@ -169,30 +172,34 @@ func readBody(w http.ResponseWriter, r *http.Request, hold *gateway.Hold) ([]byt
 	}
 }
 
-func (h *handler) chat(w http.ResponseWriter, r *http.Request) {
-	c, err := h.call(w, r)
-	if err != nil {
-		h.fail(w, r, err)
-		return
+// relay serves an endpoint the gateway relays to engines: its whole
+// answer, or its stream as server-sent events.
+func (h *handler) relay(serve func(context.Context, gateway.Call) (*gateway.Reply, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		c, err := h.call(w, r)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		defer c.Hold.Release()
+		reply, err := serve(r.Context(), c)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		if reply.Stream == nil {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(reply.Body)
+			return
+		}
+		h.stream(w, r, reply.Stream)
 	}
-	defer c.Hold.Release()
-	reply, err := h.g.Chat(r.Context(), c)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	if reply.Stream == nil {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(reply.Body)
-		return
-	}
-	h.stream(w, r, reply.Stream)
 }
 
-// stream sends a chat completion as server-sent events. The usage is
-// recorded before "data: [DONE]", and also when the stream ends early;
-// then a client that asked for usage gets what was billed in a last chunk
-// before the error event.
+// stream sends a chat or text completion, or a response's events, as
+// server-sent events. The usage is recorded before the last event, and
+// also when the stream ends early; then a client that asked for usage
+// gets what was billed in a last chunk before the error event.
 // While the engine sends nothing (a long prefill), the client gets an SSE
 // comment every KeepAlive. A client that cannot be written to has gone
 // away: the stream is told, and ends as 499.
@@ -253,7 +260,9 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request, s *gateway.Stre
 			if err := s.Close(); err != nil {
 				h.log.ErrorContext(r.Context(), "stream usage", "err", err)
 			}
-			_ = send([]byte("[DONE]"))
+			if s.EndsWithDone() {
+				_ = send([]byte("[DONE]"))
+			}
 			return
 		}
 		if err != nil {

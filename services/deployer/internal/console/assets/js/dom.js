@@ -79,6 +79,7 @@ const taskNames = {
   'text-generation': 'Text generation',
   'image-understanding': 'Image understanding',
   'image-generation': 'Image generation',
+  embedding: 'Embedding',
 };
 export function taskName(task) {
   return taskNames[task] || task;

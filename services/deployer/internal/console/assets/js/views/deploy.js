@@ -6,7 +6,7 @@
 import { billingName, clear, field, h, taskName } from '../dom.js';
 import { need, ownerLabel } from './models.js';
 
-const TASKS = ['text-generation', 'image-understanding', 'image-generation'];
+const TASKS = ['text-generation', 'image-understanding', 'image-generation', 'embedding'];
 const NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
 export function renderDeploy(main, { api, store, navigate }, { model: wanted = '' } = {}) {

@@ -1,9 +1,11 @@
 // The playground: try a service from the browser through the router, with
 // the same request an API client would send shown beside it.
 //
-//   text-generation       streamed chat with a system prompt, temperature and max tokens
+//   text-generation       streamed chat with a system prompt, temperature and max tokens,
+//                         through the Chat Completions or the Responses API
 //   image-understanding   the same, with an image attached to a message
 //   image-generation      a prompt, a size and a count; the images are shown
+//   embedding             texts in, their vectors' length, first values and tokens out
 
 import { readSSE } from '../api.js';
 import { clear, codeBlock, engineBadge, field, h, num, statusBadge, taskName } from '../dom.js';
@@ -38,7 +40,9 @@ function build(root, svc, api, store) {
     h('strong', {}, 'Simulated output. '),
     svc.task === 'image-generation'
       ? 'The simulator engine draws these images from the prompt\'s hash, not the model. Sizes, token counts and billing are real.'
-      : 'The simulator engine answers here, not the model: answers say so, and describe the request rather than respond to it. Streaming, token counts and billing are real.');
+      : svc.task === 'embedding'
+        ? 'The simulator engine draws these vectors from a hash of the model and the text, not the model. Lengths, token counts and billing are real.'
+        : 'The simulator engine answers here, not the model: answers say so, and describe the request rather than respond to it. Streaming, token counts and billing are real.');
   const request = h('div', { class: 'request-slot' });
   const showRequest = (path, body) => {
     clear(request).append(codeBlock(curlFor(api.openAIBase, path, body), 'Copy the request'));
@@ -66,11 +70,12 @@ function build(root, svc, api, store) {
   };
   store.addEventListener('change', onChange);
 
-  const work = svc.task === 'image-generation'
-    ? imagePlayground(svc, api, showRequest)
-    : chatPlayground(svc, api, showRequest);
+  const [work, heading] = {
+    'image-generation': () => [imagePlayground(svc, api, showRequest), 'Generate images'],
+    embedding: () => [embeddingPlayground(svc, api, showRequest), 'Embed'],
+  }[svc.task]?.() || [chatPlayground(svc, api, showRequest), 'Chat'];
   root.append(h('div', { class: 'pg-grid' },
-    h('section', { class: 'card pg-main', 'aria-labelledby': 'pg-try' }, h('h2', { id: 'pg-try' }, svc.task === 'image-generation' ? 'Generate images' : 'Chat'), work.el),
+    h('section', { class: 'card pg-main', 'aria-labelledby': 'pg-try' }, h('h2', { id: 'pg-try' }, heading), work.el),
     h('section', { class: 'card pg-request', 'aria-labelledby': 'pg-req' },
       h('h2', { id: 'pg-req' }, 'Equivalent API request'),
       h('p', { class: 'hint' }, 'What the playground sends, as curl. Put your own key in place of the placeholder.'),
@@ -82,8 +87,27 @@ function build(root, svc, api, store) {
   };
 }
 
-// chatPlayground streams chat completions. An image-understanding
-// service also takes an image, sent inline as a data URL.
+// The APIs a text service answers in the playground: the same
+// conversation as a chat completion or as a response.
+const APIS = [
+  { id: 'chat', label: 'Chat Completions', path: '/chat/completions' },
+  { id: 'responses', label: 'Responses', path: '/responses' },
+];
+
+// inputItem is a chat message as a Responses input item.
+function inputItem(m) {
+  if (typeof m.content === 'string') return { role: m.role, content: m.content };
+  return {
+    role: m.role,
+    content: m.content.map((p) => (p.type === 'image_url'
+      ? { type: 'input_image', image_url: p.image_url.url }
+      : { type: m.role === 'assistant' ? 'output_text' : 'input_text', text: p.text })),
+  };
+}
+
+// chatPlayground streams chat completions, or responses. An
+// image-understanding service also takes an image, sent inline as a data
+// URL.
 function chatPlayground(svc, api, showRequest) {
   const vision = svc.task === 'image-understanding';
   const history = []; // {role, content} sent so far, without the system prompt
@@ -91,13 +115,16 @@ function chatPlayground(svc, api, showRequest) {
   let image = null; // {dataURL, name, width, height}
 
   const system = h('textarea', { rows: '2', name: 'system', placeholder: 'You are a helpful assistant.' });
-  const systemF = field({ label: 'System prompt', input: system, hint: 'Optional. Sent first, as a system message.' });
+  const systemF = field({ label: 'System prompt', input: system, hint: 'Optional. Sent first: a system message, or the Responses API\'s instructions.' });
   const temp = h('input', { type: 'range', min: '0', max: '2', step: '0.1', value: '0.7', name: 'temperature' });
   const tempF = field({ label: 'Temperature', input: temp, hint: 'Higher is more varied, lower more stable.' });
   const tempOut = h('output', { for: temp.id }, '0.7');
   tempF.wrap.querySelector('label').append(' ', tempOut);
   const maxTokens = h('input', { type: 'number', min: '1', max: '8192', step: '1', value: '256', name: 'max_tokens', inputmode: 'numeric' });
   const maxF = field({ label: 'Max tokens', input: maxTokens, hint: 'At most this many tokens in the answer.' });
+  const apiSelect = h('select', { name: 'api' }, APIS.map((a) => h('option', { value: a.id }, a.label)));
+  const apiF = field({ label: 'API', input: apiSelect, hint: 'The same conversation through POST /v1/chat/completions or POST /v1/responses.' });
+  const chosen = () => APIS.find((a) => a.id === apiSelect.value) || APIS[0];
 
   const log = h('div', { class: 'chat-log', role: 'log', 'aria-live': 'polite', 'aria-label': 'Conversation' },
     h('p', { class: 'muted chat-empty' }, 'Send a message to start.'));
@@ -159,14 +186,25 @@ function chatPlayground(svc, api, showRequest) {
           : text,
       });
     }
+    const n = Number(maxTokens.value);
+    const limit = Number.isInteger(n) && n > 0 ? n : undefined;
+    if (chosen().id === 'responses') {
+      const b = { model: svc.access_name, input: messages.filter((m) => m.role !== 'system').map(inputItem), temperature: Number(temp.value), stream: true };
+      if (system.value.trim()) b.instructions = system.value.trim();
+      if (limit) b.max_output_tokens = limit;
+      return b;
+    }
     const b = {
       model: svc.access_name, messages, temperature: Number(temp.value), stream: true, stream_options: { include_usage: true },
     };
-    const n = Number(maxTokens.value);
-    if (Number.isInteger(n) && n > 0) b.max_tokens = n;
+    if (limit) b.max_tokens = limit;
     return b;
   };
-  const update = () => showRequest('/chat/completions', body(input.value || 'Hello!'));
+  // lastMessage is the message a request body just added to the
+  // conversation, as the chat history keeps it.
+  const lastMessage = (req) => (req.messages ? req.messages[req.messages.length - 1] : null);
+  const update = () => showRequest(chosen().path, body(input.value || 'Hello!'));
+  apiSelect.addEventListener('change', update);
   temp.addEventListener('input', () => {
     tempOut.textContent = temp.value;
     update();
@@ -220,10 +258,14 @@ function chatPlayground(svc, api, showRequest) {
     inputF.setError('');
     error.hidden = true;
     const req = body(text);
-    showRequest('/chat/completions', req);
+    const { path } = chosen();
+    showRequest(path, req);
     const sentImage = vision && image ? h('img', { src: image.dataURL, alt: `Sent image ${image.name}`, class: 'bubble-image' }) : null;
     bubble('user', text, sentImage);
-    history.push(req.messages[req.messages.length - 1]);
+    history.push(lastMessage(req) || {
+      role: 'user',
+      content: vision && image ? [{ type: 'text', text }, { type: 'image_url', image_url: { url: image.dataURL } }] : text,
+    });
     input.value = '';
     if (vision && image) {
       image = null;
@@ -239,15 +281,18 @@ function chatPlayground(svc, api, showRequest) {
     let content = '';
     let chunks = 0;
     try {
-      const resp = await api.stream(`${api.openAIBase}/chat/completions`, req, ctrl.signal);
+      const resp = await api.stream(`${api.openAIBase}${path}`, req, ctrl.signal);
       for await (const ev of readSSE(resp)) {
         if (ev.comment !== undefined) continue;
         if (ev.data === '[DONE]') break;
         const chunk = JSON.parse(ev.data);
         if (chunk.error) throw new Error(chunk.error.message || 'the stream failed');
-        const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
-        if (delta && delta.content) {
-          content += delta.content;
+        // A chat chunk's delta, or a Responses text delta event.
+        const delta = chunk.type === 'response.output_text.delta'
+          ? chunk.delta
+          : chunk.choices && chunk.choices[0] && chunk.choices[0].delta && chunk.choices[0].delta.content;
+        if (delta) {
+          content += delta;
           chunks += 1;
           answer.text.textContent = content;
           answer.el.dataset.chunks = String(chunks);
@@ -255,6 +300,10 @@ function chatPlayground(svc, api, showRequest) {
         }
         if (chunk.usage) {
           usage.textContent = `${num(chunk.usage.prompt_tokens)} prompt + ${num(chunk.usage.completion_tokens)} completion = ${num(chunk.usage.total_tokens)} tokens`;
+        }
+        if (chunk.response && chunk.response.usage) {
+          const u = chunk.response.usage;
+          usage.textContent = `${num(u.input_tokens)} input + ${num(u.output_tokens)} output = ${num(u.total_tokens)} tokens`;
         }
       }
       history.push({ role: 'assistant', content });
@@ -282,7 +331,7 @@ function chatPlayground(svc, api, showRequest) {
   // Open where there is room; folded on a phone, where it would push the
   // conversation off the screen.
   const settings = h('details', { class: 'settings', open: window.matchMedia('(min-width: 761px)').matches }, h('summary', {}, 'Settings'),
-    h('div', { class: 'settings-grid' }, systemF.wrap, tempF.wrap, maxF.wrap));
+    h('div', { class: 'settings-grid' }, apiF.wrap, systemF.wrap, tempF.wrap, maxF.wrap));
   return {
     el: h('div', { class: 'chat' }, settings, log, form),
     stop: () => ctrl && ctrl.abort(),
@@ -361,6 +410,81 @@ function imagePlayground(svc, api, showRequest) {
   });
   return {
     el: h('div', { class: 'image-gen' }, form, usage, results),
+    stop: () => ctrl && ctrl.abort(),
+  };
+}
+
+// embeddingPlayground embeds one text per line and shows each vector's
+// length and first values, and the tokens billed.
+function embeddingPlayground(svc, api, showRequest) {
+  const texts = h('textarea', { rows: '4', name: 'input', required: true, placeholder: 'The food was delicious.\nThe waiter was kind.' });
+  const textsF = field({ label: 'Texts', input: texts, hint: 'One text per line; each gets its own vector.' });
+  const dims = h('input', { type: 'number', min: '1', step: '1', name: 'dimensions', inputmode: 'numeric' });
+  const dimsF = field({ label: 'Dimensions', input: dims, hint: 'Optional: shorter vectors, where the model can shorten them.' });
+  const go = h('button', { type: 'submit', class: 'btn btn-primary' }, 'Embed');
+  const error = h('p', { class: 'notice notice-error', role: 'alert', hidden: true });
+  const results = h('div', { class: 'embeddings', 'aria-live': 'polite', 'aria-label': 'Embeddings' });
+  const usage = h('p', { class: 'hint usage-line' });
+  let ctrl = null;
+
+  const lines = () => texts.value.split('\n').map((t) => t.trim()).filter(Boolean);
+  const body = () => {
+    const input = lines();
+    const b = { model: svc.access_name, input: input.length ? input : ['The food was delicious.'], encoding_format: 'float' };
+    const d = Number(dims.value);
+    if (dims.value !== '' && Number.isInteger(d) && d > 0) b.dimensions = d;
+    return b;
+  };
+  const update = () => showRequest('/embeddings', body());
+  for (const el of [texts, dims]) el.addEventListener('input', update);
+  dims.addEventListener('input', () => {
+    const d = Number(dims.value);
+    dimsF.setError(dims.value === '' || (Number.isInteger(d) && d >= 1) ? '' : 'Dimensions must be a whole number of at least 1.');
+  });
+  update();
+
+  const form = h('form', { class: 'embed-form', novalidate: true }, textsF.wrap, dimsF.wrap, error, h('div', { class: 'actions' }, go));
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    if (!lines().length) {
+      textsF.setError('Type a text first.');
+      texts.focus();
+      return;
+    }
+    textsF.setError('');
+    if (dimsF.wrap.querySelector('[aria-invalid]')) {
+      dims.focus();
+      return;
+    }
+    error.hidden = true;
+    go.disabled = true;
+    const req = body();
+    showRequest('/embeddings', req);
+    ctrl = new AbortController();
+    try {
+      const out = await api.openai('POST', '/embeddings', req, { signal: ctrl.signal });
+      clear(results);
+      const rows = (out.data || []).map((d) => h('tr', { dataset: { dimensions: String(d.embedding.length) } },
+        h('td', {}, req.input[d.index]),
+        h('td', { class: 'num' }, num(d.embedding.length)),
+        h('td', {}, h('code', {}, `[${d.embedding.slice(0, 4).map((x) => x.toFixed(4)).join(', ')}, …]`))));
+      results.append(h('table', { class: 'embedding-table' },
+        h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Text'), h('th', { scope: 'col' }, 'Dimensions'), h('th', { scope: 'col' }, 'First values'))),
+        h('tbody', {}, rows)));
+      if (out.usage) usage.textContent = `${num(out.usage.prompt_tokens)} input tokens`;
+    } catch (err) {
+      clear(results);
+      if (err.name !== 'AbortError') {
+        error.hidden = false;
+        error.textContent = err.message;
+      }
+    } finally {
+      go.disabled = false;
+      ctrl = null;
+    }
+  });
+  return {
+    el: h('div', { class: 'embed' }, form, usage, results),
     stop: () => ctrl && ctrl.abort(),
   };
 }
