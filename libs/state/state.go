@@ -13,10 +13,17 @@
 //	idempotency <owner id>.<sha256 of key>   deployer         deployer (TTL: keys expire after IdempotencyTTL)
 //	images      (object store) <name>.png    router           router (TTL: ImageTTL)
 //	load        <service id>.<router id>     router           scaler (TTL: LoadTTL; the autoscaler's demand signal)
+//	leases      <role>                       deployer, scaler the replicas of that role (TTL: LeaseTTL; who leads)
+//
+// Records removed from a bucket leave a delete marker; the leading deployer
+// and scaler purge the markers of their buckets once they are older than
+// MarkerRetention, and the deployer removes deleted services after
+// DeletedRetention.
 package state
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -43,7 +50,25 @@ const (
 	// BucketLoad holds each router's requests in flight per service, the
 	// demand the autoscaler sizes services by.
 	BucketLoad = "load"
+	// BucketLeases holds one lease per role with replicas (deployer,
+	// scaler): the replica holding it leads, and it expires LeaseTTL after
+	// its holder last renewed it.
+	BucketLeases = "leases"
 )
+
+// LeaseTTL is how long a lease lasts after its holder last renewed it: the
+// longest a role goes without a leader when its leader dies.
+const LeaseTTL = 6 * time.Second
+
+// MarkerRetention is how long the delete markers of removed records stay
+// in a bucket: longer than any watcher (a router's view of the instances)
+// takes to come back after a NATS outage, so none misses a removal.
+const MarkerRetention = 30 * time.Minute
+
+// DeletedRetention is how long a deleted service's record stays readable
+// (its status, and its usage through billing's API) before the deployer
+// removes it; MODELPORT_DELETED_RETENTION overrides it.
+const DeletedRetention = 30 * 24 * time.Hour
 
 // LoadTTL is how long a router's load report lasts without a newer one.
 const LoadTTL = time.Minute
@@ -68,6 +93,7 @@ var Buckets = []jetstream.KeyValueConfig{
 	{Bucket: BucketOwners, Storage: jetstream.FileStorage},
 	{Bucket: BucketIdempotency, Storage: jetstream.FileStorage, TTL: IdempotencyTTL},
 	{Bucket: BucketLoad, Storage: jetstream.MemoryStorage, TTL: LoadTTL},
+	{Bucket: BucketLeases, Storage: jetstream.FileStorage, TTL: LeaseTTL},
 }
 
 // EnsureBuckets creates or updates every bucket with the given number of
@@ -136,6 +162,23 @@ type Service struct {
 	// Autoscale, when set, lets the scaler choose Instances within its
 	// bounds from the requests in flight.
 	Autoscale *Autoscale `json:"autoscale,omitempty"`
+	// Attempt counts the times the owner retried the service after it
+	// failed. The scaler keeps the placements of instances that failed
+	// while nothing else served (so nothing replaces them) until it moves.
+	Attempt int `json:"attempt,omitempty"`
+	// Outbox holds the events announcing changes stored in this record and
+	// not yet published: the deployer stores a change and its event in one
+	// write, publishes, and then removes the event, so no announcement is
+	// lost. It is the deployer's bookkeeping, not part of the control API.
+	Outbox []Announcement `json:"outbox,omitempty"`
+}
+
+// Announcement is an event waiting in a record's outbox: its subject, ID
+// and JSON payload, published as they are until JetStream acknowledges it.
+type Announcement struct {
+	Subject string          `json:"subject"`
+	EventID string          `json:"event_id"`
+	Data    json.RawMessage `json:"data"`
 }
 
 // Autoscale is a service's autoscaling policy.
@@ -198,6 +241,14 @@ type Placement struct {
 	Task       string    `json:"task"`
 	Engine     string    `json:"engine"`
 	PlacedAt   time.Time `json:"placed_at"`
+	// Failed, when set, makes this a record of an instance its worker gave
+	// up on while no other instance of the service served: nothing runs
+	// it, and it stands in the instance's place, so the scaler does not
+	// replace a crash-looping instance, until the owner retries the
+	// service (Attempt moves past FailedAttempt) or another instance
+	// becomes ready. Workers never start a failed placement.
+	Failed        string `json:"failed,omitempty"`
+	FailedAttempt int    `json:"failed_attempt,omitempty"`
 }
 
 // Instance statuses.
@@ -219,7 +270,10 @@ type Instance struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
-// Worker is an inference-worker's heartbeat: what it can hold and what it runs.
+// Worker is an inference-worker's heartbeat: what it can hold and what it
+// runs. The scaler compares it with the placements: an instance a worker
+// holds without a placement is released, a placement its worker does not
+// hold is replaced, and a refused one is placed elsewhere.
 type Worker struct {
 	ID        string    `json:"id"`
 	Capacity  int       `json:"capacity"` // instances it can hold
@@ -228,6 +282,31 @@ type Worker struct {
 	FreeGPUs  int       `json:"free_gpus"` // of those, not assigned to an instance
 	Instances []string  `json:"instances"` // IDs of its instances
 	BeatAt    time.Time `json:"beat_at"`
+	// Engines are the real engines the worker may run; it runs every
+	// other model on the simulator, without GPUs.
+	Engines []string `json:"engines,omitempty"`
+	// Held lists the instances of Instances with their services and the
+	// GPUs each holds: starting, serving, or stopping until their stop is
+	// announced.
+	Held []Held `json:"held,omitempty"`
+	// Refused lists the placements the worker recently refused, and why:
+	// it had no room for them.
+	Refused []Refusal `json:"refused,omitempty"`
+}
+
+// Held is an instance a worker holds.
+type Held struct {
+	InstanceID string `json:"instance_id"`
+	ServiceID  string `json:"service_id"`
+	GPUs       int    `json:"gpus,omitempty"`
+}
+
+// Refusal is a placement a worker refused.
+type Refusal struct {
+	InstanceID string    `json:"instance_id"`
+	ServiceID  string    `json:"service_id"`
+	Reason     string    `json:"reason"`
+	At         time.Time `json:"at"`
 }
 
 // InstanceKey is the key of an instance or placement: "<service>.<instance>".
