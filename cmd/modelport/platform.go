@@ -89,7 +89,10 @@ func startPlatform(ctx context.Context, getenv config.Getenv, log *slog.Logger) 
 		return nil, err
 	}
 
-	dcfg := deployer.ConfigFromEnv(getenv)
+	dcfg, err := deployer.ConfigFromEnv(getenv)
+	if err != nil {
+		return nil, err
+	}
 	scfg, err := scaler.ConfigFromEnv(getenv)
 	if err != nil {
 		return nil, err

@@ -1,17 +1,22 @@
 // Package app wires the deployer: settings, the admin key, the service
-// store, the control API with its live views, the web console and the
-// instance-event consumers. The service binary and the all-in-one binary
-// both start it through Start.
+// store, the control API with its live views and the web console, served
+// by every replica, and the instance-event consumers, the sweep and the
+// tidying of the buckets, run by the replica that holds the deployer's
+// lease. The service binary and the all-in-one binary both start it
+// through Start.
 package app
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/catalog"
 	"github.com/modelport/modelport/libs/config"
+	"github.com/modelport/modelport/libs/lease"
 	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/runner"
 	"github.com/modelport/modelport/libs/state"
@@ -25,6 +30,14 @@ import (
 type Config struct {
 	AdminKey    string // MODELPORT_ADMIN_KEY: the admin's API key; generated when empty
 	CatalogFile string // MODELPORT_CATALOG: a catalog file replacing the built-in one
+	// Reconcile is how often the leader sweeps every service:
+	// MODELPORT_DEPLOYER_RECONCILE.
+	Reconcile time.Duration
+	// Retention is how long a deleted service's record stays:
+	// MODELPORT_DELETED_RETENTION.
+	Retention time.Duration
+	// HolderID is this replica's name in the lease: MODELPORT_REPLICA_ID.
+	HolderID string
 	// Console says where browsers reach the router and billing:
 	// MODELPORT_PUBLIC_ROUTER_URL (else MODELPORT_PUBLIC_URL) and
 	// MODELPORT_PUBLIC_BILLING_URL; empty is the console's own address.
@@ -32,12 +45,27 @@ type Config struct {
 }
 
 // ConfigFromEnv reads Config.
-func ConfigFromEnv(getenv config.Getenv) Config {
-	return Config{AdminKey: getenv("MODELPORT_ADMIN_KEY"), CatalogFile: getenv("MODELPORT_CATALOG"),
+func ConfigFromEnv(getenv config.Getenv) (Config, error) {
+	c := Config{AdminKey: getenv("MODELPORT_ADMIN_KEY"), CatalogFile: getenv("MODELPORT_CATALOG"),
+		HolderID: config.String(getenv, "MODELPORT_REPLICA_ID", lease.NewHolderID()),
 		Console: console.Config{
 			RouterURL:  config.String(getenv, "MODELPORT_PUBLIC_ROUTER_URL", getenv("MODELPORT_PUBLIC_URL")),
 			BillingURL: getenv("MODELPORT_PUBLIC_BILLING_URL"),
 		}}
+	var err error
+	if c.Reconcile, err = config.Duration(getenv, "MODELPORT_DEPLOYER_RECONCILE", 10*time.Second); err != nil {
+		return c, err
+	}
+	if c.Retention, err = config.Duration(getenv, "MODELPORT_DELETED_RETENTION", state.DeletedRetention); err != nil {
+		return c, err
+	}
+	switch {
+	case c.Reconcile <= 0:
+		return c, fmt.Errorf("MODELPORT_DEPLOYER_RECONCILE must be positive, not %s", c.Reconcile)
+	case c.Retention <= 0:
+		return c, fmt.Errorf("MODELPORT_DELETED_RETENTION must be positive, not %s", c.Retention)
+	}
+	return c, nil
 }
 
 // Deployer is a started deployer.
@@ -66,25 +94,69 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
-	store := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketNames), bus.KV(state.BucketInstances))
-	m := deploy.NewManager(store, cat, bus.Publisher)
-	if err := transport.ConsumeInstanceEvents(ctx, bus.JS, m, log); err != nil {
-		return nil, err
-	}
+	store := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketNames), bus.KV(state.BucketInstances), bus.KV(state.BucketPlacements))
+	m := deploy.NewManager(store, cat, bus.Publisher, deploy.WithRetention(cfg.Retention))
+	claims := kvstore.NewClaims(bus.KV(state.BucketIdempotency))
 	ui, err := console.Handler(cfg.Console)
 	if err != nil {
 		return nil, err
 	}
 	streams, endStreams := context.WithCancel(ctx)
 	live := transport.NewLive(m, bus.KV(state.BucketServices), bus.JS, streams.Done(), log)
-	api := transport.NewHandler(m, deploy.NewIdempotent(m, kvstore.NewClaims(bus.KV(state.BucketIdempotency))), deploy.NewKeys(keys, m), keys, log,
+	api := transport.NewHandler(m, deploy.NewIdempotent(m, claims), deploy.NewKeys(keys, m), keys, log,
 		transport.WithLive(live), transport.WithOwners(deploy.NewOwners(kvstore.NewOwners(bus.KV(state.BucketOwners)), keys)))
+
+	elector := lease.New(bus.KV(state.BucketLeases), "deployer", cfg.HolderID, state.LeaseTTL, log)
+	runCtx, stopLeading := context.WithCancel(ctx)
+	led := make(chan struct{})
+	go func() {
+		defer close(led)
+		elector.Run(runCtx, func(ctx context.Context) {
+			if err := retry(ctx, "follow instance events", log, func() error {
+				return transport.ConsumeInstanceEvents(ctx, bus.JS, m, log)
+			}); err != nil {
+				return
+			}
+			go transport.Reconcile(ctx, m, cfg.Reconcile, log)
+			go transport.Tidy(ctx, store, []transport.Purger{store, claims}, tidyEvery, log)
+			<-ctx.Done()
+		})
+	}()
 	return &Deployer{
-		Service:        runner.Service{Handler: withConsole(ui, api), Stop: func(context.Context) { endStreams() }},
+		Service: runner.Service{Handler: withConsole(ui, api), Stop: func(ctx context.Context) {
+			endStreams()
+			stopLeading()
+			select {
+			case <-led:
+			case <-ctx.Done():
+			}
+		}},
 		Admin:          admin,
 		NewAdminSecret: secret,
 		EndStreams:     endStreams,
 	}, nil
+}
+
+// tidyEvery is how often the leader tidies the buckets.
+const tidyEvery = time.Minute
+
+// retry calls f until it succeeds or ctx ends, waiting longer after each
+// failure: setting up consumers while NATS restarts.
+func retry(ctx context.Context, what string, log *slog.Logger, f func() error) error {
+	wait := 100 * time.Millisecond
+	for {
+		err := f()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		log.WarnContext(ctx, what, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
 }
 
 // withConsole serves the web console under /console/, sends / there, and

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -24,16 +23,26 @@ const MaxInstances = 64
 
 // Store persists services. Implemented by internal/kvstore.
 type Store interface {
-	// Create stores a new service; a name its owner already uses is errs.Conflict.
+	// Create stores a new service; a name its owner already uses is
+	// errs.Conflict. Creating a service stored already (a retry with the
+	// same ID) is no error.
 	Create(ctx context.Context, s state.Service) error
 	// Get returns a service and its revision, or errs.NotFound.
 	Get(ctx context.Context, id string) (state.Service, uint64, error)
 	// Update replaces a service if its revision is still rev, else errs.Conflict.
 	Update(ctx context.Context, s state.Service, rev uint64) error
+	// Remove deletes a service's record if its revision is still rev.
+	Remove(ctx context.Context, s state.Service, rev uint64) error
 	// List returns every service.
 	List(ctx context.Context) ([]state.Service, error)
 	// Instances returns the instances workers report for a service.
 	Instances(ctx context.Context, serviceID string) ([]state.Instance, error)
+	// Placements returns the scaler's placements of a service.
+	Placements(ctx context.Context, serviceID string) ([]state.Placement, error)
+	// AllInstances and AllPlacements return every instance record and
+	// every placement, for the sweep.
+	AllInstances(ctx context.Context) ([]state.Instance, error)
+	AllPlacements(ctx context.Context) ([]state.Placement, error)
 	// ReleaseName frees a deleted service's name for reuse. It is a no-op
 	// when the name is free or already claimed by another service.
 	ReleaseName(ctx context.Context, s state.Service) error
@@ -56,22 +65,38 @@ type CreateRequest struct {
 	Autoscale *state.Autoscale `json:"autoscale,omitempty"`
 }
 
-// Manager creates and reads services. It is safe for concurrent use.
+// Manager creates and reads services. It is safe for concurrent use, by
+// any number of deployer replicas at once: every change is a
+// compare-and-set on the service's revision, and stores the event that
+// announces it in the same write (see announce), so changes to one
+// service are announced in the order they were stored (each
+// ServiceScaledV1's From is the previous one's To) and none is lost.
 type Manager struct {
 	store   Store
 	catalog *catalog.Catalog
 	pub     Publisher
 	now     func() time.Time
-
-	// lifecycle serializes owners' scale and delete requests from store to
-	// publish, so this process announces them in the order they were
-	// stored: each ServiceScaledV1's From is the previous one's To.
-	lifecycle sync.Mutex
+	// retention is how long a deleted service's record stays.
+	retention time.Duration
 }
 
+// ManagerOption configures a Manager.
+type ManagerOption func(*Manager)
+
+// WithClock has the manager read the time from now; tests move it.
+func WithClock(now func() time.Time) ManagerOption { return func(m *Manager) { m.now = now } }
+
+// WithRetention sets how long a deleted service's record stays before the
+// sweep removes it; default state.DeletedRetention.
+func WithRetention(d time.Duration) ManagerOption { return func(m *Manager) { m.retention = d } }
+
 // NewManager returns a Manager.
-func NewManager(store Store, cat *catalog.Catalog, pub Publisher) *Manager {
-	return &Manager{store: store, catalog: cat, pub: pub, now: func() time.Time { return time.Now().UTC() }}
+func NewManager(store Store, cat *catalog.Catalog, pub Publisher, opts ...ManagerOption) *Manager {
+	m := &Manager{store: store, catalog: cat, pub: pub, now: func() time.Time { return time.Now().UTC() }, retention: state.DeletedRetention}
+	for _, o := range opts {
+		o(m)
+	}
+	return m
 }
 
 // Catalog returns the deployable models.
@@ -129,8 +154,16 @@ func (m *Manager) Validate(req *CreateRequest) error {
 
 // Create validates req, stores the service with status pending, and
 // publishes ServiceCreatedV1. If the publish fails the service still
-// exists; the scaler also reconciles from the services bucket.
+// exists and the error says so; the event stays in the service's outbox
+// and is published later (the scaler reconciles from the services bucket
+// meanwhile).
 func (m *Manager) Create(ctx context.Context, caller auth.Key, req CreateRequest) (state.Service, error) {
+	return m.create(ctx, caller, req, uuid.NewString())
+}
+
+// create is Create with the service ID chosen by the caller, so a retry
+// of a create that may have been stored uses the same ID.
+func (m *Manager) create(ctx context.Context, caller auth.Key, req CreateRequest, id string) (state.Service, error) {
 	if err := changes(caller); err != nil {
 		return state.Service{}, err
 	}
@@ -140,7 +173,7 @@ func (m *Manager) Create(ctx context.Context, caller auth.Key, req CreateRequest
 	model, _ := m.catalog.Lookup(req.BaseModel)
 	now := m.now()
 	s := state.Service{
-		ID:            uuid.NewString(),
+		ID:            id,
 		OwnerID:       caller.OwnerID,
 		Name:          req.Name,
 		AccessName:    AccessName(caller.OwnerID, req.Name),
@@ -155,17 +188,20 @@ func (m *Manager) Create(ctx context.Context, caller auth.Key, req CreateRequest
 		UpdatedAt:     now,
 		Autoscale:     req.Autoscale,
 	}
-	if err := m.store.Create(ctx, s); err != nil {
-		return state.Service{}, err
-	}
 	ev := events.ServiceCreatedV1{
 		Meta: events.NewMeta(), ServiceID: s.ID, OwnerID: s.OwnerID, Name: s.Name, AccessName: s.AccessName,
 		BaseModel: s.BaseModel, Task: s.Task, Engine: s.Engine, Instances: s.Instances, BillingMethod: s.BillingMethod,
 	}
-	if err := m.pub.Publish(ctx, ev); err != nil {
-		return s, fmt.Errorf("service %s stored, announce it: %w", s.ID, err)
+	if err := stage(&s, ev); err != nil {
+		return state.Service{}, err
 	}
-	return s, nil
+	if err := m.store.Create(ctx, s); err != nil {
+		return state.Service{}, err
+	}
+	if err := m.announce(ctx, s.ID); err != nil {
+		return public(s), fmt.Errorf("service %s stored, announce it: %w", s.ID, err)
+	}
+	return public(s), nil
 }
 
 // changes refuses keys restricted to some services: they may call and
@@ -190,7 +226,7 @@ func (m *Manager) Get(ctx context.Context, caller auth.Key, id string) (state.Se
 	if !caller.Reaches(s.OwnerID, s.ID) {
 		return state.Service{}, errs.E(errs.NotFound, "service %s not found", id)
 	}
-	return s, nil
+	return public(s), nil
 }
 
 // Instances returns a service's instances. Only admins see them: they
@@ -207,11 +243,13 @@ func (m *Manager) Instances(ctx context.Context, caller auth.Key, id string) ([]
 
 // RefreshReady recounts a service's ready instances from the instances
 // bucket and updates its status and engine. Recounting, rather than adding
-// one per event, makes it safe to call for a redelivered event. A deleting
-// service with no instance left becomes deleted and frees its name; a
-// deleting or deleted service never comes back to life.
+// one per event, makes it safe to call for a redelivered event, and at any
+// time. A deleting service with no instance record and no placement left
+// becomes deleted and frees its name; a deleting or deleted service never
+// comes back to life.
 func (m *Manager) RefreshReady(ctx context.Context, serviceID string) error {
-	for attempt := 0; attempt < 10; attempt++ {
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		pause(ctx, attempt)
 		s, rev, err := m.store.Get(ctx, serviceID)
 		if errs.KindOf(err) == errs.NotFound {
 			return nil // removed meanwhile: nothing to count
@@ -228,25 +266,17 @@ func (m *Manager) RefreshReady(ctx context.Context, serviceID string) error {
 		if err != nil {
 			return err
 		}
-		ready, engine := 0, s.Engine
-		for _, in := range insts {
-			if in.Status == state.InstanceReady {
-				ready++
-				engine = in.Engine
+		var ps []state.Placement
+		if s.Status == state.StatusDeleting {
+			if ps, err = m.store.Placements(ctx, serviceID); err != nil {
+				return err
 			}
 		}
-		status := settle(s.Status, s.Instances, ready)
-		if s.Status == state.StatusDeleting && len(insts) == 0 {
-			status, ready = state.StatusDeleted, 0
-		}
-		reason := s.StatusReason
-		if status == state.StatusRunning {
-			reason = ""
-		}
-		if s.ReadyInstances == ready && s.Status == status && s.Engine == engine && s.StatusReason == reason {
+		c := recount(s, insts, ps)
+		if !c.changes(s) {
 			return nil
 		}
-		s.ReadyInstances, s.Status, s.Engine, s.StatusReason, s.UpdatedAt = ready, status, engine, reason, m.now()
+		s.ReadyInstances, s.Status, s.Engine, s.StatusReason, s.UpdatedAt = c.ready, c.status, c.engine, c.reason, m.now()
 		err = m.store.Update(ctx, s, rev)
 		if errs.KindOf(err) == errs.Conflict {
 			continue
@@ -254,12 +284,45 @@ func (m *Manager) RefreshReady(ctx context.Context, serviceID string) error {
 		if err != nil {
 			return err
 		}
-		if status == state.StatusDeleted {
+		if c.status == state.StatusDeleted {
 			return m.store.ReleaseName(ctx, s)
 		}
 		return nil
 	}
 	return errors.New("refresh ready instances: too many concurrent updates")
+}
+
+// count is a service's ready count, status, engine and reason as its
+// instance and placement records make them.
+type count struct {
+	ready          int
+	status, engine string
+	reason         string
+}
+
+// recount computes s's count from its instance records and, when it is
+// deleting, its placements.
+func recount(s state.Service, insts []state.Instance, ps []state.Placement) count {
+	c := count{engine: s.Engine, reason: s.StatusReason}
+	for _, in := range insts {
+		if in.Status == state.InstanceReady {
+			c.ready++
+			c.engine = in.Engine
+		}
+	}
+	c.status = settle(s.Status, s.Instances, c.ready)
+	if s.Status == state.StatusDeleting && len(insts) == 0 && len(ps) == 0 {
+		c.status, c.ready = state.StatusDeleted, 0
+	}
+	if c.status == state.StatusRunning {
+		c.reason = ""
+	}
+	return c
+}
+
+// changes reports whether storing c would change s.
+func (c count) changes(s state.Service) bool {
+	return s.ReadyInstances != c.ready || s.Status != c.status || s.Engine != c.engine || s.StatusReason != c.reason
 }
 
 // settle returns a service's status once ready of its desired instances
