@@ -4,6 +4,7 @@ package deploy_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"sync"
 	"testing"
@@ -273,5 +274,55 @@ func TestReviewIdempotencyClaimOfACrashedRequestExpires(t *testing.T) {
 	again, _, err := idem.Create(context.Background(), alice, "k1", req)
 	if err != nil || again.ID != first.ID {
 		t.Fatalf("retry of a request whose deployer died: %s, %v; want the service it created", again.ID, err)
+	}
+}
+
+func announcementOf(t *testing.T, ev events.Event) state.Announcement {
+	t.Helper()
+	b, err := json.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return state.Announcement{Subject: ev.Subject(), EventID: ev.EventID(), Data: b}
+}
+
+// A claim whose request gave up (or whose deployer died) before it knew
+// whether it stored the service is taken over by a retry, which creates
+// the same service: never two.
+func TestIdempotencyTakeover(t *testing.T) {
+	m, st, _ := newManager()
+	claims := &memClaims{claims: map[string]deploy.Claim{}}
+	idem := deploy.NewIdempotent(m, claims, deploy.WithClaimTimeout(time.Minute))
+	req := deploy.CreateRequest{Name: "chat", BaseModel: "qwen2.5-7b-instruct"}
+	first, _, err := idem.Create(context.Background(), alice, "k1", req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As if the first request had not known whether it stored its service,
+	// and its claim had been left an hour ago.
+	claims.mu.Lock()
+	for k, cl := range claims.claims {
+		cl.ServiceID, cl.ClaimedAt = "", time.Now().Add(-time.Hour)
+		claims.claims[k] = cl
+	}
+	claims.mu.Unlock()
+	again, replayed, err := idem.Create(context.Background(), alice, "k1", req)
+	if err != nil || !replayed || again.ID != first.ID {
+		t.Fatalf("retry: %s replayed %v, %v; want %s replayed", again.ID, replayed, err, first.ID)
+	}
+	// The service was not stored after all: the takeover creates it, with
+	// the ID the claim names.
+	st.mu.Lock()
+	delete(st.services, first.ID)
+	st.mu.Unlock()
+	claims.mu.Lock()
+	for k, cl := range claims.claims {
+		cl.ServiceID, cl.ClaimedAt = "", time.Time{}
+		claims.claims[k] = cl
+	}
+	claims.mu.Unlock()
+	third, replayed, err := idem.Create(context.Background(), alice, "k1", req)
+	if err != nil || replayed || third.ID != first.ID {
+		t.Fatalf("takeover: %s replayed %v, %v; want %s created", third.ID, replayed, err, first.ID)
 	}
 }

@@ -124,3 +124,35 @@ func (s *secondCreateFails) Create(ctx context.Context, key string, value []byte
 	}
 	return s.KeyValue.Create(ctx, key, value, opts...)
 }
+
+// The sweep frees names claimed for services that do not exist (a create
+// whose compensation could not run) or are deleted, and claims again the
+// name of a service that lost its claim.
+func TestTidyNames(t *testing.T) {
+	bus := openBus(t)
+	ctx := context.Background()
+	st := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketNames), bus.KV(state.BucketInstances), bus.KV(state.BucketPlacements))
+	names := bus.KV(state.BucketNames)
+	if _, err := names.Create(ctx, "a11ce0000001.leaked", []byte(uuid.NewString())); err != nil {
+		t.Fatal(err)
+	}
+	live := newService("live")
+	if err := st.Create(ctx, live); err != nil {
+		t.Fatal(err)
+	}
+	if err := names.Delete(ctx, "a11ce0000001.live"); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.TidyNames(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := names.Get(ctx, "a11ce0000001.leaked"); err == nil {
+		t.Error("the name of a service that does not exist is still claimed")
+	}
+	if e, err := names.Get(ctx, "a11ce0000001.live"); err != nil || string(e.Value()) != live.ID {
+		t.Errorf("the live service's name: %v, want claimed again for it", err)
+	}
+	if err := st.Create(ctx, newService("leaked")); err != nil {
+		t.Errorf("the freed name cannot be used: %v", err)
+	}
+}
