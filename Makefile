@@ -34,9 +34,11 @@ tests/browser/node_modules: tests/browser/package-lock.json
 
 ## test-faults: the fault tests alone (a killed worker mid-stream, a NATS restart, a
 ## thousand streaming clients, NATS and router deaths on a cluster, a ClickHouse outage,
-## duplicate and poison events); `make test` runs them too
+## duplicate and poison events, and the control plane under five minutes of chaos:
+## MODELPORT_CHAOS_DURATION); `make test` runs them too, the chaos for 90 seconds
+CHAOS ?= 5m
 test-faults:
-	$(GO) test -race -count=1 -timeout 20m -run 'TestFault|TestMultiNode|TestWorkerKilled' ./cmd/modelport
+	MODELPORT_CHAOS_DURATION=$(CHAOS) $(GO) test -race -count=1 -timeout 20m -run 'TestFault|TestMultiNode|TestWorkerKilled|TestChaos|TestControlPlaneFailover' ./cmd/modelport
 	$(GO) test -race -count=1 -timeout 20m -run 'Outage|Poison|Duplicate|Redeliver|DeadLetter' github.com/modelport/modelport/services/billing/...
 
 ## test-short: the tests that need no binaries built
