@@ -135,8 +135,16 @@ func TestChaos(t *testing.T) {
 		case n < 55:
 			c.callAPI(t)
 		case n < 62 && c.natsUp && c.downCount() == 0:
+			// The first outage outlasts the publishers' retry window
+			// (natsx.PublishRetryWindow) and the heartbeats' TTL: what
+			// the services could not announce meanwhile, they must
+			// announce after, and no worker may be taken for dead.
+			down := time.Duration(1+c.rng.IntN(4)) * time.Second
+			if c.counts["nats killed"] == 0 {
+				down = natsx.PublishRetryWindow + 2*time.Second
+			}
 			c.nats.proc.kill(t)
-			c.natsUp, c.natsAt = false, time.Now().Add(time.Duration(1+c.rng.IntN(4))*time.Second)
+			c.natsUp, c.natsAt = false, time.Now().Add(down)
 			c.counts["nats killed"]++
 		case n < 90 && c.downCount() < 2:
 			m := c.members[c.rng.IntN(len(c.members))]

@@ -159,3 +159,29 @@ func TestReviewReconcileServiceReadsItsOwnRecords(t *testing.T) {
 		t.Fatalf("reconciling one service read whole buckets %d times", st.wholeReads)
 	}
 }
+
+// A scaler that takes the lead again (after a NATS outage cost it the
+// lease) judges no worker dead before the workers have had a TTL to beat:
+// their heartbeats may all have expired during the outage.
+func TestNewTermJudgesNoWorkerDeadAtOnce(t *testing.T) {
+	clk := &clock{t: time.Now().UTC()}
+	st, pub := newFakeStore(), &fakePublisher{}
+	st.services["s1"] = service("s1", 1)
+	sc := scale.New(st, pub, quiet, scale.WithClock(clk.now))
+	clk.advance(time.Hour)
+	st.placeAt("s1", "i-1", "w1", clk.now().Add(-time.Hour))
+	sc.Forget() // a new term, right after the outage: no heartbeat yet
+	if err := sc.ReconcileAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(pub.released()) != 0 || len(st.placed("s1")) != 1 {
+		t.Fatalf("released %+v: a worker unseen since the new term began was judged dead", pub.released())
+	}
+	clk.advance(time.Minute)
+	if err := sc.ReconcileAll(context.Background()); err == nil {
+		t.Fatal("placed with no live worker")
+	}
+	if got := pub.released(); len(got) != 1 || !got[0].WorkerGone {
+		t.Fatalf("released %+v a minute later, want i-1 gone with its worker", got)
+	}
+}

@@ -142,10 +142,14 @@ func New(store Store, pub Publisher, log *slog.Logger, opts ...Option) *Scaler {
 
 // Forget drops what the scaler remembers between reconciles (placements
 // not yet listed, releases announced, workers to avoid): a scaler that
-// takes the lead again starts afresh, from the buckets.
+// takes the lead starts afresh, from the buckets. Like a new scaler, it
+// then judges no worker dead for a worker TTL: after a NATS outage, which
+// costs the leader its lease, every heartbeat may have expired, and the
+// workers need a beat to be seen again.
 func (s *Scaler) Forget() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.started = s.now()
 	clear(s.unplaceable)
 	clear(s.inflight)
 	clear(s.unlisted)
