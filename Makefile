@@ -35,7 +35,7 @@ tests/browser/node_modules: tests/browser/package-lock.json
 ## test-faults: the fault tests alone (a killed worker mid-stream, a NATS restart, a
 ## thousand streaming clients, NATS and router deaths on a cluster, a ClickHouse outage,
 ## duplicate and poison events, and the control plane under five minutes of chaos:
-## MODELPORT_CHAOS_DURATION); `make test` runs them too, the chaos for 90 seconds
+## MODELPORT_CHAOS_DURATION); `make test` runs them too, the chaos for a minute
 CHAOS ?= 5m
 test-faults:
 	MODELPORT_CHAOS_DURATION=$(CHAOS) $(GO) test -race -count=1 -timeout 20m -run 'TestFault|TestMultiNode|TestWorkerKilled|TestChaos|TestControlPlaneFailover' ./cmd/modelport

@@ -32,16 +32,16 @@ import (
 )
 
 // chaosDuration is how long the chaos lasts: MODELPORT_CHAOS_DURATION,
-// default 90 seconds (`make test-faults` runs it longer).
+// default 60 seconds (`make test-faults` runs it longer).
 func chaosDuration(t *testing.T) time.Duration {
 	t.Helper()
 	v := os.Getenv("MODELPORT_CHAOS_DURATION")
 	if v == "" {
-		return 90 * time.Second
+		return time.Minute
 	}
 	d, err := time.ParseDuration(v)
 	if err != nil || d <= 0 {
-		t.Fatalf("MODELPORT_CHAOS_DURATION=%q: want a positive duration such as 90s or 5m", v)
+		t.Fatalf("MODELPORT_CHAOS_DURATION=%q: want a positive duration such as 60s or 5m", v)
 	}
 	return d
 }
