@@ -460,9 +460,6 @@ func (c *chaosCluster) converged(ctx context.Context, t *testing.T, js jetstream
 			}
 			held[h.ServiceID]++
 		}
-		if len(w.Refused) > 0 {
-			return fmt.Errorf("worker %s refused %+v lately", w.ID, w.Refused)
-		}
 	}
 	for id := range c.services {
 		s, ok := r.services[id]
