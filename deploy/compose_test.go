@@ -362,6 +362,8 @@ func TestComposeSettingsFile(t *testing.T) {
 	}
 	used := map[string]bool{}
 	variable := regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?+])?`)
+	// Secrets made from a setting (secrets: x: environment: NAME) need it.
+	secretSource := regexp.MustCompile(`(?m)^\s+environment:\s+([A-Z][A-Z0-9_]*)\s*$`)
 	files := []string{filepath.Join(repoRoot, "docker-compose.yml")}
 	overrides, _ := filepath.Glob(filepath.Join("compose", "*.yml"))
 	for _, f := range append(files, overrides...) {
@@ -373,6 +375,12 @@ func TestComposeSettingsFile(t *testing.T) {
 			used[m[1]] = true
 			if m[2] == "" && !inExample[m[1]] {
 				t.Errorf("%s uses ${%s} with no default, and %s does not set it", f, m[1], envExample)
+			}
+		}
+		for _, m := range secretSource.FindAllStringSubmatch(string(b), -1) {
+			used[m[1]] = true
+			if !inExample[m[1]] {
+				t.Errorf("%s makes a secret from %s, and %s does not set it", f, m[1], envExample)
 			}
 		}
 	}

@@ -105,9 +105,10 @@ func (c *cluster) selected(t *testing.T, sel *metav1.LabelSelector) []workload {
 }
 
 // buildOverlay builds an overlay as `kubectl apply -k` would, after doing
-// what its instructions say first: each secrets/<name>.env copied from its
-// example. It builds on an in-memory copy of k8s/, so files on this
-// machine (real secrets) play no part.
+// what its instructions say first: each secret file (secrets/<name>.env,
+// secrets/nats-tls/ca.crt ...) copied from its example. It builds on an
+// in-memory copy of k8s/, so files on this machine (real secrets) play no
+// part.
 func buildOverlay(t *testing.T, overlay string) *cluster {
 	t.Helper()
 	mem := filesys.MakeFsInMemory()
@@ -115,7 +116,7 @@ func buildOverlay(t *testing.T, overlay string) *cluster {
 		if err != nil || d.IsDir() {
 			return err
 		}
-		if strings.HasSuffix(path, ".env") {
+		if strings.Contains(filepath.ToSlash(path), "/secrets/") && !strings.HasSuffix(path, ".example") && filepath.Base(path) != ".gitignore" {
 			return nil // a real secret; the example stands in for it
 		}
 		b, err := os.ReadFile(path)
@@ -125,8 +126,8 @@ func buildOverlay(t *testing.T, overlay string) *cluster {
 		if err := mem.WriteFile("/"+filepath.ToSlash(path), b); err != nil {
 			return err
 		}
-		if env, ok := strings.CutSuffix(path, ".env.example"); ok {
-			return mem.WriteFile("/"+filepath.ToSlash(env)+".env", b)
+		if real, ok := strings.CutSuffix(path, ".example"); ok {
+			return mem.WriteFile("/"+filepath.ToSlash(real), b)
 		}
 		return nil
 	})
@@ -232,6 +233,7 @@ func TestKubernetes(t *testing.T) {
 			c.checkNATS(t)
 			c.checkNetwork(t)
 			c.checkOverlay(t)
+			c.checkSecurity(t)
 		})
 	}
 }
@@ -690,8 +692,8 @@ func (c *cluster) checkSettings(t *testing.T) {
 			urls := strings.Split(e["MODELPORT_NATS_URL"], ",")
 			for _, raw := range urls {
 				u, err := url.Parse(raw)
-				if err != nil || u.Scheme != "nats" {
-					t.Errorf("%s: %q is not a nats:// URL", where, raw)
+				if err != nil || u.Scheme != "nats" && u.Scheme != "tls" {
+					t.Errorf("%s: %q is not a nats:// or tls:// URL", where, raw)
 					continue
 				}
 				target, cp, err := c.resolve(u.Hostname(), u.Port())
@@ -718,7 +720,7 @@ func (c *cluster) checkSettings(t *testing.T) {
 				target, cp, err := c.resolve(host, port)
 				if err != nil {
 					t.Errorf("%s: MODELPORT_CLICKHOUSE_ADDR %s: %v", where, e["MODELPORT_CLICKHOUSE_ADDR"], err)
-				} else if !strings.HasPrefix(target.pod.Spec.Containers[0].Image, "clickhouse/") || cp.ContainerPort != 9000 {
+				} else if native := map[string]int32{"": 9000, "1": 9440}[e["MODELPORT_CLICKHOUSE_TLS"]]; !strings.HasPrefix(target.pod.Spec.Containers[0].Image, "clickhouse/") || cp.ContainerPort != native {
 					t.Errorf("%s: MODELPORT_CLICKHOUSE_ADDR reaches %s port %d, not ClickHouse's Native port", where, target, cp.ContainerPort)
 				}
 			case "inference-worker":
@@ -804,7 +806,7 @@ func (c *cluster) checkNATS(t *testing.T) {
 	spec := s.Spec.Template.Spec
 	var conf string
 	for _, v := range spec.Volumes {
-		if v.ConfigMap != nil {
+		if v.ConfigMap != nil && c.configMaps[v.ConfigMap.Name] != nil && c.configMaps[v.ConfigMap.Name].Data["nats.conf"] != "" {
 			conf = c.configMaps[v.ConfigMap.Name].Data["nats.conf"]
 		}
 	}
@@ -840,6 +842,19 @@ func (c *cluster) checkNATS(t *testing.T) {
 	if want := "nats:" + natsVersion(t) + "-alpine"; spec.Containers[0].Image != want {
 		t.Errorf("NATS image %s, want %s: the version the tests run", spec.Containers[0].Image, want)
 	}
+}
+
+// clickhousePort is the port billing reaches ClickHouse on: the Native
+// protocol's, over TLS where the overlay turns it on.
+func (c *cluster) clickhousePort(t *testing.T) int32 {
+	t.Helper()
+	e := c.containerEnv(c.deployments["billing"].Spec.Template.Spec.Containers[0])
+	_, port, _ := net.SplitHostPort(e["MODELPORT_CLICKHOUSE_ADDR"])
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatalf("billing's MODELPORT_CLICKHOUSE_ADDR %q", e["MODELPORT_CLICKHOUSE_ADDR"])
+	}
+	return int32(p)
 }
 
 // natsVersion is the nats-server version the end-to-end tests build and
@@ -984,7 +999,7 @@ func (c *cluster) checkNetwork(t *testing.T) {
 	}{
 		{"router", "inference-worker", 9100, true},
 		{"router", "inference-worker", 9131, true},
-		{"billing", "clickhouse", 9000, true},
+		{"billing", "clickhouse", c.clickhousePort(t), true},
 		{"nats", "nats", 6222, true},
 		{"router", "clickhouse", 9000, false},
 		{"inference-worker", "deployer", 8080, false},

@@ -3,15 +3,18 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/chtest"
 	"github.com/modelport/modelport/libs/config"
 	"github.com/modelport/modelport/libs/events"
+	"github.com/modelport/modelport/libs/natsx"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -114,8 +117,8 @@ func TestAutoscaling(t *testing.T) {
 	}
 
 	// Every decision is an event with its reason; the deployer applied each.
-	decisions := subjectEvents[events.ServiceAutoscaledV1](t, p.bus.JS, events.StreamScale, events.SubjectServiceAutoscaledV1)
-	scaled := subjectEvents[events.ServiceScaledV1](t, p.bus.JS, events.StreamDeploy, events.SubjectServiceScaledV1)
+	decisions := subjectEvents[events.ServiceAutoscaledV1](t, p.busAs(t, access.EventsReader).JS, events.StreamScale, events.SubjectServiceAutoscaledV1)
+	scaled := subjectEvents[events.ServiceScaledV1](t, p.busAs(t, access.EventsReader).JS, events.StreamDeploy, events.SubjectServiceScaledV1)
 	var path []string
 	for _, ev := range scaled {
 		if ev.ServiceID == svc.ID {
@@ -149,25 +152,30 @@ func subjectEvents[T any](t *testing.T, js jetstream.JetStream, stream, subject 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	st, err := js.Stream(ctx, stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := c.Info(ctx)
+	r, err := natsx.NewStreamReader(ctx, st, time.Unix(0, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []T
-	for range info.NumPending {
-		msg, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+	for {
+		msg, err := r.Next(ctx)
+		if errors.Is(err, natsx.ErrCaughtUp) {
+			return out
+		}
 		if err != nil {
 			t.Fatalf("read %s: %v", subject, err)
 		}
+		if msg.Subject != subject {
+			continue
+		}
 		var ev T
-		if err := json.Unmarshal(msg.Data(), &ev); err != nil {
+		if err := json.Unmarshal(msg.Data, &ev); err != nil {
 			t.Fatal(err)
 		}
 		out = append(out, ev)
 	}
-	return out
 }

@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -30,6 +32,7 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	requests := fs.Int("requests", 3000, "requests per scenario at the highest concurrency")
 	out := fs.String("out", "", "write the report (markdown) to this file")
+	realEngine := fs.Bool("engine", true, "also measure a real engine: Ollama (`make engines`) serving a tiny model")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -39,7 +42,7 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	defer os.RemoveAll(dir)
 	const key = "mp-bench-admin-key-0123456789abcdef"
-	env := config.Map(map[string]string{
+	settings := map[string]string{
 		"MODELPORT_DATA_DIR":        dir,
 		"MODELPORT_HTTP_ADDR":       "127.0.0.1:0",
 		"MODELPORT_NATS_PORT":       "-1",
@@ -48,7 +51,19 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 		// Scale-to-zero is quick to reach between the cold-start runs.
 		"MODELPORT_AUTOSCALE_INTERVAL":   "100ms",
 		"MODELPORT_LOAD_REPORT_INTERVAL": "100ms",
-	})
+	}
+	if *realEngine {
+		engineSettings, err := benchEngineSetup(dir)
+		if err != nil {
+			return err
+		}
+		maps.Copy(settings, engineSettings)
+		// Ollama keeps the models it imports here, not in the user's store.
+		if err := os.Setenv("OLLAMA_MODELS", filepath.Join(dir, "ollama")); err != nil {
+			return err
+		}
+	}
+	env := config.Map(settings)
 	log, _ := telemetry.Setup(ctx, "modelport-bench", io.Discard, slog.LevelError)
 	p, err := startPlatform(ctx, env, log)
 	if err != nil {
@@ -107,6 +122,13 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 	life, err := benchLifecycle(ctx, client, p.BaseURL, key)
 	if err != nil {
 		return fmt.Errorf("lifecycle: %w", err)
+	}
+	if *realEngine {
+		section, err := benchEngine(ctx, client, p.BaseURL, key)
+		if err != nil {
+			return fmt.Errorf("real engine: %w", err)
+		}
+		life += section
 	}
 	life += benchBilling(ctx, 10*(*requests))
 	report := benchReport(*requests, cases) + life

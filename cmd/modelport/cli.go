@@ -29,9 +29,11 @@ var cliCommands = map[string]func(ctx context.Context, c *cli, args []string) er
 	"scale":   runScale,
 	"delete":  runDelete,
 	"keys":    runKeys,
+	"models":  runModels,
 	"usage":   runUsage,
 	"chat":    runChat,
 	"events":  runEvents,
+	"nats":    runNATS,
 }
 
 // runCLI runs a client command. stdin answers prompts (the API key at

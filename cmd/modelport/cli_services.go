@@ -117,7 +117,7 @@ func runCatalog(ctx context.Context, c *cli, args []string) error {
 
 func runDeploy(ctx context.Context, c *cli, args []string) error {
 	fs := c.flags("deploy", "NAME --model BASE [--task T] [--instances N] [--billing per-token|per-instance-hour] [--wait]", true)
-	model := fs.String("model", "", "base model from the catalog (modelport catalog lists them); required")
+	model := fs.String("model", "", "base model: from the catalog or registered (modelport models ls lists them); required")
 	task := fs.String("task", "", "text-generation, image-understanding or image-generation (default: the model's only task)")
 	instances := fs.Int("instances", 1, "number of instances")
 	billing := fs.String("billing", "per-token", "billing method: per-token or per-instance-hour")
@@ -128,7 +128,7 @@ func runDeploy(ctx context.Context, c *cli, args []string) error {
 		return err
 	}
 	if *model == "" {
-		return errors.New("deploy: --model is required (modelport catalog lists the base models)")
+		return errors.New("deploy: --model is required (modelport models ls lists the base models)")
 	}
 	a, err := c.client()
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/chtest"
 	"github.com/modelport/modelport/libs/events"
 )
@@ -63,9 +64,19 @@ func TestCLI(t *testing.T) {
 		t.Errorf("saved config %+v (%v), want the URL %s and the key", saved, err, p.BaseURL)
 	}
 
-	// Follow every event live from here on.
-	live := m.start(nil, "events", "tail", "--output", "json", "--nats", p.NATSURL)
+	// Without credentials the server refuses a tail, and the error says
+	// which.
+	if _, stderr := m.fail("", "events", "tail", "--nats", p.NATSURL); !strings.Contains(stderr, "refused no credentials") || !strings.Contains(stderr, "Authorization Violation") {
+		t.Errorf("events tail without credentials: %q", stderr)
+	}
+	// Follow every event live from here on. The platform logged in to
+	// says where its event stream is (it is not on the default port) and
+	// hands the admin key the read-only events-reader identity: no flags.
+	live := m.start(nil, "events", "tail", "--output", "json")
 	live.waitStderr(t, "Following DEPLOY")
+	if st, err := os.Stat(access.SeedFile(filepath.Dir(cfgPath), access.EventsReader)); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("the events-reader seed the platform handed out: %v, %v; want a file readable by its owner alone", st, err)
+	}
 
 	out, _ := m.ok("", "catalog")
 	if !strings.HasPrefix(out, "NAME") || !strings.Contains(out, "qwen2.5-7b-instruct") {
@@ -156,6 +167,10 @@ func TestCLI(t *testing.T) {
 	if out, _ = m.ok("", "chat", "clitest", "hello from ci", "--key", key.Key); strings.TrimSpace(out) == "" {
 		t.Error("chat with the new key: no answer")
 	}
+	// Only admin keys are told where the event stream is.
+	if _, stderr := m.fail("", "events", "tail", "--key", key.Key); !strings.Contains(stderr, "only admin keys") || !strings.Contains(stderr, "--nats") {
+		t.Errorf("events tail with an owner's key: %q", stderr)
+	}
 	if out, _ = m.ok("", "keys", "revoke", "ci"); !strings.Contains(out, "Revoked key ci") {
 		t.Errorf("keys revoke: %q", out)
 	}
@@ -200,7 +215,10 @@ func TestCLI(t *testing.T) {
 		{[]string{"deploy", "other"}, "--model is required"},
 		{[]string{"scale", "clitest", "two"}, "INSTANCES must be a whole number"},
 		{[]string{"ls", "--output", "yaml"}, "want table or json"},
-		{[]string{"events", "tail", "--subject", "nope.>", "--nats", p.NATSURL}, "no event stream holds subjects matching nope.>"},
+		{[]string{"events", "tail", "--subject", "nope.>", "--nats", p.NATSURL, "--nkey", access.SeedFile(p.NATSCreds, access.EventsReader)}, "no event stream holds subjects matching nope.>"},
+		// Another identity's seed: the server knows it, but not as a reader
+		// of every stream.
+		{[]string{"events", "tail", "--nats", p.NATSURL, "--nkey", access.SeedFile(p.NATSCreds, access.InferenceWorker)}, "permission denied: NATS identity events-reader may not"},
 	} {
 		if _, stderr := m.fail("", tc.args...); !strings.Contains(stderr, tc.want) {
 			t.Errorf("%v: stderr %q, want %q", tc.args, stderr, tc.want)
@@ -263,7 +281,7 @@ func TestCLI(t *testing.T) {
 	live.interrupt(t)
 
 	// Replayed from a time, with a subject filter: only what matches.
-	replay := m.start([]string{"MODELPORT_NATS_URL=" + p.NATSURL}, "events", "tail", "--since", "10m", "--subject", "deploy.service.*.v1", "--subject", "usage.>")
+	replay := m.start([]string{"MODELPORT_NATS_URL=" + p.NATSURL, "MODELPORT_NATS_NKEY=" + access.SeedFile(p.NATSCreds, access.EventsReader)}, "events", "tail", "--since", "10m", "--subject", "deploy.service.*.v1", "--subject", "usage.>")
 	replay.waitStderr(t, "Following DEPLOY (deploy.service.*.v1), USAGE (usage.>)")
 	eventually(t, 10*time.Second, "events replayed", func() error {
 		out := replay.stdout.String()

@@ -15,14 +15,17 @@ import (
 
 	"github.com/modelport/modelport/libs/chtest"
 	"github.com/modelport/modelport/libs/config"
+	"github.com/modelport/modelport/libs/gguftest"
 )
 
 // consoleScreenshots are the pictures tests/browser/console.test.mjs
-// takes, as <page>-<window width>.png under docs/screenshots; the README
-// shows them.
+// takes, as <page>-<window width>.png under build/screenshots (ignored by
+// git: a test never writes into tracked files); `make screenshots` copies
+// them to docs/screenshots, which the README shows.
 var consoleScreenshots = []string{
 	"signin-1280", "list-1280", "list-390", "deploy-1280", "deploy-390", "detail-1280", "detail-390",
 	"playground-chat-1280", "playground-chat-390", "image-generation-1280", "image-understanding-1280",
+	"statements-1280", "statements-390",
 }
 
 // TestConsole drives the web console in Chromium with playwright-core
@@ -30,7 +33,9 @@ var consoleScreenshots = []string{
 // in, deploy a text, an image-generation and an image-understanding
 // service through the form, watch them reach running live, try each in
 // the playground, scale one to 2, and delete them, a wrong name refused
-// first. The browser test saves a screenshot of each page.
+// first; register a model through the Models page, deploy it and delete
+// it once unused; then read the month's statements and close last month.
+// The browser test saves a screenshot of each page but the Models pages.
 func TestConsole(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the platform and a browser")
@@ -47,8 +52,18 @@ func TestConsole(t *testing.T) {
 	}
 	t.Cleanup(func() { p.Close(context.Background()) })
 
-	shots, err := filepath.Abs(filepath.Join(repoRoot, "docs", "screenshots"))
+	// A GGUF file on the model store, for the Models page to register.
+	modelFile := filepath.Join(p.ModelDirs[0], "tiny-F16.gguf")
+	if err := gguftest.Write(modelFile, gguftest.Tiny()); err != nil {
+		t.Fatal(err)
+	}
+
+	shots, err := filepath.Abs(filepath.Join(repoRoot, "build", "screenshots"))
 	if err != nil {
+		t.Fatal(err)
+	}
+	// Only this run's pictures, so make screenshots copies no stale one.
+	if err := os.RemoveAll(shots); err != nil {
 		t.Fatal(err)
 	}
 	started := time.Now().Add(-time.Second)
@@ -63,6 +78,7 @@ func TestConsole(t *testing.T) {
 		"MODELPORT_API_KEY="+testAdminKey,
 		"MODELPORT_SCREENSHOTS="+shots,
 		"MODELPORT_CHROMIUM="+chromium,
+		"MODELPORT_MODEL_FILE="+modelFile,
 	)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -105,7 +121,7 @@ func browserForConsoleTests(t *testing.T) (node, chromium string) {
 		}
 		t.Skip(msg)
 	}
-	const install = "install Node.js 20 or later, then run `npm ci --prefix tests/browser` at the repository root"
+	const install = "run `make deps` (or install Node.js 20 or later, then run `npm ci --prefix tests/browser` at the repository root)"
 	node, err := exec.LookPath("node")
 	if err != nil {
 		missing("Node.js is required (%v): %s", err, install)
@@ -119,7 +135,7 @@ func browserForConsoleTests(t *testing.T) (node, chromium string) {
 	}
 	pkg := filepath.Join(repoRoot, "tests", "browser", "node_modules", "playwright-core", "package.json")
 	if _, err := os.Stat(pkg); errors.Is(err, os.ErrNotExist) {
-		missing("playwright-core is not installed in tests/browser: run `npm ci --prefix tests/browser` at the repository root")
+		missing("playwright-core is not installed in tests/browser: run `make deps` (or `npm ci --prefix tests/browser`) at the repository root")
 		return "", ""
 	} else if err != nil {
 		t.Fatal(err)
@@ -129,7 +145,7 @@ func browserForConsoleTests(t *testing.T) (node, chromium string) {
 		chromium = "/usr/bin/chromium"
 	}
 	if _, err := exec.LookPath(chromium); err != nil {
-		missing("Chromium is required for the console's browser test (%v): install the Debian package chromium, or set MODELPORT_CHROMIUM", err)
+		missing("Chromium is required for the console's browser test (%v): run `make deps` (the Debian package chromium), or set MODELPORT_CHROMIUM", err)
 		return "", ""
 	}
 	if v, err := exec.Command(chromium, "--version").Output(); err != nil || !strings.Contains(string(v), "Chromium") {

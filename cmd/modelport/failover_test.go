@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/chlocal"
 	"github.com/modelport/modelport/libs/chtest"
 	"github.com/modelport/modelport/libs/natstest"
@@ -122,6 +123,7 @@ func (p *proc) stop(within time.Duration) error {
 // server and one ClickHouse database.
 type cluster struct {
 	bin    string
+	seeds  string // the NATS identities' seeds, <identity>.nk
 	common []string
 	urls   map[string]string // process name -> http://host:port
 	procs  map[string]*proc
@@ -138,16 +140,21 @@ type workerSpec struct {
 // waits until all are healthy.
 func startCluster(t *testing.T, workers ...workerSpec) *cluster {
 	t.Helper()
-	return startClusterOn(t, natstest.New(t).ClientURL(), workers...)
+	ns := natstest.New(t)
+	return startClusterOn(t, ns.ClientURL(), filepath.Dir(ns.Seed(access.Router)), nil, workers...)
 }
 
-// startClusterOn is startCluster on the NATS server(s) at natsURL.
-func startClusterOn(t *testing.T, natsURL string, workers ...workerSpec) *cluster {
+// startClusterOn is startCluster on the NATS server(s) at natsURL, with the
+// identities' seeds in the folder seeds and the extra settings natsEnv
+// (TLS). The services start all at once, as they would on many machines:
+// each waits for the streams and buckets of the others.
+func startClusterOn(t *testing.T, natsURL, seeds string, natsEnv []string, workers ...workerSpec) *cluster {
 	t.Helper()
 	bin := buildServices(t)
 	chAddr, chDB := chtest.New(t)
 	c := &cluster{
-		bin: bin,
+		bin:   bin,
+		seeds: seeds,
 		common: []string{
 			"MODELPORT_NATS_URL=" + natsURL,
 			"MODELPORT_LOG_LEVEL=debug",
@@ -159,11 +166,18 @@ func startClusterOn(t *testing.T, natsURL string, workers ...workerSpec) *cluste
 		urls:  map[string]string{},
 		procs: map[string]*proc{},
 	}
+	c.common = append(c.common, natsEnv...)
+	var names []string
 	for _, s := range []string{"deployer", "scaler", "router", "billing"} {
-		c.start(t, s, s)
+		c.launch(t, s, s)
+		names = append(names, s)
 	}
 	for _, w := range workers {
-		c.start(t, w.id, "inference-worker", "MODELPORT_WORKER_ID="+w.id, "MODELPORT_WORKER_CAPACITY="+strconv.Itoa(w.capacity))
+		c.launch(t, w.id, "inference-worker", "MODELPORT_WORKER_ID="+w.id, "MODELPORT_WORKER_CAPACITY="+strconv.Itoa(w.capacity))
+		names = append(names, w.id)
+	}
+	for _, name := range names {
+		c.waitHealthy(t, name)
 	}
 	return c
 }
@@ -172,15 +186,32 @@ func startClusterOn(t *testing.T, natsURL string, workers ...workerSpec) *cluste
 // cluster's common settings and extra ones, and waits until it is healthy.
 func (c *cluster) start(t *testing.T, name, binary string, extra ...string) *proc {
 	t.Helper()
+	p := c.launch(t, name, binary, extra...)
+	c.waitHealthy(t, name)
+	return p
+}
+
+// launch runs binary as the process called name on a free port, with the
+// cluster's common settings, the NATS identity named after the binary,
+// and extra settings.
+func (c *cluster) launch(t *testing.T, name, binary string, extra ...string) *proc {
+	t.Helper()
 	port, err := chlocal.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	env := append(append([]string{}, c.common...), extra...)
-	env = append(env, "MODELPORT_HTTP_ADDR=127.0.0.1:"+strconv.Itoa(port))
+	env = append(env, "MODELPORT_HTTP_ADDR=127.0.0.1:"+strconv.Itoa(port), "MODELPORT_NATS_NKEY="+access.SeedFile(c.seeds, binary))
 	p := startProc(t, name, filepath.Join(c.bin, binary), env)
 	c.procs[name] = p
 	c.urls[name] = "http://127.0.0.1:" + strconv.Itoa(port)
+	return p
+}
+
+// waitHealthy waits until the process called name answers /healthz.
+func (c *cluster) waitHealthy(t *testing.T, name string) {
+	t.Helper()
+	p := c.procs[name]
 	eventually(t, 30*time.Second, name+" healthy", func() error {
 		select {
 		case <-p.done:
@@ -197,7 +228,6 @@ func (c *cluster) start(t *testing.T, name, binary string, extra ...string) *pro
 		}
 		return nil
 	})
-	return p
 }
 
 // deploy creates a service with n instances and waits until it runs with

@@ -44,6 +44,11 @@ func streamChat(ctx context.Context, client *http.Client, base, model string, ma
 		"model": model, "stream": true, "max_tokens": maxTokens, "stream_options": map[string]bool{"include_usage": true},
 		"messages": []map[string]string{{"role": "user", "content": "Count slowly to a very large number."}},
 	})
+	return streamChatBody(ctx, client, base, body, onChunk)
+}
+
+// streamChatBody is streamChat with a request body of the caller's.
+func streamChatBody(ctx context.Context, client *http.Client, base string, body []byte, onChunk func(int)) streamResult {
 	req, err := http.NewRequestWithContext(ctx, "POST", base+"/v1/chat/completions", bytes.NewReader(body))
 	if err != nil {
 		return streamResult{readErr: err}
@@ -107,14 +112,21 @@ func streamChat(ctx context.Context, client *http.Client, base, model string, ma
 	return r
 }
 
-// usageOf reads a service's usage totals from billing.
-func usageOf(t *testing.T, billingURL, serviceID string) usageTotals {
+// usageOf reads a service's usage totals from billing. A 503 (billing
+// still starting: it answers once its schema and prices are stored) is an
+// error to retry; any other failure ends the test.
+func usageOf(t *testing.T, billingURL, serviceID string) (usageTotals, error) {
 	t.Helper()
 	var u usageTotals
-	if s := call(t, "GET", billingURL+"/api/v1/usage?service_id="+serviceID, testAdminKey, nil, &u); s != 200 {
+	switch s := call(t, "GET", billingURL+"/api/v1/usage?service_id="+serviceID, testAdminKey, nil, &u); s {
+	case 200:
+		return u, nil
+	case 503:
+		return u, fmt.Errorf("usage: status 503")
+	default:
 		t.Fatalf("usage: status %d", s)
 	}
-	return u
+	return u, nil
 }
 
 // TestFaultWorkerKilledMidStream kills a worker while streams run on it:
@@ -194,7 +206,10 @@ func TestFaultWorkerKilledMidStream(t *testing.T) {
 
 	// Billing: every stream once, cut ones for what their clients got.
 	eventually(t, 30*time.Second, "usage billed exactly", func() error {
-		u := usageOf(t, c.urls["billing"], svc.ID)
+		u, err := usageOf(t, c.urls["billing"], svc.ID)
+		if err != nil {
+			return err
+		}
 		if u.Requests != streams+5 || int(u.CompletionTokens) != wantCompletion || int(u.PromptTokens) != wantPrompt {
 			return fmt.Errorf("billed %d requests, %d prompt and %d completion tokens; want %d, %d, %d",
 				u.Requests, u.PromptTokens, u.CompletionTokens, streams+5, wantPrompt, wantCompletion)
@@ -209,8 +224,9 @@ func TestFaultWorkerKilledMidStream(t *testing.T) {
 // were answered, none of those refused during the outage.
 func TestFaultNATSRestart(t *testing.T) {
 	server := buildNATSServer(t, t.TempDir())
-	nd := startNATSServer(t, server)
-	c := startClusterOn(t, nd.clientURL, workerSpec{id: "w1", capacity: 2})
+	sec := newNATSSecurity(t)
+	nd := startNATSServer(t, server, sec)
+	c := startClusterOn(t, nd.clientURL, sec.seeds, sec.clientEnv(), workerSpec{id: "w1", capacity: 2})
 	svc := c.deploy(t, "weathered", 1)
 
 	var (
@@ -274,7 +290,10 @@ func TestFaultNATSRestart(t *testing.T) {
 	t.Logf("%d requests answered, %d refused during the outage", ok, refused)
 
 	eventually(t, 60*time.Second, "usage of every answered request billed once", func() error {
-		u := usageOf(t, c.urls["billing"], svc.ID)
+		u, err := usageOf(t, c.urls["billing"], svc.ID)
+		if err != nil {
+			return err
+		}
 		if int(u.Requests) != ok || int(u.PromptTokens) != prompt || int(u.CompletionTokens) != complet {
 			return fmt.Errorf("billed %d requests, %d+%d tokens; answered %d requests, %d+%d tokens",
 				u.Requests, u.PromptTokens, u.CompletionTokens, ok, prompt, complet)
@@ -284,9 +303,10 @@ func TestFaultNATSRestart(t *testing.T) {
 }
 
 // startNATSServer starts one nats-server process with JetStream on
-// loopback, storing in a directory of its own; start it again after a
-// kill to restart it on the same port and store.
-func startNATSServer(t *testing.T, server string) *natsNode {
+// loopback, storing in a directory of its own, with sec's identities and
+// TLS; start it again after a kill to restart it on the same port and
+// store.
+func startNATSServer(t *testing.T, server string, sec *natsSecurity) *natsNode {
 	t.Helper()
 	client, err := chlocal.FreePort()
 	if err != nil {
@@ -298,13 +318,13 @@ func startNATSServer(t *testing.T, server string) *natsNode {
 	}
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "nats.conf")
-	text := fmt.Sprintf("server_name: solo\nlisten: 127.0.0.1:%d\nhttp: 127.0.0.1:%d\njetstream { store_dir: %q }\n",
-		client, monitor, filepath.Join(dir, "store"))
+	text := fmt.Sprintf("server_name: solo\nlisten: 127.0.0.1:%d\nhttp: 127.0.0.1:%d\njetstream { store_dir: %q }\n%s",
+		client, monitor, filepath.Join(dir, "store"), sec.conf())
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	nd := &natsNode{name: "nats", clientURL: fmt.Sprintf("nats://127.0.0.1:%d", client),
-		monitor: fmt.Sprintf("http://127.0.0.1:%d", monitor), conf: conf}
+	nd := &natsNode{name: "nats", clientURL: fmt.Sprintf("tls://127.0.0.1:%d", client),
+		monitor: fmt.Sprintf("http://127.0.0.1:%d", monitor), conf: conf, env: sec.serverEnv()}
 	nd.start(t, server)
 	return nd
 }

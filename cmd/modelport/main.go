@@ -10,8 +10,11 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 
+	"github.com/modelport/modelport/libs/chlocal"
 	"github.com/modelport/modelport/libs/config"
 	"github.com/modelport/modelport/libs/telemetry"
 )
@@ -28,12 +31,14 @@ func main() {
 const usage = `usage: modelport <command>
 
 commands:
-  up     run the whole platform in this process (embedded NATS, local ClickHouse)
-  bench  measure the request path against a direct-to-engine baseline
+  up         run the whole platform in this process (embedded NATS, local ClickHouse)
+  bench      measure the request path against a direct-to-engine baseline
+  testmodel  write a tiny random-weights GGUF model that real engines serve on a CPU
 
 client commands (a running platform; "modelport <command> -h" for flags, docs/cli.md):
   login     check an API key and save it with the URL
   catalog   list the base models that can be deployed
+  models    register your own models: add, ls, get, rm
   deploy    deploy a model service
   ls        list model services
   get       show a model service
@@ -44,9 +49,13 @@ client commands (a running platform; "modelport <command> -h" for flags, docs/cl
   chat      chat with a text-generation service, streamed
   events    tail: follow the platform's events live
 
+operator commands:
+  nats      keys: make the NATS identities' seeds; conf: the nats-server permissions
+
 settings (environment): MODELPORT_DATA_DIR, MODELPORT_HTTP_ADDR, MODELPORT_NATS_PORT,
 MODELPORT_CLICKHOUSE_ADDR, MODELPORT_CLICKHOUSE_DB, MODELPORT_ADMIN_KEY,
-MODELPORT_CLICKHOUSE_INSTALL, MODELPORT_LOG_LEVEL
+MODELPORT_CLICKHOUSE_INSTALL, MODELPORT_LOG_LEVEL; the services' NATS identities are
+in $MODELPORT_DATA_DIR/nats/<identity>.nk
 `
 
 func run(ctx context.Context, args []string, getenv config.Getenv, stdout, stderr io.Writer) error {
@@ -59,7 +68,9 @@ func run(ctx context.Context, args []string, getenv config.Getenv, stdout, stder
 		return up(ctx, getenv, stdout, stderr)
 	case "bench":
 		return bench(ctx, args[1:], stdout)
-	case "login", "catalog", "deploy", "ls", "get", "scale", "delete", "keys", "usage", "chat", "events":
+	case "testmodel":
+		return testmodel(args[1:], stdout, stderr)
+	case "login", "catalog", "models", "deploy", "ls", "get", "scale", "delete", "keys", "usage", "chat", "events", "nats":
 		return runCLI(ctx, args, getenv, os.Stdin, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
@@ -82,8 +93,11 @@ func up(ctx context.Context, getenv config.Getenv, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	if ch := ensureClickHouse(ctx, cfg, log); ch != nil {
+	ch := ensureClickHouse(ctx, cfg, getenv, log)
+	if ch != nil {
 		defer ch.Stop()
+		// The server it started has its users: billing logs in as its own.
+		getenv = config.Chain(config.Map(ch.Env), getenv)
 	}
 	p, err := startPlatform(ctx, getenv, log)
 	if err != nil {
@@ -95,7 +109,11 @@ func up(ctx context.Context, getenv config.Getenv, stdout, stderr io.Writer) err
 	fmt.Fprintf(stdout, "  OpenAI API (router):  %s/v1\n", p.BaseURL)
 	fmt.Fprintf(stdout, "  Control API:          %s/api/v1\n", p.BaseURL)
 	fmt.Fprintf(stdout, "  Console:              %s/console/\n", p.BaseURL)
-	fmt.Fprintf(stdout, "  NATS:                 %s\n", p.NATSURL)
+	fmt.Fprintf(stdout, "  NATS:                 %s (credentials: %s, events-reader.nk to follow the events)\n", p.NATSURL, p.NATSCreds)
+	if ch != nil {
+		fmt.Fprintf(stdout, "  ClickHouse:           %s, read-only user %s, password in %s\n", ch.Addr, chlocal.AnalystUser, filepath.Join(ch.PasswordDir, chlocal.AnalystUser+".password"))
+	}
+	fmt.Fprintf(stdout, "  Model store:          %s\n", strings.Join(p.ModelDirs, ", "))
 	if p.AdminKey != "" {
 		fmt.Fprintf(stdout, "  Admin API key:        %s\n                        (shown once: only its hash is stored)\n", p.AdminKey)
 	} else {

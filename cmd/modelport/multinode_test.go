@@ -20,9 +20,10 @@ import (
 
 // TestMultiNode runs the platform as it runs on several machines: a
 // three-server NATS cluster (separate nats-server processes joined by
-// cluster routes) holding every stream and bucket with three replicas, two
-// routers, two workers and one deployer, scaler and billing, each its own
-// process. While clients send chat completions through both routers, it
+// cluster routes over TLS) holding every stream and bucket with three
+// replicas, two routers, two workers and one deployer, scaler and billing,
+// each its own process with its own NATS identity, over TLS, all started
+// at once. While clients send chat completions through both routers, it
 // kills (SIGKILL) one router and the NATS server leading the USAGE stream,
 // and checks that
 //   - every request through the surviving router succeeds, before, during
@@ -44,10 +45,12 @@ func TestMultiNode(t *testing.T) {
 		t.Skip("builds six binaries and runs a NATS cluster; run without -short")
 	}
 	bin := buildServices(t)
-	nodes := startNATSCluster(t, buildNATSServer(t, bin), 3)
+	sec := newNATSSecurity(t)
+	nodes := startNATSCluster(t, buildNATSServer(t, bin), 3, sec)
 	chAddr, chDB := chtest.New(t)
 	c := &cluster{
-		bin: bin,
+		bin:   bin,
+		seeds: sec.seeds,
 		common: []string{
 			"MODELPORT_NATS_URL=" + natsURLs(nodes),
 			"MODELPORT_JETSTREAM_REPLICAS=3",
@@ -60,13 +63,19 @@ func TestMultiNode(t *testing.T) {
 		urls:  map[string]string{},
 		procs: map[string]*proc{},
 	}
+	c.common = append(c.common, sec.clientEnv()...)
+	// All at once, as on many machines: each service creates the streams
+	// and buckets it owns and waits for the others'.
 	for _, s := range []string{"deployer", "scaler", "billing"} {
-		c.start(t, s, s)
+		c.launch(t, s, s)
 	}
-	c.start(t, "router-1", "router")
-	c.start(t, "router-2", "router")
-	c.start(t, "worker-1", "inference-worker", "MODELPORT_WORKER_ID=worker-1", "MODELPORT_WORKER_CAPACITY=4")
-	c.start(t, "worker-2", "inference-worker", "MODELPORT_WORKER_ID=worker-2", "MODELPORT_WORKER_CAPACITY=4")
+	c.launch(t, "router-1", "router")
+	c.launch(t, "router-2", "router")
+	c.launch(t, "worker-1", "inference-worker", "MODELPORT_WORKER_ID=worker-1", "MODELPORT_WORKER_CAPACITY=4")
+	c.launch(t, "worker-2", "inference-worker", "MODELPORT_WORKER_ID=worker-2", "MODELPORT_WORKER_CAPACITY=4")
+	for name := range c.procs {
+		c.waitHealthy(t, name)
+	}
 
 	svc := c.deploy(t, "multinode", 2)
 	if held := workersOf(c.instances(t, svc.ID)); len(held) != 2 {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,13 +17,16 @@ import (
 )
 
 // TestSeparateProcesses runs the same flow with each service as its own
-// binary and process, sharing one NATS server, as in production.
+// binary and process, sharing one NATS server, as in production: each
+// connects with its own identity (an NKey seed file), over TLS with
+// certificates checked both ways.
 func TestSeparateProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds five binaries; run without -short")
 	}
 	chAddr, chDB := chtest.New(t)
-	ns := natstest.New(t)
+	ns := natstest.New(t, natstest.WithTLS(true))
+	client := ns.ClientCert()
 
 	bin := buildServices(t)
 	services := serviceBinaries
@@ -35,7 +39,10 @@ func TestSeparateProcesses(t *testing.T) {
 		ports[s] = p
 	}
 	common := []string{
-		"MODELPORT_NATS_URL=" + ns.ClientURL(),
+		"MODELPORT_NATS_URL=" + strings.Replace(ns.ClientURL(), "nats://", "tls://", 1),
+		"MODELPORT_NATS_TLS_CA=" + ns.CAFile(),
+		"MODELPORT_NATS_TLS_CERT=" + client.CertFile,
+		"MODELPORT_NATS_TLS_KEY=" + client.KeyFile,
 		"MODELPORT_LOG_LEVEL=debug",
 		"MODELPORT_ADMIN_KEY=" + testAdminKey,
 		"MODELPORT_CLICKHOUSE_ADDR=" + chAddr,
@@ -44,7 +51,7 @@ func TestSeparateProcesses(t *testing.T) {
 		"MODELPORT_SCALER_SWEEP=500ms",
 	}
 	for _, s := range services {
-		startProc(t, s, filepath.Join(bin, s), append(common, "MODELPORT_HTTP_ADDR=127.0.0.1:"+strconv.Itoa(ports[s])))
+		startProc(t, s, filepath.Join(bin, s), append(common, "MODELPORT_HTTP_ADDR=127.0.0.1:"+strconv.Itoa(ports[s]), "MODELPORT_NATS_NKEY="+ns.Seed(s)))
 	}
 	url := func(s string) string { return "http://127.0.0.1:" + strconv.Itoa(ports[s]) }
 	for _, s := range services {

@@ -11,15 +11,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/chlocal"
+	"github.com/modelport/modelport/libs/tlstest"
 )
 
 // natsNode is one nats-server process of a test cluster.
 type natsNode struct {
 	name      string
-	clientURL string // nats://127.0.0.1:port
-	monitor   string // http://127.0.0.1:port, the monitoring endpoint
-	conf      string // its configuration file
+	clientURL string   // nats://127.0.0.1:port
+	monitor   string   // http://127.0.0.1:port, the monitoring endpoint
+	conf      string   // its configuration file
+	env       []string // its environment: the identities' public keys
 	proc      *proc
 }
 
@@ -35,10 +38,70 @@ func buildNATSServer(t *testing.T, dir string) string {
 	return path
 }
 
+// natsSecurity is how every test nats-server process runs, as in
+// production: it admits the identities of the access table alone, each by
+// its NKey seed (in a folder of the test's) with its permissions, from the
+// configuration access.AuthorizationConf renders (public keys from the
+// environment, as the compose and Kubernetes configurations take them);
+// clients and cluster routes use TLS with a CA of the test's own, and
+// certificates are checked both ways.
+type natsSecurity struct {
+	seeds  string
+	pubs   map[string]string // identity -> public NKey
+	ca     *tlstest.CA
+	server tlstest.Pair
+	client tlstest.Pair
+}
+
+func newNATSSecurity(t *testing.T) *natsSecurity {
+	t.Helper()
+	sec := &natsSecurity{seeds: t.TempDir()}
+	var err error
+	if sec.pubs, err = access.EnsureSeeds(sec.seeds, access.Names()); err != nil {
+		t.Fatal(err)
+	}
+	sec.ca = tlstest.NewCA(t, "test NATS CA")
+	sec.server = sec.ca.Server(t, "nats-server")
+	sec.client = sec.ca.Client(t, "modelport")
+	return sec
+}
+
+// conf is the configuration for authorization and TLS; with cluster, the
+// routes' TLS too, to go inside the cluster block.
+func (sec *natsSecurity) conf() string {
+	return access.AuthorizationConf(access.EnvNKeys()) + "tls " + sec.tlsBlock()
+}
+
+func (sec *natsSecurity) tlsBlock() string {
+	return fmt.Sprintf("{\n  cert_file: %q\n  key_file: %q\n  ca_file: %q\n  verify: true\n  timeout: 5\n}\n",
+		sec.server.CertFile, sec.server.KeyFile, sec.ca.CertFile)
+}
+
+// serverEnv is the environment a nats-server process reads the public
+// keys from.
+func (sec *natsSecurity) serverEnv() []string {
+	var env []string
+	for name, pub := range sec.pubs {
+		env = append(env, access.NKeyVar(name)+"="+pub)
+	}
+	return env
+}
+
+// clientEnv is what every service process needs to reach the servers; the
+// seed is per service (cluster.start adds it).
+func (sec *natsSecurity) clientEnv() []string {
+	return []string{
+		"MODELPORT_NATS_TLS_CA=" + sec.ca.CertFile,
+		"MODELPORT_NATS_TLS_CERT=" + sec.client.CertFile,
+		"MODELPORT_NATS_TLS_KEY=" + sec.client.KeyFile,
+	}
+}
+
 // startNATSCluster starts n nats-server processes on loopback that form one
 // JetStream cluster through their routes, each storing in a directory of its
-// own, and waits until the cluster has elected its meta leader.
-func startNATSCluster(t *testing.T, server string, n int) []*natsNode {
+// own, and waits until the cluster has elected its meta leader. They run
+// with sec's identities and TLS, routes included.
+func startNATSCluster(t *testing.T, server string, n int, sec *natsSecurity) []*natsNode {
 	t.Helper()
 	port := func() int {
 		p, err := chlocal.FreePort()
@@ -67,14 +130,15 @@ cluster {
   name: modelport
   listen: 127.0.0.1:%d
   routes: [%s]
-}
-`, name, client, monitor, filepath.Join(dir, name), clusterPorts[i], strings.Join(routes, ", "))
+  tls %s}
+%s`, name, client, monitor, filepath.Join(dir, name), clusterPorts[i], strings.Join(routes, ", "), sec.tlsBlock(), sec.conf())
 		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		nodes[i] = &natsNode{
 			name:      name,
-			clientURL: fmt.Sprintf("nats://127.0.0.1:%d", client),
+			clientURL: fmt.Sprintf("tls://127.0.0.1:%d", client),
+			env:       sec.serverEnv(),
 			monitor:   fmt.Sprintf("http://127.0.0.1:%d", monitor),
 			conf:      conf,
 		}
@@ -101,7 +165,7 @@ cluster {
 // /healthz.
 func (nd *natsNode) start(t *testing.T, server string) {
 	t.Helper()
-	nd.proc = startProc(t, nd.name, server, nil, "-c", nd.conf)
+	nd.proc = startProc(t, nd.name, server, nd.env, "-c", nd.conf)
 	eventually(t, 30*time.Second, nd.name+" healthy", func() error {
 		select {
 		case <-nd.proc.done:

@@ -96,7 +96,7 @@ func nodeForClientTests(t *testing.T) string {
 		t.Helper()
 		t.Fatalf(format, args...)
 	}
-	const install = "install Node.js 20 or later, then run `npm ci --prefix clients/node` at the repository root"
+	const install = "run `make deps` (or install Node.js 20 or later, then run `npm ci --prefix clients/node` at the repository root)"
 	node, err := exec.LookPath("node")
 	if err != nil {
 		missing("Node.js is required (%v): %s", err, install)
@@ -114,7 +114,7 @@ func nodeForClientTests(t *testing.T) string {
 	}
 	pkg := filepath.Join(repoRoot, "clients", "node", "node_modules", "openai", "package.json")
 	if _, err := os.Stat(pkg); errors.Is(err, os.ErrNotExist) {
-		missing("the openai package is not installed in clients/node: run `npm ci --prefix clients/node` at the repository root")
+		missing("the openai package is not installed in clients/node: run `make deps` (or `npm ci --prefix clients/node`) at the repository root")
 		return ""
 	} else if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/chtest"
 	"github.com/modelport/modelport/libs/state"
 )
@@ -60,7 +61,7 @@ func TestScaling(t *testing.T) {
 			return nil
 		})
 		// The placements agree: released ones are gone, not just unready.
-		placements, err := state.List[state.Placement](context.Background(), p.bus.KV(state.BucketPlacements), svc.ID+".*")
+		placements, err := state.List[state.Placement](context.Background(), p.buses[access.Scaler].KV(state.BucketPlacements), svc.ID+".*")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -127,7 +128,7 @@ func TestConcurrentScale(t *testing.T) {
 	eventually(t, 30*time.Second, fmt.Sprintf("converged on %d instances", last.want), func() error {
 		var got service
 		call(t, "GET", p.BaseURL+"/api/v1/services/"+svc.ID, testAdminKey, nil, &got)
-		placements, err := state.List[state.Placement](context.Background(), p.bus.KV(state.BucketPlacements), svc.ID+".*")
+		placements, err := state.List[state.Placement](context.Background(), p.buses[access.Scaler].KV(state.BucketPlacements), svc.ID+".*")
 		if err != nil {
 			return err
 		}

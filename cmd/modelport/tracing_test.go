@@ -155,6 +155,12 @@ func TestTracingAndMetrics(t *testing.T) {
 		`modelport_clickhouse_insert_duration_seconds_count{outcome="ok",table="usage_events"}`,
 		`modelport_events_published_total{outcome="stored",subject="usage.request.completed.v1"}`,
 		`http_server_request_duration_seconds_bucket{`,
+		// billing's scheduled jobs: the rollup, the lost-instance check
+		`modelport_billing_job_runs_total{job="rollup",outcome="ok"}`,
+		`modelport_billing_job_runs_total{job="reconcile",outcome="ok"}`,
+		`modelport_billing_rollup_lag_seconds `,
+		`modelport_billing_intervals_open_over_day `,
+		`modelport_billing_intervals_open `,
 	} {
 		if !strings.Contains(string(metrics), line) {
 			t.Errorf("/metrics lacks %s", line)

@@ -15,7 +15,6 @@ import (
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/natstest"
 	"github.com/modelport/modelport/libs/state"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -108,12 +107,7 @@ func TestContext(t *testing.T) {
 // bucket returns the apikeys bucket on a fresh JetStream server.
 func bucket(t *testing.T) jetstream.KeyValue {
 	t.Helper()
-	s := natstest.New(t)
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := natstest.New(t).Connect(t, natstest.Admin)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)

@@ -50,14 +50,32 @@ func Install(ctx context.Context) error {
 // Server is a running private ClickHouse server.
 type Server struct {
 	Addr string // host:port of the Native protocol
-	Dir  string
-	cmd  *exec.Cmd
-	done chan error
+	// SecureAddr is the host:port of the Native protocol over TLS, when
+	// the server was started with a certificate.
+	SecureAddr string
+	Dir        string
+	cmd        *exec.Cmd
+	done       chan error
+}
+
+// Options are what a server starts with besides its ports and folder.
+type Options struct {
+	// Users are accounts besides the passwordless default user, which
+	// only loopback clients may use and which owns the schema.
+	Users []User
+	// CertFile and KeyFile, PEM, make the server also serve the Native
+	// protocol over TLS, on SecureAddr.
+	CertFile, KeyFile string
 }
 
 // Start runs clickhouse-server on 127.0.0.1:tcpPort (0 picks a free port)
 // with its data under dir, and waits until it answers a ping.
 func Start(ctx context.Context, dir string, tcpPort int) (*Server, error) {
+	return StartWith(ctx, dir, tcpPort, Options{})
+}
+
+// StartWith is Start with users and TLS.
+func StartWith(ctx context.Context, dir string, tcpPort int, o Options) (*Server, error) {
 	bin, err := Binary()
 	if err != nil {
 		return nil, err
@@ -72,7 +90,7 @@ func Start(ctx context.Context, dir string, tcpPort int) (*Server, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
 		return nil, err
 	}
-	ports := []int{tcpPort, 0, 0}
+	ports := []int{tcpPort, 0, 0, 0}
 	for i, p := range ports {
 		if p == 0 {
 			if ports[i], err = FreePort(); err != nil {
@@ -92,13 +110,28 @@ func Start(ctx context.Context, dir string, tcpPort int) (*Server, error) {
 		"--logger.log="+dir+"/clickhouse.log",
 		"--logger.errorlog="+dir+"/clickhouse.err.log",
 	)
+	usersFile := filepath.Join(dir, "users.xml")
+	if err := os.WriteFile(usersFile, []byte(UsersXML(o.Users)), 0o600); err != nil {
+		return nil, err
+	}
+	cmd.Args = append(cmd.Args, "--users_config="+usersFile)
+	secure := ""
+	if o.CertFile != "" {
+		secure = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[3]))
+		cmd.Args = append(cmd.Args,
+			"--tcp_port_secure="+strconv.Itoa(ports[3]),
+			"--openSSL.server.certificateFile="+o.CertFile,
+			"--openSSL.server.privateKeyFile="+o.KeyFile,
+			"--openSSL.server.dhParamsFile=",
+		)
+	}
 	cmd.Dir = dir
 	// The server dies with its parent, so a crashed test leaves nothing behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start clickhouse-server: %w", err)
 	}
-	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), Dir: dir, cmd: cmd, done: make(chan error, 1)}
+	s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), SecureAddr: secure, Dir: dir, cmd: cmd, done: make(chan error, 1)}
 	go func() { s.done <- cmd.Wait() }()
 
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)

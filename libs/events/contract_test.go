@@ -51,6 +51,12 @@ type schemaProperty struct {
 	Type        string `json:"type"`
 	Format      string `json:"format"`
 	Description string `json:"description"`
+	// Properties and Required describe a nested object, such as
+	// InstancePlacedV1's model.
+	Properties map[string]schemaProperty `json:"properties"`
+	Required   []string                  `json:"required"`
+	// AdditionalProperties is true, or a schema for a map's values.
+	AdditionalProperties json.RawMessage `json:"additionalProperties"`
 }
 
 // loadSchema reads and compiles the schema for subject, with format
@@ -196,37 +202,54 @@ func TestSchemaMatchesGoType(t *testing.T) {
 				t.Error("additionalProperties: got not true, want true (adding an optional field keeps the version)")
 			}
 
-			var names, required []string
-			for _, f := range jsonFields(typ) {
-				names = append(names, f.name)
-				if f.required {
-					required = append(required, f.name)
-				}
-			}
-			if got, want := sortedKeys(raw.Properties), sorted(names); !slices.Equal(got, want) {
-				t.Errorf("properties: got %v, want the Go type's JSON fields %v", got, want)
-			}
-			if got, want := sorted(raw.Required), sorted(required); !slices.Equal(got, want) {
-				t.Errorf("required: got %v, want %v", got, want)
-			}
-
-			for _, f := range jsonFields(typ) {
-				p, ok := raw.Properties[f.name]
-				if !ok {
-					continue // reported above
-				}
-				wantType, wantFormat := jsonType(f.typ)
-				if got, want := p.Type, wantType; got != want {
-					t.Errorf("%s: type: got %q, want %q (Go %s)", f.name, got, want, f.typ)
-				}
-				if wantFormat != "" && p.Format != wantFormat {
-					t.Errorf("%s: format: got %q, want %q (Go %s)", f.name, p.Format, wantFormat, f.typ)
-				}
-				if p.Description == "" {
-					t.Errorf("%s: description is empty", f.name)
-				}
-			}
+			checkFields(t, "", typ, raw.Properties, raw.Required)
 		})
+	}
+}
+
+// checkFields compares one object's schema properties with the JSON
+// fields of its Go type, and descends into nested objects (a struct, or a
+// pointer to one) so that their fields cannot drift either.
+func checkFields(t *testing.T, prefix string, typ reflect.Type, props map[string]schemaProperty, req []string) {
+	t.Helper()
+	var names, required []string
+	for _, f := range jsonFields(typ) {
+		names = append(names, f.name)
+		if f.required {
+			required = append(required, f.name)
+		}
+	}
+	if got, want := sortedKeys(props), sorted(names); !slices.Equal(got, want) {
+		t.Errorf("%sproperties: got %v, want the Go type's JSON fields %v", prefix, got, want)
+	}
+	if got, want := sorted(req), sorted(required); !slices.Equal(got, want) {
+		t.Errorf("%srequired: got %v, want %v", prefix, got, want)
+	}
+	for _, f := range jsonFields(typ) {
+		p, ok := props[f.name]
+		if !ok {
+			continue // reported above
+		}
+		wantType, wantFormat := jsonType(f.typ)
+		if got, want := p.Type, wantType; got != want {
+			t.Errorf("%s%s: type: got %q, want %q (Go %s)", prefix, f.name, got, want, f.typ)
+		}
+		if wantFormat != "" && p.Format != wantFormat {
+			t.Errorf("%s%s: format: got %q, want %q (Go %s)", prefix, f.name, p.Format, wantFormat, f.typ)
+		}
+		if p.Description == "" {
+			t.Errorf("%s%s: description is empty", prefix, f.name)
+		}
+		nested := f.typ
+		if nested.Kind() == reflect.Pointer {
+			nested = nested.Elem()
+		}
+		if nested.Kind() == reflect.Struct && nested != reflect.TypeFor[time.Time]() {
+			if string(p.AdditionalProperties) != "true" {
+				t.Errorf("%s%s: additionalProperties: got not true, want true", prefix, f.name)
+			}
+			checkFields(t, prefix+f.name+".", nested, p.Properties, p.Required)
+		}
 	}
 }
 

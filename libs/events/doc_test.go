@@ -58,6 +58,9 @@ type docField struct {
 	MinLength   json.Number `json:"minLength"`
 	MaxLength   json.Number `json:"maxLength"`
 	Description string      `json:"description"`
+	// Properties and Required describe a nested object.
+	Properties map[string]docField `json:"properties"`
+	Required   []string            `json:"required"`
 }
 
 // constraints lists a field's checks in a fixed order.
@@ -183,31 +186,11 @@ func renderEventsDoc(dir string) ([]byte, error) {
 // the schema's order, and the example.
 func renderEvent(b *bytes.Buffer, dir, path string, s docSchema) error {
 	subject := strings.TrimSuffix(filepath.Base(path), ".json")
-	// Fields in the schema's order: required lists them so; any optional
-	// ones follow, sorted.
-	names := slices.Clone(s.Required)
-	var optional []string
-	for name := range s.Properties {
-		if !slices.Contains(names, name) {
-			optional = append(optional, name)
-		}
-	}
-	slices.Sort(optional)
-	names = append(names, optional...)
-
 	fmt.Fprintf(b, "\n### %s\n\n", s.Title)
 	fmt.Fprintf(b, "Subject `%s`, Go type `events.%s`.\n\n%s\n\n", subject, s.Title, s.Description)
 	b.WriteString("| Field | Type | Required | Description | Constraints |\n|---|---|---|---|---|\n")
-	for _, name := range names {
-		f, ok := s.Properties[name]
-		if !ok {
-			return fmt.Errorf("%s: required field %s has no property", path, name)
-		}
-		req := "no"
-		if slices.Contains(s.Required, name) {
-			req = "yes"
-		}
-		fmt.Fprintf(b, "| `%s` | %s | %s | %s | %s |\n", name, f.Type, req, cellEscaper.Replace(f.Description), strings.ReplaceAll(f.constraints(), "|", `\|`))
+	if err := renderFields(b, path, "", s.Properties, s.Required); err != nil {
+		return err
 	}
 	example, err := os.ReadFile(filepath.Join(dir, "testdata", subject+".json"))
 	if err != nil {
@@ -218,5 +201,38 @@ func renderEvent(b *bytes.Buffer, dir, path string, s docSchema) error {
 		return fmt.Errorf("example for %s: %w", subject, err)
 	}
 	fmt.Fprintf(b, "\nExample:\n\n```json\n%s\n```\n", pretty.String())
+	return nil
+}
+
+// renderFields writes one table row per field, in the schema's order
+// (required lists them so; any optional ones follow, sorted), and the
+// fields of a nested object after it as "<field>.<nested>", required
+// where the object is present.
+func renderFields(b *bytes.Buffer, path, prefix string, props map[string]docField, required []string) error {
+	names := slices.Clone(required)
+	var optional []string
+	for name := range props {
+		if !slices.Contains(names, name) {
+			optional = append(optional, name)
+		}
+	}
+	slices.Sort(optional)
+	names = append(names, optional...)
+	for _, name := range names {
+		f, ok := props[name]
+		if !ok {
+			return fmt.Errorf("%s: required field %s%s has no property", path, prefix, name)
+		}
+		req := "no"
+		if slices.Contains(required, name) {
+			req = "yes"
+		}
+		fmt.Fprintf(b, "| `%s%s` | %s | %s | %s | %s |\n", prefix, name, f.Type, req, cellEscaper.Replace(f.Description), strings.ReplaceAll(f.constraints(), "|", `\|`))
+		if len(f.Properties) > 0 {
+			if err := renderFields(b, path, prefix+name+".", f.Properties, f.Required); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
 }

@@ -84,6 +84,45 @@ type InstancePlacedV1 struct {
 	BaseModel  string `json:"base_model"`
 	Task       string `json:"task"`
 	Engine     string `json:"engine"`
+	// Model, when set, says what the instance serves, so that the worker
+	// needs no catalog entry for it: a model its owner registered. Without
+	// it (placements made before it existed, catalog models) the worker
+	// looks BaseModel up in its own catalog.
+	Model *ModelSpec `json:"model,omitempty"`
+}
+
+// ModelSpec is what a worker needs to run a model and what the scaler
+// needs to place it: where the weights are, the engine, and the resources
+// one instance takes. The deployer resolves it when a service is created
+// and it travels with the service's record and its placements.
+type ModelSpec struct {
+	// Name is the model's name, as base_model gives it.
+	Name string `json:"name"`
+	// Owner is the owner ID of a model an owner registered, "public" for
+	// one an admin registered for everyone, and "catalog" for the
+	// operator's catalog.
+	Owner string `json:"owner"`
+	// Source is the weights' URI: file:///abs/path, hf://org/repo,
+	// ollama://name:tag or s3://bucket/key. A catalog model's source is a
+	// repository ID or path, as its catalog file gives it.
+	Source string `json:"source"`
+	// Engine runs the model: vllm, llama.cpp, sglang, ollama or simulator.
+	Engine string `json:"engine"`
+	// Format is the weights' format where known: gguf, safetensors or ollama.
+	Format string `json:"format,omitempty"`
+	// ContextLength is the longest sequence an instance takes, in tokens;
+	// 0: the engine's default.
+	ContextLength int `json:"context_length,omitempty"`
+	// GPUs is how many GPUs one instance needs; 0 runs on CPUs.
+	GPUs int `json:"gpus"`
+	// MemoryBytes is the memory one instance needs on its worker, for a
+	// model that runs on CPUs, and GPUMemoryBytes what it needs over all
+	// its GPUs otherwise; 0: not known, not checked.
+	MemoryBytes    int64 `json:"memory_bytes,omitempty"`
+	GPUMemoryBytes int64 `json:"gpu_memory_bytes,omitempty"`
+	// Adapter is a fine-tuned model's LoRA adapter, a source URI like
+	// Source; Source is then its base model's weights.
+	Adapter string `json:"adapter,omitempty"`
 }
 
 // Subject implements Event.
@@ -134,8 +173,9 @@ func (InstanceStoppedV1) Subject() string { return SubjectInstanceStoppedV1 }
 // left with no ready instance fails, with the reason), the scaler (which
 // unplaces the instance and places a replacement or, when no other
 // instance serves, keeps the placement marked failed so nothing replaces
-// it until the owner retries) and people reading the reason and the log
-// tail.
+// it until the owner retries), billing (the end of the instance's billed
+// time, even if the stop that should follow is lost) and people reading
+// the reason and the log tail.
 type InstanceFailedV1 struct {
 	Meta
 	InstanceID string `json:"instance_id"`
@@ -220,7 +260,8 @@ func (ServiceDeletedV1) Subject() string { return SubjectServiceDeletedV1 }
 // worker, which drains and stops the instance and never starts it again,
 // by billing, which ends the instance's billed time at OccurredAt when
 // WorkerGone is set (a worker that died publishes no InstanceStoppedV1),
-// and by the deployer, which then recounts the service.
+// and, when WorkerGone is set, by the deployer, which recounts the
+// service's ready instances without it.
 type InstanceReleasedV1 struct {
 	Meta
 	InstanceID string `json:"instance_id"`

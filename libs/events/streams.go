@@ -9,7 +9,9 @@ import (
 )
 
 // Streams are the JetStream streams that hold the events, one per domain.
-// Every service ensures them at start, so any one can come up first.
+// Each is created, at start, by the service that owns it (the one that
+// publishes to it; libs/access says which); the others wait for it, so
+// services start in any order.
 var Streams = []jetstream.StreamConfig{
 	// Billing reads lifecycle events from DEPLOY, SCALE and WORKER too (for
 	// instance-hours and deletion times), so they wait as long as USAGE

@@ -6,9 +6,7 @@ package httpx
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
 	"net/http"
@@ -94,33 +92,6 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
-}
-
-// DecodeJSON reads at most limit bytes of JSON into v. Errors are
-// errs.Invalid and name the offending field where JSON says which.
-func DecodeJSON(r *http.Request, v any, limit int64) error {
-	body := http.MaxBytesReader(nil, r.Body, limit)
-	dec := json.NewDecoder(body)
-	if err := dec.Decode(v); err != nil {
-		var tooBig *http.MaxBytesError
-		var typeErr *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &tooBig):
-			return errs.E(errs.TooLarge, "request body is larger than %d bytes", limit)
-		case errors.As(err, &typeErr) && typeErr.Field == "":
-			return errs.E(errs.Invalid, "request body must be a JSON object, not %s", typeErr.Value)
-		case errors.As(err, &typeErr):
-			return errs.InvalidParam(typeErr.Field, "%s must be %s, not %s", typeErr.Field, typeErr.Type.Kind(), typeErr.Value)
-		case errors.Is(err, io.EOF):
-			return errs.E(errs.Invalid, "request body is empty; expected JSON")
-		default:
-			return errs.E(errs.Invalid, "request body is not valid JSON: %v", err)
-		}
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errs.E(errs.Invalid, "request body has data after the JSON value")
-	}
-	return nil
 }
 
 type requestIDKey struct{}

@@ -372,7 +372,14 @@ func TestDecodeJSON(t *testing.T) {
 		wantKind  errs.Kind // Invalid unless set
 	}{
 		{name: "valid", body: `{"name":"chat","instances":2}`, limit: 1 << 10, want: request{Name: "chat", Instances: 2}},
-		{name: "unknown fields ignored", body: `{"name":"chat","extra":true}`, limit: 1 << 10, want: request{Name: "chat"}},
+		{
+			name: "unknown field", body: `{"name":"chat","extra":true}`, limit: 1 << 10,
+			wantErr: true, wantParam: "extra", wantInMsg: `unknown field "extra"; the fields are name, instances, options`,
+		},
+		{
+			name: "unknown nested field, near a known one", body: `{"options":{"sise":2}}`, limit: 1 << 10,
+			wantErr: true, wantParam: "options.sise", wantInMsg: `did you mean "options.size"?`,
+		},
 		{
 			name: "too large", body: `{"name":"` + strings.Repeat("x", 2000) + `"}`, limit: 1 << 10,
 			wantErr: true, wantInMsg: "1024", wantKind: errs.TooLarge,

@@ -17,12 +17,15 @@ var instruments = sync.OnceValue(func() (m struct {
 	published metric.Int64Counter
 	processed metric.Int64Counter
 	duration  metric.Float64Histogram
+	denied    metric.Int64Counter
 }) {
 	meter := otel.Meter(tracerName)
 	m.published, _ = meter.Int64Counter("modelport.events.published",
-		metric.WithDescription("Events published to JetStream, by subject and outcome (stored or failed)."))
+		metric.WithDescription("Events published to JetStream, by subject and outcome (stored, failed, or denied: the NATS server refused this identity the subject)."))
 	m.processed, _ = meter.Int64Counter("modelport.events.processed",
 		metric.WithDescription("Events a consumer handled, by consumer and outcome: acked, retried (handler error, redelivered later), rejected (invalid, terminated with the reason) or dead_lettered (invalid, kept in the DEADLETTER stream with the reason)."))
+	m.denied, _ = meter.Int64Counter("modelport.nats.permission_denied",
+		metric.WithDescription("Operations the NATS server refused this process's identity, by identity, operation (publish or subscribe) and subject (the stream or bucket, without keys or IDs). Any is a bug or an intrusion: the permission table is docs/security.md."))
 	m.duration, _ = meter.Float64Histogram("modelport.events.process.duration", metric.WithUnit("s"),
 		metric.WithDescription("Time a consumer took to handle one event."))
 	_, _ = meter.Int64ObservableGauge("modelport.consumer.pending",
@@ -88,6 +91,7 @@ func observeLag(ctx context.Context, o metric.Int64Observer) error {
 var (
 	outcomeStored   = metric.WithAttributes(attribute.String("outcome", "stored"))
 	outcomeFailed   = metric.WithAttributes(attribute.String("outcome", "failed"))
+	outcomeDenied   = metric.WithAttributes(attribute.String("outcome", "denied"))
 	outcomeAcked    = attribute.String("outcome", Acked)
 	outcomeRetried  = attribute.String("outcome", Retried)
 	outcomeRejected = attribute.String("outcome", Rejected)
@@ -96,13 +100,18 @@ var (
 // subjectAttr labels a metric with a subject, without the worker suffix of
 // per-worker subjects, so the label has few values.
 func subjectAttr(subject string) metric.MeasurementOption {
+	return metric.WithAttributes(attribute.String("subject", eventSubject(subject)))
+}
+
+// eventSubject is subject without the worker or consumer suffix of the
+// subjects that have one.
+func eventSubject(subject string) string {
 	for _, base := range []string{"scale.instance.placed.v1", "scale.instance.released.v1", "deadletter.event.rejected.v1"} {
 		if len(subject) > len(base) && subject[:len(base)] == base && subject[len(base)] == '.' {
-			subject = base
-			break
+			return base
 		}
 	}
-	return metric.WithAttributes(attribute.String("subject", subject))
+	return subject
 }
 
 // Outcomes a consumer counts with CountProcessed.

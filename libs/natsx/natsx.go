@@ -7,9 +7,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"time"
 
+	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/events"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -27,37 +27,6 @@ const PublishRetryWindow = 15 * time.Second
 
 // publishAttemptTimeout bounds one publish attempt's wait for its ack.
 const publishAttemptTimeout = 2 * time.Second
-
-// Connect dials NATS with reconnects that never give up, so a service rides
-// out a NATS restart, and returns the connection and its JetStream context.
-func Connect(url, name string, log *slog.Logger) (*nats.Conn, jetstream.JetStream, error) {
-	nc, err := nats.Connect(url,
-		nats.Name(name),
-		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond),
-		nats.RetryOnFailedConnect(true),
-		// No buffering while disconnected: a publish then fails at once
-		// and its caller knows it, instead of a message the caller gave up
-		// on reaching the server later (a usage event for a request whose
-		// client was told it failed would be billed).
-		nats.ReconnectBufSize(-1),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil {
-				log.Warn("nats disconnected", "err", err)
-			}
-		}),
-		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrl()) }),
-	)
-	if err != nil {
-		return nil, nil, fmt.Errorf("connect to nats %s: %w", url, err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		return nil, nil, fmt.Errorf("jetstream: %w", err)
-	}
-	return nc, js, nil
-}
 
 // Publisher publishes events to JetStream. It is safe for concurrent use.
 type Publisher struct {
@@ -92,6 +61,7 @@ func (p *Publisher) Publish(ctx context.Context, ev events.Event) error {
 
 	var lastErr error
 	deadline := time.Now().Add(PublishRetryWindow)
+	rec := recorderOf(p.js.Conn())
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			if time.Now().After(deadline) {
@@ -108,11 +78,19 @@ func (p *Publisher) Publish(ctx context.Context, ev events.Event) error {
 		// next attempt reaches the new leader. The last one ends with the
 		// window, so the window bounds the whole.
 		actx, cancel := context.WithTimeout(ctx, min(publishAttemptTimeout, max(time.Until(deadline), 0)+time.Second))
+		sent := time.Now()
 		_, lastErr = p.js.PublishMsg(actx, msg)
 		cancel()
 		if lastErr == nil {
 			instruments().published.Add(ctx, 1, outcomeStored, subjectAttr(ev.Subject()))
 			return nil
+		}
+		// The server refuses this identity the subject: no retry can
+		// succeed, and the refusal is already logged and counted.
+		if rec.deniedSince(ev.Subject(), sent) {
+			instruments().published.Add(ctx, 1, outcomeDenied, subjectAttr(ev.Subject()))
+			span.RecordError(lastErr)
+			return errs.Wrap(errs.Forbidden, lastErr, "publish %s %s: %s", ev.Subject(), ev.EventID(), describeDenied(rec.name, ev.Subject()))
 		}
 	}
 	instruments().published.Add(ctx, 1, outcomeFailed, subjectAttr(ev.Subject()))

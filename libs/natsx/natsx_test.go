@@ -34,7 +34,7 @@ func open(t *testing.T) (*natsx.Bus, context.Context) {
 	t.Helper()
 	s := natstest.New(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	bus, err := natsx.Open(ctx, s.ClientURL(), "test", 1, quiet)
+	bus, err := natsx.Open(ctx, s.ClientURL(), natstest.Admin, 1, quiet, s.As(natstest.Admin)...)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -455,4 +455,67 @@ func TestBusKV(t *testing.T) {
 		}
 	}()
 	bus.KV("nope")
+}
+
+// TestStreamReader reads a stream without a consumer: from a time (the
+// first message stored at or after it, found by bisection), and from now
+// (nothing until a new message), as the events reader and the console do.
+func TestStreamReader(t *testing.T) {
+	bus, ctx := open(t)
+	var evs []events.ServiceCreatedV1
+	var marks []time.Time
+	for range 5 {
+		marks = append(marks, time.Now())
+		ev := created()
+		if err := bus.Publisher.Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+		evs = append(evs, ev)
+		time.Sleep(5 * time.Millisecond)
+	}
+	st, err := bus.JS.Stream(ctx, events.StreamDeploy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll := func(r *natsx.StreamReader) []string {
+		var ids []string
+		for {
+			m, err := r.Next(ctx)
+			if errors.Is(err, natsx.ErrCaughtUp) {
+				return ids
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var ev events.ServiceCreatedV1
+			if err := json.Unmarshal(m.Data, &ev); err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, ev.ID)
+		}
+	}
+	for i, since := range marks {
+		r, err := natsx.NewStreamReader(ctx, st, since)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := readAll(r)
+		if len(got) != len(evs)-i || got[0] != evs[i].ID {
+			t.Errorf("since event %d's time: read %v, want the events from %s on", i, got, evs[i].ID)
+		}
+	}
+	r, err := natsx.NewStreamReader(ctx, st, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(r); len(got) != 0 {
+		t.Errorf("from now: read %v before anything new", got)
+	}
+	ev := created()
+	if err := bus.Publisher.Publish(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(r); len(got) != 1 || got[0] != ev.ID {
+		t.Errorf("from now, after one more: read %v, want %s", got, ev.ID)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/modelport/modelport/libs/auth"
@@ -26,10 +27,21 @@ import (
 
 // Common are the settings every service binary reads.
 type Common struct {
-	NATSURL  string // MODELPORT_NATS_URL
-	Replicas int    // MODELPORT_JETSTREAM_REPLICAS: 1, or 3 on a NATS cluster
-	HTTPAddr string // MODELPORT_HTTP_ADDR
-	LogLevel slog.Level
+	NATSURL string // MODELPORT_NATS_URL
+	// NATSNKey and NATSCreds name the file with the service's NATS
+	// identity: an NKey seed (MODELPORT_NATS_NKEY) or a creds file
+	// (MODELPORT_NATS_CREDS). Without either the service connects
+	// anonymously, which a secured server refuses.
+	NATSNKey, NATSCreds string
+	// NATSTLSCA is the CA that signs the NATS servers' certificates
+	// (MODELPORT_NATS_TLS_CA); NATSTLSCert and NATSTLSKey the client
+	// certificate for servers that verify clients
+	// (MODELPORT_NATS_TLS_CERT, MODELPORT_NATS_TLS_KEY). A tls:// URL with
+	// none of them checks the server against the system's roots.
+	NATSTLSCA, NATSTLSCert, NATSTLSKey string
+	Replicas                           int    // MODELPORT_JETSTREAM_REPLICAS: 1, or 3 on a NATS cluster
+	HTTPAddr                           string // MODELPORT_HTTP_ADDR
+	LogLevel                           slog.Level
 	// MetricsToken, when set, is a bearer token that may read /metrics
 	// besides admin API keys: MODELPORT_METRICS_TOKEN.
 	MetricsToken string
@@ -38,8 +50,13 @@ type Common struct {
 // CommonFromEnv reads Common with defaults for a local NATS.
 func CommonFromEnv(getenv config.Getenv, defaultHTTPAddr string) (Common, error) {
 	c := Common{
-		NATSURL:  config.String(getenv, "MODELPORT_NATS_URL", "nats://127.0.0.1:4222"),
-		HTTPAddr: config.String(getenv, "MODELPORT_HTTP_ADDR", defaultHTTPAddr),
+		NATSURL:     config.String(getenv, "MODELPORT_NATS_URL", "nats://127.0.0.1:4222"),
+		NATSNKey:    getenv("MODELPORT_NATS_NKEY"),
+		NATSCreds:   getenv("MODELPORT_NATS_CREDS"),
+		NATSTLSCA:   getenv("MODELPORT_NATS_TLS_CA"),
+		NATSTLSCert: getenv("MODELPORT_NATS_TLS_CERT"),
+		NATSTLSKey:  getenv("MODELPORT_NATS_TLS_KEY"),
+		HTTPAddr:    config.String(getenv, "MODELPORT_HTTP_ADDR", defaultHTTPAddr),
 		// The metrics token, like the admin key, is a secret: no default.
 		MetricsToken: getenv("MODELPORT_METRICS_TOKEN"),
 	}
@@ -50,7 +67,29 @@ func CommonFromEnv(getenv config.Getenv, defaultHTTPAddr string) (Common, error)
 	if err := c.LogLevel.UnmarshalText([]byte(config.String(getenv, "MODELPORT_LOG_LEVEL", "info"))); err != nil {
 		return c, fmt.Errorf("MODELPORT_LOG_LEVEL: %w", err)
 	}
+	if c.NATSNKey != "" && c.NATSCreds != "" {
+		return c, errors.New("set MODELPORT_NATS_NKEY or MODELPORT_NATS_CREDS, not both")
+	}
 	return c, nil
+}
+
+// NATSOptions are the connection options the settings ask for.
+func (c Common) NATSOptions() ([]natsx.Option, error) {
+	var opts []natsx.Option
+	switch {
+	case c.NATSNKey != "":
+		opts = append(opts, natsx.NKeyFile(c.NATSNKey))
+	case c.NATSCreds != "":
+		opts = append(opts, natsx.CredsFile(c.NATSCreds))
+	}
+	if c.NATSTLSCA != "" || c.NATSTLSCert != "" || strings.HasPrefix(c.NATSURL, "tls://") {
+		cfg, err := natsx.TLSConfig(c.NATSTLSCA, c.NATSTLSCert, c.NATSTLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("MODELPORT_NATS_TLS_*: %w", err)
+		}
+		opts = append(opts, natsx.TLS(cfg))
+	}
+	return opts, nil
 }
 
 // Service is a started service: its HTTP handler (nil if it has none) and
@@ -79,7 +118,11 @@ func Run(ctx context.Context, name string, getenv config.Getenv, stderr io.Write
 		_ = shutdownTelemetry(flushCtx)
 	}()
 
-	bus, err := natsx.Open(ctx, common.NATSURL, name, common.Replicas, log)
+	natsOpts, err := common.NATSOptions()
+	if err != nil {
+		return err
+	}
+	bus, err := natsx.Open(ctx, common.NATSURL, name, common.Replicas, log, natsOpts...)
 	if err != nil {
 		return err
 	}

@@ -13,7 +13,8 @@
 //	idempotency <owner id>.<sha256 of key>   deployer         deployer (TTL: keys expire after IdempotencyTTL)
 //	images      (object store) <name>.png    router           router (TTL: ImageTTL)
 //	load        <service id>.<router id>     router           scaler (TTL: LoadTTL; the autoscaler's demand signal)
-//	leases      <role>                       deployer, scaler the replicas of that role (TTL: LeaseTTL; who leads)
+//	models      <owner id>.<name>            deployer         deployer (models owners registered; "public" for everyone's)
+//	leases      <service>.<lease name>       its holder       the same service's other processes (TTL: LeaseTTL; one holder at a time)
 //
 // Records removed from a bucket leave a delete marker; the leading deployer
 // and scaler purge the markers of their buckets once they are older than
@@ -27,6 +28,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/modelport/modelport/libs/events"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -50,14 +52,22 @@ const (
 	// BucketLoad holds each router's requests in flight per service, the
 	// demand the autoscaler sizes services by.
 	BucketLoad = "load"
-	// BucketLeases holds one lease per role with replicas (deployer,
-	// scaler): the replica holding it leads, and it expires LeaseTTL after
-	// its holder last renewed it.
+	// BucketModels holds the models owners registered, under
+	// "<owner id>.<name>", and those an admin registered for everyone
+	// under "public.<name>".
+	BucketModels = "models"
+	// BucketLeases holds leases: work that one process of a service at a
+	// time may do (the leading deployer and scaler replica; billing's
+	// migrations, price changes, period closings and scheduled jobs),
+	// under "<service>.<lease name>". A holder keeps its key alive by
+	// writing it again within LeaseTTL; a holder that dies loses it when
+	// the key expires.
 	BucketLeases = "leases"
 )
 
 // LeaseTTL is how long a lease lasts after its holder last renewed it: the
-// longest a role goes without a leader when its leader dies.
+// longest a role goes without a leader, or billing's work without a
+// holder, when the holder dies.
 const LeaseTTL = 6 * time.Second
 
 // MarkerRetention is how long the delete markers of removed records stay
@@ -93,11 +103,17 @@ var Buckets = []jetstream.KeyValueConfig{
 	{Bucket: BucketOwners, Storage: jetstream.FileStorage},
 	{Bucket: BucketIdempotency, Storage: jetstream.FileStorage, TTL: IdempotencyTTL},
 	{Bucket: BucketLoad, Storage: jetstream.MemoryStorage, TTL: LoadTTL},
+	{Bucket: BucketModels, Storage: jetstream.FileStorage},
 	{Bucket: BucketLeases, Storage: jetstream.FileStorage, TTL: LeaseTTL},
 }
 
-// EnsureBuckets creates or updates every bucket with the given number of
-// replicas and returns them by name.
+// ObjectStores are the object stores' configurations.
+var ObjectStores = []jetstream.ObjectStoreConfig{
+	{Bucket: BucketImages, TTL: ImageTTL, Storage: jetstream.FileStorage},
+}
+
+// EnsureBuckets creates or updates every bucket and object store with the
+// given number of replicas and returns the buckets by name.
 func EnsureBuckets(ctx context.Context, js jetstream.JetStream, replicas int) (map[string]jetstream.KeyValue, error) {
 	kvs := make(map[string]jetstream.KeyValue, len(Buckets))
 	for _, cfg := range Buckets {
@@ -107,6 +123,12 @@ func EnsureBuckets(ctx context.Context, js jetstream.JetStream, replicas int) (m
 			return nil, fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)
 		}
 		kvs[cfg.Bucket] = kv
+	}
+	for _, cfg := range ObjectStores {
+		cfg.Replicas = max(replicas, 1)
+		if _, err := js.CreateOrUpdateObjectStore(ctx, cfg); err != nil {
+			return nil, fmt.Errorf("ensure object store %s: %w", cfg.Bucket, err)
+		}
 	}
 	return kvs, nil
 }
@@ -171,6 +193,11 @@ type Service struct {
 	// write, publishes, and then removes the event, so no announcement is
 	// lost. It is the deployer's bookkeeping, not part of the control API.
 	Outbox []Announcement `json:"outbox,omitempty"`
+	// Model is the base model as it was resolved when the service was
+	// created: where its weights are, its engine and what an instance
+	// needs. Its placements carry it to the workers. Services created
+	// before it existed have none; their workers use their catalog.
+	Model *events.ModelSpec `json:"model,omitempty"`
 }
 
 // Announcement is an event waiting in a record's outbox: its subject, ID
@@ -249,6 +276,8 @@ type Placement struct {
 	// becomes ready. Workers never start a failed placement.
 	Failed        string `json:"failed,omitempty"`
 	FailedAttempt int    `json:"failed_attempt,omitempty"`
+	// Model is the service's model spec, as the placement event carries it.
+	Model *events.ModelSpec `json:"model,omitempty"`
 }
 
 // Instance statuses.
@@ -292,6 +321,12 @@ type Worker struct {
 	// Refused lists the placements the worker recently refused, and why:
 	// it had no room for them.
 	Refused []Refusal `json:"refused,omitempty"`
+	// MemoryBytes is the memory the worker's instances may use in all;
+	// 0: not advertised (a worker from before it was), not checked.
+	MemoryBytes int64 `json:"memory_bytes,omitempty"`
+	// GPUMemoryBytes is the memory of each of its GPUs (the smallest,
+	// where they differ); 0: no GPUs, or not advertised.
+	GPUMemoryBytes int64 `json:"gpu_memory_bytes,omitempty"`
 }
 
 // Held is an instance a worker holds.
@@ -299,6 +334,9 @@ type Held struct {
 	InstanceID string `json:"instance_id"`
 	ServiceID  string `json:"service_id"`
 	GPUs       int    `json:"gpus,omitempty"`
+	// MemoryBytes is the part of the worker's advertised memory the
+	// instance takes: its model's need on CPUs, when it runs on its engine.
+	MemoryBytes int64 `json:"memory_bytes,omitempty"`
 }
 
 // Refusal is a placement a worker refused.

@@ -6,15 +6,17 @@
 //
 //   MODELPORT_CONSOLE_URL   the platform's address, such as http://127.0.0.1:8080
 //   MODELPORT_API_KEY       an API key the control API accepts (the admin key)
-//   MODELPORT_SCREENSHOTS   where screenshots go (default: docs/screenshots)
+//   MODELPORT_SCREENSHOTS   where screenshots go (default: build/screenshots, which git
+//                           ignores; `make screenshots` copies them to docs/screenshots)
 //   MODELPORT_CHROMIUM      the browser (default: /usr/bin/chromium)
+//   MODELPORT_MODEL_FILE    the absolute path of a GGUF file on the platform's model store
 //
 // The tests run in order and share one browser page: sign in, deploy one
 // service of each task through the form, then try each one, scale the
-// text service, and delete them all.
+// text service, delete them all, and read the month's statements.
 
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
@@ -31,8 +33,9 @@ function setting(name, fallback) {
 const base = new URL(setting('MODELPORT_CONSOLE_URL'));
 const apiKey = setting('MODELPORT_API_KEY');
 const here = path.dirname(fileURLToPath(import.meta.url));
-const shots = setting('MODELPORT_SCREENSHOTS', path.join(here, '..', '..', 'docs', 'screenshots'));
+const shots = setting('MODELPORT_SCREENSHOTS', path.join(here, '..', '..', 'build', 'screenshots'));
 const fixture = path.join(here, 'fixtures', 'blue-48x32.png');
+const modelFile = setting('MODELPORT_MODEL_FILE');
 const WIDE = { width: 1280, height: 860 };
 const NARROW = { width: 390, height: 844 };
 const WAIT = 45_000; // the longest wait for the platform: instances starting, deletion draining
@@ -84,10 +87,26 @@ async function shot(name, { size = WIDE, fullPage = false } = {}) {
   const prev = page.viewportSize();
   if (prev.width !== size.width) await page.setViewportSize(size);
   if (size.width === NARROW.width) await assertNoSideways();
-  assert.doesNotMatch(await page.locator('main').innerText(), /\b(null|undefined|NaN|\[object Object\])\b/, `the ${name} page shows a value the code failed to format`);
+  assert.doesNotMatch(await page.locator('main').innerText(), /\b(null|undefined|NaN)\b|\[object \w+\]/, `the ${name} page shows a value the code failed to format`);
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: path.join(shots, `${name}-${size.width}.png`), fullPage, animations: 'disabled', caret: 'hide' });
   if (prev.width !== size.width) await page.setViewportSize(prev);
+}
+
+// assertFormatted checks that the page shows no value the code failed to
+// format.
+async function assertFormatted(name) {
+  assert.doesNotMatch(await page.locator('main').innerText(), /\b(null|undefined|NaN|\[object Object\])\b/, `the ${name} page shows a value the code failed to format`);
+}
+
+// shotless checks a page in another window size as shot does, without a
+// screenshot: nothing sticks out sideways and every value is formatted.
+async function shotless(name, size) {
+  const prev = page.viewportSize();
+  await page.setViewportSize(size);
+  if (size.width === NARROW.width) await assertNoSideways();
+  await assertFormatted(name);
+  await page.setViewportSize(prev);
 }
 
 // assertNoSideways checks that nothing sticks out of a narrow window.
@@ -189,6 +208,106 @@ test('deploy form: validates as you type, then deploys a service of each task', 
   assert.equal(await row(services.vision.name).locator('td', { hasText: 'Image understanding' }).count(), 1);
   await shot('list', { fullPage: true });
   await shot('list', { size: NARROW, fullPage: true });
+});
+
+test('models: the register form validates as you type, shows what the file says, deploys, and deletes once unused', async () => {
+  await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Models' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Models' }).waitFor();
+  const catalogRow = page.locator('table.models tbody tr[data-name="qwen2.5-7b-instruct"]');
+  await catalogRow.waitFor();
+  assert.equal((await catalogRow.locator('td[data-label="Owner"]').textContent()).trim(), 'Catalog');
+  await assertFormatted('models');
+
+  await page.getByRole('link', { name: 'Register a model' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Register a model' }).waitFor();
+  const fieldError = (label) => page.locator('.field', { has: page.getByLabel(label, { exact: true }) }).locator('.field-error');
+  const name = page.getByLabel('Name', { exact: true });
+  const source = page.getByLabel('Source', { exact: true });
+  await name.pressSequentially('Tiny');
+  await assertText(fieldError('Name'), /lowercase/);
+  await name.fill('qwen2.5-7b-instruct');
+  await name.dispatchEvent('input');
+  await assertText(fieldError('Name'), /lowercase|catalog has/);
+  await name.fill('tiny');
+  await name.dispatchEvent('input');
+  await assertText(fieldError('Name'), /^$/);
+  for (const [value, want] of [
+    [modelFile, new RegExp(`Add the scheme: file://${modelFile.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`)],
+    ['ftp://example.com/m.gguf', /Unknown scheme ftp/],
+    ['file://models/m.gguf', /must be absolute/],
+    ['hf://org/repo@v2', /by name only/],
+  ]) {
+    await source.fill(value);
+    await source.dispatchEvent('input');
+    await assertText(fieldError('Source'), want);
+    assert.equal(await source.getAttribute('aria-invalid'), 'true');
+  }
+  await source.fill(`file://${modelFile}`);
+  await source.dispatchEvent('input');
+  await assertText(fieldError('Source'), /^$/);
+  await assertText(page.locator('.engine-guess'), /From the source: ollama/);
+  // A task the engine cannot serve.
+  await page.getByLabel('Engine').selectOption('llama.cpp');
+  await page.getByLabel('Image understanding').check();
+  await assertText(page.locator('.checks .field-error'), /llama\.cpp cannot serve image understanding/);
+  await page.getByLabel('Image understanding').uncheck();
+  await page.getByLabel('Engine').selectOption('');
+  await assertText(page.locator('.checks .field-error'), /^$/);
+
+  // The server has the last word: a file outside the model store.
+  await source.fill('file:///etc/hostname');
+  await source.dispatchEvent('input');
+  await assertText(fieldError('Source'), /^$/);
+  await page.getByRole('button', { name: 'Register', exact: true }).click();
+  await assertText(fieldError('Source'), /outside the model store/);
+  await shotless('register', NARROW);
+
+  await source.fill(`file://${modelFile}`);
+  await source.dispatchEvent('input');
+  await page.getByRole('button', { name: 'Register', exact: true }).click();
+  await page.getByRole('heading', { level: 1, name: /^tiny/ }).waitFor();
+  const fact = (f) => page.locator(`dd[data-field="${f}"]`);
+  await assertText(fact('owner'), /^Yours$/);
+  await assertText(fact('engine'), /^ollama$/);
+  await assertText(fact('architecture'), /^llama$/);
+  await assertText(fact('quantization'), /^F16$/);
+  await assertText(fact('parameters'), /^164,160$/);
+  await assertText(fact('trained_context'), /^2,048 tokens$/);
+  await assertText(fact('estimate'), /MiB on CPUs, .* MiB on GPUs, at 2,048 tokens/);
+  await assertFormatted('model');
+  await shotless('model', NARROW);
+
+  // Deploy it: the deploy form offers it among the caller's models.
+  await page.getByRole('link', { name: 'Deploy this model' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Deploy a model' }).waitFor();
+  assert.equal(await page.getByLabel('Base model').inputValue(), 'tiny');
+  assert.deepEqual(await page.getByLabel('Base model').locator('optgroup[label="Your models"] option').allTextContents(), ['Tiny Llama (tiny)']);
+  await page.getByLabel('Service name').fill('tiny-chat');
+  await page.getByLabel('Service name').dispatchEvent('input');
+  await page.getByRole('button', { name: 'Deploy', exact: true }).click();
+  await page.locator('dd[data-field="base_model"]', { hasText: 'tiny' }).waitFor();
+  await openList();
+  await row('tiny-chat').and(page.locator('[data-status="running"]')).waitFor();
+
+  // Deleting it is refused while the service uses it, then done.
+  const deleteModel = async () => {
+    await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Models' }).click();
+    await page.locator('table.models tbody tr[data-name="tiny"]').getByRole('link', { name: 'tiny' }).click();
+    await page.getByRole('heading', { level: 1, name: /^tiny/ }).waitFor();
+    await page.getByRole('button', { name: 'Delete', exact: true }).click();
+    const dialog = page.getByRole('dialog', { name: 'Delete the model tiny?' });
+    await dialog.getByRole('button', { name: 'Delete' }).click();
+    return dialog;
+  };
+  const refused = await deleteModel();
+  await assertText(refused.locator('.form-error'), /in use by service u-[0-9a-f]+\/tiny-chat/);
+  await refused.getByRole('button', { name: 'Cancel' }).click();
+  await deleteThroughDialog('tiny-chat');
+  const dialog = await deleteModel();
+  await dialog.waitFor({ state: 'detached' });
+  await page.getByRole('heading', { level: 1, name: 'Models' }).waitFor();
+  await page.locator('table.models tbody tr').first().waitFor();
+  assert.equal(await page.locator('table.models tbody tr[data-name="tiny"]').count(), 0, 'the deleted model is listed');
 });
 
 test('text service: the playground streams an answer, scaling to 2 shows 2 ready, deleting needs the name', async () => {
@@ -322,6 +441,47 @@ test('image understanding: an uploaded image is described by size and colour', a
   assert.match(text, /#2288dd/, `the answer names the image's colour: ${text}`);
   await shot('image-understanding', { fullPage: true });
   await deleteThroughDialog(s.name);
+});
+
+test('statements: this month per service with its lines and a CSV, and an admin closes last month', async () => {
+  await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Statements' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Statements' }).waitFor();
+  const now = new Date();
+  const month = now.toISOString().slice(0, 7);
+  assert.equal(await page.getByLabel('Month').inputValue(), month, 'the statements open on this month');
+  await page.locator('.period-status[data-status="open"]').waitFor();
+
+  // The text service was used in the playground: it has a statement, even
+  // deleted, with its token usage as a line.
+  const chat = page.locator(`table.statements tbody tr[data-name="${services.text.name}"]`);
+  await chat.waitFor();
+  assert.match(await chat.locator('[data-field="total"]').textContent(), /^\$\d/);
+  await chat.locator('summary').click();
+  const usageLine = chat.locator('.line-items tr[data-kind="usage"]').first();
+  await usageLine.waitFor();
+  assert.match(await usageLine.textContent(), /\d+ requests?, \d+ tokens/);
+
+  // The CSV has the same services, one row per line.
+  const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download CSV' }).click()]);
+  assert.equal(download.suggestedFilename(), `statements-${month}.csv`);
+  const csv = readFileSync(await download.path(), 'utf8');
+  const [header, ...rows] = csv.trim().split('\n');
+  assert.match(header, /^period,status,service_id,owner_id,service_name,billing_method,kind,for_period,part,/);
+  assert.ok(rows.some((r) => r.includes(`,${services.text.name},`)), `the CSV has no line of ${services.text.name}:\n${csv}`);
+  await shot('statements', { fullPage: true });
+  await shot('statements', { size: NARROW, fullPage: true });
+
+  // Last month has ended: the admin closes it, and its statements are final.
+  const last = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 1, 1)).toISOString().slice(0, 7);
+  await page.getByLabel('Month').selectOption(last);
+  const close = page.getByRole('button', { name: `Close ${last}` });
+  await close.waitFor();
+  await close.click();
+  const dialog = page.getByRole('dialog', { name: `Close ${last}` });
+  await dialog.getByRole('button', { name: 'Close the period' }).click();
+  await dialog.waitFor({ state: 'detached' });
+  await page.locator('.period-status[data-status="closed"]').waitFor();
+  assert.equal(await close.isVisible(), false, 'a closed month offers no close');
 });
 
 test('the console made no request to another host and logged no error', async () => {

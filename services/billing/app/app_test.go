@@ -18,6 +18,7 @@ import (
 	"time"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/chlocal"
 	"github.com/modelport/modelport/libs/chtest"
@@ -67,7 +68,8 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 type world struct {
 	t      *testing.T
 	ctx    context.Context
-	bus    *natsx.Bus
+	bus    *natsx.Bus        // the test's own, as the test admin
+	svcBus *natsx.Bus        // billing's, as its identity
 	keys   map[string]string // owner name → secret
 	owners map[string]auth.Key
 	admin  string
@@ -77,12 +79,11 @@ func newWorld(t *testing.T) *world {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	bus, err := natsx.Open(ctx, natstest.New(t).ClientURL(), "test", 1, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bus.Close)
-	w := &world{t: t, ctx: ctx, bus: bus, keys: map[string]string{}, owners: map[string]auth.Key{}}
+	// Billing runs as its NATS identity (w.billing); the test plays the
+	// other services as the test admin (w.bus).
+	ns := natstest.New(t)
+	bus := ns.Bus(t, natstest.Admin)
+	w := &world{t: t, ctx: ctx, bus: bus, svcBus: ns.Bus(t, access.Billing), keys: map[string]string{}, owners: map[string]auth.Key{}}
 	ring := auth.NewKeyring(bus.KV(state.BucketAPIKeys))
 	for _, name := range []string{"alice", "bob", "admin"} {
 		secret := auth.NewSecret()
@@ -135,7 +136,7 @@ func (w *world) publishRaw(subject string, data []byte) {
 // billing starts billing on the world's bus and serves its API.
 func (w *world) billing(cfg app.Config, log *slog.Logger) (runner.Service, string) {
 	w.t.Helper()
-	svc, err := app.Start(w.ctx, cfg, w.bus, log)
+	svc, err := app.Start(w.ctx, cfg, w.svcBus, log)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -215,7 +216,7 @@ func (l *ledger) add(ev events.RequestCompletedV1) {
 func (l *ledger) want(serviceID, model string) [4]uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	price := billing.DefaultPrices().Lookup(model, state.BillingPerToken)
+	price := billing.DefaultSchedule().TokenRates().At(model, time.Now())
 	var out [4]uint64
 	for _, v := range l.lines[serviceID] {
 		out[0] += v[0]
@@ -277,13 +278,28 @@ func checkExact(t *testing.T, url, secret string, conn ch.Conn, db string, svc s
 		Scan(&raw[0], &raw[1], &raw[2]); err != nil {
 		t.Fatal(err)
 	}
-	if err := conn.QueryRow(context.Background(), "SELECT sum(requests), sum(prompt_tokens), sum(completion_tokens) FROM "+db+".usage_hourly WHERE service_id = ?", svc.ID).
-		Scan(&rolled[0], &rolled[1], &rolled[2]); err != nil {
-		t.Fatal(err)
+	want3 := [3]uint64{want[0], want[1], want[2]}
+	if raw != want3 {
+		t.Errorf("ClickHouse usage_events %v, want %v", raw, want3)
 	}
-	if want3 := [3]uint64{want[0], want[1], want[2]}; raw != want3 || rolled != want3 {
-		t.Errorf("ClickHouse usage_events %v, usage_hourly %v, want %v", raw, rolled, want3)
-	}
+	// The rollup job fills closed hours, and fills them again as late
+	// usage notes them: it matches the raw events hour for hour.
+	eventually(t, 30*time.Second, "usage_hourly exact", func() error {
+		closed := time.Now().UTC().Truncate(time.Hour).Unix()
+		var rawClosed [3]uint64
+		if err := conn.QueryRow(context.Background(), "SELECT uniqExact(event_id), sum(p), sum(c) FROM (SELECT event_id, any(prompt_tokens) AS p, any(completion_tokens) AS c FROM "+db+".usage_events WHERE service_id = ? AND occurred_at < toDateTime(?) GROUP BY event_id)", svc.ID, closed).
+			Scan(&rawClosed[0], &rawClosed[1], &rawClosed[2]); err != nil {
+			return err
+		}
+		if err := conn.QueryRow(context.Background(), "SELECT sum(requests), sum(prompt_tokens), sum(completion_tokens) FROM "+db+".usage_hourly FINAL WHERE service_id = ? AND hour < toDateTime(?)", svc.ID, closed).
+			Scan(&rolled[0], &rolled[1], &rolled[2]); err != nil {
+			return err
+		}
+		if rolled != rawClosed || rolled[0] == 0 {
+			return fmt.Errorf("usage_hourly %v, raw events of closed hours %v", rolled, rawClosed)
+		}
+		return nil
+	})
 }
 
 // TestRandomUsageIsExact publishes random requests' usage for three
@@ -292,7 +308,8 @@ func checkExact(t *testing.T, url, secret string, conn ch.Conn, db string, svc s
 func TestRandomUsageIsExact(t *testing.T) {
 	w := newWorld(t)
 	addr, db := chtest.New(t)
-	cfg := app.Config{ClickHouseAddr: addr, ClickHouseDB: db, BatchSize: 200, BatchWait: 50 * time.Millisecond}
+	cfg := app.Config{ClickHouseAddr: addr, ClickHouseDB: db, BatchSize: 200, BatchWait: 50 * time.Millisecond,
+		RollupEvery: 200 * time.Millisecond, RollupGrace: time.Nanosecond, RollupSettle: time.Nanosecond}
 	start := time.Now().UTC().Add(-80 * time.Hour)
 	services := []state.Service{
 		w.service("alice", state.BillingPerToken, start),
@@ -395,7 +412,8 @@ func TestClickHouseOutage(t *testing.T) {
 	fmt.Sscan(portStr, &port)
 
 	logs := &counter{keys: []string{"batch not stored"}, n: map[string]int{}}
-	cfg := app.Config{ClickHouseAddr: srv.Addr, ClickHouseDB: "outage", BatchSize: 100, BatchWait: 50 * time.Millisecond}
+	cfg := app.Config{ClickHouseAddr: srv.Addr, ClickHouseDB: "outage", BatchSize: 100, BatchWait: 50 * time.Millisecond,
+		RollupEvery: 200 * time.Millisecond, RollupGrace: time.Nanosecond, RollupSettle: time.Nanosecond}
 	billingSvc, url := w.billing(cfg, slog.New(logs))
 	defer stop(billingSvc)
 	svc := w.service("alice", state.BillingPerToken, time.Now().Add(-80*time.Hour))

@@ -1,9 +1,9 @@
 // Package app wires the deployer: settings, the admin key, the service
-// store, the control API with its live views and the web console, served
-// by every replica, and the instance-event consumers, the sweep and the
-// tidying of the buckets, run by the replica that holds the deployer's
-// lease. The service binary and the all-in-one binary both start it
-// through Start.
+// store, the model registry, the control API with its live views and the
+// web console, served by every replica, and the instance-event consumers,
+// the sweep and the tidying of the buckets, run by the replica that holds
+// the deployer's lease. The service binary and the all-in-one binary both
+// start it through Start.
 package app
 
 import (
@@ -11,8 +11,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/catalog"
 	"github.com/modelport/modelport/libs/config"
@@ -23,6 +27,8 @@ import (
 	"github.com/modelport/modelport/services/deployer/internal/console"
 	"github.com/modelport/modelport/services/deployer/internal/deploy"
 	"github.com/modelport/modelport/services/deployer/internal/kvstore"
+	"github.com/modelport/modelport/services/deployer/internal/models"
+	"github.com/modelport/modelport/services/deployer/internal/modelstore"
 	"github.com/modelport/modelport/services/deployer/internal/transport"
 )
 
@@ -30,6 +36,10 @@ import (
 type Config struct {
 	AdminKey    string // MODELPORT_ADMIN_KEY: the admin's API key; generated when empty
 	CatalogFile string // MODELPORT_CATALOG: a catalog file replacing the built-in one
+	// ModelDirs are the model store's folders (MODELPORT_MODEL_DIRS, a
+	// list like $PATH): where file:// model sources may lie, mounted at
+	// the same paths on the workers. None: file sources are refused.
+	ModelDirs []string
 	// Reconcile is how often the leader sweeps every service:
 	// MODELPORT_DEPLOYER_RECONCILE.
 	Reconcile time.Duration
@@ -42,16 +52,34 @@ type Config struct {
 	// MODELPORT_PUBLIC_ROUTER_URL (else MODELPORT_PUBLIC_URL) and
 	// MODELPORT_PUBLIC_BILLING_URL; empty is the console's own address.
 	Console console.Config
+	// EventsURL is where clients reach NATS to read the event stream
+	// (modelport events tail), as GET /api/v1/me tells admin keys:
+	// MODELPORT_PUBLIC_NATS_URL, else the deployer's own MODELPORT_NATS_URL.
+	EventsURL string
+	// EventsNKey is the events-reader identity's NKey seed file
+	// (MODELPORT_EVENTS_NKEY): when set, GET /api/v1/me hands the seed to
+	// admin keys with the address, so modelport events tail signs in as
+	// that read-only identity with nothing else to configure.
+	EventsNKey string
 }
 
 // ConfigFromEnv reads Config.
 func ConfigFromEnv(getenv config.Getenv) (Config, error) {
-	c := Config{AdminKey: getenv("MODELPORT_ADMIN_KEY"), CatalogFile: getenv("MODELPORT_CATALOG"),
+	var dirs []string
+	for _, d := range filepath.SplitList(getenv("MODELPORT_MODEL_DIRS")) {
+		if d = strings.TrimSpace(d); d != "" {
+			dirs = append(dirs, d)
+		}
+	}
+	c := Config{AdminKey: getenv("MODELPORT_ADMIN_KEY"), CatalogFile: getenv("MODELPORT_CATALOG"), ModelDirs: dirs,
 		HolderID: config.String(getenv, "MODELPORT_REPLICA_ID", lease.NewHolderID()),
 		Console: console.Config{
 			RouterURL:  config.String(getenv, "MODELPORT_PUBLIC_ROUTER_URL", getenv("MODELPORT_PUBLIC_URL")),
 			BillingURL: getenv("MODELPORT_PUBLIC_BILLING_URL"),
-		}}
+		},
+		EventsURL:  config.String(getenv, "MODELPORT_PUBLIC_NATS_URL", config.String(getenv, "MODELPORT_NATS_URL", "nats://127.0.0.1:4222")),
+		EventsNKey: getenv("MODELPORT_EVENTS_NKEY"),
+	}
 	var err error
 	if c.Reconcile, err = config.Duration(getenv, "MODELPORT_DEPLOYER_RECONCILE", 10*time.Second); err != nil {
 		return c, err
@@ -95,16 +123,34 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (*
 		return nil, err
 	}
 	store := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketNames), bus.KV(state.BucketInstances), bus.KV(state.BucketPlacements))
-	m := deploy.NewManager(store, cat, bus.Publisher, deploy.WithRetention(cfg.Retention))
+	files, err := modelstore.New(cfg.ModelDirs)
+	if err != nil {
+		return nil, fmt.Errorf("MODELPORT_MODEL_DIRS: %w", err)
+	}
+	registry := models.NewRegistry(kvstore.NewModels(bus.KV(state.BucketModels)), cat, files, store)
+	m := deploy.NewManager(store, cat, bus.Publisher, deploy.WithModels(registry), deploy.WithRetention(cfg.Retention))
 	claims := kvstore.NewClaims(bus.KV(state.BucketIdempotency))
 	ui, err := console.Handler(cfg.Console)
 	if err != nil {
 		return nil, err
 	}
+	es := transport.EventStream{NATSURL: cfg.EventsURL}
+	if cfg.EventsNKey != "" {
+		if _, err := access.ReadSeed(cfg.EventsNKey); err != nil { // a user seed, readable
+			return nil, fmt.Errorf("MODELPORT_EVENTS_NKEY: %w", err)
+		}
+		seed, err := os.ReadFile(cfg.EventsNKey)
+		if err != nil {
+			return nil, fmt.Errorf("MODELPORT_EVENTS_NKEY: %w", err)
+		}
+		es.Identity, es.NKeySeed = access.EventsReader, strings.TrimSpace(string(seed))
+	}
 	streams, endStreams := context.WithCancel(ctx)
 	live := transport.NewLive(m, bus.KV(state.BucketServices), bus.JS, streams.Done(), log)
 	api := transport.NewHandler(m, deploy.NewIdempotent(m, claims), deploy.NewKeys(keys, m), keys, log,
-		transport.WithLive(live), transport.WithOwners(deploy.NewOwners(kvstore.NewOwners(bus.KV(state.BucketOwners)), keys)))
+		transport.WithLive(live), transport.WithOwners(deploy.NewOwners(kvstore.NewOwners(bus.KV(state.BucketOwners)), keys)),
+		transport.WithEventStream(es),
+		transport.WithModels(registry))
 
 	elector := lease.New(bus.KV(state.BucketLeases), "deployer", cfg.HolderID, state.LeaseTTL, log)
 	runCtx, stopLeading := context.WithCancel(ctx)

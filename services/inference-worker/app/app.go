@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -42,6 +43,21 @@ type Config struct {
 	GPUs              int           // MODELPORT_WORKER_GPUS; default: the GPUs nvidia-smi lists, else 0
 	Engines           []string      // MODELPORT_WORKER_ENGINES: real engines this worker may run, e.g. "vllm,llama.cpp"
 	CatalogFile       string        // MODELPORT_CATALOG: a catalog file replacing the built-in one
+
+	// Memory is what the worker's instances may use in all
+	// (MODELPORT_WORKER_MEMORY, bytes or a size such as 48GiB); default:
+	// the machine's memory. GPUMemory is each GPU's
+	// (MODELPORT_WORKER_GPU_MEMORY); default: the smallest nvidia-smi
+	// lists. Heartbeats advertise both; the scaler places by them.
+	Memory    int64
+	GPUMemory int64
+	// EnginePath is where engine programs are looked up, a list like
+	// $PATH (MODELPORT_WORKER_ENGINE_PATH); empty: $PATH, then the folder
+	// of the worker's own binary.
+	EnginePath string
+	// CPUThreads caps the CPU threads of each engine instance that runs
+	// without GPUs (MODELPORT_WORKER_CPU_THREADS); 0: the engine decides.
+	CPUThreads int
 }
 
 // ConfigFromEnv reads Config.
@@ -68,8 +84,20 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 	if c.GPUs, err = config.Int(getenv, "MODELPORT_WORKER_GPUS", -1); err != nil {
 		return c, err
 	}
+	if c.CPUThreads, err = config.Int(getenv, "MODELPORT_WORKER_CPU_THREADS", 0); err != nil {
+		return c, err
+	}
 	if c.GPUs < 0 {
 		c.GPUs = countGPUs()
+	}
+	if c.Memory, err = sizeSetting(getenv, "MODELPORT_WORKER_MEMORY", machineMemory); err != nil {
+		return c, err
+	}
+	if c.GPUMemory, err = sizeSetting(getenv, "MODELPORT_WORKER_GPU_MEMORY", gpuMemory); err != nil {
+		return c, err
+	}
+	if c.GPUs == 0 {
+		c.GPUMemory = 0
 	}
 	for _, e := range strings.Split(getenv("MODELPORT_WORKER_ENGINES"), ",") {
 		if e = strings.TrimSpace(e); e != "" {
@@ -77,6 +105,7 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 		}
 	}
 	c.CatalogFile = getenv("MODELPORT_CATALOG")
+	c.EnginePath = getenv("MODELPORT_WORKER_ENGINE_PATH")
 	if r := getenv("MODELPORT_WORKER_PORTS"); r != "" {
 		first, last, ok := strings.Cut(r, "-")
 		a, err1 := strconv.Atoi(first)
@@ -98,6 +127,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("MODELPORT_WORKER_CAPACITY must be at least 1")
 	case c.Heartbeat <= 0 || c.Heartbeat >= state.WorkerTTL:
 		return fmt.Errorf("MODELPORT_WORKER_HEARTBEAT must be between 0 and %s", state.WorkerTTL)
+	case c.CPUThreads < 0:
+		return fmt.Errorf("MODELPORT_WORKER_CPU_THREADS cannot be negative")
 	}
 	for _, e := range c.Engines {
 		if _, ok := engine.Adapters[e]; !ok {
@@ -130,12 +161,37 @@ func specs(cat *catalog.Catalog, cfg Config) worker.SpecFunc {
 		if m.FineTuned() {
 			spec.Adapter = engine.LoRA{Name: spec.ServedName, Path: m.Adapter}
 		}
-		spec.Engine = m.Engine
-		if !slices.Contains(cfg.Engines, m.Engine) || m.GPUs > cfg.GPUs {
-			spec.Engine, spec.GPUs = "simulator", 0
-		}
-		return spec, nil
+		return runsOn(spec, m.Engine, cfg), nil
 	}
+}
+
+// runsOn sets the engine: the model's where this worker may run it and
+// has the GPUs, else the simulator, which then says so in every answer
+// and in the instance's engine.
+func runsOn(spec engine.Spec, eng string, cfg Config) engine.Spec {
+	spec.Engine = eng
+	if !slices.Contains(cfg.Engines, eng) || spec.GPUs > cfg.GPUs {
+		spec.Engine, spec.GPUs = "simulator", 0
+	}
+	return spec
+}
+
+// enginePath is where the worker looks for engine programs: the
+// configured list, or else $PATH and then the folder of the worker's own
+// binary, so that engines installed beside it (make engines links them
+// into bin/) are found without touching $PATH.
+func enginePath(configured, path, exe string) string {
+	if configured != "" {
+		return configured
+	}
+	if exe == "" {
+		return path
+	}
+	dir := filepath.Dir(exe)
+	if path == "" {
+		return dir
+	}
+	return path + string(filepath.ListSeparator) + dir
 }
 
 // workerIDPattern keeps worker IDs usable as key-value keys and as the
@@ -166,15 +222,19 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	if err != nil {
 		return runner.Service{}, err
 	}
+	exe, _ := os.Executable()
 	eng := &engine.Registry{
 		Ports:            engine.Ports{Host: cfg.ListenHost, First: cfg.FirstPort, Last: cfg.LastPort, Advertise: cfg.AdvertiseHost},
+		SearchPath:       enginePath(cfg.EnginePath, os.Getenv("PATH"), exe),
+		CPUThreads:       cfg.CPUThreads,
 		Log:              log,
 		TimeToFirstToken: cfg.TimeToFirstToken, InterTokenLatency: cfg.InterTokenLatency,
 	}
 	// A refused placement is told in a heartbeat at once, so the scaler
 	// places it elsewhere without waiting for the next beat.
 	beatNow := make(chan struct{}, 1)
-	w := worker.New(cfg.ID, cfg.Capacity, eng, store, bus.Publisher, log, worker.WithSpecs(specs(cat, cfg)), worker.WithGPUs(cfg.GPUs),
+	w := worker.New(cfg.ID, cfg.Capacity, eng, store, bus.Publisher, log, worker.WithSpecs(specs(cat, cfg)),
+		worker.WithModels(modelSpecs(cat, cfg)), worker.WithGPUs(cfg.GPUs), worker.WithMemory(cfg.Memory, cfg.GPUMemory),
 		worker.WithEngines(cfg.Engines), worker.WithOnRefuse(func() {
 			select {
 			case beatNow <- struct{}{}:
@@ -210,7 +270,7 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		go func() {
 			ev := events.InstancePlacedV1{
 				Meta: events.NewMeta(), InstanceID: p.InstanceID, ServiceID: p.ServiceID, WorkerID: p.WorkerID,
-				AccessName: p.AccessName, BaseModel: p.BaseModel, Task: p.Task, Engine: p.Engine,
+				AccessName: p.AccessName, BaseModel: p.BaseModel, Task: p.Task, Engine: p.Engine, Model: p.Model,
 			}
 			if err := w.StartInstance(beatCtx, ev); err != nil {
 				log.Warn("restart placed instance", "instance_id", p.InstanceID, "err", err)
@@ -225,7 +285,8 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		stopBeats()
 		return runner.Service{}, err
 	}
-	log.Info("worker started", "capacity", cfg.Capacity, "gpus", cfg.GPUs, "engines", cfg.Engines)
+	log.Info("worker started", "capacity", cfg.Capacity, "gpus", cfg.GPUs, "engines", cfg.Engines, "engine_path", eng.SearchPath,
+		"memory", cfg.Memory, "gpu_memory", cfg.GPUMemory)
 	return runner.Service{Stop: func(ctx context.Context) {
 		stopBeats()
 		w.Shutdown(ctx, "worker stopped")

@@ -6,6 +6,7 @@ package billing
 import (
 	"context"
 	"regexp"
+	"sync"
 	"time"
 
 	"github.com/modelport/modelport/libs/errs"
@@ -26,16 +27,33 @@ type LifecycleWriter interface {
 	InsertServiceEvents(ctx context.Context, batch []ServiceEvent) error
 }
 
-// Reader answers what a service used, counting each event ID once.
+// Reader answers what services used, counting each event ID once.
 // Implemented by internal/clickhouse.
 type Reader interface {
-	// UsageLines returns the service's usage with from <= occurred_at < to,
-	// one Line per UTC hour, API key and base model.
-	UsageLines(ctx context.Context, serviceID string, from, to time.Time) ([]Line, error)
-	// Lifecycle returns the service's instance events that occurred before
-	// to, ordered by time and then event ID, and its deletion time (zero
-	// when no deletion is recorded).
-	Lifecycle(ctx context.Context, serviceID string, to time.Time) (Lifecycle, error)
+	// TokenUsage returns token usage with q.From <= occurred_at < q.To,
+	// leaving out usage after the second of its service's deletion, grouped
+	// as q.By asks. Each line (service, UTC hour, API key, base model) is
+	// priced with q.Rates at its hour and rounded (TokenCostMicros) before
+	// it is summed into a row.
+	TokenUsage(ctx context.Context, q TokenQuery) ([]TokenRow, error)
+	// Lifecycle returns what a service's instance time in [from, to)
+	// depends on: the instance events in the window, ordered by time and
+	// then event ID, preceded for each instance that was running at from
+	// by a ready event at from (and for one gone before from, by a gone
+	// event at from), each with an empty event ID; and the service's
+	// deletion time (zero when none is recorded).
+	Lifecycle(ctx context.Context, serviceID string, from, to time.Time) (Lifecycle, error)
+}
+
+// PriceStore keeps the price schedule: entries are only ever added, each
+// batch of them as the next revision. Implemented by internal/clickhouse.
+type PriceStore interface {
+	// PriceSchedule returns the schedule at its latest revision, or an
+	// empty one (revision 0, no entries) before any is stored.
+	PriceSchedule(ctx context.Context) (*Schedule, error)
+	// AddPrices stores entries as revision. Storing the same entries
+	// again under the same revision changes nothing.
+	AddPrices(ctx context.Context, revision uint64, entries []PriceEntry) error
 }
 
 // Store is everything billing keeps.
@@ -43,23 +61,56 @@ type Store interface {
 	UsageWriter
 	LifecycleWriter
 	Reader
+	PriceStore
+	PeriodStore
+	InstanceStore
+}
+
+// Locks runs work that must not run in two billing processes at once:
+// Hold runs fn while holding the lease called name, waiting for it while
+// another process holds it. fn's context ends if the lease is lost.
+// Implemented on a NATS key-value bucket by internal/transport.
+type Locks interface {
+	Hold(ctx context.Context, name string, fn func(ctx context.Context) error) error
+}
+
+// TokenQuery asks for token usage; see Reader.TokenUsage.
+type TokenQuery struct {
+	// ServiceID narrows the query to one service; empty is every service.
+	ServiceID string
+	From, To  time.Time
+	By        Grouping
+	Rates     Rates
+}
+
+// Grouping says how TokenUsage breaks usage down. The zero Grouping is
+// one row of totals.
+type Grouping struct {
+	// Period is time.Hour or 24*time.Hour for a row per UTC hour or day,
+	// or 0.
+	Period    time.Duration
+	Service   bool
+	APIKey    bool
+	BaseModel bool
+}
+
+// TokenRow is one group of token usage. The fields not grouped by are
+// zero. CostMicros is what the usage costs at the query's rates.
+type TokenRow struct {
+	ServiceID        string
+	APIKeyID         string
+	BaseModel        string
+	PeriodStart      time.Time
+	Requests         uint64
+	PromptTokens     uint64
+	CompletionTokens uint64
+	CostMicros       uint64
 }
 
 // Services looks services up, to check who may read their usage and how
 // they are billed.
 type Services interface {
 	Service(ctx context.Context, id string) (state.Service, error)
-}
-
-// Line is a service's token usage in one UTC hour through one API key and
-// base model: the unit a token cost is rounded in.
-type Line struct {
-	Hour             time.Time
-	APIKeyID         string
-	BaseModel        string
-	Requests         uint64
-	PromptTokens     uint64
-	CompletionTokens uint64
 }
 
 // InstanceKind says what happened to an instance.
@@ -73,10 +124,23 @@ const (
 	// stopped beating: the instance ended with its worker, which announces
 	// no stop. It ends the instance's time for good.
 	InstanceGone InstanceKind = "gone"
+	// InstanceFailed is the worker giving up on an instance
+	// (worker.instance.failed.v1): it ends the instance's time, whether or
+	// not the stop that should follow arrives.
+	InstanceFailed InstanceKind = "failed"
+	// InstanceLost is billing ending an instance's time itself: no event
+	// and no worker heartbeat showed it running for longer than the
+	// instance lease, so it ends at the last evidence it ran.
+	InstanceLost InstanceKind = "lost"
 )
 
-// InstanceEvent is an instance becoming ready, stopping or going with its
-// worker, as billing stores it.
+// ends reports whether an event of kind k ends an instance's time.
+func (k InstanceKind) ends() bool {
+	return k == InstanceStopped || k == InstanceGone || k == InstanceFailed || k == InstanceLost
+}
+
+// InstanceEvent is an instance becoming ready, stopping, failing, going
+// with its worker or being found lost, as billing stores it.
 type InstanceEvent struct {
 	EventID    string
 	Kind       InstanceKind
@@ -95,6 +159,11 @@ func InstanceFromReady(ev events.InstanceReadyV1) InstanceEvent {
 // InstanceFromStopped returns the InstanceEvent of ev.
 func InstanceFromStopped(ev events.InstanceStoppedV1) InstanceEvent {
 	return InstanceEvent{EventID: ev.ID, Kind: InstanceStopped, InstanceID: ev.InstanceID, ServiceID: ev.ServiceID, WorkerID: ev.WorkerID, Reason: ev.Reason, At: ev.OccurredAt}
+}
+
+// InstanceFromFailed returns the InstanceEvent of ev.
+func InstanceFromFailed(ev events.InstanceFailedV1) InstanceEvent {
+	return InstanceEvent{EventID: ev.ID, Kind: InstanceFailed, InstanceID: ev.InstanceID, ServiceID: ev.ServiceID, WorkerID: ev.WorkerID, Reason: ev.Reason, At: ev.OccurredAt}
 }
 
 // InstanceFromReleased returns the InstanceGone event of a release whose
@@ -195,7 +264,7 @@ func CheckInstanceEvent(ev InstanceEvent) error {
 	switch {
 	case !uuidPattern.MatchString(ev.EventID):
 		return errs.E(errs.Invalid, "instance event_id %q is not a lower-case UUID", ev.EventID)
-	case ev.Kind != InstanceReady && ev.Kind != InstanceStopped && ev.Kind != InstanceGone:
+	case ev.Kind != InstanceReady && !ev.Kind.ends():
 		return errs.E(errs.Invalid, "instance event %s: unknown kind %q", ev.EventID, ev.Kind)
 	case ev.InstanceID == "" || ev.ServiceID == "":
 		return errs.E(errs.Invalid, "instance event %s without instance_id or service_id", ev.EventID)
@@ -226,8 +295,11 @@ func CheckServiceEvent(ev ServiceEvent) error {
 type Service struct {
 	store    Store
 	services Services
-	prices   *Prices
+	locks    Locks
 	now      func() time.Time
+
+	seenMu   sync.Mutex
+	lastSeen map[string]time.Time // by instance ID; see Reconcile
 }
 
 // Option configures a Service.
@@ -237,17 +309,22 @@ type Option func(*Service)
 // that is still accruing. Tests use it to simulate time.
 func WithClock(now func() time.Time) Option { return func(s *Service) { s.now = now } }
 
-// New returns a Service that bills with prices.
-func New(store Store, services Services, prices *Prices, opts ...Option) *Service {
-	s := &Service{store: store, services: services, prices: prices, now: time.Now}
+// WithLocks makes the Service take its leases from locks, so that
+// several billing processes never change prices or close a period at
+// once. Without it, leases are held within the process only.
+func WithLocks(l Locks) Option { return func(s *Service) { s.locks = l } }
+
+// New returns a Service on store that looks services up in services.
+func New(store Store, services Services, opts ...Option) *Service {
+	s := &Service{store: store, services: services, locks: &localLocks{}, now: time.Now}
 	for _, o := range opts {
 		o(s)
 	}
 	return s
 }
 
-// Prices returns the price list the Service bills with.
-func (s *Service) Prices() *Prices { return s.prices }
+// Now returns the Service's clock reading, in UTC to the second.
+func (s *Service) Now() time.Time { return s.now().UTC().Truncate(time.Second) }
 
 // Record stores a batch of checked usage events.
 func (s *Service) Record(ctx context.Context, batch []events.RequestCompletedV1) error {

@@ -165,14 +165,32 @@ func TestCheckLifecycle(t *testing.T) {
 	}
 }
 
-// fakeStore answers from fixed lines and lifecycle, filtered the way the
-// real store filters, and records what it was asked.
+// line is a service's token usage in one UTC hour through one API key
+// and base model, as the fake store holds it.
+type line struct {
+	Hour             time.Time
+	APIKeyID         string
+	BaseModel        string
+	Requests         uint64
+	PromptTokens     uint64
+	CompletionTokens uint64
+}
+
+// fakeStore answers from fixed lines and lifecycle of one service,
+// filtered, priced and grouped the way the real store does, and records
+// what it was asked. Prices are stored as the real store stores them.
 type fakeStore struct {
-	lines     []billing.Line
-	lifecycle billing.Lifecycle
-	batches   [][]events.RequestCompletedV1
-	asked     []string
-	usageTo   time.Time
+	lines      []line
+	lifecycle  billing.Lifecycle
+	batches    [][]events.RequestCompletedV1
+	asked      []string
+	tokensTo   time.Time
+	schedule   *billing.Schedule
+	closings   []billing.Closing
+	statements map[string][]billing.StatementLine
+	open       []billing.OpenInstance
+	sightings  []billing.Sighting
+	recorded   []billing.InstanceEvent
 }
 
 func (f *fakeStore) InsertUsage(_ context.Context, batch []events.RequestCompletedV1) error {
@@ -180,23 +198,62 @@ func (f *fakeStore) InsertUsage(_ context.Context, batch []events.RequestComplet
 	return nil
 }
 
-func (f *fakeStore) InsertInstanceEvents(context.Context, []billing.InstanceEvent) error { return nil }
+func (f *fakeStore) InsertInstanceEvents(_ context.Context, evs []billing.InstanceEvent) error {
+	f.recorded = append(f.recorded, evs...)
+	return nil
+}
 
 func (f *fakeStore) InsertServiceEvents(context.Context, []billing.ServiceEvent) error { return nil }
 
-func (f *fakeStore) UsageLines(_ context.Context, serviceID string, from, to time.Time) ([]billing.Line, error) {
-	f.asked = append(f.asked, serviceID)
-	f.usageTo = to
-	var out []billing.Line
+// TokenUsage prices each line at its hour and sums lines into groups; the
+// fake holds one service, and cuts lines after the hour of its deletion.
+func (f *fakeStore) TokenUsage(_ context.Context, q billing.TokenQuery) ([]billing.TokenRow, error) {
+	f.asked = append(f.asked, q.ServiceID)
+	f.tokensTo = q.To
+	groups := map[billing.TokenRow]*billing.TokenRow{}
+	var order []billing.TokenRow
 	for _, l := range f.lines {
-		if !l.Hour.Before(from) && l.Hour.Before(to) {
-			out = append(out, l)
+		if l.Hour.Before(q.From) || !l.Hour.Before(q.To) {
+			continue
 		}
+		if d := f.lifecycle.DeletedAt; !d.IsZero() && l.Hour.After(d) {
+			continue
+		}
+		var k billing.TokenRow
+		if q.By.Period > 0 {
+			k.PeriodStart = l.Hour.Truncate(q.By.Period)
+		}
+		if q.By.APIKey {
+			k.APIKeyID = l.APIKeyID
+		}
+		if q.By.BaseModel {
+			k.BaseModel = l.BaseModel
+		}
+		if q.By.Service {
+			k.ServiceID = "s1"
+		}
+		g, ok := groups[k]
+		if !ok {
+			c := k
+			g = &c
+			groups[k] = g
+			order = append(order, k)
+		}
+		g.Requests += l.Requests
+		g.PromptTokens += l.PromptTokens
+		g.CompletionTokens += l.CompletionTokens
+		g.CostMicros += billing.TokenCostMicros(l.PromptTokens, l.CompletionTokens, q.Rates.At(l.BaseModel, l.Hour))
+	}
+	out := make([]billing.TokenRow, 0, len(order))
+	for _, k := range order {
+		out = append(out, *groups[k])
 	}
 	return out, nil
 }
 
-func (f *fakeStore) Lifecycle(_ context.Context, serviceID string, to time.Time) (billing.Lifecycle, error) {
+// Lifecycle returns every event before to: earlier ones stand for the
+// state at from, which is what the contract's synthetic events give.
+func (f *fakeStore) Lifecycle(_ context.Context, serviceID string, _, to time.Time) (billing.Lifecycle, error) {
 	f.asked = append(f.asked, serviceID)
 	lc := billing.Lifecycle{DeletedAt: f.lifecycle.DeletedAt}
 	for _, e := range f.lifecycle.Instances {
@@ -205,6 +262,62 @@ func (f *fakeStore) Lifecycle(_ context.Context, serviceID string, to time.Time)
 		}
 	}
 	return lc, nil
+}
+
+func (f *fakeStore) Lifecycles(ctx context.Context, from, to time.Time) (map[string]billing.Lifecycle, error) {
+	lc, _ := f.Lifecycle(ctx, "s1", from, to)
+	if len(lc.Instances) == 0 {
+		return map[string]billing.Lifecycle{}, nil
+	}
+	return map[string]billing.Lifecycle{"s1": lc}, nil
+}
+
+func (f *fakeStore) PriceSchedule(context.Context) (*billing.Schedule, error) {
+	if f.schedule == nil {
+		return billing.DefaultSchedule(), nil
+	}
+	return f.schedule, nil
+}
+
+func (f *fakeStore) AddPrices(_ context.Context, revision uint64, entries []billing.PriceEntry) error {
+	sch := f.schedule
+	if sch == nil {
+		sch = billing.EmptySchedule()
+	}
+	next, err := sch.With(revision, entries)
+	if err != nil {
+		return err
+	}
+	f.schedule = next
+	return nil
+}
+
+func (f *fakeStore) Closings(context.Context) ([]billing.Closing, error) { return f.closings, nil }
+
+func (f *fakeStore) SaveStatement(_ context.Context, c billing.Closing, lines []billing.StatementLine) error {
+	if f.statements == nil {
+		f.statements = map[string][]billing.StatementLine{}
+	}
+	f.statements[c.CloseID] = lines
+	f.closings = append(f.closings, c)
+	return nil
+}
+
+func (f *fakeStore) StatementLines(_ context.Context, ids []string) ([]billing.StatementLine, error) {
+	var out []billing.StatementLine
+	for _, id := range ids {
+		out = append(out, f.statements[id]...)
+	}
+	return out, nil
+}
+
+func (f *fakeStore) OpenInstances(context.Context) ([]billing.OpenInstance, error) {
+	return f.open, nil
+}
+
+func (f *fakeStore) RecordSightings(_ context.Context, s []billing.Sighting) error {
+	f.sightings = append(f.sightings, s...)
+	return nil
 }
 
 // fakeServices knows services by ID.
@@ -220,7 +333,7 @@ func (f fakeServices) Service(_ context.Context, id string) (state.Service, erro
 
 func TestRecord(t *testing.T) {
 	store := &fakeStore{}
-	svc := billing.New(store, fakeServices{}, billing.DefaultPrices())
+	svc := billing.New(store, fakeServices{})
 	batch := []events.RequestCompletedV1{usage(1, 2, 3), usage(4, 5, 9)}
 	if err := svc.Record(context.Background(), batch); err != nil {
 		t.Fatal(err)

@@ -8,8 +8,8 @@ import (
 )
 
 // Interval is one stretch of an instance taking traffic: from a ready
-// event to the first stopped or gone event after it. End is zero while the
-// instance still runs.
+// event to the first event after it that ends it (stopped, gone, failed
+// or lost). End is zero while the instance still runs.
 type Interval struct {
 	InstanceID string
 	Start, End time.Time
@@ -17,13 +17,13 @@ type Interval struct {
 
 // Intervals turns instance events into intervals, instance by instance, in
 // the order of time and then event ID (UUIDv7s, so time-ordered too). An
-// instance runs from a ready event to its next stopped or gone event,
-// whichever comes first: a ready while it runs (a worker announcing it
-// again) and a stopped or gone while it does not change nothing, so a
-// repeated announcement of either end counts once. Gone is final: the
-// scaler has replaced the instance, so nothing after it runs again (a
-// worker that comes back announcing it ready, then stopping it). The
-// result is ordered by instance and start.
+// instance runs from a ready event to the next event that ends it
+// (stopped, gone, failed or lost): a ready while it runs (a worker
+// announcing it again) and an end while it does not change nothing, so a
+// repeated announcement of either counts once. Gone is final: the scaler
+// has replaced the instance, so nothing after it runs again (a worker that
+// comes back announcing it ready, then stopping it). The result is ordered
+// by instance and start.
 func Intervals(evs []InstanceEvent) []Interval {
 	evs = slices.Clone(evs)
 	slices.SortStableFunc(evs, func(a, b InstanceEvent) int {
@@ -40,7 +40,7 @@ func Intervals(evs []InstanceEvent) []Interval {
 		case ev.Kind == InstanceReady && !running:
 			out = append(out, Interval{InstanceID: ev.InstanceID, Start: ev.At})
 			running = true
-		case (ev.Kind == InstanceStopped || ev.Kind == InstanceGone) && running:
+		case ev.Kind.ends() && running:
 			out[len(out)-1].End = ev.At
 			running = false
 		}

@@ -23,12 +23,19 @@ const (
 // Currency is the currency of every cost.
 const Currency = "USD"
 
-// MaxHourWindow bounds a window broken down by hour.
-const MaxHourWindow = 366 * 24 * time.Hour
+// MaxWindow is the longest window a usage query may cover, by grouping:
+// 31 days by hour, 366 days otherwise. Longer periods are what statements
+// are for.
+func MaxWindow(groupBy string) time.Duration {
+	if groupBy == GroupHour {
+		return 31 * 24 * time.Hour
+	}
+	return 366 * 24 * time.Hour
+}
 
-// Query asks for a service's usage in [From, To). A zero From means the
-// service's creation, a zero To means now; both are widened to whole UTC
-// hours, the unit usage is billed in.
+// Query asks for a service's usage in [From, To). A zero To means now; a
+// zero From means the service's creation, or as far back as MaxWindow
+// allows; both are widened to whole UTC hours, the unit usage is billed in.
 type Query struct {
 	ServiceID string
 	From, To  time.Time
@@ -123,52 +130,55 @@ var serviceIDPattern = regexp.MustCompile(`^[A-Za-z0-9_=-]{1,128}$`)
 // Usage returns the usage of a service the caller owns (admins: any).
 // Another owner's service is NotFound, so IDs do not leak.
 //
-// Tokens are billed per Line (UTC hour, API key, base model), rounded half
-// up to a micro-USD; instance time per UTC hour, likewise. Every total and
-// every row is a sum of those, so rows always add up to the totals. Usage
-// after the second of the service's deletion is not billed, nor is
-// instance time after the deletion.
+// Tokens are billed per line (UTC hour, API key, base model) at the price
+// in force at that hour, rounded half up to a micro-USD; instance time per
+// UTC hour, likewise. Every total and every row is a sum of those, so rows
+// always add up to the totals. Usage after the second of the service's
+// deletion is not billed, nor is instance time after the deletion. The
+// work is bounded: the window by MaxWindow, and the sums are made in the
+// store.
 func (s *Service) Usage(ctx context.Context, caller auth.Key, q Query) (Usage, error) {
-	if q.ServiceID == "" {
-		return Usage{}, errs.InvalidParam("service_id", "service_id is required")
-	}
-	// One answer for a malformed ID, a missing service and another
-	// owner's, so IDs do not leak.
-	notFound := errs.E(errs.NotFound, "service %q not found", q.ServiceID)
-	if !serviceIDPattern.MatchString(q.ServiceID) {
-		return Usage{}, notFound
-	}
-	svc, err := s.services.Service(ctx, q.ServiceID)
-	if errs.KindOf(err) == errs.NotFound {
-		return Usage{}, notFound
-	}
+	svc, err := s.reachable(ctx, caller, q.ServiceID)
 	if err != nil {
 		return Usage{}, err
 	}
-	if !caller.Reaches(svc.OwnerID, svc.ID) {
-		return Usage{}, notFound
-	}
-
-	now := s.now().UTC().Truncate(time.Second)
-	from, to := q.From, q.To
-	if from.IsZero() {
-		from = svc.CreatedAt
-	}
+	now := s.Now()
+	limit := MaxWindow(q.GroupBy)
+	to := q.To
 	if to.IsZero() {
 		to = now
 	}
-	if from.Before(time.Unix(0, 0)) {
-		from = time.Unix(0, 0)
+	to = ceilHour(to)
+	from := q.From
+	if from.IsZero() {
+		from = svc.CreatedAt
+		if to.Sub(floorHour(from)) > limit {
+			from = to.Add(-limit)
+		}
 	}
-	from, to = floorHour(from), ceilHour(to)
+	if from.Before(Epoch) {
+		from = Epoch
+	}
+	from = floorHour(from)
 	if !to.After(from) {
 		return Usage{}, errs.InvalidParam("to", "to must be after from")
 	}
-	if q.GroupBy == GroupHour && to.Sub(from) > MaxHourWindow {
-		return Usage{}, errs.InvalidParam("group_by", "group_by=hour covers at most %d days; narrow from and to, or group by day", int(MaxHourWindow/(24*time.Hour)))
+	if to.Sub(from) > limit {
+		days := int(limit / (24 * time.Hour))
+		switch q.GroupBy {
+		case GroupHour:
+			return Usage{}, errs.InvalidParam("group_by", "group_by=hour covers at most %d days; narrow from and to, or group by day", days)
+		case "":
+			return Usage{}, errs.InvalidParam("from", "a usage window covers at most %d days; narrow from and to, or read the monthly statements", days)
+		default:
+			return Usage{}, errs.InvalidParam("group_by", "group_by=%s covers at most %d days; narrow from and to, or read the monthly statements", q.GroupBy, days)
+		}
 	}
-
-	lc, err := s.store.Lifecycle(ctx, svc.ID, to)
+	schedule, err := s.schedule(ctx)
+	if err != nil {
+		return Usage{}, err
+	}
+	lc, err := s.store.Lifecycle(ctx, svc.ID, from, to)
 	if err != nil {
 		return Usage{}, err
 	}
@@ -176,27 +186,23 @@ func (s *Service) Usage(ctx context.Context, caller auth.Key, q Query) (Usage, e
 		ServiceID: svc.ID, BaseModel: svc.BaseModel, BillingMethod: svc.BillingMethod,
 		From: from, To: to, GroupBy: q.GroupBy, DeletedAt: lc.DeletedAt, Currency: Currency,
 	}
-	// Times are kept to the second: usage in the second of the deletion
-	// was served before the router turned the service away, so it is
-	// billed; instance time stops at the deletion.
-	usageEnd, instanceEnd := to, to
+	by := Grouping{}
+	switch q.GroupBy {
+	case GroupHour:
+		by.Period = time.Hour
+	case GroupDay:
+		by.Period = 24 * time.Hour
+	case GroupAPIKey:
+		by.APIKey = true
+	}
+	tokens, err := s.store.TokenUsage(ctx, TokenQuery{ServiceID: svc.ID, From: from, To: to, By: by, Rates: schedule.TokenRates()})
+	if err != nil {
+		return Usage{}, err
+	}
+	// Instance time stops at the deletion, and at now.
+	instanceEnd := earliest(to, now)
 	if !lc.DeletedAt.IsZero() {
-		deleted := lc.DeletedAt.Truncate(time.Second)
-		if cut := deleted.Add(time.Second); cut.Before(usageEnd) {
-			usageEnd = cut
-		}
-		if deleted.Before(instanceEnd) {
-			instanceEnd = deleted
-		}
-	}
-	if now.Before(instanceEnd) {
-		instanceEnd = now
-	}
-	var lines []Line
-	if usageEnd.After(from) {
-		if lines, err = s.store.UsageLines(ctx, svc.ID, from, usageEnd); err != nil {
-			return Usage{}, err
-		}
+		instanceEnd = earliest(instanceEnd, lc.DeletedAt.Truncate(time.Second))
 	}
 	seconds := SecondsByHour(Intervals(lc.Instances), from, instanceEnd)
 
@@ -213,27 +219,23 @@ func (s *Service) Usage(ctx context.Context, caller auth.Key, q Query) (Usage, e
 		return r
 	}
 	total := Row{}
-	for _, l := range lines {
+	for _, t := range tokens {
 		var cost uint64
 		if svc.BillingMethod == state.BillingPerToken {
-			cost = TokenCostMicros(l.PromptTokens, l.CompletionTokens, s.prices.Lookup(l.BaseModel, state.BillingPerToken))
+			cost = t.CostMicros
 		}
-		total.add(l.Requests, l.PromptTokens, l.CompletionTokens, 0, cost)
+		total.add(t.Requests, t.PromptTokens, t.CompletionTokens, 0, cost)
 		switch q.GroupBy {
-		case GroupHour:
-			row(l.Hour.Format(time.RFC3339), l.Hour).add(l.Requests, l.PromptTokens, l.CompletionTokens, 0, cost)
-		case GroupDay:
-			day := l.Hour.Truncate(24 * time.Hour)
-			row(day.Format(time.RFC3339), day).add(l.Requests, l.PromptTokens, l.CompletionTokens, 0, cost)
+		case GroupHour, GroupDay:
+			row(t.PeriodStart.Format(time.RFC3339), t.PeriodStart.UTC()).add(t.Requests, t.PromptTokens, t.CompletionTokens, 0, cost)
 		case GroupAPIKey:
-			row(l.APIKeyID, time.Time{}).add(l.Requests, l.PromptTokens, l.CompletionTokens, 0, cost)
+			row(t.APIKeyID, time.Time{}).add(t.Requests, t.PromptTokens, t.CompletionTokens, 0, cost)
 		}
 	}
-	hourPrice := s.prices.Lookup(svc.BaseModel, state.BillingPerInstanceHour)
 	for hour, secs := range seconds {
 		var cost uint64
 		if svc.BillingMethod == state.BillingPerInstanceHour {
-			cost = InstanceCostMicros(secs, hourPrice)
+			cost = InstanceCostMicros(secs, schedule.At(svc.BaseModel, state.BillingPerInstanceHour, hour).Price)
 		}
 		total.add(0, 0, 0, secs, cost)
 		switch q.GroupBy {
@@ -263,6 +265,51 @@ func (s *Service) Usage(ctx context.Context, caller auth.Key, q Query) (Usage, e
 		})
 	}
 	return u, nil
+}
+
+// reachable returns the service with ID id if caller may read its usage.
+// A malformed ID, a missing service and another owner's all answer the
+// same NotFound, so IDs do not leak.
+func (s *Service) reachable(ctx context.Context, caller auth.Key, id string) (state.Service, error) {
+	if id == "" {
+		return state.Service{}, errs.InvalidParam("service_id", "service_id is required")
+	}
+	notFound := errs.E(errs.NotFound, "service %q not found", id)
+	if !serviceIDPattern.MatchString(id) {
+		return state.Service{}, notFound
+	}
+	svc, err := s.services.Service(ctx, id)
+	if errs.KindOf(err) == errs.NotFound {
+		return state.Service{}, notFound
+	}
+	if err != nil {
+		return state.Service{}, err
+	}
+	if !caller.Reaches(svc.OwnerID, svc.ID) {
+		return state.Service{}, notFound
+	}
+	return svc, nil
+}
+
+// schedule returns the stored price schedule; before any is stored there
+// is nothing to bill with, and the caller is told to come back.
+func (s *Service) schedule(ctx context.Context) (*Schedule, error) {
+	sch, err := s.store.PriceSchedule(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(sch.entries) == 0 {
+		return nil, errs.E(errs.Unavailable, "billing has not stored its price list yet; try again shortly")
+	}
+	return sch, nil
+}
+
+// earliest returns the earlier of a and b.
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 func floorHour(t time.Time) time.Time { return t.UTC().Truncate(time.Hour) }

@@ -79,7 +79,7 @@ func TestUsageAccess(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			store := &fakeStore{}
-			svc := billing.New(store, services, billing.DefaultPrices(), billing.WithClock(func() time.Time { return at(30) }))
+			svc := billing.New(store, services, billing.WithClock(func() time.Time { return at(30) }))
 			got, err := svc.Usage(context.Background(), tc.caller, billing.Query{ServiceID: tc.serviceID})
 			if tc.wantKind == errs.Internal {
 				if err != nil {
@@ -127,7 +127,7 @@ func TestUsagePerToken(t *testing.T) {
 	// Prices of qwen2.5-7b-instruct per token: 150,000 and 600,000 micros
 	// per million prompt and completion tokens.
 	h := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Hour) }
-	lines := []billing.Line{
+	lines := []line{
 		{Hour: h(0), APIKeyID: "k1", BaseModel: "qwen2.5-7b-instruct", Requests: 2, PromptTokens: 1000, CompletionTokens: 500}, // 450
 		{Hour: h(0), APIKeyID: "k2", BaseModel: "qwen2.5-7b-instruct", Requests: 1, PromptTokens: 10, CompletionTokens: 0},     // 1.5 → 2
 		{Hour: h(1), APIKeyID: "k1", BaseModel: "qwen2.5-7b-instruct", Requests: 1, PromptTokens: 3, CompletionTokens: 1},      // 1.05 → 1
@@ -136,7 +136,7 @@ func TestUsagePerToken(t *testing.T) {
 	services := fakeServices{"s1": {ID: "s1", OwnerID: alice.OwnerID, BaseModel: "qwen2.5-7b-instruct", BillingMethod: state.BillingPerToken, CreatedAt: at(5)}}
 	store := &fakeStore{lines: lines, lifecycle: billing.Lifecycle{Instances: []billing.InstanceEvent{iev("i1", billing.InstanceReady, 0)}}}
 	now := h(30).Add(15 * time.Minute)
-	svc := billing.New(store, services, billing.DefaultPrices(), billing.WithClock(func() time.Time { return now }))
+	svc := billing.New(store, services, billing.WithClock(func() time.Time { return now }))
 
 	u, err := svc.Usage(context.Background(), alice, billing.Query{ServiceID: "s1"})
 	if err != nil {
@@ -218,7 +218,7 @@ func TestUsagePerToken(t *testing.T) {
 	})
 
 	t.Run("group by hour is bounded", func(t *testing.T) {
-		_, err := svc.Usage(context.Background(), alice, billing.Query{ServiceID: "s1", From: h(0), To: h(0).Add(billing.MaxHourWindow + time.Hour), GroupBy: billing.GroupHour})
+		_, err := svc.Usage(context.Background(), alice, billing.Query{ServiceID: "s1", From: h(0), To: h(0).Add(billing.MaxWindow(billing.GroupHour) + time.Hour), GroupBy: billing.GroupHour})
 		if e, ok := errs.As(err); !ok || e.Param != "group_by" {
 			t.Errorf("err = %v, want Invalid on group_by", err)
 		}
@@ -234,31 +234,31 @@ func TestUsagePerInstanceHour(t *testing.T) {
 		iev("b", billing.InstanceReady, 30), // runs until deleted or now
 		iev("b", billing.InstanceReady, 45), // announced again: changes nothing
 	}
-	lines := []billing.Line{{Hour: h(0), APIKeyID: "k1", BaseModel: "qwen2.5-7b-instruct", Requests: 7, PromptTokens: 70000, CompletionTokens: 7000}}
+	lines := []line{{Hour: h(0), APIKeyID: "k1", BaseModel: "qwen2.5-7b-instruct", Requests: 7, PromptTokens: 70000, CompletionTokens: 7000}}
 
 	tests := []struct {
-		name        string
-		now         time.Time
-		deletedAt   time.Time
-		q           billing.Query
-		wantSeconds uint64
-		wantCost    uint64
-		wantUsageTo time.Time
+		name         string
+		now          time.Time
+		deletedAt    time.Time
+		q            billing.Query
+		wantSeconds  uint64
+		wantCost     uint64
+		wantTokensTo time.Time // the store cuts usage at the deletion itself
 	}{
 		{name: "running up to now", now: at(150), q: billing.Query{ServiceID: "s1"},
-			wantSeconds: 90*60 + 120*60, wantCost: (90*60 + 120*60) * 500, wantUsageTo: h(3)},
+			wantSeconds: 90*60 + 120*60, wantCost: (90*60 + 120*60) * 500, wantTokensTo: h(3)},
 		{name: "the clock moves on", now: at(210), q: billing.Query{ServiceID: "s1"},
-			wantSeconds: 90*60 + 180*60, wantCost: (90*60 + 180*60) * 500, wantUsageTo: h(4)},
+			wantSeconds: 90*60 + 180*60, wantCost: (90*60 + 180*60) * 500, wantTokensTo: h(4)},
 		{name: "deletion stops accruing", now: h(48), deletedAt: at(100).Add(30 * time.Second), q: billing.Query{ServiceID: "s1"},
-			wantSeconds: 90*60 + 70*60 + 30, wantCost: (90*60 + 70*60 + 30) * 500, wantUsageTo: at(100).Add(31 * time.Second)},
+			wantSeconds: 90*60 + 70*60 + 30, wantCost: (90*60 + 70*60 + 30) * 500, wantTokensTo: h(48)},
 		{name: "a window in the past", now: h(48), q: billing.Query{ServiceID: "s1", From: h(1), To: h(2)},
-			wantSeconds: 30*60 + 3600, wantCost: (30*60 + 3600) * 500, wantUsageTo: h(2)},
-		{name: "a window after the deletion", now: h(48), deletedAt: at(100), q: billing.Query{ServiceID: "s1", From: h(5), To: h(6)}},
+			wantSeconds: 30*60 + 3600, wantCost: (30*60 + 3600) * 500, wantTokensTo: h(2)},
+		{name: "a window after the deletion", now: h(48), deletedAt: at(100), q: billing.Query{ServiceID: "s1", From: h(5), To: h(6)}, wantTokensTo: h(6)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			store := &fakeStore{lines: lines, lifecycle: billing.Lifecycle{Instances: instances, DeletedAt: tc.deletedAt}}
-			svc := billing.New(store, services, billing.DefaultPrices(), billing.WithClock(func() time.Time { return tc.now }))
+			svc := billing.New(store, services, billing.WithClock(func() time.Time { return tc.now }))
 			u, err := svc.Usage(context.Background(), alice, tc.q)
 			if err != nil {
 				t.Fatal(err)
@@ -269,8 +269,8 @@ func TestUsagePerInstanceHour(t *testing.T) {
 			if !u.DeletedAt.Equal(tc.deletedAt) {
 				t.Errorf("deleted_at = %v, want %v", u.DeletedAt, tc.deletedAt)
 			}
-			if !store.usageTo.Equal(tc.wantUsageTo) {
-				t.Errorf("usage read up to %v, want %v", store.usageTo, tc.wantUsageTo)
+			if !store.tokensTo.Equal(tc.wantTokensTo) {
+				t.Errorf("usage read up to %v, want %v", store.tokensTo, tc.wantTokensTo)
 			}
 			// Tokens are counted but not charged under per-instance-hour.
 			byHour, err := svc.Usage(context.Background(), alice, billing.Query{ServiceID: "s1", From: tc.q.From, To: tc.q.To, GroupBy: billing.GroupHour})
@@ -319,7 +319,7 @@ func TestUsageWorkerGone(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			store := &fakeStore{lifecycle: billing.Lifecycle{Instances: tc.evs, DeletedAt: tc.deletedAt}}
-			svc := billing.New(store, services, billing.DefaultPrices(), billing.WithClock(func() time.Time { return tc.now }))
+			svc := billing.New(store, services, billing.WithClock(func() time.Time { return tc.now }))
 			u, err := svc.Usage(context.Background(), alice, billing.Query{ServiceID: "s1"})
 			if err != nil {
 				t.Fatal(err)

@@ -50,7 +50,7 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	lc, err := s.Lifecycle(ctx, "svc-life", m(1000))
+	lc, err := s.Lifecycle(ctx, "svc-life", farPast, m(1000))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,14 +65,14 @@ func TestLifecycle(t *testing.T) {
 	if !lc.DeletedAt.Equal(deletedAt) {
 		t.Errorf("DeletedAt = %v, want %v", lc.DeletedAt, deletedAt)
 	}
-	before, err := s.Lifecycle(ctx, "svc-life", m(30))
+	before, err := s.Lifecycle(ctx, "svc-life", farPast, m(30))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got, want := len(before.Instances), 7; got != want {
 		t.Errorf("events before minute 30 = %d, want %d", got, want)
 	}
-	none, err := s.Lifecycle(ctx, "svc-other", m(1000))
+	none, err := s.Lifecycle(ctx, "svc-other", farPast, m(1000))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,46 +143,6 @@ func TestLifecycle(t *testing.T) {
 			t.Errorf("services row: name %q, billing_method %q, %d events", name, method, n)
 		}
 	})
-}
-
-func TestSyncPrices(t *testing.T) {
-	s, conn, db := open(t)
-	ctx := context.Background()
-	list := billing.DefaultPrices().List()
-	n, err := s.SyncPrices(ctx, list)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n != len(list) {
-		t.Errorf("first sync wrote %d prices, want %d", n, len(list))
-	}
-	if n, err = s.SyncPrices(ctx, list); err != nil || n != 0 {
-		t.Errorf("second sync wrote %d prices (err %v), want 0", n, err)
-	}
-	changed := append([]billing.Price{}, list...)
-	if changed[0].BillingMethod != state.BillingPerInstanceHour {
-		t.Fatalf("list[0] = %+v, want a per-instance-hour price", changed[0])
-	}
-	changed[0].InstanceHourMicros++
-	if n, err = s.SyncPrices(ctx, changed); err != nil || n != 1 {
-		t.Errorf("sync after a change wrote %d prices (err %v), want 1", n, err)
-	}
-	rows, err := conn.Query(ctx, "SELECT base_model, billing_method, input_micros_per_mtok, output_micros_per_mtok, instance_hour_micros FROM "+db+".current_prices ORDER BY base_model, billing_method")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var got []billing.Price
-	for rows.Next() {
-		var p billing.Price
-		if err := rows.Scan(&p.BaseModel, &p.BillingMethod, &p.InputMicrosPerMTok, &p.OutputMicrosPerMTok, &p.InstanceHourMicros); err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, p)
-	}
-	if !reflect.DeepEqual(got, changed) {
-		t.Errorf("current_prices =\n%+v\nwant\n%+v", got, changed)
-	}
 }
 
 // TestUpgradeEndsIntervalsAtGone runs migration 7 over a database whose

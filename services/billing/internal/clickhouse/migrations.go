@@ -1,13 +1,35 @@
 package clickhouse
 
-import "strings"
+import (
+	"context"
+	"strings"
+)
 
-// migration is one schema change: statements run in order, each safe to
-// run again, so a migration interrupted halfway is simply run again.
+// migration is one schema change: steps run in order, each safe to run
+// again, so a migration interrupted halfway is simply run again.
 type migration struct {
 	version int
 	name    string
-	steps   []string
+	steps   []step
+}
+
+// step is one statement ({db} is the database), or Go code where a
+// statement alone cannot be made safe to run again.
+type step struct {
+	sql string
+	run func(ctx context.Context, s *Store) error
+	// supersededBy is a later migration that redoes this step's work
+	// from scratch: while it is still to run, the step is skipped.
+	supersededBy int
+}
+
+// sqls returns steps that are statements.
+func sqls(statements ...string) []step {
+	out := make([]step, len(statements))
+	for i, q := range statements {
+		out[i] = step{sql: q}
+	}
+	return out
 }
 
 // migrations run in order, once each; schema_migrations records them.
@@ -16,7 +38,7 @@ type migration struct {
 // Times are DateTime (seconds); hours and days are taken in UTC
 // explicitly, so the server's time zone does not matter.
 var migrations = []migration{
-	{1, "usage_events", []string{`
+	{1, "usage_events", sqls(`
 CREATE TABLE IF NOT EXISTS {db}.usage_events (
 	event_id          String,
 	request_id        String,
@@ -37,14 +59,14 @@ CREATE TABLE IF NOT EXISTS {db}.usage_events (
 	inserted_at       DateTime DEFAULT now()
 ) ENGINE = ReplacingMergeTree(inserted_at)
 PARTITION BY toYYYYMM(occurred_at)
-ORDER BY (service_id, occurred_at, event_id)`}},
+ORDER BY (service_id, occurred_at, event_id)`)},
 
 	// The hourly rollup per service, API key and model. The view adds
 	// each inserted block to it; InsertUsage never stores an event ID
 	// twice, so it is exact. The last two steps rebuild it from the
 	// deduplicated raw events, which makes the migration safe to rerun
 	// and fills it from the events stored before it existed.
-	{2, "usage_hourly", []string{`
+	{2, "usage_hourly", append(sqls(`
 CREATE TABLE IF NOT EXISTS {db}.usage_hourly (
 	service_id        String,
 	hour              DateTime,
@@ -68,13 +90,13 @@ SELECT
 	sum(completion_tokens) AS completion_tokens,
 	sum(total_tokens) AS total_tokens
 FROM {db}.usage_events
-GROUP BY service_id, hour, api_key_id, base_model`,
-		`TRUNCATE TABLE {db}.usage_hourly`,
-		rebuildUsageHourly}},
+GROUP BY service_id, hour, api_key_id, base_model`),
+		step{sql: `TRUNCATE TABLE {db}.usage_hourly`, supersededBy: 9},
+		step{sql: rebuildUsageHourly, supersededBy: 9})},
 
 	// Instance lifecycle, for instance-time: one row per ready or stopped
 	// event.
-	{3, "instance_events", []string{`
+	{3, "instance_events", sqls(`
 CREATE TABLE IF NOT EXISTS {db}.instance_events (
 	event_id    String,
 	kind        String,
@@ -109,11 +131,11 @@ FROM (
 	)
 	GROUP BY service_id, instance_id
 )
-ARRAY JOIN ivs AS iv`}},
+ARRAY JOIN ivs AS iv`)},
 
 	// Services as created and deleted, for joins: billing method, model,
 	// owner, and the time billing stops.
-	{4, "services", []string{`
+	{4, "services", sqls(`
 CREATE TABLE IF NOT EXISTS {db}.services (
 	event_id       String,
 	service_id     String,
@@ -156,11 +178,11 @@ FROM (
 		) USING (service_id)
 	)
 )
-GROUP BY service_id, hour`}},
+GROUP BY service_id, hour`)},
 
 	// The price list billing runs with, for joins. Rows are versioned by
 	// updated_at; current_prices is the latest version of each.
-	{5, "prices", []string{`
+	{5, "prices", sqls(`
 CREATE TABLE IF NOT EXISTS {db}.prices (
 	base_model             String,
 	billing_method         String,
@@ -178,13 +200,13 @@ SELECT
 	argMax(output_micros_per_mtok, updated_at) AS output_micros_per_mtok,
 	argMax(instance_hour_micros, updated_at) AS instance_hour_micros
 FROM {db}.prices
-GROUP BY base_model, billing_method`}},
+GROUP BY base_model, billing_method`)},
 
 	// What is billed, line by line, the way the usage API bills it: each
 	// event ID once, nothing after the second of a service's deletion, prices from
 	// current_prices (a model without its own price takes the '*' one),
 	// each line's cost rounded half up to a micro-USD.
-	{6, "cost_views", []string{`
+	{6, "cost_views", sqls(`
 CREATE VIEW IF NOT EXISTS {db}.token_lines AS
 SELECT
 	service_id, hour, api_key_id, base_model, billing_method,
@@ -246,7 +268,7 @@ FROM (
 ANY LEFT JOIN (
 	SELECT base_model AS price_model, instance_hour_micros
 	FROM {db}.current_prices WHERE billing_method = 'per-instance-hour'
-) USING (price_model)`}},
+) USING (price_model)`)},
 
 	// An instance whose worker died never stops by itself: the scaler's
 	// release with worker_gone is stored as a 'gone' event, and
@@ -255,7 +277,7 @@ ANY LEFT JOIN (
 	// nothing after an instance's first gone event runs again. The views
 	// built on it (instance_hourly, instance_lines) read it by name, so
 	// they follow. Dropping and creating the view again is safe to rerun.
-	{7, "instance_intervals_gone", []string{
+	{7, "instance_intervals_gone", sqls(
 		`DROP TABLE IF EXISTS {db}.instance_intervals`, `
 CREATE VIEW IF NOT EXISTS {db}.instance_intervals AS
 SELECT service_id, instance_id, iv.1 AS ready_at, iv.2 AS stopped_at
@@ -275,7 +297,131 @@ FROM (
 	)
 	GROUP BY service_id, instance_id
 )
-ARRAY JOIN ivs AS iv`}},
+ARRAY JOIN ivs AS iv`)},
+
+	// Prices with effective dates, never overwritten: each entry is in
+	// force from valid_from (a whole UTC hour) until the next entry of
+	// its model and billing method; a dropped entry sends the model back
+	// to the '*' price. Each list billing stores adds its new entries as
+	// the next revision. The last price list billing ran with before this
+	// (current_prices over the old prices table) becomes revision 1, in
+	// force from 1970, so upgrading changes no past bill.
+	{8, "price_schedule", []step{{sql: `
+CREATE TABLE IF NOT EXISTS {db}.price_schedule (
+	revision               UInt64,
+	base_model             String,
+	billing_method         String,
+	valid_from             DateTime,
+	dropped                UInt8,
+	input_micros_per_mtok  UInt64,
+	output_micros_per_mtok UInt64,
+	instance_hour_micros   UInt64,
+	written_at             DateTime DEFAULT now()
+) ENGINE = MergeTree()
+ORDER BY (base_model, billing_method, valid_from, revision)`}, {run: seedPriceSchedule}}},
+
+	// The hourly rollup, exact: filled only from deduplicated raw events,
+	// one whole closed hour at a time, by one process (see FillRollup).
+	// Filling an hour again writes a new version of its rows, which
+	// replaces the old (read it with FINAL). The materialized view that
+	// added every inserted block goes: a retried insert could reach it
+	// twice. The old rollup is kept as usage_hourly_v1 when it holds
+	// anything; the new one fills from the raw events, oldest day first.
+	{9, "usage_hourly_exact", []step{
+		{sql: `DROP TABLE IF EXISTS {db}.usage_hourly_mv`},
+		{run: setAsideSummingRollup},
+		{sql: `
+CREATE TABLE IF NOT EXISTS {db}.usage_hourly (
+	service_id        String,
+	hour              DateTime,
+	api_key_id        String,
+	base_model        String,
+	requests          UInt64,
+	prompt_tokens     UInt64,
+	completion_tokens UInt64,
+	total_tokens      UInt64,
+	version           UInt64
+) ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(hour)
+ORDER BY (service_id, hour, api_key_id, base_model)`},
+		// The hours each stored batch of usage touched, written after
+		// the batch is stored: what the rollup must fill again.
+		{sql: `
+CREATE TABLE IF NOT EXISTS {db}.usage_hours_touched (
+	hour      DateTime,
+	marked_at DateTime DEFAULT now()
+) ENGINE = MergeTree()
+PARTITION BY toYYYYMMDD(marked_at)
+ORDER BY (marked_at, hour)`},
+		{sql: `
+CREATE TABLE IF NOT EXISTS {db}.rollup_state (
+	version        UInt64,
+	filled_through DateTime,
+	marks_through  DateTime,
+	updated_at     DateTime DEFAULT now()
+) ENGINE = MergeTree()
+ORDER BY version`}}},
+
+	// Closed periods and their statements. A period is closed once a
+	// closings row names it; its statement is the statement_lines of that
+	// close_id (rows written again under one close_id count once).
+	{10, "statements", sqls(`
+CREATE TABLE IF NOT EXISTS {db}.closings (
+	period         Date,
+	close_id       String,
+	closed_at      DateTime,
+	closed_by      String,
+	price_revision UInt64
+) ENGINE = MergeTree()
+ORDER BY (period, closed_at, close_id)`, `
+CREATE TABLE IF NOT EXISTS {db}.statement_lines (
+	close_id          String,
+	period            Date,
+	kind              String,
+	for_period        Date,
+	service_id        String,
+	owner_id          String,
+	service_name      String,
+	billing_method    String,
+	part              String,
+	api_key_id        String,
+	base_model        String,
+	requests          Int64,
+	prompt_tokens     Int64,
+	completion_tokens Int64,
+	total_tokens      Int64,
+	instance_seconds  Int64,
+	cost_micros       Int64
+) ENGINE = MergeTree()
+PARTITION BY toYYYYMM(period)
+ORDER BY (period, close_id, service_id, kind, for_period, part, api_key_id, base_model)`)},
+
+	// When worker heartbeats last showed each running instance: the
+	// evidence an instance whose stop was lost is ended at.
+	{11, "instance_sightings", sqls(`
+CREATE TABLE IF NOT EXISTS {db}.instance_sightings (
+	service_id  String,
+	instance_id String,
+	worker_id   String,
+	seen_at     DateTime
+) ENGINE = ReplacingMergeTree(seen_at)
+ORDER BY (service_id, instance_id)`)},
+
+	// The views, again: instance time also ends at a failed or lost
+	// event; each line is priced with the entry in force at its hour; a
+	// service without a services row shows billing_method 'unknown'
+	// rather than a silent 0; statements lists the closed statements.
+	// Each view is swapped in whole (see replaceView), so a query never
+	// finds it missing.
+	{12, "effective_dated_views", []step{
+		{run: replaceView("instance_intervals", instanceIntervalsV2)},
+		{run: replaceView("price_entries", priceEntriesView)},
+		{run: replaceView("price_timelines", priceTimelinesView)},
+		{run: replaceView("current_prices", currentPricesV2)},
+		{run: replaceView("token_lines", tokenLinesV2)},
+		{run: replaceView("instance_lines", instanceLinesV2)},
+		{run: replaceView("statements", statementsView)},
+	}},
 }
 
 // rebuildUsageHourly fills usage_hourly from usage_events, each event ID

@@ -8,59 +8,65 @@ import (
 	"github.com/modelport/modelport/services/billing/internal/billing"
 )
 
-// SyncPrices writes the prices that differ from current_prices (or are not
-// there), versioned by the current time, so the prices table analysts
-// join with is the list billing runs with. A model dropped from the list
-// keeps its last row. It returns how many rows it wrote.
-func (s *Store) SyncPrices(ctx context.Context, prices []billing.Price) (int, error) {
-	current := map[[2]string]billing.Price{}
-	rows, err := s.conn.Query(ctx, "SELECT base_model, billing_method, input_micros_per_mtok, output_micros_per_mtok, instance_hour_micros FROM "+s.db+".current_prices")
+// PriceSchedule implements billing.PriceStore from the price_entries view,
+// the same entries the SQL views price with.
+func (s *Store) PriceSchedule(ctx context.Context) (*billing.Schedule, error) {
+	rows, err := s.conn.Query(ctx, `SELECT revision, base_model, billing_method, valid_from, dropped,
+	input_micros_per_mtok, output_micros_per_mtok, instance_hour_micros
+FROM `+s.db+`.price_entries`)
 	if err != nil {
-		return 0, errs.Wrap(errs.Unavailable, err, "read prices")
+		return nil, errs.Wrap(errs.Unavailable, err, "read prices")
 	}
+	defer rows.Close()
+	var entries []billing.PriceEntry
+	var revision uint64
 	for rows.Next() {
-		var p billing.Price
-		if err := rows.Scan(&p.BaseModel, &p.BillingMethod, &p.InputMicrosPerMTok, &p.OutputMicrosPerMTok, &p.InstanceHourMicros); err != nil {
-			rows.Close()
-			return 0, errs.Wrap(errs.Unavailable, err, "read prices")
+		var e billing.PriceEntry
+		var dropped uint8
+		if err := rows.Scan(&e.Revision, &e.BaseModel, &e.BillingMethod, &e.ValidFrom, &dropped,
+			&e.InputMicrosPerMTok, &e.OutputMicrosPerMTok, &e.InstanceHourMicros); err != nil {
+			return nil, errs.Wrap(errs.Unavailable, err, "read prices")
 		}
-		current[[2]string{p.BaseModel, p.BillingMethod}] = p
+		e.ValidFrom, e.Dropped = e.ValidFrom.UTC(), dropped == 1
+		revision = max(revision, e.Revision)
+		entries = append(entries, e)
 	}
-	rows.Close()
 	if err := rows.Err(); err != nil {
-		return 0, errs.Wrap(errs.Unavailable, err, "read prices")
+		return nil, errs.Wrap(errs.Unavailable, err, "read prices")
 	}
-	var changed []billing.Price
-	for _, p := range prices {
-		if cur, ok := current[[2]string{p.BaseModel, p.BillingMethod}]; !ok || cur != p {
-			changed = append(changed, p)
-		}
+	if len(entries) == 0 {
+		return billing.EmptySchedule(), nil
 	}
-	if len(changed) == 0 {
-		return 0, nil
-	}
-	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+".prices (base_model, billing_method, input_micros_per_mtok, output_micros_per_mtok, instance_hour_micros, updated_at)")
+	sch, err := billing.NewSchedule(revision, entries)
 	if err != nil {
-		return 0, errs.Wrap(errs.Unavailable, err, "prepare prices")
+		return nil, errs.Wrap(errs.Internal, err, "stored prices")
 	}
-	// The new version must sort after the current one, even within the
-	// same second.
-	var latest time.Time
-	if err := s.conn.QueryRow(ctx, "SELECT max(updated_at) FROM "+s.db+".prices").Scan(&latest); err != nil {
-		return 0, errs.Wrap(errs.Unavailable, err, "read prices")
+	return sch, nil
+}
+
+// AddPrices implements billing.PriceStore: one INSERT into price_schedule.
+func (s *Store) AddPrices(ctx context.Context, revision uint64, entries []billing.PriceEntry) error {
+	if len(entries) == 0 {
+		return nil
 	}
-	now := time.Now().UTC().Truncate(time.Second)
-	if !now.After(latest) {
-		now = latest.UTC().Add(time.Second)
+	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+`.price_schedule (revision, base_model, billing_method, valid_from, dropped,
+	input_micros_per_mtok, output_micros_per_mtok, instance_hour_micros)`)
+	if err != nil {
+		return errs.Wrap(errs.Unavailable, err, "prepare prices")
 	}
-	for _, p := range changed {
-		if err := b.Append(p.BaseModel, p.BillingMethod, p.InputMicrosPerMTok, p.OutputMicrosPerMTok, p.InstanceHourMicros, now); err != nil {
+	for _, e := range entries {
+		var dropped uint8
+		if e.Dropped {
+			dropped = 1
+		}
+		if err := b.Append(revision, e.BaseModel, e.BillingMethod, e.ValidFrom.UTC().Truncate(time.Second), dropped,
+			e.InputMicrosPerMTok, e.OutputMicrosPerMTok, e.InstanceHourMicros); err != nil {
 			_ = b.Abort()
-			return 0, errs.Wrap(errs.Internal, err, "append price %s %s", p.BaseModel, p.BillingMethod)
+			return errs.Wrap(errs.Internal, err, "append price %s %s", e.BaseModel, e.BillingMethod)
 		}
 	}
-	if err := b.Send(); err != nil {
-		return 0, errs.Wrap(errs.Unavailable, err, "insert %d prices", len(changed))
+	if err := send(ctx, b, "price_schedule", len(entries)); err != nil {
+		return errs.Wrap(errs.Unavailable, err, "insert %d prices", len(entries))
 	}
-	return len(changed), nil
+	return nil
 }

@@ -66,7 +66,7 @@ func usage(serviceID string, prompt, completion int, at time.Time) events.Reques
 // totals is what a list of lines adds up to.
 type totals struct{ requests, prompt, completion uint64 }
 
-func sumLines(lines []billing.Line) totals {
+func sumLines(lines []billing.TokenRow) totals {
 	var t totals
 	for _, l := range lines {
 		t.requests += l.Requests
@@ -91,22 +91,54 @@ var farPast, farFuture = time.Unix(0, 0), time.Date(2100, 1, 1, 0, 0, 0, 0, time
 
 func lines(t *testing.T, s *clickhouse.Store, serviceID string) totals {
 	t.Helper()
-	got, err := s.UsageLines(context.Background(), serviceID, farPast, farFuture)
+	return sumLines(usageLines(t, s, serviceID, farPast, farFuture))
+}
+
+// usageLines returns a service's usage in [from, to), line by line: one
+// row per UTC hour, API key and base model, priced with the default list.
+func usageLines(t *testing.T, s *clickhouse.Store, serviceID string, from, to time.Time) []billing.TokenRow {
+	t.Helper()
+	got, err := s.TokenUsage(context.Background(), billing.TokenQuery{ServiceID: serviceID, From: from, To: to,
+		By: billing.Grouping{Period: time.Hour, APIKey: true, BaseModel: true}, Rates: billing.DefaultSchedule().TokenRates()})
 	if err != nil {
-		t.Fatalf("UsageLines(%s): %v", serviceID, err)
+		t.Fatalf("TokenUsage(%s): %v", serviceID, err)
 	}
-	return sumLines(got)
+	return got
 }
 
 // rollup sums usage_hourly for a service, the way an analyst would.
 func rollup(t *testing.T, conn ch.Conn, db, serviceID string) totals {
 	t.Helper()
 	var r totals
-	if err := conn.QueryRow(context.Background(), "SELECT sum(requests), sum(prompt_tokens), sum(completion_tokens) FROM "+db+".usage_hourly WHERE service_id = ?", serviceID).
+	if err := conn.QueryRow(context.Background(), "SELECT sum(requests), sum(prompt_tokens), sum(completion_tokens) FROM "+db+".usage_hourly FINAL WHERE service_id = ?", serviceID).
 		Scan(&r.requests, &r.prompt, &r.completion); err != nil {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// fill brings the rollup up to date as billing's rollup job does, every
+// hour before now being closed. It first waits for the second to turn, so
+// that the hours noted by the inserts just made are taken.
+func fill(t *testing.T, s *clickhouse.Store) clickhouse.RollupReport {
+	t.Helper()
+	time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(1100 * time.Millisecond)))
+	r, err := s.FillRollup(context.Background(), time.Now(), 0, time.Minute)
+	if err != nil {
+		t.Fatalf("FillRollup: %v", err)
+	}
+	if !r.CaughtUp {
+		t.Fatalf("FillRollup did not catch up in a minute: %+v", r)
+	}
+	return r
+}
+
+// seedPrices stores the built-in price list as the first revision.
+func seedPrices(t *testing.T, s *clickhouse.Store) {
+	t.Helper()
+	if _, err := billing.New(s, nil).AddPrices(context.Background(), billing.DefaultPriceList()); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func rawRows(t *testing.T, conn ch.Conn, db, serviceID string) uint64 {
@@ -176,7 +208,8 @@ func TestMigrateIsIdempotent(t *testing.T) {
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"usage_events", "usage_hourly", "instance_events", "services", "prices", "cost_views", "instance_intervals_gone"}; !slices.Equal(got, want) {
+	if want := []string{"usage_events", "usage_hourly", "instance_events", "services", "prices", "cost_views", "instance_intervals_gone",
+		"price_schedule", "usage_hourly_exact", "statements", "instance_sightings", "effective_dated_views"}; !slices.Equal(got, want) {
 		t.Errorf("schema_migrations = %v, want %v", got, want)
 	}
 	if got, want := lines(t, s, "svc-migrate"), (totals{1, 1, 2}); got != want {
@@ -185,59 +218,27 @@ func TestMigrateIsIdempotent(t *testing.T) {
 }
 
 // TestUpgradeFillsTheRollup runs the later migrations over a database that
-// has only the first one, with usage (and a duplicate) already stored: the
-// rollup starts out exact.
+// has only the first one, with usage (and a duplicate) already stored: once
+// the rollup job has run, the rollup is exact, and stays so.
 func TestUpgradeFillsTheRollup(t *testing.T) {
-	addr, db := chtest.New(t)
-	conn, err := ch.Open(&ch.Options{Addr: []string{addr}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	s, conn, db, evs := atVersionOne(t)
 	ctx := context.Background()
-	// Migration 1 as it shipped, recorded.
-	s, err := clickhouse.Open(addr, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if err := s.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for _, stmt := range []string{"DROP TABLE " + db + ".usage_hourly_mv", "TRUNCATE TABLE " + db + ".usage_hourly"} {
-		if err := conn.Exec(ctx, stmt); err != nil {
-			t.Fatal(err)
-		}
-	}
 	a, b := usage("svc-up", 10, 20, hour0), usage("svc-up", 1, 2, hour0.Add(time.Hour))
 	insertBehindTheGate(t, conn, db, a, b, a)
-	// Forget every migration after the first, as an older billing would.
-	if err := conn.Exec(ctx, "DROP TABLE "+db+".schema_migrations"); err != nil {
-		t.Fatal(err)
-	}
-	if err := conn.Exec(ctx, "CREATE TABLE "+db+".schema_migrations (version UInt32, name String, applied_at DateTime DEFAULT now()) ENGINE = MergeTree() ORDER BY version"); err != nil {
-		t.Fatal(err)
-	}
-	rec, err := conn.PrepareBatch(ctx, "INSERT INTO "+db+".schema_migrations (version, name)")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := rec.Append(uint32(1), "usage_events"); err != nil {
-		t.Fatal(err)
-	}
-	if err := rec.Send(); err != nil {
-		t.Fatal(err)
-	}
-
 	if err := s.Migrate(ctx); err != nil {
 		t.Fatalf("Migrate: %v", err)
 	}
+	fill(t, s)
 	want := sumEvents(a, b)
 	if got := rollup(t, conn, db, "svc-up"); got != want {
 		t.Errorf("usage_hourly after upgrade = %+v, want %+v", got, want)
 	}
+	if got, want := rollup(t, conn, db, "svc-upgrade"), sumEvents(evs...); got != want {
+		t.Errorf("usage_hourly of the other service after upgrade = %+v, want %+v", got, want)
+	}
 	c := usage("svc-up", 5, 5, hour0)
 	insert(t, s, c)
+	fill(t, s)
 	if got, want := rollup(t, conn, db, "svc-up"), sumEvents(a, b, c); got != want {
 		t.Errorf("usage_hourly after a new event = %+v, want %+v", got, want)
 	}
@@ -274,8 +275,9 @@ func TestUsageIsCountedOnce(t *testing.T) {
 
 	check := func(t *testing.T, want totals, wantRaw uint64) {
 		t.Helper()
+		fill(t, s)
 		if got := lines(t, s, "svc-a"); got != want {
-			t.Errorf("UsageLines = %+v, want %+v", got, want)
+			t.Errorf("lines = %+v, want %+v", got, want)
 		}
 		if got := rollup(t, conn, db, "svc-a"); got != want {
 			t.Errorf("usage_hourly = %+v, want %+v", got, want)
@@ -284,7 +286,7 @@ func TestUsageIsCountedOnce(t *testing.T) {
 			t.Errorf("raw rows = %d, want %d", got, wantRaw)
 		}
 		if got, want := lines(t, s, "svc-b"), sumEvents(b1); got != want {
-			t.Errorf("svc-b UsageLines = %+v, want %+v", got, want)
+			t.Errorf("svc-b lines = %+v, want %+v", got, want)
 		}
 	}
 	t.Run("sums", func(t *testing.T) { check(t, want, 3) })
@@ -298,10 +300,15 @@ func TestUsageIsCountedOnce(t *testing.T) {
 		want = sumEvents(a1, a2, a3, a4)
 		check(t, want, 4)
 	})
-	t.Run("rows behind the gate still count once in queries", func(t *testing.T) {
+	t.Run("rows behind the gate still count once in queries and the rollup", func(t *testing.T) {
 		insertBehindTheGate(t, conn, db, a1, a2)
+		insert(t, s, a1) // a redelivery notes the hour again
+		fill(t, s)
 		if got := lines(t, s, "svc-a"); got != want {
-			t.Errorf("UsageLines = %+v, want %+v", got, want)
+			t.Errorf("lines = %+v, want %+v", got, want)
+		}
+		if got := rollup(t, conn, db, "svc-a"); got != want {
+			t.Errorf("usage_hourly = %+v, want %+v", got, want)
 		}
 		if got, wantRaw := rawRows(t, conn, db, "svc-a"), uint64(6); got != wantRaw {
 			t.Errorf("raw rows = %d, want %d: the duplicates must really be on disk", got, wantRaw)
@@ -317,7 +324,7 @@ func TestUsageIsCountedOnce(t *testing.T) {
 			}
 		}
 		if got := lines(t, s, "svc-a"); got != want {
-			t.Errorf("UsageLines = %+v, want %+v", got, want)
+			t.Errorf("lines = %+v, want %+v", got, want)
 		}
 		if got := rawRows(t, conn, db, "svc-a"); got != 4 {
 			t.Errorf("raw rows after merging = %d, want 4", got)
@@ -327,7 +334,6 @@ func TestUsageIsCountedOnce(t *testing.T) {
 
 func TestUsageLines(t *testing.T) {
 	s, _, _ := open(t)
-	ctx := context.Background()
 	k1 := usage("svc-l", 10, 1, hour0.Add(5*time.Minute))
 	k1b := usage("svc-l", 20, 2, hour0.Add(59*time.Minute+59*time.Second))
 	k2 := usage("svc-l", 30, 3, hour0.Add(30*time.Minute))
@@ -335,17 +341,15 @@ func TestUsageLines(t *testing.T) {
 	next := usage("svc-l", 40, 4, hour0.Add(time.Hour))
 	insert(t, s, k1, k1b, k2, next)
 
-	got, err := s.UsageLines(ctx, "svc-l", hour0, hour0.Add(2*time.Hour))
-	if err != nil {
-		t.Fatal(err)
+	got := usageLines(t, s, "svc-l", hour0, hour0.Add(2*time.Hour))
+	// qwen2.5-7b-instruct: 150,000 and 600,000 micros per million tokens.
+	want := []billing.TokenRow{
+		{PeriodStart: hour0, APIKeyID: k1.APIKeyID, BaseModel: k1.BaseModel, Requests: 2, PromptTokens: 30, CompletionTokens: 3, CostMicros: 6},
+		{PeriodStart: hour0, APIKeyID: "key-2", BaseModel: k1.BaseModel, Requests: 1, PromptTokens: 30, CompletionTokens: 3, CostMicros: 6},
+		{PeriodStart: hour0.Add(time.Hour), APIKeyID: k1.APIKeyID, BaseModel: k1.BaseModel, Requests: 1, PromptTokens: 40, CompletionTokens: 4, CostMicros: 8},
 	}
-	want := []billing.Line{
-		{Hour: hour0, APIKeyID: k1.APIKeyID, BaseModel: k1.BaseModel, Requests: 2, PromptTokens: 30, CompletionTokens: 3},
-		{Hour: hour0, APIKeyID: "key-2", BaseModel: k1.BaseModel, Requests: 1, PromptTokens: 30, CompletionTokens: 3},
-		{Hour: hour0.Add(time.Hour), APIKeyID: k1.APIKeyID, BaseModel: k1.BaseModel, Requests: 1, PromptTokens: 40, CompletionTokens: 4},
-	}
-	slices.SortFunc(got, func(a, b billing.Line) int {
-		if c := a.Hour.Compare(b.Hour); c != 0 {
+	slices.SortFunc(got, func(a, b billing.TokenRow) int {
+		if c := a.PeriodStart.Compare(b.PeriodStart); c != 0 {
 			return c
 		}
 		if a.APIKeyID == k1.APIKeyID {
@@ -354,14 +358,10 @@ func TestUsageLines(t *testing.T) {
 		return 1
 	})
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("UsageLines =\n%+v\nwant\n%+v", got, want)
+		t.Errorf("lines =\n%+v\nwant\n%+v", got, want)
 	}
 	// The window is [from, to).
-	got, err = s.UsageLines(ctx, "svc-l", hour0.Add(30*time.Minute), hour0.Add(time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := sumLines(got), sumEvents(k1b, k2); got != want {
+	if got, want := sumLines(usageLines(t, s, "svc-l", hour0.Add(30*time.Minute), hour0.Add(time.Hour))), sumEvents(k1b, k2); got != want {
 		t.Errorf("half-hour window = %+v, want %+v", got, want)
 	}
 }
@@ -406,5 +406,45 @@ func TestOpenRejectsBadDatabaseName(t *testing.T) {
 		if _, err := clickhouse.Open("127.0.0.1:9000", db); err == nil {
 			t.Errorf("Open with database %q succeeded", db)
 		}
+	}
+}
+
+// TestRollupBackfillIsChunkedAndResumable fills a rollup over several days
+// of usage with a budget that stops it after each day: every call picks up
+// where the last stopped, and the result is exact. The usage is inserted
+// behind the gate, as a database billing has never rolled up holds it.
+func TestRollupBackfillIsChunkedAndResumable(t *testing.T) {
+	s, conn, db := open(t)
+	ctx := context.Background()
+	var evs []events.RequestCompletedV1
+	for i := range 600 {
+		evs = append(evs, usage("svc-backfill", 10+i%7, 3, hour0.Add(time.Duration(i)*17*time.Minute)))
+	}
+	insertBehindTheGate(t, conn, db, evs...)
+	insertBehindTheGate(t, conn, db, evs[:100]...) // and duplicates
+	closed := hour0.Add(8 * 24 * time.Hour)
+	calls := 0
+	for {
+		calls++
+		r, err := s.FillRollup(ctx, closed, 0, time.Nanosecond) // out of time after one chunk
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.CaughtUp {
+			break
+		}
+		if calls > 20 {
+			t.Fatalf("not caught up after %d calls: %+v", calls, r)
+		}
+	}
+	if calls < 7 {
+		t.Errorf("caught up in %d calls: the fill was not chunked by day", calls)
+	}
+	st, err := s.RollupState(ctx)
+	if err != nil || !st.FilledThrough.Equal(closed) {
+		t.Errorf("rollup state %+v, %v; want filled through %v", st, err, closed)
+	}
+	if got, want := rollup(t, conn, db, "svc-backfill"), sumEvents(evs...); got != want {
+		t.Errorf("usage_hourly = %+v, want %+v", got, want)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/events"
-	"github.com/modelport/modelport/services/billing/internal/billing"
 )
 
 // lookupChunk bounds the event IDs in one lookup query, well inside
@@ -16,22 +15,41 @@ import (
 const lookupChunk = 1000
 
 // InsertUsage implements billing.UsageWriter: one INSERT for the events of
-// the batch that are not stored yet. Duplicates inside the batch and events
-// already in usage_events (a redelivery after the insert succeeded but the
-// acks did not reach JetStream, a duplicate publish outside JetStream's
-// duplicate window) are left out, so the materialized hourly rollup sees
-// each event once. The lookup and the insert are not one atomic step: two
-// writers inserting the same event at the same moment would both store
-// it. The raw table and every query on it still count each event ID once;
-// only the rollup would count it twice.
+// the batch that are not stored yet, then one small INSERT noting the
+// hours the batch touched, which FillRollup fills again. Duplicates inside
+// the batch and events already in usage_events (a redelivery after the
+// insert succeeded but the acks did not reach JetStream, a duplicate
+// publish outside JetStream's duplicate window) are left out. The lookup
+// and the insert are not one atomic step: two writers inserting the same
+// event at the same moment, or a retry after an insert the client saw fail
+// but the server kept, store it twice. The raw table and every query on it
+// still count each event ID once, and so does the rollup, which is filled
+// from the collapsed raw events. Hours that had ended when the insert
+// succeeded are noted after it, so a noted hour's usage is already
+// visible; they are noted even when every event was stored already, since
+// the attempt that stored them may have failed before noting them. The
+// hour in progress needs no note: it is filled first after it ends (and
+// the rollup's grace, which also covers clocks that differ by less), when
+// this insert is long visible. So a batch of current usage, the usual
+// case, costs no more round trips than before.
 func (s *Store) InsertUsage(ctx context.Context, batch []events.RequestCompletedV1) error {
+	if len(batch) == 0 {
+		return nil
+	}
 	fresh, err := s.unstoredUsage(ctx, batch)
 	if err != nil {
 		return err
 	}
-	if len(fresh) == 0 {
-		return nil
+	if len(fresh) > 0 {
+		if err := s.insertUsage(ctx, fresh); err != nil {
+			return err
+		}
 	}
+	return s.markHours(ctx, batch, time.Now().UTC().Truncate(time.Hour))
+}
+
+// insertUsage stores events in usage_events with one INSERT.
+func (s *Store) insertUsage(ctx context.Context, fresh []events.RequestCompletedV1) error {
 	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+`.usage_events (event_id, request_id, service_id, owner_id,
 	access_name, base_model, api_key_id, instance_id, endpoint, status, prompt_tokens, completion_tokens, total_tokens,
 	started_at, finished_at, occurred_at)`)
@@ -107,36 +125,4 @@ func (s *Store) unstoredUsage(ctx context.Context, batch []events.RequestComplet
 		}
 	}
 	return fresh, nil
-}
-
-// UsageLines implements billing.Reader from the raw events, each event ID
-// once, so it is exact whatever has been merged.
-func (s *Store) UsageLines(ctx context.Context, serviceID string, from, to time.Time) ([]billing.Line, error) {
-	rows, err := s.conn.Query(ctx, `SELECT toStartOfHour(at, 'UTC') AS h, k, m, count(), sum(p), sum(c)
-FROM (
-	SELECT event_id, any(occurred_at) AS at, any(api_key_id) AS k, any(base_model) AS m,
-		any(prompt_tokens) AS p, any(completion_tokens) AS c
-	FROM `+s.db+`.usage_events
-	WHERE service_id = ? AND occurred_at >= toDateTime(?) AND occurred_at < toDateTime(?)
-	GROUP BY event_id
-)
-GROUP BY h, k, m
-ORDER BY h, k, m`, serviceID, from.Unix(), to.Unix())
-	if err != nil {
-		return nil, errs.Wrap(errs.Unavailable, err, "usage of %s", serviceID)
-	}
-	defer rows.Close()
-	var out []billing.Line
-	for rows.Next() {
-		var l billing.Line
-		if err := rows.Scan(&l.Hour, &l.APIKeyID, &l.BaseModel, &l.Requests, &l.PromptTokens, &l.CompletionTokens); err != nil {
-			return nil, errs.Wrap(errs.Unavailable, err, "usage of %s", serviceID)
-		}
-		l.Hour = l.Hour.UTC()
-		out = append(out, l)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, errs.Wrap(errs.Unavailable, err, "usage of %s", serviceID)
-	}
-	return out, nil
 }

@@ -26,10 +26,20 @@ const (
 	DurableInstances = "billing-instances" // worker.instance.ready.v1 and stopped.v1 from WORKER
 	DurableServices  = "billing-services"  // deploy.service.created.v1 and deleted.v1 from DEPLOY
 	DurableReleases  = "billing-releases"  // scale.instance.released.v1.* from SCALE, kept when worker_gone
+	// DurableFailures reads worker.instance.failed.v1 from WORKER. It is a
+	// consumer of its own, added after the others, so that it starts from
+	// the beginning of the stream and ends the time of instances that
+	// failed before billing read failures.
+	DurableFailures = "billing-failures"
 )
 
 // Durables lists billing's consumers, whose dead letters the report counts.
-var Durables = []string{Durable, DurableInstances, DurableServices, DurableReleases}
+var Durables = []string{Durable, DurableInstances, DurableServices, DurableReleases, DurableFailures}
+
+// Lifecycle lists the consumers (stream and durable) that instance time
+// depends on: an instance may be taken for lost only once they have
+// stored everything.
+var Lifecycle = [][2]string{{events.StreamWorker, DurableInstances}, {events.StreamWorker, DurableFailures}, {events.StreamScale, DurableReleases}}
 
 // errSkip is what a decoder returns for a valid event billing has no use
 // for: it is acked and not stored.
@@ -194,7 +204,7 @@ const maxLinks = 128
 const tracerName = "github.com/modelport/modelport/services/billing/internal/transport"
 
 // Consume starts billing's consumers: usage, instance lifecycle (the
-// workers' ready and stopped events, and the scaler's releases of
+// workers' ready, stopped and failed events, and the scaler's releases of
 // instances whose worker died), and service lifecycle. The returned
 // channel closes once all have stopped after ctx ends.
 func Consume(ctx context.Context, js jetstream.JetStream, svc *billing.Service, dead *DeadLetters, cfg BatchConfig, log *slog.Logger) (<-chan struct{}, error) {
@@ -209,6 +219,11 @@ func Consume(ctx context.Context, js jetstream.JetStream, svc *billing.Service, 
 		&batchConsumer[billing.InstanceEvent]{
 			durable: DurableInstances, stream: events.StreamWorker,
 			filters: []string{events.SubjectInstanceReadyV1, events.SubjectInstanceStoppedV1},
+			decode:  decodeInstance, store: svc.RecordInstances, dead: dead, cfg: small, log: log,
+		},
+		&batchConsumer[billing.InstanceEvent]{
+			durable: DurableFailures, stream: events.StreamWorker,
+			filters: []string{events.SubjectInstanceFailedV1},
 			decode:  decodeInstance, store: svc.RecordInstances, dead: dead, cfg: small, log: log,
 		},
 		&batchConsumer[billing.InstanceEvent]{
@@ -272,6 +287,12 @@ func decodeInstance(subject string, data []byte) (billing.InstanceEvent, error) 
 			return out, err
 		}
 		out = billing.InstanceFromStopped(ev)
+	case events.SubjectInstanceFailedV1:
+		var ev events.InstanceFailedV1
+		if err := natsx.Decode(data, &ev); err != nil {
+			return out, err
+		}
+		out = billing.InstanceFromFailed(ev)
 	default:
 		return out, errs.E(errs.Invalid, "unexpected subject %s", subject)
 	}

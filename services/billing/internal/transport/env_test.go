@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/chtest"
 	"github.com/modelport/modelport/libs/events"
@@ -29,7 +30,8 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 type env struct {
 	t      *testing.T
 	ctx    context.Context
-	bus    *natsx.Bus
+	bus    *natsx.Bus // the test's own, as the test admin
+	svcBus *natsx.Bus // billing's, as its identity
 	store  *clickhouse.Store
 	dead   *transport.DeadLetters
 	url    string // the usage API, once serve has run
@@ -44,11 +46,11 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	bus, err := natsx.Open(ctx, natstest.New(t).ClientURL(), "test", 1, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bus.Close)
+	// Billing's parts run as its NATS identity (e.billing); the test plays
+	// the other services as the test admin (e.bus).
+	ns := natstest.New(t)
+	bus := ns.Bus(t, natstest.Admin)
+	billingBus := ns.Bus(t, access.Billing)
 	addr, db := chtest.New(t)
 	store, err := clickhouse.Open(addr, db)
 	if err != nil {
@@ -58,7 +60,7 @@ func newEnv(t *testing.T) *env {
 	if err := store.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, ctx: ctx, bus: bus, store: store, dead: transport.NewDeadLetters(bus.JS), chAddr: addr}
+	e := &env{t: t, ctx: ctx, bus: bus, svcBus: billingBus, store: store, dead: transport.NewDeadLetters(billingBus.JS), chAddr: addr}
 	keys := auth.NewKeyring(bus.KV(state.BucketAPIKeys))
 	for _, u := range []struct {
 		secret *string
@@ -86,16 +88,22 @@ func (e *env) service(owner auth.Key, method string, created time.Time) state.Se
 	return s
 }
 
-// billing returns the domain service over the env's store.
+// billing returns the domain service over the env's store, with the
+// built-in price list stored.
 func (e *env) billing(store billing.Store, opts ...billing.Option) *billing.Service {
-	return billing.New(store, transport.Services{KV: e.bus.KV(state.BucketServices)}, billing.DefaultPrices(), opts...)
+	e.t.Helper()
+	svc := billing.New(store, transport.Services{KV: e.svcBus.KV(state.BucketServices)}, opts...)
+	if _, err := svc.AddPrices(e.ctx, billing.DefaultPriceList()); err != nil {
+		e.t.Fatal(err)
+	}
+	return svc
 }
 
 // consume starts the consumers with svc and stops them at cleanup.
 func (e *env) consume(svc *billing.Service) {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(e.ctx)
-	done, err := transport.Consume(ctx, e.bus.JS, svc, e.dead, transport.BatchConfig{Size: 50, MaxWait: 50 * time.Millisecond}, quiet)
+	done, err := transport.Consume(ctx, e.svcBus.JS, svc, e.dead, transport.BatchConfig{Size: 50, MaxWait: 50 * time.Millisecond}, quiet)
 	if err != nil {
 		cancel()
 		e.t.Fatal(err)
@@ -108,7 +116,7 @@ func (e *env) consume(svc *billing.Service) {
 
 // serve starts the usage API with svc.
 func (e *env) serve(svc *billing.Service) {
-	srv := httptest.NewServer(transport.NewHandler(svc, e.dead, auth.NewKeyring(e.bus.KV(state.BucketAPIKeys)), quiet))
+	srv := httptest.NewServer(transport.NewHandler(svc, e.dead, auth.NewKeyring(e.svcBus.KV(state.BucketAPIKeys)), quiet))
 	e.t.Cleanup(srv.Close)
 	e.url = srv.URL
 }

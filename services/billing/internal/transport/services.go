@@ -18,3 +18,8 @@ func (s Services) Service(ctx context.Context, id string) (state.Service, error)
 	svc, _, err := state.Get[state.Service](ctx, s.KV, id)
 	return svc, err
 }
+
+// All returns every service in the bucket, deleted ones included.
+func (s Services) All(ctx context.Context) ([]state.Service, error) {
+	return state.List[state.Service](ctx, s.KV, ">")
+}

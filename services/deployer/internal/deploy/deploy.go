@@ -7,7 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -16,6 +16,7 @@ import (
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/deployer/internal/models"
 )
 
 // MaxInstances bounds one service's instance count.
@@ -65,6 +66,23 @@ type CreateRequest struct {
 	Autoscale *state.Autoscale `json:"autoscale,omitempty"`
 }
 
+// Models finds the base models a caller may deploy: its own, the public
+// ones and the operator's catalog; another owner's are errs.NotFound.
+// Implemented by *models.Registry.
+type Models interface {
+	Get(ctx context.Context, caller auth.Key, name string) (models.Model, error)
+}
+
+// catalogOnly is Models over the operator's catalog alone.
+type catalogOnly struct{ cat *catalog.Catalog }
+
+func (c catalogOnly) Get(_ context.Context, _ auth.Key, name string) (models.Model, error) {
+	if m, ok := c.cat.Lookup(name); ok {
+		return models.FromCatalog(m), nil
+	}
+	return models.Model{}, errs.E(errs.NotFound, "model %q not found", name)
+}
+
 // Manager creates and reads services. It is safe for concurrent use, by
 // any number of deployer replicas at once: every change is a
 // compare-and-set on the service's revision, and stores the event that
@@ -74,46 +92,70 @@ type CreateRequest struct {
 type Manager struct {
 	store   Store
 	catalog *catalog.Catalog
+	models  Models
 	pub     Publisher
 	now     func() time.Time
 	// retention is how long a deleted service's record stays.
 	retention time.Duration
 }
 
-// ManagerOption configures a Manager.
-type ManagerOption func(*Manager)
+// Option configures a Manager.
+type Option func(*Manager)
+
+// WithModels has services deploy the models r resolves, registered ones
+// included, instead of the catalog's alone.
+func WithModels(r Models) Option { return func(m *Manager) { m.models = r } }
 
 // WithClock has the manager read the time from now; tests move it.
-func WithClock(now func() time.Time) ManagerOption { return func(m *Manager) { m.now = now } }
+func WithClock(now func() time.Time) Option { return func(m *Manager) { m.now = now } }
 
 // WithRetention sets how long a deleted service's record stays before the
 // sweep removes it; default state.DeletedRetention.
-func WithRetention(d time.Duration) ManagerOption { return func(m *Manager) { m.retention = d } }
+func WithRetention(d time.Duration) Option { return func(m *Manager) { m.retention = d } }
 
-// NewManager returns a Manager.
-func NewManager(store Store, cat *catalog.Catalog, pub Publisher, opts ...ManagerOption) *Manager {
-	m := &Manager{store: store, catalog: cat, pub: pub, now: func() time.Time { return time.Now().UTC() }, retention: state.DeletedRetention}
+// NewManager returns a Manager deploying the catalog's models, and with
+// WithModels registered ones too.
+func NewManager(store Store, cat *catalog.Catalog, pub Publisher, opts ...Option) *Manager {
+	m := &Manager{store: store, catalog: cat, models: catalogOnly{cat}, pub: pub, now: func() time.Time { return time.Now().UTC() },
+		retention: state.DeletedRetention}
 	for _, o := range opts {
 		o(m)
 	}
 	return m
 }
 
-// Catalog returns the deployable models.
+// Catalog returns the operator's catalog.
 func (m *Manager) Catalog() []catalog.Model { return m.catalog.Models() }
 
-var namePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+// namePattern is the rule for service names and owner handles, the same
+// as for model names.
+var namePattern = models.NamePattern
 
-// Validate checks a request against the catalog and fills defaults: one
-// instance, per-token billing, and the model's only task when it has one.
-func (m *Manager) Validate(req *CreateRequest) error {
+// Validate checks a request against the base model the caller asks for
+// and fills defaults: one instance, per-token billing, and the model's
+// only task when it has one. It returns the model.
+func (m *Manager) Validate(ctx context.Context, caller auth.Key, req *CreateRequest) (models.Model, error) {
 	if !namePattern.MatchString(req.Name) {
-		return errs.InvalidParam("name", "name must be 1-63 lowercase letters, digits or hyphens, starting and ending with a letter or digit")
+		return models.Model{}, errs.InvalidParam("name", "name must be 1-63 lowercase letters, digits or hyphens, starting and ending with a letter or digit")
 	}
-	model, ok := m.catalog.Lookup(req.BaseModel)
-	if !ok {
-		return errs.InvalidParam("base_model", "unknown base model %q; GET /api/v1/catalog lists them", req.BaseModel)
+	if req.BaseModel == "" {
+		return models.Model{}, errs.InvalidParam("base_model", "base_model is required; GET /api/v1/models lists the models")
 	}
+	model, err := m.models.Get(ctx, caller, req.BaseModel)
+	if errs.KindOf(err) == errs.NotFound {
+		return models.Model{}, errs.InvalidParam("base_model", "unknown base model %q; GET /api/v1/models lists them", req.BaseModel)
+	}
+	if err != nil {
+		return models.Model{}, err
+	}
+	if err := validate(req, model); err != nil {
+		return models.Model{}, err
+	}
+	return model, nil
+}
+
+// validate checks and completes what the request asks of model.
+func validate(req *CreateRequest, model models.Model) error {
 	if req.Task == "" && len(model.Tasks) == 1 {
 		req.Task = model.Tasks[0]
 	}
@@ -167,11 +209,12 @@ func (m *Manager) create(ctx context.Context, caller auth.Key, req CreateRequest
 	if err := changes(caller); err != nil {
 		return state.Service{}, err
 	}
-	if err := m.Validate(&req); err != nil {
+	model, err := m.Validate(ctx, caller, &req)
+	if err != nil {
 		return state.Service{}, err
 	}
-	model, _ := m.catalog.Lookup(req.BaseModel)
 	now := m.now()
+	spec := model.Spec()
 	s := state.Service{
 		ID:            id,
 		OwnerID:       caller.OwnerID,
@@ -187,6 +230,7 @@ func (m *Manager) create(ctx context.Context, caller auth.Key, req CreateRequest
 		CreatedAt:     now,
 		UpdatedAt:     now,
 		Autoscale:     req.Autoscale,
+		Model:         &spec,
 	}
 	ev := events.ServiceCreatedV1{
 		Meta: events.NewMeta(), ServiceID: s.ID, OwnerID: s.OwnerID, Name: s.Name, AccessName: s.AccessName,
@@ -248,6 +292,26 @@ func (m *Manager) Instances(ctx context.Context, caller auth.Key, id string) ([]
 // becomes deleted and frees its name; a deleting or deleted service never
 // comes back to life.
 func (m *Manager) RefreshReady(ctx context.Context, serviceID string) error {
+	return m.refresh(ctx, serviceID, "")
+}
+
+// InstanceGone recounts a service whose instance the scaler released
+// because its worker stopped beating. A dead worker announces no stop, and
+// the scaler removes the instance's record and placement only after the
+// announcement, so the recount leaves that instance out: without it, a
+// service scaled to zero meanwhile would stay "scaling" with a ready
+// instance that no longer exists, and a deleting one whose last instance
+// it was would wait for the sweep to become deleted. An ordinary release
+// is recounted when its worker stops the instance.
+func (m *Manager) InstanceGone(ctx context.Context, ev events.InstanceReleasedV1) error {
+	if !ev.WorkerGone {
+		return nil
+	}
+	return m.refresh(ctx, ev.ServiceID, ev.InstanceID)
+}
+
+// refresh is RefreshReady, leaving out the instance gone, if any.
+func (m *Manager) refresh(ctx context.Context, serviceID, gone string) error {
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		pause(ctx, attempt)
 		s, rev, err := m.store.Get(ctx, serviceID)
@@ -271,6 +335,10 @@ func (m *Manager) RefreshReady(ctx context.Context, serviceID string) error {
 			if ps, err = m.store.Placements(ctx, serviceID); err != nil {
 				return err
 			}
+		}
+		if gone != "" {
+			insts = slices.DeleteFunc(insts, func(in state.Instance) bool { return in.ID == gone })
+			ps = slices.DeleteFunc(ps, func(p state.Placement) bool { return p.InstanceID == gone })
 		}
 		c := recount(s, insts, ps)
 		if !c.changes(s) {

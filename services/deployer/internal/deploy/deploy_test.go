@@ -15,6 +15,7 @@ import (
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/services/deployer/internal/deploy"
+	"github.com/modelport/modelport/services/deployer/internal/models"
 )
 
 // fakeStore is an in-memory deploy.Store with revisions, like the bucket.
@@ -264,7 +265,7 @@ func TestValidate(t *testing.T) {
 			if tc.filled != nil {
 				tc.filled(&want)
 			}
-			err := m.Validate(&r)
+			_, err := m.Validate(context.Background(), alice, &r)
 			if tc.wantParam == "" {
 				if err != nil {
 					t.Fatalf("Validate: %v", err)
@@ -298,6 +299,16 @@ func TestCreate(t *testing.T) {
 		BaseModel: "qwen2.5-7b-instruct", Task: state.TaskTextGeneration, Engine: "vllm", Instances: 2,
 		Status: state.StatusPending, StatusReason: deploy.PendingReason, BillingMethod: state.BillingPerToken, CreatedAt: s.CreatedAt, UpdatedAt: s.CreatedAt,
 	}
+	// The service carries the model as it was resolved, for its workers
+	// and the scaler.
+	wantModel := events.ModelSpec{Name: "qwen2.5-7b-instruct", Owner: "catalog", Source: "Qwen/Qwen2.5-7B-Instruct", Engine: "vllm", ContextLength: 32768, GPUs: 1}
+	if s.Model == nil || *s.Model != wantModel {
+		t.Errorf("model %+v, want %+v", s.Model, wantModel)
+	}
+	if stored := st.service(t, s.ID); stored.Model == nil || *stored.Model != wantModel {
+		t.Errorf("stored model %+v, want %+v", stored.Model, wantModel)
+	}
+	s.Model = nil
 	if got := s; !reflect.DeepEqual(got, want) {
 		t.Errorf("Create returned\n %+v, want\n %+v", got, want)
 	}
@@ -308,7 +319,9 @@ func TestCreate(t *testing.T) {
 		t.Errorf("created_at = %v, want now in UTC", s.CreatedAt)
 	}
 	// Stored, and its announcement, published, gone from its outbox.
-	if got := st.service(t, s.ID); !reflect.DeepEqual(got, want) {
+	stored := st.service(t, s.ID)
+	stored.Model = nil
+	if got := stored; !reflect.DeepEqual(got, want) {
 		t.Errorf("stored\n %+v, want\n %+v", got, want)
 	}
 
@@ -666,4 +679,55 @@ func TestAccessName(t *testing.T) {
 	if got, want := deploy.AccessName("8105f7322477", "test"), "u-8105f7322477/test"; got != want {
 		t.Errorf("AccessName = %q, want %q", got, want)
 	}
+}
+
+// ownModels is a deploy.Models with one model of alice's beside the catalog.
+type ownModels struct{ catalog deploy.Models }
+
+func (o ownModels) Get(ctx context.Context, caller auth.Key, name string) (models.Model, error) {
+	if name == "tiny" && caller.OwnerID == alice.OwnerID {
+		return models.Model{Name: "tiny", Owner: alice.OwnerID, Source: "file:///models/tiny.gguf", Format: "gguf", Engine: "ollama",
+			Tasks: []string{state.TaskTextGeneration}, ContextLength: 2048, MemoryBytes: 22 << 20}, nil
+	}
+	return o.catalog.Get(ctx, caller, name)
+}
+
+// TestCreateWithRegisteredModel: a service of an owner's own model
+// carries that model's spec; another owner cannot deploy it, and is told
+// so as for any unknown model.
+func TestCreateWithRegisteredModel(t *testing.T) {
+	st, pub := newFakeStore(), &fakePublisher{}
+	plain := deploy.NewManager(st, catalog.Default(), pub)
+	m := deploy.NewManager(st, catalog.Default(), pub, deploy.WithModels(ownModels{catalog: modelsOf(plain)}))
+	s, err := m.Create(context.Background(), alice, deploy.CreateRequest{Name: "mine", BaseModel: "tiny"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := events.ModelSpec{Name: "tiny", Owner: alice.OwnerID, Source: "file:///models/tiny.gguf", Format: "gguf", Engine: "ollama", ContextLength: 2048, MemoryBytes: 22 << 20}
+	if s.BaseModel != "tiny" || s.Engine != "ollama" || s.Task != state.TaskTextGeneration || s.Model == nil || *s.Model != want {
+		t.Errorf("service %+v with model %+v, want model %+v", s, s.Model, want)
+	}
+	_, err = m.Create(context.Background(), bob, deploy.CreateRequest{Name: "theirs", BaseModel: "tiny"})
+	if e, ok := errs.As(err); !ok || e.Kind != errs.Invalid || e.Param != "base_model" || !strings.Contains(e.Msg, `unknown base model "tiny"`) {
+		t.Errorf("bob deploys alice's model: %v", err)
+	}
+	if _, err := plain.Create(context.Background(), alice, deploy.CreateRequest{Name: "other", BaseModel: "tiny"}); errs.KindOf(err) != errs.Invalid {
+		t.Errorf("without the registry, registered models are unknown: %v", err)
+	}
+}
+
+// modelsOf is a Manager's own model lookup: the catalog alone.
+func modelsOf(m *deploy.Manager) deploy.Models {
+	return catalogModels{m.Catalog()}
+}
+
+type catalogModels struct{ list []catalog.Model }
+
+func (c catalogModels) Get(_ context.Context, _ auth.Key, name string) (models.Model, error) {
+	for _, m := range c.list {
+		if m.Name == name {
+			return models.FromCatalog(m), nil
+		}
+	}
+	return models.Model{}, errs.E(errs.NotFound, "model %s not found", name)
 }

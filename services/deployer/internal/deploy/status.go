@@ -79,16 +79,6 @@ func (m *Manager) InstanceFailed(ctx context.Context, ev events.InstanceFailedV1
 	})
 }
 
-// Released recounts a service whose instance the scaler released because
-// its worker stopped beating: the scaler removed the instance's record,
-// and the dead worker announces no stop.
-func (m *Manager) Released(ctx context.Context, ev events.InstanceReleasedV1) error {
-	if !ev.WorkerGone {
-		return nil // the worker stops it and announces the stop
-	}
-	return m.RefreshReady(ctx, ev.ServiceID)
-}
-
 // isFinal reports whether a status no event may change any more.
 func isFinal(status string) bool {
 	return status == state.StatusDeleting || status == state.StatusDeleted

@@ -117,3 +117,41 @@ func TestRetryFailed(t *testing.T) {
 		t.Fatalf("after a policy on a failed service: %s, %d events; want scaling, a second event", s.Status, len(pub.events))
 	}
 }
+
+// TestInstanceGone: the scaler announces a dead worker's instance gone
+// before it removes the instance's record, and the dead worker announces
+// no stop. The service recounts without that instance, so a service
+// scaled to zero meanwhile becomes idle instead of staying "scaling" with
+// a ready instance that no longer exists.
+func TestInstanceGone(t *testing.T) {
+	tests := []struct {
+		name       string
+		gone       bool // the release says the worker is gone
+		desired    int
+		status     string
+		wantStatus string
+		wantReady  int
+	}{
+		{name: "scaled to zero", gone: true, desired: 0, status: state.StatusScaling, wantStatus: state.StatusIdle, wantReady: 0},
+		{name: "still serving on the other", gone: true, desired: 2, status: state.StatusRunning, wantStatus: state.StatusDeploying, wantReady: 1},
+		{name: "an ordinary release waits for the worker's stop", gone: false, desired: 0, status: state.StatusScaling, wantStatus: state.StatusScaling, wantReady: 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m, st, _ := newManager()
+			st.put(state.Service{ID: "s1", OwnerID: alice.OwnerID, Engine: "ollama", Instances: tc.desired, Status: tc.status, ReadyInstances: 2})
+			st.instances["s1"] = []state.Instance{instance("on-dead-worker", state.InstanceReady, "ollama")}
+			if tc.desired > 0 || !tc.gone {
+				st.instances["s1"] = append(st.instances["s1"], instance("alive", state.InstanceReady, "ollama"))
+			}
+			ev := events.InstanceReleasedV1{Meta: events.NewMeta(), InstanceID: "on-dead-worker", ServiceID: "s1", WorkerID: "w2", WorkerGone: tc.gone}
+			if err := m.InstanceGone(context.Background(), ev); err != nil {
+				t.Fatal(err)
+			}
+			got := st.service(t, "s1")
+			if got.Status != tc.wantStatus || got.ReadyInstances != tc.wantReady {
+				t.Errorf("status %q with %d ready, want %q with %d", got.Status, got.ReadyInstances, tc.wantStatus, tc.wantReady)
+			}
+		})
+	}
+}

@@ -32,6 +32,13 @@ func ConsumeInstanceEvents(ctx context.Context, js jetstream.JetStream, m *deplo
 		return err
 	}
 	if err := natsx.Consume(ctx, js, natsx.Subscription{
+		Stream: events.StreamScale, Durable: "deployer-instance-gone", Filter: events.SubjectInstanceReleasedV1 + ".>",
+	}, log, func(ctx context.Context, ev events.InstanceReleasedV1) error {
+		return m.InstanceGone(ctx, ev)
+	}); err != nil {
+		return err
+	}
+	if err := natsx.Consume(ctx, js, natsx.Subscription{
 		Stream: events.StreamWorker, Durable: "deployer-instance-failed", Filter: events.SubjectInstanceFailedV1,
 	}, log, func(ctx context.Context, ev events.InstanceFailedV1) error {
 		return m.InstanceFailed(ctx, ev)
@@ -42,16 +49,6 @@ func ConsumeInstanceEvents(ctx context.Context, js jetstream.JetStream, m *deplo
 		Stream: events.StreamScale, Durable: "deployer-instance-placed", Filter: events.PlacementSubject("*"),
 	}, log, func(ctx context.Context, ev events.InstancePlacedV1) error {
 		return m.Placed(ctx, ev.ServiceID)
-	}); err != nil {
-		return err
-	}
-	if err := natsx.Consume(ctx, js, natsx.Subscription{
-		Stream: events.StreamScale, Durable: "deployer-instance-released", Filter: events.ReleaseSubject("*"),
-		// Only the releases from now on matter: the sweep recounts
-		// every service anyway.
-		DeliverNew: true,
-	}, log, func(ctx context.Context, ev events.InstanceReleasedV1) error {
-		return m.Released(ctx, ev)
 	}); err != nil {
 		return err
 	}

@@ -5,18 +5,19 @@ package transport
 import (
 	"bytes"
 	"cmp"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/httpx"
 	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/services/deployer/internal/deploy"
+	"github.com/modelport/modelport/services/deployer/internal/models"
 )
 
 // maxBody bounds control API request bodies.
@@ -53,10 +54,12 @@ func NewHandler(m *deploy.Manager, idem *deploy.Idempotent, ks *deploy.Keys, key
 }
 
 type handler struct {
-	m    *deploy.Manager
-	idem *deploy.Idempotent
-	ks   *deploy.Keys
-	log  *slog.Logger
+	m      *deploy.Manager
+	idem   *deploy.Idempotent
+	ks     *deploy.Keys
+	models *models.Registry // set by WithModels
+	log    *slog.Logger
+	events *EventStream // nil: the platform does not say where its events are
 }
 
 func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
@@ -68,8 +71,19 @@ func caller(r *http.Request) auth.Key {
 	return k
 }
 
-func (h *handler) catalog(w http.ResponseWriter, _ *http.Request) {
-	httpx.WriteJSON(w, http.StatusOK, h.m.Catalog())
+// catalog lists what the caller may deploy: with the model registry, the
+// same list as GET /api/v1/models; without it, the operator's catalog.
+func (h *handler) catalog(w http.ResponseWriter, r *http.Request) {
+	if h.models == nil {
+		httpx.WriteJSON(w, http.StatusOK, h.m.Catalog())
+		return
+	}
+	list, err := h.models.List(r.Context(), caller(r))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, list)
 }
 
 func (h *handler) create(w http.ResponseWriter, r *http.Request) {
@@ -169,7 +183,9 @@ func (h *handler) scale(w http.ResponseWriter, r *http.Request) {
 	httpx.WriteJSON(w, http.StatusOK, s)
 }
 
-// setAutoscale sets a service's autoscaling policy.
+// setAutoscale sets a service's autoscaling policy. The policy is the
+// whole body here, so an error names its field as sent: min_instances,
+// not autoscale.min_instances as in a create.
 func (h *handler) setAutoscale(w http.ResponseWriter, r *http.Request) {
 	var p state.Autoscale
 	if err := httpx.DecodeJSON(r, &p, maxBody); err != nil {
@@ -177,6 +193,9 @@ func (h *handler) setAutoscale(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s, err := h.m.SetAutoscale(r.Context(), caller(r), r.PathValue("id"), &p)
+	if e, ok := errs.As(err); ok && strings.HasPrefix(e.Param, "autoscale.") {
+		err = errs.InvalidParam(strings.TrimPrefix(e.Param, "autoscale."), "%s", e.Msg)
+	}
 	if err != nil {
 		h.fail(w, r, err)
 		return
@@ -206,8 +225,8 @@ func (h *handler) delete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if len(bytes.TrimSpace(b)) > 0 {
-		if err := json.Unmarshal(b, &req); err != nil {
-			h.fail(w, r, errs.InvalidParam("confirm_name", "send {\"confirm_name\": \"<the service's name>\"}: %v", err))
+		if err := httpx.Unmarshal(b, &req); err != nil {
+			h.fail(w, r, err)
 			return
 		}
 	}

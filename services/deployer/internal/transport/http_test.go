@@ -9,21 +9,29 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"sync"
 	"testing"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/catalog"
 	"github.com/modelport/modelport/libs/events"
+	"github.com/modelport/modelport/libs/gguftest"
 	"github.com/modelport/modelport/libs/natstest"
 	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/services/deployer/internal/deploy"
 	"github.com/modelport/modelport/services/deployer/internal/kvstore"
+	"github.com/modelport/modelport/services/deployer/internal/models"
+	"github.com/modelport/modelport/services/deployer/internal/modelstore"
 	"github.com/modelport/modelport/services/deployer/internal/transport"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// testEventsURL is where newEnv's control API says the event stream is.
+const testEventsURL = "nats://events.example.com:4222"
 
 // recorder keeps published events in the order they were published.
 type recorder struct {
@@ -57,14 +65,16 @@ func (r *recorder) scaled() []events.ServiceScaledV1 {
 }
 
 type env struct {
-	t     *testing.T
-	url   string
-	bus   *natsx.Bus
-	m     *deploy.Manager
-	pub   *recorder
-	alice string // secrets
-	bob   string
-	admin string
+	t   *testing.T
+	url string
+	// models is the model store's folder; tiny.gguf is in it.
+	models string
+	bus    *natsx.Bus
+	m      *deploy.Manager
+	pub    *recorder
+	alice  string // secrets
+	bob    string
+	admin  string
 }
 
 // newEnv serves the control API over real JetStream buckets, with users
@@ -73,13 +83,12 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	bus, err := natsx.Open(ctx, natstest.New(t).ClientURL(), "test", 1, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bus.Close)
+	// The deployer's parts run as its NATS identity; the test plays the
+	// other services as the test admin (e.bus).
+	ns := natstest.New(t)
+	bus := ns.Bus(t, access.Deployer)
 	keys := auth.NewKeyring(bus.KV(state.BucketAPIKeys))
-	e := &env{t: t, bus: bus, pub: &recorder{}}
+	e := &env{t: t, bus: ns.Bus(t, natstest.Admin), pub: &recorder{}}
 	for _, secret := range []*string{&e.alice, &e.bob, &e.admin} {
 		*secret = auth.NewSecret()
 		if err := keys.Put(ctx, auth.NewKey(*secret, auth.NewOwnerID(), secret == &e.admin)); err != nil {
@@ -87,10 +96,21 @@ func newEnv(t *testing.T) *env {
 		}
 	}
 	store := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketNames), bus.KV(state.BucketInstances), bus.KV(state.BucketPlacements))
-	e.m = deploy.NewManager(store, catalog.Default(), e.pub)
+	e.models = t.TempDir()
+	if err := gguftest.Write(filepath.Join(e.models, "tiny.gguf"), gguftest.Tiny()); err != nil {
+		t.Fatal(err)
+	}
+	files, err := modelstore.New([]string{e.models})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := models.NewRegistry(kvstore.NewModels(bus.KV(state.BucketModels)), catalog.Default(), files, store)
+	e.m = deploy.NewManager(store, catalog.Default(), e.pub, deploy.WithModels(reg))
 	srv := httptest.NewServer(transport.NewHandler(e.m, deploy.NewIdempotent(e.m, kvstore.NewClaims(bus.KV(state.BucketIdempotency))), deploy.NewKeys(keys, e.m), keys, quiet,
 		transport.WithOwners(deploy.NewOwners(kvstore.NewOwners(bus.KV(state.BucketOwners)), keys)),
-		transport.WithLive(transport.NewLive(e.m, bus.KV(state.BucketServices), bus.JS, ctx.Done(), quiet))))
+		transport.WithLive(transport.NewLive(e.m, bus.KV(state.BucketServices), bus.JS, ctx.Done(), quiet)),
+		transport.WithEventStream(transport.EventStream{NATSURL: testEventsURL}),
+		transport.WithModels(reg)))
 	t.Cleanup(srv.Close)
 	e.url = srv.URL
 	return e

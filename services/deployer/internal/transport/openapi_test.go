@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -212,6 +213,28 @@ func TestOpenAPIMatchesHandlers(t *testing.T) {
 	check(e.alice, "POST", "/api/v1/owners", "/api/v1/owners", `{"kind":"user","name":"x"}`, 403)
 	check(e.admin, "GET", "/api/v1/owners", "/api/v1/owners", "", 200)
 	check(e.alice, "GET", "/api/v1/me", "/api/v1/me", "", 200)
+	check(e.admin, "GET", "/api/v1/me", "/api/v1/me", "", 200) // with the event stream
+
+	// The model registry: register, list, read, deploy, and delete once
+	// nothing uses it.
+	const mods, mod = "/api/v1/models", "/api/v1/models/{name}"
+	tiny := `{"name":"tiny","source":"file://` + e.models + `/tiny.gguf"}`
+	check(e.alice, "POST", mods, mods, tiny, 201)
+	check(e.alice, "POST", mods, mods, tiny, 409)
+	check(e.alice, "POST", mods, mods, `{"name":"x","source":"ftp://host/x.gguf"}`, 400)
+	check(e.alice, "POST", mods, mods, `{"name":"x","source":"ollama://qwen2.5:0.5b","public":true}`, 403)
+	check(e.alice, "GET", mods, mods, "", 200)
+	check(e.alice, "GET", "/api/v1/catalog", "/api/v1/catalog", "", 200)
+	check(e.alice, "GET", mod, mods+"/tiny", "", 200)
+	check(e.bob, "GET", mod, mods+"/tiny", "", 404)
+	if err := json.Unmarshal(check(e.alice, "POST", svcs, svcs, `{"name":"tiny-chat","base_model":"tiny"}`, 201), &svc); err != nil {
+		t.Fatal(err)
+	}
+	check(e.alice, "DELETE", mod, mods+"/tiny", "", 409)
+	check(e.alice, "DELETE", mod, mods+"/qwen2.5-7b-instruct", "", 403)
+	check(e.alice, "DELETE", one, svcs+"/"+svc.ID, `{"confirm_name":"tiny-chat"}`, 202)
+	check(e.alice, "DELETE", mod, mods+"/tiny", "", 204)
+	check(e.alice, "DELETE", mod, mods+"/tiny", "", 404)
 
 	check(e.alice, "DELETE", one, svcs+"/"+id, `{"confirm_name":"wrong"}`, 400)
 	check(e.alice, "DELETE", one, svcs+"/"+id, `{"confirm_name":"docs"}`, 202)
@@ -248,4 +271,119 @@ func TestOpenAPIMatchesHandlers(t *testing.T) {
 func itoa(n int) string {
 	b, _ := json.Marshal(n)
 	return string(b)
+}
+
+// TestOpenAPIRefusesUnknownFields: every operation the document gives a
+// JSON body declares that body closed (additionalProperties: false, down
+// through the objects it holds), and the handler keeps that promise: a
+// field the document does not name is a documented 400 that names it.
+func TestOpenAPIRefusesUnknownFields(t *testing.T) {
+	b, err := os.ReadFile(openAPIFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Paths map[string]map[string]struct {
+			RequestBody *struct {
+				Content map[string]struct {
+					Schema map[string]any `json:"schema"`
+				} `json:"content"`
+			} `json:"requestBody"`
+			Responses map[string]json.RawMessage `json:"responses"`
+		} `json:"paths"`
+		Components struct {
+			Schemas map[string]map[string]any `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	resolve := func(s map[string]any) map[string]any {
+		if ref, ok := s["$ref"].(string); ok {
+			return doc.Components.Schemas[strings.TrimPrefix(ref, "#/components/schemas/")]
+		}
+		return s
+	}
+	// closed reports the first object schema under s that allows fields
+	// it does not name.
+	var closed func(s map[string]any, at string) error
+	closed = func(s map[string]any, at string) error {
+		s = resolve(s)
+		if s["type"] == "object" || s["properties"] != nil {
+			if s["additionalProperties"] != false {
+				return fmt.Errorf("%s: an object without additionalProperties: false", at)
+			}
+			props, _ := s["properties"].(map[string]any)
+			for name, p := range props {
+				if err := closed(p.(map[string]any), at+"."+name); err != nil {
+					return err
+				}
+			}
+		}
+		if items, ok := s["items"].(map[string]any); ok {
+			return closed(items, at+"[]")
+		}
+		return nil
+	}
+
+	e := newEnv(t)
+	svc := e.create(e.alice, "docs")
+	var org struct {
+		ID string `json:"id"`
+	}
+	if resp := e.do(e.admin, "POST", "/api/v1/owners", `{"kind":"organization","name":"docs-org"}`, &org); resp.StatusCode != 201 {
+		t.Fatalf("create owner: status %d", resp.StatusCode)
+	}
+	// ids fills each route's {id} with something that exists, so a refusal
+	// is about the body and not the path.
+	ids := map[string]string{
+		"/api/v1/services/{id}":           svc.ID,
+		"/api/v1/services/{id}/scale":     svc.ID,
+		"/api/v1/services/{id}/autoscale": svc.ID,
+		"/api/v1/owners/{id}/keys":        org.ID,
+	}
+	const unknown = "unknown_field_for_the_test"
+	withBody := 0
+	for route, ops := range doc.Paths {
+		for method, op := range ops {
+			if op.RequestBody == nil {
+				continue
+			}
+			withBody++
+			name := strings.ToUpper(method) + " " + route
+			media, ok := op.RequestBody.Content["application/json"]
+			if !ok {
+				t.Errorf("%s: the request body is not application/json", name)
+				continue
+			}
+			if err := closed(media.Schema, name+" body"); err != nil {
+				t.Errorf("%v", err)
+			}
+			if _, ok := op.Responses["400"]; !ok {
+				t.Errorf("%s takes a body but documents no 400", name)
+			}
+			path := route
+			if strings.Contains(route, "{id}") {
+				id, ok := ids[route]
+				if !ok {
+					t.Errorf("%s: give this test an id for the route", name)
+					continue
+				}
+				path = strings.ReplaceAll(route, "{id}", id)
+			}
+			var got errorBody
+			resp := e.do(e.admin, strings.ToUpper(method), path, `{"`+unknown+`":1}`, &got)
+			param := ""
+			if got.Error.Param != nil {
+				param = *got.Error.Param
+			}
+			if resp.StatusCode != 400 || param != unknown || !strings.Contains(got.Error.Message, `unknown field "`+unknown+`"`) {
+				t.Errorf("%s with an unknown field: status %d, param %q, message %q; want 400 naming %s",
+					name, resp.StatusCode, param, got.Error.Message, unknown)
+			}
+		}
+	}
+	if withBody < 7 {
+		t.Errorf("found %d operations with a body in %s, want every one (7 or more)", withBody, openAPIFile)
+	}
 }

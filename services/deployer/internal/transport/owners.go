@@ -50,12 +50,17 @@ func WithOwners(o *deploy.Owners) Option {
 			httpx.WriteJSON(w, http.StatusCreated, k)
 		})
 		mux.HandleFunc("GET /api/v1/me", func(w http.ResponseWriter, r *http.Request) {
-			me, err := o.Me(r.Context(), caller(r))
+			k := caller(r)
+			me, err := o.Me(r.Context(), k)
 			if err != nil {
 				h.fail(w, r, err)
 				return
 			}
-			httpx.WriteJSON(w, http.StatusOK, me)
+			view := meView{Me: me}
+			if k.Admin {
+				view.Events = h.events
+			}
+			httpx.WriteJSON(w, http.StatusOK, view)
 		})
 	}
 }

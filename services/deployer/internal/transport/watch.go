@@ -19,9 +19,9 @@ import (
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/httpx"
+	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/services/deployer/internal/deploy"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -278,8 +278,8 @@ func (l *Live) events(w http.ResponseWriter, r *http.Request, h *handler) {
 	httpx.WriteJSON(w, http.StatusOK, all)
 }
 
-// read scans one stream from start to its current end with an ordered
-// consumer and returns the last limit events about the service.
+// read scans one stream from start to its current end and returns the
+// last limit events about the service.
 func (l *Live) read(ctx context.Context, name, serviceID string, start time.Time, limit int) ([]LifecycleEvent, error) {
 	st, err := l.streams.Stream(ctx, name)
 	if err != nil {
@@ -293,39 +293,28 @@ func (l *Live) read(ctx context.Context, name, serviceID string, start time.Time
 	if info.State.Msgs == 0 || info.State.LastTime.Before(start) {
 		return nil, nil
 	}
-	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &start, InactiveThreshold: 10 * time.Second,
-	})
+	// Message by message, without a consumer: the deployer may read the
+	// streams, not create consumers on them.
+	r, err := natsx.NewStreamReader(ctx, st, start)
 	if err != nil {
 		return nil, errs.Wrap(errs.Unavailable, err, "read stream %s", name)
 	}
-	it, err := cons.Messages()
-	if err != nil {
-		return nil, errs.Wrap(errs.Unavailable, err, "read stream %s", name)
-	}
-	defer it.Stop()
 	var out []LifecycleEvent
 	for {
-		// The messages up to last are stored, so each comes at once; a
-		// wait means the rest aged out of the stream meanwhile.
-		msg, err := it.Next(jetstream.NextMaxWait(2 * time.Second))
-		if errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) {
-			return out, nil
+		msg, err := r.Next(ctx)
+		if errors.Is(err, natsx.ErrCaughtUp) {
+			return out, nil // the rest aged out of the stream meanwhile
 		}
 		if err != nil {
 			return nil, errs.Wrap(errs.Unavailable, err, "read stream %s", name)
 		}
-		md, err := msg.Metadata()
-		if err != nil {
-			return nil, errs.Wrap(errs.Unavailable, err, "read stream %s", name)
-		}
-		if ev, ok := lifecycleEvent(msg.Subject(), msg.Data(), serviceID); ok {
+		if ev, ok := lifecycleEvent(msg.Subject, msg.Data, serviceID); ok {
 			out = append(out, ev)
 			if len(out) > limit {
 				out = out[1:]
 			}
 		}
-		if md.Sequence.Stream >= last {
+		if msg.Sequence >= last {
 			return out, nil
 		}
 	}

@@ -11,11 +11,11 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/catalog"
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/natstest"
-	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/services/deployer/internal/deploy"
 	"github.com/modelport/modelport/services/deployer/internal/kvstore"
@@ -36,13 +36,12 @@ func newLiveEnv(t *testing.T) *liveEnv {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	bus, err := natsx.Open(ctx, natstest.New(t).ClientURL(), "test", 1, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bus.Close)
+	// The deployer's parts run as its NATS identity; the test plays the
+	// other services as the test admin (e.bus).
+	ns := natstest.New(t)
+	bus := ns.Bus(t, access.Deployer)
 	keys := auth.NewKeyring(bus.KV(state.BucketAPIKeys))
-	e := &liveEnv{env: &env{t: t, bus: bus}, done: make(chan struct{})}
+	e := &liveEnv{env: &env{t: t, bus: ns.Bus(t, natstest.Admin)}, done: make(chan struct{})}
 	for _, k := range []struct {
 		secret *string
 		admin  bool

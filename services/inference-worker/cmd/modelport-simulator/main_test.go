@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -358,6 +360,64 @@ func TestRunOllama(t *testing.T) {
 	resp.Body.Close()
 	if got, want := modelIDs(t, in.base+"/v1"), []string{"llama3.2:1b", "u-1/chat"}; resp.StatusCode != http.StatusOK || !slices.Equal(got, want) {
 		t.Errorf("after delete: %d, models %q, want %q", resp.StatusCode, got, want)
+	}
+}
+
+// The simulated Ollama imports models as Ollama does: blobs uploaded by
+// digest, then /api/create from them, with an adapter, or from a model it
+// has.
+func TestRunOllamaCreate(t *testing.T) {
+	in := startRun(t, []string{"ollama", "serve"}, map[string]string{"OLLAMA_HOST": "127.0.0.1:0"})
+	weights, adapter := []byte("GGUF tiny weights"), []byte("GGUF tiny adapter")
+	digest := func(b []byte) string {
+		sum := sha256.Sum256(b)
+		return "sha256:" + hex.EncodeToString(sum[:])
+	}
+	blob := func(method, digest string, body []byte) int {
+		t.Helper()
+		req, _ := http.NewRequest(method, in.base+"/api/blobs/"+digest, bytes.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := blob(http.MethodHead, digest(weights), nil); got != http.StatusNotFound {
+		t.Errorf("HEAD of a blob never uploaded: %d, want 404", got)
+	}
+	if got := blob(http.MethodPost, digest(adapter), weights); got != http.StatusBadRequest {
+		t.Errorf("upload under another content's digest: %d, want 400", got)
+	}
+	if status, body := httpPost(t, in.base+"/api/create", map[string]any{"model": "u-1/tiny", "files": map[string]string{"model.gguf": digest(weights)}}); status != http.StatusBadRequest {
+		t.Errorf("create before the upload: %d %s, want 400", status, body)
+	}
+	for _, b := range [][]byte{weights, adapter} {
+		if got := blob(http.MethodPost, digest(b), b); got != http.StatusCreated {
+			t.Fatalf("upload: %d, want 201", got)
+		}
+		if got := blob(http.MethodHead, digest(b), nil); got != http.StatusOK {
+			t.Errorf("HEAD after the upload: %d, want 200", got)
+		}
+	}
+	if status, body := httpPost(t, in.base+"/api/create", map[string]any{
+		"model": "u-1/tiny", "files": map[string]string{"model.gguf": digest(weights)}, "stream": false,
+	}); status != http.StatusOK || strings.TrimSpace(body) != `{"status":"success"}` {
+		t.Fatalf("create: %d %s", status, body)
+	}
+	if status, body := httpPost(t, in.base+"/api/create", map[string]any{
+		"model": "u-1/tuned", "from": "u-1/tiny", "adapters": map[string]string{"adapter.gguf": digest(adapter)},
+	}); status != http.StatusOK {
+		t.Fatalf("create from a model with an adapter: %d %s", status, body)
+	}
+	if status, body := httpPost(t, in.base+"/api/create", map[string]any{"model": "u-1/x", "from": "never-pulled"}); status != http.StatusNotFound {
+		t.Errorf("create from an unknown model: %d %s, want 404", status, body)
+	}
+	if got, want := modelIDs(t, in.base+"/v1"), []string{"u-1/tiny", "u-1/tuned"}; !slices.Equal(got, want) {
+		t.Errorf("models %q, want %q", got, want)
+	}
+	if content := chatContent(t, in.base+"/v1", "u-1/tuned"); !strings.Contains(content, digest(weights)) {
+		t.Errorf("the created model's answer %q does not name the blob it came from", content)
 	}
 }
 

@@ -2,10 +2,12 @@ package engine
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"net"
+	"net/url"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -39,7 +41,20 @@ type Request struct {
 	Method string
 	Path   string
 	Body   string // JSON
+	// File, when set, is a local file sent as the body instead of Body:
+	// model weights, for an engine that imports them.
+	File string
+	// Digests are local files whose SHA-256 digests stand in Path and Body
+	// for "{digest N}", N being the index here, as "sha256:<hex>". They are
+	// computed when the request is made, once per file version.
+	Digests []string
+	// SkipIfFound makes the request only when HEAD Path does not answer
+	// 200: a blob the engine has already is not sent again.
+	SkipIfFound bool
 }
+
+// digestOf is the placeholder for the digest of Digests[n].
+func digestOf(n int) string { return "{digest " + strconv.Itoa(n) + "}" }
 
 // Adapters are the engines that run as processes, by name.
 var Adapters = map[string]Adapter{
@@ -82,17 +97,14 @@ func check(engine string, spec Spec) error {
 		return fmt.Errorf("%s: instance %s: LoRA adapter %q has no path", engine, spec.InstanceID, spec.Adapter.Name)
 	case len(spec.Devices) > 0 && len(spec.Devices) != spec.GPUs:
 		return fmt.Errorf("%s: instance %s needs %d GPUs, was given %d", engine, spec.InstanceID, spec.GPUs, len(spec.Devices))
-	case spec.GPUs < 0 || spec.ContextLength < 0 || spec.TensorParallel < 0:
-		return fmt.Errorf("%s: instance %s: negative GPUs, context length or tensor parallel size", engine, spec.InstanceID)
+	case spec.GPUs < 0 || spec.ContextLength < 0 || spec.TensorParallel < 0 || spec.Threads < 0:
+		return fmt.Errorf("%s: instance %s: negative GPUs, context length, tensor parallel size or threads", engine, spec.InstanceID)
 	}
 	return nil
 }
 
 // hasLoRA reports whether spec serves a LoRA adapter.
 func hasLoRA(spec Spec) bool { return spec.Adapter.Path != "" }
-
-// errNoLoRA is returned by engines that cannot serve a LoRA adapter.
-var errNoLoRA = errors.New("LoRA adapters are not supported")
 
 // VLLM runs vLLM's OpenAI-compatible server.
 type VLLM struct{}
@@ -131,19 +143,19 @@ type LlamaCpp struct{}
 // Name implements Adapter.
 func (LlamaCpp) Name() string { return "llama.cpp" }
 
-// Command implements Adapter. A source that is a GGUF file or a path is
-// loaded with -m; anything else is a Hugging Face repository, which
+// Command implements Adapter. A source that is a GGUF file or a path (or
+// a file:// URL) is loaded with -m; anything else is a Hugging Face repository, which
 // llama-server downloads with -hf. Every layer goes to the GPUs when the
 // instance has any. A LoRA adapter applies to every request.
 func (l LlamaCpp) Command(spec Spec, host string, port int) (Command, error) {
 	if err := check(l.Name(), spec); err != nil {
 		return Command{}, err
 	}
-	model := "-m"
-	if !isPath(spec.Source) {
-		model = "-hf"
+	model, source := "-hf", spec.Source
+	if path, ok := localPath(spec.Source); ok {
+		model, source = "-m", path
 	}
-	args := []string{model, spec.Source, "--alias", spec.ServedName, "--host", host, "--port", strconv.Itoa(port)}
+	args := []string{model, source, "--alias", spec.ServedName, "--host", host, "--port", strconv.Itoa(port)}
 	if spec.ContextLength > 0 {
 		args = append(args, "-c", strconv.Itoa(spec.ContextLength))
 	}
@@ -152,8 +164,15 @@ func (l LlamaCpp) Command(spec Spec, host string, port int) (Command, error) {
 		layers = "0"
 	}
 	args = append(args, "-ngl", layers)
+	if spec.Threads > 0 {
+		args = append(args, "--threads", strconv.Itoa(spec.Threads))
+	}
 	if hasLoRA(spec) {
-		args = append(args, "--lora", spec.Adapter.Path)
+		lora := spec.Adapter.Path
+		if path, ok := localPath(lora); ok {
+			lora = path
+		}
+		args = append(args, "--lora", lora)
 	}
 	return Command{Program: "llama-server", Args: args, Env: env(spec), Health: "/health"}, nil
 }
@@ -196,29 +215,105 @@ type Ollama struct{}
 // Name implements Adapter.
 func (Ollama) Name() string { return "ollama" }
 
-// Command implements Adapter. Once the server answers, the model is pulled
-// and copied to the served name, so the OpenAI API at /v1 answers for the
-// access name. Ollama takes LoRA adapters only through a Modelfile, which
-// this adapter does not write.
+// Command implements Adapter. Once the server answers, the model is made
+// available under the served name, so that the OpenAI API at /v1 answers
+// for the access name:
+//
+//   - a local GGUF file (a path, or a file:// URL) is imported: its blob
+//     is uploaded unless Ollama has it already, then /api/create makes the
+//     model from it;
+//   - an Ollama tag (ollama://name:tag, or a bare name:tag) is pulled and
+//     copied to the served name, or created from when there is more to
+//     add.
+//
+// A LoRA adapter, a local GGUF file, is uploaded the same way and created
+// into the model, on an imported or a pulled base. Threads become the
+// model's num_thread parameter, set by /api/create as well.
 func (o Ollama) Command(spec Spec, host string, port int) (Command, error) {
 	if err := check(o.Name(), spec); err != nil {
 		return Command{}, err
-	}
-	if hasLoRA(spec) {
-		return Command{}, fmt.Errorf("ollama: instance %s: %w", spec.InstanceID, errNoLoRA)
 	}
 	e := env(spec)
 	e["OLLAMA_HOST"] = net.JoinHostPort(host, strconv.Itoa(port))
 	if spec.ContextLength > 0 {
 		e["OLLAMA_CONTEXT_LENGTH"] = strconv.Itoa(spec.ContextLength)
 	}
-	return Command{
-		Program: "ollama", Args: []string{"serve"}, Env: e, Health: "/",
-		Setup: []Request{
-			{Method: "POST", Path: "/api/pull", Body: jsonBody(map[string]any{"model": spec.Source, "stream": false})},
-			{Method: "POST", Path: "/api/copy", Body: jsonBody(map[string]any{"source": spec.Source, "destination": spec.ServedName})},
-		},
-	}, nil
+	model, local, err := ollamaSource(spec.Source)
+	if err != nil {
+		return Command{}, fmt.Errorf("ollama: instance %s: %w", spec.InstanceID, err)
+	}
+	var adapter string
+	if hasLoRA(spec) {
+		var ok bool
+		if adapter, ok, err = ollamaSource(spec.Adapter.Path); err != nil || !ok {
+			return Command{}, fmt.Errorf("ollama: instance %s: the LoRA adapter must be a local GGUF file, not %q", spec.InstanceID, spec.Adapter.Path)
+		}
+	}
+	var setup []Request
+	create := map[string]any{"model": spec.ServedName, "stream": false}
+	if spec.Threads > 0 {
+		create["parameters"] = map[string]any{"num_thread": spec.Threads}
+	}
+	var digests []string
+	if local {
+		digests = append(digests, model)
+		setup = append(setup, uploadBlob(model, len(digests)-1, digests))
+		create["files"] = map[string]string{"model.gguf": digestOf(len(digests) - 1)}
+	} else {
+		setup = append(setup, Request{Method: "POST", Path: "/api/pull", Body: jsonBody(map[string]any{"model": model, "stream": false})})
+		create["from"] = model
+	}
+	if adapter != "" {
+		digests = append(digests, adapter)
+		setup = append(setup, uploadBlob(adapter, len(digests)-1, digests))
+		create["adapters"] = map[string]string{"adapter.gguf": digestOf(len(digests) - 1)}
+	}
+	if local || adapter != "" || spec.Threads > 0 {
+		setup = append(setup, Request{Method: "POST", Path: "/api/create", Body: jsonBody(create), Digests: digests})
+	} else {
+		setup = append(setup, Request{Method: "POST", Path: "/api/copy", Body: jsonBody(map[string]any{"source": model, "destination": spec.ServedName})})
+	}
+	return Command{Program: "ollama", Args: []string{"serve"}, Env: e, Health: "/", Setup: setup}, nil
+}
+
+// uploadBlob is the request that gives Ollama a local file as a blob,
+// addressed by its digest, unless it has it already. n is the file's index
+// in digests.
+func uploadBlob(path string, n int, digests []string) Request {
+	return Request{Method: "POST", Path: "/api/blobs/" + digestOf(n), File: path, Digests: slices.Clone(digests[:n+1]), SkipIfFound: true}
+}
+
+// ollamaSource reads a model source as Ollama takes it: a local file
+// (absolute, resolved against the worker's folder when relative) or an
+// Ollama model name to pull.
+func ollamaSource(source string) (model string, local bool, err error) {
+	if path, ok := localPath(source); ok {
+		abs, err := filepath.Abs(path)
+		return abs, true, err
+	}
+	if name, ok := strings.CutPrefix(source, "ollama://"); ok {
+		source = name
+	}
+	if source == "" || strings.Contains(source, "://") {
+		return "", false, fmt.Errorf("source %q: Ollama takes a local GGUF file (a path or file:///path) or an Ollama model (ollama://name:tag)", source)
+	}
+	return source, false, nil
+}
+
+// localPath returns the file a model source names: a file:// URL (on this
+// host), or a path (see isPath).
+func localPath(source string) (string, bool) {
+	if strings.HasPrefix(source, "file://") {
+		u, err := url.Parse(source)
+		if err != nil || (u.Host != "" && u.Host != "localhost") || u.Path == "" {
+			return "", false
+		}
+		return u.Path, true
+	}
+	if !strings.Contains(source, "://") && isPath(source) {
+		return source, true
+	}
+	return "", false
 }
 
 // jsonBody encodes a request body; map keys come out sorted.

@@ -1,7 +1,10 @@
 package engine_test
 
 import (
+	"fmt"
 	"maps"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -81,7 +84,7 @@ func runAdapterCases(t *testing.T, a engine.Adapter, tests []adapterCase) {
 			if cmd.Health != wantHealth {
 				t.Errorf("health = %q, want %q", cmd.Health, wantHealth)
 			}
-			if !slices.Equal(cmd.Setup, tc.wantSetup) {
+			if !reflect.DeepEqual(cmd.Setup, tc.wantSetup) {
 				t.Errorf("setup\n got %+v\nwant %+v", cmd.Setup, tc.wantSetup)
 			}
 		})
@@ -106,6 +109,7 @@ func commonErrors() []adapterCase {
 		{name: "LoRA without a path", spec: base(func(s *engine.Spec) { s.Adapter = engine.LoRA{Name: "sql"} }), wantErr: `LoRA adapter "sql" has no path`},
 		{name: "fewer devices than GPUs", spec: base(func(s *engine.Spec) { s.GPUs = 2 }), wantErr: "needs 2 GPUs, was given 1"},
 		{name: "negative context", spec: base(func(s *engine.Spec) { s.ContextLength = -1 }), wantErr: "negative"},
+		{name: "negative threads", spec: base(func(s *engine.Spec) { s.Threads = -1 }), wantErr: "negative"},
 	}
 }
 
@@ -205,6 +209,23 @@ func TestLlamaCppCommand(t *testing.T) {
 			wantEnv: map[string]string{"CUDA_VISIBLE_DEVICES": "-1"},
 		},
 		{
+			name: "file URL and a LoRA file URL",
+			spec: base(onCPU, func(s *engine.Spec) {
+				s.Source = "file:///models/tiny.gguf"
+				s.Adapter = engine.LoRA{Name: "sql", Path: "file:///loras/sql.gguf"}
+			}),
+			wantArgs: []string{"-m", "/models/tiny.gguf", "--alias", "u-a11ce0000001/chat",
+				"--host", "0.0.0.0", "--port", "9101", "-c", "32768", "-ngl", "0", "--lora", "/loras/sql.gguf"},
+			wantEnv: map[string]string{"CUDA_VISIBLE_DEVICES": "-1"},
+		},
+		{
+			name: "CPU threads",
+			spec: base(gguf, onCPU, func(s *engine.Spec) { s.Threads = 2 }),
+			wantArgs: []string{"-m", "/models/qwen2.5-0.5b-instruct-q4_k_m.gguf", "--alias", "u-a11ce0000001/tiny",
+				"--host", "0.0.0.0", "--port", "9101", "-c", "32768", "-ngl", "0", "--threads", "2"},
+			wantEnv: map[string]string{"CUDA_VISIBLE_DEVICES": "-1"},
+		},
+		{
 			name: "two GPUs split by llama.cpp itself",
 			spec: base(gguf, twoGPUs, func(s *engine.Spec) { s.Env = map[string]string{"LLAMA_ARG_THREADS": "8"} }),
 			wantArgs: []string{"-m", "/models/qwen2.5-0.5b-instruct-q4_k_m.gguf", "--alias", "u-a11ce0000001/tiny",
@@ -246,18 +267,41 @@ func TestSGLangCommand(t *testing.T) {
 
 func TestOllamaCommand(t *testing.T) {
 	tag := func(s *engine.Spec) { s.Source = "qwen2.5:0.5b" }
-	setup := []engine.Request{
+	gguf := func(s *engine.Spec) { s.Source = "/models/tiny.gguf" }
+	lora := func(s *engine.Spec) { s.Adapter = engine.LoRA{Name: "sql", Path: "file:///loras/sql.gguf"} }
+	pull := []engine.Request{
 		{Method: "POST", Path: "/api/pull", Body: `{"model":"qwen2.5:0.5b","stream":false}`},
 		{Method: "POST", Path: "/api/copy", Body: `{"destination":"u-a11ce0000001/chat","source":"qwen2.5:0.5b"}`},
 	}
+	upload := func(n int, files ...string) engine.Request {
+		return engine.Request{Method: "POST", Path: fmt.Sprintf("/api/blobs/{digest %d}", n), File: files[n], Digests: files, SkipIfFound: true}
+	}
+	imported := []engine.Request{
+		upload(0, "/models/tiny.gguf"),
+		{Method: "POST", Path: "/api/create", Body: `{"files":{"model.gguf":"{digest 0}"},"model":"u-a11ce0000001/chat","stream":false}`,
+			Digests: []string{"/models/tiny.gguf"}},
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	relative := filepath.Join(cwd, "models", "tiny.gguf")
 	tests := []adapterCase{
 		{
-			name:       "one GPU",
+			name:       "pulled, one GPU",
 			spec:       base(tag),
 			wantArgs:   []string{"serve"},
 			wantEnv:    map[string]string{"OLLAMA_HOST": "0.0.0.0:9101", "OLLAMA_CONTEXT_LENGTH": "32768", "CUDA_VISIBLE_DEVICES": "2"},
 			wantHealth: "/",
-			wantSetup:  setup,
+			wantSetup:  pull,
+		},
+		{
+			name:       "pulled by an ollama:// source",
+			spec:       base(func(s *engine.Spec) { s.Source = "ollama://qwen2.5:0.5b" }),
+			wantArgs:   []string{"serve"},
+			wantEnv:    map[string]string{"OLLAMA_HOST": "0.0.0.0:9101", "OLLAMA_CONTEXT_LENGTH": "32768", "CUDA_VISIBLE_DEVICES": "2"},
+			wantHealth: "/",
+			wantSetup:  pull,
 		},
 		{
 			name:       "on CPU, IPv6, no context length",
@@ -266,7 +310,7 @@ func TestOllamaCommand(t *testing.T) {
 			wantArgs:   []string{"serve"},
 			wantEnv:    map[string]string{"OLLAMA_HOST": "[::1]:9101", "CUDA_VISIBLE_DEVICES": "-1"},
 			wantHealth: "/",
-			wantSetup:  setup,
+			wantSetup:  pull,
 		},
 		{
 			name: "the address wins over the spec's environment",
@@ -276,9 +320,105 @@ func TestOllamaCommand(t *testing.T) {
 			wantArgs:   []string{"serve"},
 			wantEnv:    map[string]string{"OLLAMA_HOST": "0.0.0.0:9101", "OLLAMA_CONTEXT_LENGTH": "32768", "OLLAMA_KEEP_ALIVE": "-1"},
 			wantHealth: "/",
-			wantSetup:  setup,
+			wantSetup:  pull,
 		},
-		{name: "LoRA", spec: base(tag, withLoRA), wantErr: "LoRA adapters are not supported"},
+		{
+			name:       "a local GGUF file is imported",
+			spec:       base(gguf, onCPU),
+			wantArgs:   []string{"serve"},
+			wantEnv:    map[string]string{"OLLAMA_HOST": "0.0.0.0:9101", "OLLAMA_CONTEXT_LENGTH": "32768", "CUDA_VISIBLE_DEVICES": "-1"},
+			wantHealth: "/",
+			wantSetup:  imported,
+		},
+		{
+			name:       "a file URL is imported",
+			spec:       base(onCPU, func(s *engine.Spec) { s.Source = "file:///models/tiny.gguf" }),
+			wantArgs:   []string{"serve"},
+			wantEnv:    map[string]string{"OLLAMA_HOST": "0.0.0.0:9101", "OLLAMA_CONTEXT_LENGTH": "32768", "CUDA_VISIBLE_DEVICES": "-1"},
+			wantHealth: "/",
+			wantSetup:  imported,
+		},
+		{
+			name:       "a relative path is the worker's",
+			spec:       base(onCPU, func(s *engine.Spec) { s.Source = "models/tiny.gguf"; s.ContextLength = 0 }),
+			wantArgs:   []string{"serve"},
+			wantEnv:    map[string]string{"OLLAMA_HOST": "0.0.0.0:9101", "CUDA_VISIBLE_DEVICES": "-1"},
+			wantHealth: "/",
+			wantSetup: []engine.Request{
+				upload(0, relative),
+				{Method: "POST", Path: "/api/create", Body: `{"files":{"model.gguf":"{digest 0}"},"model":"u-a11ce0000001/chat","stream":false}`,
+					Digests: []string{relative}},
+			},
+		},
+		{
+			name:       "an imported model with a LoRA adapter",
+			spec:       base(gguf, onCPU, lora),
+			wantArgs:   []string{"serve"},
+			wantEnv:    map[string]string{"OLLAMA_HOST": "0.0.0.0:9101", "OLLAMA_CONTEXT_LENGTH": "32768", "CUDA_VISIBLE_DEVICES": "-1"},
+			wantHealth: "/",
+			wantSetup: []engine.Request{
+				upload(0, "/models/tiny.gguf"),
+				upload(1, "/models/tiny.gguf", "/loras/sql.gguf"),
+				{Method: "POST", Path: "/api/create",
+					Body:    `{"adapters":{"adapter.gguf":"{digest 1}"},"files":{"model.gguf":"{digest 0}"},"model":"u-a11ce0000001/chat","stream":false}`,
+					Digests: []string{"/models/tiny.gguf", "/loras/sql.gguf"}},
+			},
+		},
+		{
+			name:       "a pulled model with a LoRA adapter",
+			spec:       base(tag, lora),
+			wantArgs:   []string{"serve"},
+			wantEnv:    map[string]string{"OLLAMA_HOST": "0.0.0.0:9101", "OLLAMA_CONTEXT_LENGTH": "32768", "CUDA_VISIBLE_DEVICES": "2"},
+			wantHealth: "/",
+			wantSetup: []engine.Request{
+				pull[0],
+				upload(0, "/loras/sql.gguf"),
+				{Method: "POST", Path: "/api/create",
+					Body:    `{"adapters":{"adapter.gguf":"{digest 0}"},"from":"qwen2.5:0.5b","model":"u-a11ce0000001/chat","stream":false}`,
+					Digests: []string{"/loras/sql.gguf"}},
+			},
+		},
+		{
+			name:       "an imported model on one CPU thread",
+			spec:       base(gguf, onCPU, func(s *engine.Spec) { s.Threads = 1 }),
+			wantArgs:   []string{"serve"},
+			wantEnv:    map[string]string{"OLLAMA_HOST": "0.0.0.0:9101", "OLLAMA_CONTEXT_LENGTH": "32768", "CUDA_VISIBLE_DEVICES": "-1"},
+			wantHealth: "/",
+			wantSetup: []engine.Request{
+				imported[0],
+				{Method: "POST", Path: "/api/create", Body: `{"files":{"model.gguf":"{digest 0}"},"model":"u-a11ce0000001/chat","parameters":{"num_thread":1},"stream":false}`,
+					Digests: []string{"/models/tiny.gguf"}},
+			},
+		},
+		{
+			name:       "a pulled model on four CPU threads is created from the pulled one",
+			spec:       base(tag, onCPU, func(s *engine.Spec) { s.Threads = 4 }),
+			wantArgs:   []string{"serve"},
+			wantEnv:    map[string]string{"OLLAMA_HOST": "0.0.0.0:9101", "OLLAMA_CONTEXT_LENGTH": "32768", "CUDA_VISIBLE_DEVICES": "-1"},
+			wantHealth: "/",
+			wantSetup: []engine.Request{
+				pull[0],
+				{Method: "POST", Path: "/api/create", Body: `{"from":"qwen2.5:0.5b","model":"u-a11ce0000001/chat","parameters":{"num_thread":4},"stream":false}`},
+			},
+		},
+		{name: "a LoRA that is not a local file", spec: base(tag, withLoRA, func(s *engine.Spec) { s.Adapter.Path = "org/sql-lora" }),
+			wantErr: "the LoRA adapter must be a local GGUF file"},
+		{name: "a source Ollama cannot read", spec: base(func(s *engine.Spec) { s.Source = "s3://bucket/tiny.gguf" }),
+			wantErr: "Ollama takes a local GGUF file"},
+		{name: "a file on another host", spec: base(func(s *engine.Spec) { s.Source = "file://models.example/tiny.gguf" }),
+			wantErr: "Ollama takes a local GGUF file"},
+		{
+			name:       "an escaped file URL",
+			spec:       base(onCPU, func(s *engine.Spec) { s.Source = "file:///my%20models/tiny.gguf" }),
+			wantArgs:   []string{"serve"},
+			wantEnv:    map[string]string{"OLLAMA_HOST": "0.0.0.0:9101", "OLLAMA_CONTEXT_LENGTH": "32768", "CUDA_VISIBLE_DEVICES": "-1"},
+			wantHealth: "/",
+			wantSetup: []engine.Request{
+				upload(0, "/my models/tiny.gguf"),
+				{Method: "POST", Path: "/api/create", Body: `{"files":{"model.gguf":"{digest 0}"},"model":"u-a11ce0000001/chat","stream":false}`,
+					Digests: []string{"/my models/tiny.gguf"}},
+			},
+		},
 	}
 	runAdapterCases(t, engine.Ollama{}, append(tests, commonErrors()...))
 }

@@ -43,6 +43,10 @@ type Spec struct {
 	// Devices are the GPU indices the worker assigned to the instance, as
 	// CUDA numbers them; empty when the worker does not assign GPUs.
 	Devices []int
+	// Threads is how many CPU threads the engine computes with; 0: the
+	// engine decides (llama.cpp and Ollama take every core). Process sets
+	// it for instances without GPUs from its CPUThreads.
+	Threads int
 }
 
 // LoRA is a low-rank adapter: a name for people and where its weights are.

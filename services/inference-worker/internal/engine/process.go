@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,6 +41,10 @@ type Process struct {
 	// Log receives the engines' output at debug level and their life
 	// events; nil: nowhere.
 	Log *slog.Logger
+	// CPUThreads, when above 0, is the Threads of every instance that has
+	// no GPUs and does not set its own: on a shared or small host, engines
+	// that each spin one thread per core slow each other down badly.
+	CPUThreads int
 
 	poolOnce sync.Once
 	pool     *portPool // shared by a Registry's engines
@@ -67,6 +73,9 @@ func (p *Process) Start(_ context.Context, spec Spec) (Instance, error) {
 	host := p.Ports.Host
 	if host == "" {
 		host = "127.0.0.1"
+	}
+	if spec.GPUs == 0 && spec.Threads == 0 {
+		spec.Threads = p.CPUThreads
 	}
 	cmd, err := p.Adapter.Command(spec, host, port)
 	if err != nil {
@@ -170,25 +179,67 @@ func setup(base string, reqs []Request) func(context.Context) error {
 }
 
 func do(ctx context.Context, base string, r Request) error {
-	req, err := http.NewRequestWithContext(ctx, r.Method, base+r.Path, strings.NewReader(r.Body))
+	path, body := r.Path, r.Body
+	for i, file := range r.Digests {
+		sum, err := fileDigests.of(file)
+		if err != nil {
+			return err
+		}
+		path = strings.ReplaceAll(path, digestOf(i), sum)
+		body = strings.ReplaceAll(body, digestOf(i), sum)
+	}
+	if r.SkipIfFound {
+		req, err := http.NewRequestWithContext(ctx, http.MethodHead, base+path, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := setupClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			return nil
+		}
+	}
+	var content io.Reader = strings.NewReader(body)
+	size := int64(len(body))
+	if r.File != "" {
+		f, err := os.Open(r.File)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		content, size = f, st.Size()
+	}
+	req, err := http.NewRequestWithContext(ctx, r.Method, base+path, content)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", "application/json")
+	req.ContentLength = size
+	if r.File == "" {
+		req.Header.Set("Content-Type", "application/json")
+	} else {
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
 	resp, err := setupClient.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
 		return err
 	}
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(body))
+		return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(answer))
 	}
 	// A streamed answer reports errors in a line of its own.
-	sc := bufio.NewScanner(bytes.NewReader(body))
+	sc := bufio.NewScanner(bytes.NewReader(answer))
 	for sc.Scan() {
 		var line struct {
 			Error string `json:"error"`
@@ -198,6 +249,70 @@ func do(ctx context.Context, base string, r Request) error {
 		}
 	}
 	return nil
+}
+
+// fileDigests remembers the digests of model files: hashing weights takes
+// a while, and every instance of a model needs the same digest.
+var fileDigests = &digestCache{sums: map[fileVersion]*digest{}}
+
+// digestCache computes each file version's SHA-256 digest once, however
+// many instances ask at the same time. It is safe for concurrent use.
+type digestCache struct {
+	mu   sync.Mutex
+	sums map[fileVersion]*digest
+}
+
+// fileVersion tells versions of a file apart, as make does: a changed
+// file has another size or modification time.
+type fileVersion struct {
+	path    string
+	size    int64
+	modTime int64
+}
+
+type digest struct {
+	once sync.Once
+	sum  string
+	err  error
+}
+
+// of returns path's digest as "sha256:<hex>".
+func (c *digestCache) of(path string) (string, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("%s is not a file", path)
+	}
+	v := fileVersion{path: path, size: st.Size(), modTime: st.ModTime().UnixNano()}
+	c.mu.Lock()
+	d, ok := c.sums[v]
+	if !ok {
+		d = &digest{}
+		c.sums[v] = d
+	}
+	c.mu.Unlock()
+	d.once.Do(func() {
+		f, err := os.Open(path)
+		if err != nil {
+			d.err = err
+			return
+		}
+		defer f.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			d.err = fmt.Errorf("hash %s: %w", path, err)
+			return
+		}
+		d.sum = "sha256:" + hex.EncodeToString(h.Sum(nil))
+	})
+	if d.err != nil {
+		c.mu.Lock()
+		delete(c.sums, v) // a later attempt tries again
+		c.mu.Unlock()
+	}
+	return d.sum, d.err
 }
 
 // mergeEnv sets vars on top of environ.

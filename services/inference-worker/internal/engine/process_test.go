@@ -189,15 +189,17 @@ func chat(t *testing.T, inst engine.Instance, model string) string {
 func TestProcessEngines(t *testing.T) {
 	const served = "u-a11ce0000001/chat"
 	tests := []struct {
-		name     string
-		adapter  engine.Adapter
-		spec     engine.Spec
-		wantArgv func(port string) []string
-		wantEnv  func(port string) map[string]string
+		name       string
+		adapter    engine.Adapter
+		cpuThreads int // the Process's CPUThreads
+		spec       engine.Spec
+		wantArgv   func(port string) []string
+		wantEnv    func(port string) map[string]string
 	}{
 		{
-			name:    "vllm",
-			adapter: engine.VLLM{},
+			name:       "vllm",
+			adapter:    engine.VLLM{},
+			cpuThreads: 3, // not for an instance with GPUs
 			spec: engine.Spec{InstanceID: "i-1", ServedName: served, BaseModel: "qwen2.5-7b-instruct", Source: "Qwen/Qwen2.5-7B-Instruct",
 				ContextLength: 32768, GPUs: 2, TensorParallel: 2, Devices: []int{1, 3}, Env: map[string]string{"HF_HOME": "/models/hf"}},
 			wantArgv: func(port string) []string {
@@ -232,6 +234,18 @@ func TestProcessEngines(t *testing.T) {
 			wantEnv: func(string) map[string]string { return map[string]string{"CUDA_VISIBLE_DEVICES": "-1"} },
 		},
 		{
+			name:       "llama.cpp with CPU threads",
+			adapter:    engine.LlamaCpp{},
+			cpuThreads: 3,
+			spec: engine.Spec{InstanceID: "i-1", ServedName: served, BaseModel: "qwen2.5-0.5b-instruct-gguf",
+				Source: "file:///models/qwen2.5-0.5b-instruct-q4_k_m.gguf"},
+			wantArgv: func(port string) []string {
+				return []string{"llama-server", "-m", "/models/qwen2.5-0.5b-instruct-q4_k_m.gguf", "--alias", served,
+					"--host", "127.0.0.1", "--port", port, "-ngl", "0", "--threads", "3"}
+			},
+			wantEnv: func(string) map[string]string { return map[string]string{"CUDA_VISIBLE_DEVICES": "-1"} },
+		},
+		{
 			name:    "sglang",
 			adapter: engine.SGLang{},
 			spec: engine.Spec{InstanceID: "i-1", ServedName: served, BaseModel: "qwen2.5-7b-instruct", Source: "Qwen/Qwen2.5-7B-Instruct",
@@ -257,6 +271,7 @@ func TestProcessEngines(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			f := newFakeProcess(t, tc.adapter, fast)
+			f.CPUThreads = tc.cpuThreads
 			inst := start(t, f, tc.spec)
 			if got, want := inst.Engine(), tc.adapter.Name(); got != want {
 				t.Errorf("engine = %q, want %q", got, want)
@@ -292,6 +307,47 @@ func TestProcessEngines(t *testing.T) {
 				t.Errorf("event %+v after Stop, want the channel closed", ev)
 			}
 		})
+	}
+}
+
+// TestProcessOllamaImports runs the import of a local GGUF model and its
+// LoRA adapter against the simulated Ollama, which checks each blob's
+// digest against its content: the instance is ready only once the model
+// is created under the served name. A restarted engine gets the same
+// setup again, and blobs it has are not sent twice.
+func TestProcessOllamaImports(t *testing.T) {
+	dir := t.TempDir()
+	model, adapter := filepath.Join(dir, "tiny.gguf"), filepath.Join(dir, "lora.gguf")
+	for path, content := range map[string]string{model: "GGUF weights", adapter: "GGUF adapter"} {
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const served = "u-a11ce0000001/tuned"
+	f := newFakeProcess(t, engine.Ollama{}, fast)
+	f.CPUThreads = 1
+	inst := start(t, f, engine.Spec{InstanceID: "i-1", ServedName: served, BaseModel: "tiny", Source: "file://" + model,
+		Adapter: engine.LoRA{Name: "tuned", Path: adapter}})
+	await(t, inst, "ready", isReady)
+	if got := chat(t, inst, served); got != served {
+		t.Errorf("the answer names model %q, want %q", got, served)
+	}
+	// A crash: the restarted engine knows nothing, and is set up again.
+	// (The simulated Ollama answers a create that sets num_thread as it
+	// does any other.)
+	if err := syscall.Kill(-pgid(t, inst), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	await(t, inst, "ready again after a restart", func(ev engine.Event) bool { return ev.State == engine.Ready && ev.Restarts >= 1 })
+	chat(t, inst, served)
+
+	// A model file that is gone fails the setup, and so the instance.
+	f2 := newFakeProcess(t, engine.Ollama{}, fast)
+	f2.Policy.StartTimeout = 2 * time.Second
+	inst2 := start(t, f2, engine.Spec{InstanceID: "i-2", ServedName: served, Source: filepath.Join(dir, "missing.gguf")})
+	ev := await(t, inst2, "failed", isFailed)
+	if !strings.Contains(ev.Failure.Reason+ev.Failure.LogTail, "missing.gguf") {
+		t.Errorf("failure %+v does not name the missing file", ev.Failure)
 	}
 }
 
@@ -420,8 +476,8 @@ func TestProcessProgramMissing(t *testing.T) {
 
 func TestProcessRejects(t *testing.T) {
 	f := newFakeProcess(t, engine.Ollama{}, fast)
-	_, err := f.Start(context.Background(), engine.Spec{InstanceID: "i-1", ServedName: "m", Source: "qwen", Adapter: engine.LoRA{Path: "/l"}})
-	if err == nil || !strings.Contains(err.Error(), "LoRA") {
+	_, err := f.Start(context.Background(), engine.Spec{InstanceID: "i-1", ServedName: "m", Source: "s3://models/m.gguf"})
+	if err == nil || !strings.Contains(err.Error(), "Ollama takes a local GGUF file") {
 		t.Fatalf("err = %v, want the adapter's", err)
 	}
 	// The port went back: the only one in the range serves the next start.
@@ -430,7 +486,7 @@ func TestProcessRejects(t *testing.T) {
 	lns[0].Close()
 	f.Ports = engine.Ports{Host: "127.0.0.1", First: only, Last: only}
 	for range 2 {
-		if _, err := f.Start(context.Background(), engine.Spec{InstanceID: "i-2", ServedName: "m", Source: "q", Adapter: engine.LoRA{Path: "/l"}}); err == nil || strings.Contains(err.Error(), "no free port") {
+		if _, err := f.Start(context.Background(), engine.Spec{InstanceID: "i-2", ServedName: "m", Source: "s3://q"}); err == nil || strings.Contains(err.Error(), "no free port") {
 			t.Fatalf("err = %v, want the adapter's, not a lost port", err)
 		}
 	}

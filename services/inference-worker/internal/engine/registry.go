@@ -38,6 +38,9 @@ type Registry struct {
 	// Override, when set, runs every instance on this engine whatever its
 	// spec names: "simulator" on a machine without GPUs.
 	Override string
+	// CPUThreads, when above 0, caps the CPU threads of engine processes
+	// that run without GPUs (see Process.CPUThreads).
+	CPUThreads int
 
 	once    sync.Once
 	engines map[string]Engine
@@ -52,7 +55,7 @@ func (r *Registry) init() {
 		for name, a := range Adapters {
 			r.engines[name] = &Process{
 				Adapter: a, Ports: r.Ports, SearchPath: r.SearchPath, Environ: r.Environ,
-				Policy: r.Policy, Log: r.Log, pool: pool,
+				Policy: r.Policy, Log: r.Log, CPUThreads: r.CPUThreads, pool: pool,
 			}
 		}
 	})

@@ -50,11 +50,27 @@ type Publisher interface {
 // placement: an errs.Invalid one for good.
 type SpecFunc func(spec engine.Spec) (engine.Spec, error)
 
+// ModelFunc completes the spec of a placement that carries its model
+// (events.ModelSpec), such as a model its owner registered, which no
+// catalog lists. Its error rejects the placement as SpecFunc's does.
+type ModelFunc func(spec engine.Spec, model events.ModelSpec) (engine.Spec, error)
+
 // Option configures a Worker.
 type Option func(*Worker)
 
 // WithSpecs completes every placement's spec with f.
 func WithSpecs(f SpecFunc) Option { return func(w *Worker) { w.specs = f } }
+
+// WithModels completes the specs of placements that carry their model
+// with f; the others still go through WithSpecs.
+func WithModels(f ModelFunc) Option { return func(w *Worker) { w.models = f } }
+
+// WithMemory has the worker advertise the memory its instances may use in
+// all, and the memory of each of its GPUs, in its heartbeats, so that the
+// scaler places only what fits; 0: not advertised.
+func WithMemory(memory, gpuMemory int64) Option {
+	return func(w *Worker) { w.memory, w.gpuMemory = max(memory, 0), max(gpuMemory, 0) }
+}
 
 // WithGPUs has the worker hand out n GPUs, numbered 0 to n-1 as CUDA
 // numbers them, to the instances that need them. Without it the worker
@@ -104,6 +120,9 @@ type Worker struct {
 	pub          Publisher
 	log          *slog.Logger
 	specs        SpecFunc
+	models       ModelFunc
+	memory       int64 // advertised; 0: not
+	gpuMemory    int64 // per GPU, advertised; 0: not
 	readyTimeout time.Duration
 	drain        time.Duration
 	engines      []string
@@ -125,6 +144,7 @@ type Worker struct {
 type running struct {
 	serviceID string
 	devices   []int
+	memory    int64 // of the worker's advertised memory, held while it runs
 
 	mu       sync.Mutex
 	inst     engine.Instance // nil while the engine starts
@@ -203,9 +223,12 @@ func (w *Worker) StartInstance(ctx context.Context, p events.InstancePlacedV1) e
 		w.log.InfoContext(ctx, "placement no longer stands; ignored", "instance_id", p.InstanceID, "service_id", p.ServiceID)
 		return nil
 	}
-	spec, err := w.specs(engine.Spec{
-		InstanceID: p.InstanceID, ServedName: p.AccessName, BaseModel: p.BaseModel, Task: p.Task, Engine: p.Engine,
-	})
+	spec := engine.Spec{InstanceID: p.InstanceID, ServedName: p.AccessName, BaseModel: p.BaseModel, Task: p.Task, Engine: p.Engine}
+	if p.Model != nil && w.models != nil {
+		spec, err = w.models(spec, *p.Model)
+	} else {
+		spec, err = w.specs(spec)
+	}
 	if err != nil {
 		return fmt.Errorf("instance %s: %w", p.InstanceID, err)
 	}
@@ -226,6 +249,13 @@ func (w *Worker) StartInstance(ctx context.Context, p events.InstancePlacedV1) e
 		w.tellRefused(ctx, p, reason)
 		return nil
 	}
+	memory := memoryOf(p, spec)
+	if reason := w.lacksMemory(memory); reason != "" {
+		w.refuse(p, reason)
+		w.mu.Unlock()
+		w.tellRefused(ctx, p, reason)
+		return nil
+	}
 	devices, reason := w.takeGPUs(spec.GPUs)
 	if reason != "" {
 		w.refuse(p, reason)
@@ -236,7 +266,7 @@ func (w *Worker) StartInstance(ctx context.Context, p events.InstancePlacedV1) e
 	spec.Devices = devices
 	// Reserve the slot, so a concurrent delivery of the same placement
 	// neither starts a second instance nor overfills the worker.
-	r = &running{serviceID: p.ServiceID, devices: devices}
+	r = &running{serviceID: p.ServiceID, devices: devices, memory: memory}
 	w.instances[p.InstanceID] = r
 	w.mu.Unlock()
 
@@ -381,6 +411,37 @@ func (w *Worker) announceStopped(ctx context.Context, r *running, ev events.Inst
 	w.log.InfoContext(ctx, "instance stopped", "instance_id", ev.InstanceID, "service_id", ev.ServiceID, "reason", ev.Reason)
 	return nil
 }
+
+// memoryOf is the worker memory an instance of placement p takes, once
+// its spec is complete: what its model needs on CPUs when it runs on its
+// engine. The simulator, and a model that runs on GPUs, take none of it;
+// a model whose needs are not known is not counted.
+func memoryOf(p events.InstancePlacedV1, spec engine.Spec) int64 {
+	if p.Model == nil || spec.Engine == "simulator" || spec.GPUs > 0 {
+		return 0
+	}
+	return max(p.Model.MemoryBytes, 0)
+}
+
+// lacksMemory says why the worker cannot give an instance n bytes of its
+// advertised memory, or "" when it can (or advertises none); w.mu is
+// held.
+func (w *Worker) lacksMemory(n int64) string {
+	if w.memory == 0 || n == 0 {
+		return ""
+	}
+	free := w.memory
+	for _, r := range w.instances {
+		free -= r.memory
+	}
+	if n > free {
+		return fmt.Sprintf("needs %s of memory; worker %s has %s free of %s", gib(n), w.id, gib(max(free, 0)), gib(w.memory))
+	}
+	return ""
+}
+
+// gib formats bytes in GiB with one decimal, for people.
+func gib(b int64) string { return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30)) }
 
 // takeGPUs reserves n free GPUs, or says why it cannot; w.mu is held.
 func (w *Worker) takeGPUs(n int) ([]int, string) {
@@ -636,10 +697,10 @@ func (w *Worker) Heartbeat(ctx context.Context) error {
 	now := time.Now()
 	w.mu.Lock()
 	beat := state.Worker{ID: w.id, Capacity: w.capacity, Running: len(w.instances), GPUs: len(w.gpus), Instances: []string{},
-		BeatAt: now.UTC(), Engines: w.engines}
+		BeatAt: now.UTC(), Engines: w.engines, MemoryBytes: w.memory, GPUMemoryBytes: w.gpuMemory}
 	for id, r := range w.instances {
 		beat.Instances = append(beat.Instances, id)
-		beat.Held = append(beat.Held, state.Held{InstanceID: id, ServiceID: r.serviceID, GPUs: len(r.devices)})
+		beat.Held = append(beat.Held, state.Held{InstanceID: id, ServiceID: r.serviceID, GPUs: len(r.devices), MemoryBytes: r.memory})
 	}
 	for _, taken := range w.gpus {
 		if !taken {

@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/modelport/modelport/libs/errs"
+	"github.com/modelport/modelport/libs/httpx"
 	"github.com/modelport/modelport/libs/state"
 )
 
@@ -122,6 +123,16 @@ func decodeBody(body []byte, v any) error {
 	return exactFields(body, reflect.TypeOf(v).Elem(), "")
 }
 
+// exactFields refuses an object key in data that encoding/json would take
+// for a field of t only by ignoring case, such as "Messages". The engine
+// reads JSON with exact names, so such a key would let the gateway check
+// one value while the engine uses another (a "messages" beside a
+// "Messages"). Other unknown keys pass: they reach the engine as sent.
+// path is data's parameter path, for the error.
+func exactFields(data []byte, t reflect.Type, path string) error {
+	return httpx.CheckFields(data, t, path, httpx.PassUnknown)
+}
+
 // decodeJSON decodes data into v, turning a wrong type into a 400 on the
 // field (under prefix, a parameter path) and any other error into a 400
 // on prefix.
@@ -162,61 +173,6 @@ func invalidUTF8At(b []byte) int {
 		i += n
 	}
 	return len(b)
-}
-
-// exactFields refuses an object key in data that encoding/json would take
-// for a field of t only by ignoring case, such as "Messages". The engine
-// reads JSON with exact names, so such a key would let the gateway check
-// one value while the engine uses another (a "messages" beside a
-// "Messages"). path is data's parameter path, for the error.
-func exactFields(data []byte, t reflect.Type, path string) error {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	switch {
-	case t == reflect.TypeFor[json.RawMessage]():
-		return nil
-	case t.Kind() == reflect.Slice:
-		var items []json.RawMessage
-		if json.Unmarshal(data, &items) != nil {
-			return nil // not an array: the typed decode reports it
-		}
-		for i, item := range items {
-			if err := exactFields(item, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
-				return err
-			}
-		}
-	case t.Kind() == reflect.Struct:
-		var obj map[string]json.RawMessage
-		if json.Unmarshal(data, &obj) != nil {
-			return nil
-		}
-		fields := map[string]reflect.Type{}
-		for f := range t.Fields() {
-			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-			if f.IsExported() && name != "" && name != "-" {
-				fields[name] = f.Type
-			}
-		}
-		for key, raw := range obj {
-			param := key
-			if path != "" {
-				param = path + "." + key
-			}
-			if ft, ok := fields[key]; ok {
-				if err := exactFields(raw, ft, param); err != nil {
-					return err
-				}
-				continue
-			}
-			for name := range fields {
-				if strings.EqualFold(key, name) {
-					return errs.InvalidParam(param, "unknown parameter %q: parameter names are case-sensitive; did you mean %q?", key, name)
-				}
-			}
-		}
-	}
-	return nil
 }
 
 // jsonKind names a Go kind as JSON does.

@@ -59,7 +59,7 @@ func TestChatCompletionRejectsBadInputs(t *testing.T) {
 		{"image_url.url a number", string(visionBody(text, `{"type":"image_url","image_url":{"url":7}}`)), "messages[0].content[1].image_url.url", "expected string"},
 		{"Messages beside messages", `{"model":"m","messages":[{"role":"user","content":"hi"}],"Messages":[{"role":"user","content":"hi"}]}`, "Messages", `did you mean "messages"`},
 		{"a Unicode case fold of messages", `{"model":"m","meſſages":[{"role":"user","content":"hi"}]}`, "meſſages", "case-sensitive"},
-		{"Content in a message", `{"model":"m","messages":[{"role":"user","content":"hi","Content":[]}]}`, "messages[0].Content", `did you mean "content"`},
+		{"Content in a message", `{"model":"m","messages":[{"role":"user","content":"hi","Content":[]}]}`, "messages[0].Content", `did you mean "messages[0].content"`},
 		{"Image_URL in a part", string(visionBody(text, `{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"},"Image_URL":{"url":"http://10.0.0.1/"}}`)), "messages[0].content[1].Image_URL", "case-sensitive"},
 		{"URL in an image_url", string(visionBody(text, `{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA","URL":"http://10.0.0.1/"}}`)), "messages[0].content[1].image_url.URL", "case-sensitive"},
 		{"Stream_Options", `{"model":"m","messages":[{"role":"user","content":"hi"}],"Stream_Options":{}}`, "Stream_Options", "case-sensitive"},

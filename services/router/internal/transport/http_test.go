@@ -17,11 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/httpx"
 	"github.com/modelport/modelport/libs/natstest"
-	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/services/router/internal/gateway"
 	"github.com/modelport/modelport/services/router/internal/ratelimit"
@@ -107,11 +107,11 @@ func newRouter(t *testing.T, o routerOptions) *router {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	bus, err := natsx.Open(ctx, natstest.New(t).ClientURL(), "router-test", 1, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bus.Close)
+	// The router's parts run as its NATS identity; the test stores keys
+	// as the test admin, as the deployer would.
+	ns := natstest.New(t)
+	bus := ns.Bus(t, access.Router)
+	admin := auth.NewKeyring(ns.Bus(t, natstest.Admin).KV(state.BucketAPIKeys))
 
 	rt := &router{pub: &recordingPublisher{}}
 	engine := httptest.NewServer(http.HandlerFunc(rt.engine))
@@ -140,7 +140,7 @@ func newRouter(t *testing.T, o routerOptions) *router {
 	newKey := func() (string, auth.Key) {
 		secret := auth.NewSecret()
 		k := auth.NewKey(secret, owner, false)
-		if err := keys.Put(ctx, k); err != nil {
+		if err := admin.Put(ctx, k); err != nil {
 			t.Fatal(err)
 		}
 		return secret, k
@@ -149,7 +149,7 @@ func newRouter(t *testing.T, o routerOptions) *router {
 	rt.second, _ = newKey()
 	var revoked auth.Key
 	rt.revoked, revoked = newKey()
-	if err := keys.Revoke(ctx, owner, revoked.ID); err != nil {
+	if err := admin.Revoke(ctx, owner, revoked.ID); err != nil {
 		t.Fatal(err)
 	}
 	// The keyring learns of the revocation through its watch.

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"regexp"
@@ -28,13 +29,12 @@ type ImageStore struct {
 
 var _ gateway.ImageSaver = (*ImageStore)(nil)
 
-// NewImageStore returns a store on the images bucket, creating it.
+// NewImageStore returns a store on the images bucket, which the router's
+// bus created at start (state.ObjectStores).
 func NewImageStore(ctx context.Context, js jetstream.JetStream, replicas int) (*ImageStore, error) {
-	store, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket: state.BucketImages, TTL: state.ImageTTL, Storage: jetstream.FileStorage, Replicas: max(replicas, 1),
-	})
+	store, err := js.ObjectStore(ctx, state.BucketImages)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("object store %s: %w", state.BucketImages, err)
 	}
 	return &ImageStore{objects: store}, nil
 }

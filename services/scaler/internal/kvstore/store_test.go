@@ -2,13 +2,11 @@ package kvstore_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/natstest"
-	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/services/scaler/internal/kvstore"
 )
@@ -17,17 +15,16 @@ import (
 // report's time is the server's.
 func TestLoadsUseTheServersTime(t *testing.T) {
 	ctx := context.Background()
-	bus, err := natsx.Open(ctx, natstest.New(t).ClientURL(), "test", 1, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bus.Close)
-	loads := bus.KV(state.BucketLoad)
+	// The store runs as the scaler's NATS identity; the test reports load
+	// as the test admin, as a router would.
+	ns := natstest.New(t)
+	bus := ns.Bus(t, access.Scaler)
+	loads := ns.Bus(t, natstest.Admin).KV(state.BucketLoad)
 	skewed := state.Load{ServiceID: "s1", RouterID: "r1", InFlight: 3, ReportedAt: time.Now().Add(-time.Hour)}
 	if err := state.Put(ctx, loads, state.LoadKey("s1", "r1"), skewed); err != nil {
 		t.Fatal(err)
 	}
-	st := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketWorkers), bus.KV(state.BucketPlacements), bus.KV(state.BucketInstances), loads)
+	st := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketWorkers), bus.KV(state.BucketPlacements), bus.KV(state.BucketInstances), bus.KV(state.BucketLoad))
 	got, err := st.Loads(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -260,7 +261,7 @@ func (s *Scaler) ReconcileAll(ctx context.Context) error {
 		}
 		need := Need{}
 		if r := byService[p.ServiceID]; r.svc != nil {
-			need = needOn(s.catalog, r.svc.BaseModel, workerOf(v, p.WorkerID))
+			need = needOn(s.catalog, *r.svc, workerOf(v, p.WorkerID))
 		}
 		s.inflight[state.InstanceKey(p.ServiceID, p.InstanceID)] = pending{workerID: p.WorkerID, serviceID: p.ServiceID, instanceID: p.InstanceID, need: need}
 	}
@@ -508,7 +509,7 @@ func (s *Scaler) check(ctx context.Context, v *view, svc *state.Service, p state
 	if v.now.Sub(since) <= s.grace || v.now.Sub(p.PlacedAt) <= s.grace {
 		need := Need{}
 		if svc != nil {
-			need = needOn(s.catalog, svc.BaseModel, workerOf(v, p.WorkerID))
+			need = needOn(s.catalog, *svc, workerOf(v, p.WorkerID))
 		}
 		s.inflight[key] = pending{workerID: p.WorkerID, serviceID: p.ServiceID, instanceID: p.InstanceID, need: need}
 		return true, nil
@@ -554,7 +555,7 @@ func (s *Scaler) releaseOrphan(ctx context.Context, v *view, serviceID, instance
 func (s *Scaler) rooms(v *view) map[string]*Room {
 	rooms := make(map[string]*Room, len(v.workers))
 	for _, w := range v.workers {
-		rooms[w.ID] = &Room{Worker: w, Slots: w.Capacity - len(w.Instances), GPUs: w.FreeGPUs}
+		rooms[w.ID] = newRoom(w)
 	}
 	for key, p := range s.inflight {
 		r, ok := rooms[p.workerID]
@@ -571,18 +572,26 @@ func (s *Scaler) rooms(v *view) map[string]*Room {
 // of those it fits, the one with the most free slots (ties: the first
 // listed), passing over those that lately refused one of the service's
 // instances, and using those that lost one only when no other fits. With
-// none it returns nil and why.
+// none it returns nil and why: refusals first, then missing GPUs, then
+// missing memory (saying what an instance needs and what each worker
+// with a free slot has), then full workers.
 func (s *Scaler) choose(v *view, svc state.Service, rooms map[string]*Room) (*Room, string) {
 	var best, lastResort *Room
 	var gpuShort, refused int
 	needed := 0
+	var memShort []string
+	var memNeed Need
 	for _, w := range v.workers {
 		r := rooms[w.ID]
-		n := needOn(s.catalog, svc.BaseModel, w)
-		if ok, _ := fits(*r, n); !ok {
-			if r.Slots >= 1 {
+		n := needOn(s.catalog, svc, w)
+		if lack, why := fits(*r, n); lack != enough {
+			switch lack {
+			case fewGPUs:
 				gpuShort++
 				needed = max(needed, n.GPUs)
+			case littleMemory, smallGPUs:
+				memShort = append(memShort, why)
+				memNeed = n
 			}
 			continue
 		}
@@ -607,9 +616,26 @@ func (s *Scaler) choose(v *view, svc state.Service, rooms map[string]*Room) (*Ro
 		return nil, fmt.Sprintf("refused by the workers with room (%d live workers)", n)
 	case gpuShort > 0:
 		return nil, fmt.Sprintf("no worker has %d free %s for an instance (%d live workers)", needed, plural(needed, "GPU"), n)
+	case len(memShort) > 0:
+		return nil, noMemory(memNeed, memShort)
 	default:
 		return nil, fmt.Sprintf("no worker has room (%d live workers)", n)
 	}
+}
+
+// noMemory is the reason an instance needing n fits nowhere for memory:
+// what it needs, and what the first few workers short of it have.
+func noMemory(n Need, short []string) string {
+	what := "an instance needs " + gib(n.Memory) + " of memory"
+	if n.GPUs > 0 {
+		what = fmt.Sprintf("an instance needs %s of GPU memory over %d GPU(s)", gib(n.GPUMemory), n.GPUs)
+	}
+	const most = 3
+	where := short
+	if len(where) > most {
+		where = append(where[:most:most], fmt.Sprintf("%d more", len(short)-most))
+	}
+	return fmt.Sprintf("no worker has the memory: %s (%s)", what, strings.Join(where, "; "))
 }
 
 func plural(n int, word string) string {
@@ -826,21 +852,21 @@ func (s *Scaler) place(ctx context.Context, svc state.Service, room *Room) error
 	p := state.Placement{
 		InstanceID: uuid.NewString(), ServiceID: svc.ID, WorkerID: w.ID,
 		AccessName: svc.AccessName, BaseModel: svc.BaseModel, Task: svc.Task, Engine: svc.Engine,
-		PlacedAt: s.now().UTC(),
+		PlacedAt: s.now().UTC(), Model: svc.Model,
 	}
 	if err := s.store.Place(ctx, p); err != nil {
 		return err
 	}
-	need := needOn(s.catalog, svc.BaseModel, w)
+	need := needOn(s.catalog, svc, w)
 	room.take(need)
 	s.inflight[state.InstanceKey(p.ServiceID, p.InstanceID)] = pending{workerID: w.ID, serviceID: svc.ID, instanceID: p.InstanceID, need: need}
 	ev := events.InstancePlacedV1{
 		Meta: events.NewMeta(), InstanceID: p.InstanceID, ServiceID: p.ServiceID, WorkerID: p.WorkerID,
-		AccessName: p.AccessName, BaseModel: p.BaseModel, Task: p.Task, Engine: p.Engine,
+		AccessName: p.AccessName, BaseModel: p.BaseModel, Task: p.Task, Engine: p.Engine, Model: p.Model,
 	}
 	if err := s.pub.Publish(ctx, ev); err != nil {
 		return fmt.Errorf("announce placement %s: %w", p.InstanceID, err)
 	}
-	s.log.InfoContext(ctx, "instance placed", "service_id", svc.ID, "instance_id", p.InstanceID, "worker_id", w.ID, "gpus", need.GPUs)
+	s.log.InfoContext(ctx, "instance placed", "service_id", svc.ID, "instance_id", p.InstanceID, "worker_id", w.ID, "gpus", need.GPUs, "memory", need.Memory)
 	return nil
 }

@@ -103,6 +103,24 @@ export class API {
     return this.request('GET', `${this.billingBase}/api/v1/usage?${new URLSearchParams(params)}`, undefined, opts);
   }
 
+  // billing calls billing's API (statements, periods) on its base.
+  billing(method, path, body, opts) {
+    return this.request(method, `${this.billingBase}/api/v1${path}`, body, opts);
+  }
+
+  // download fetches a file from billing's API with the key (a plain link
+  // cannot send it) and returns it as a Blob, or throws an APIError.
+  async download(path) {
+    let resp;
+    try {
+      resp = await fetch(`${this.billingBase}/api/v1${path}`, { headers: { Authorization: `Bearer ${this.key}` }, cache: 'no-store' });
+    } catch (err) {
+      throw new APIError(0, `Cannot reach the server: ${err.message}`, 'network_error');
+    }
+    if (!resp.ok) await this.decode(resp);
+    return resp.blob();
+  }
+
   // stream POSTs body and returns the response for readSSE; errors before
   // the stream starts throw an APIError.
   async stream(url, body, signal) {

@@ -50,6 +50,19 @@ function openDialog({ title, body, submitLabel, submitClass = 'btn-primary', sub
   });
 }
 
+// confirmDialog asks to confirm an action and runs it; an error keeps the
+// dialog open with the message. It resolves true when done, null when
+// cancelled.
+export function confirmDialog({ title, body, submitLabel, submitClass, submit }) {
+  return openDialog({
+    title, body, submitLabel, submitClass,
+    submit: async (form) => {
+      await submit(form);
+      return true;
+    },
+  });
+}
+
 // scaleDialog asks for a new instance count and scales the service.
 export function scaleDialog(api, store, svc) {
   const input = h('input', { type: 'number', min: '0', max: '64', step: '1', inputmode: 'numeric', required: true, value: String(svc.instances), name: 'instances' });
@@ -133,5 +146,20 @@ export function secretDialog(key) {
     initialFocus: copy,
     cancellable: false,
     submit: async () => true,
+  });
+}
+
+// closePeriodDialog asks an admin to confirm closing a billing period and
+// closes it: its statements become final, and usage of it that arrives
+// later is billed in the next open period.
+export function closePeriodDialog(api, period) {
+  return openDialog({
+    title: `Close ${period}`,
+    body: [
+      h('p', {}, `The statements of ${period} are worked out from the usage billing has now and never change again.`),
+      h('p', { class: 'hint' }, 'Usage of this month that arrives later is billed in the next open month, as adjustments.'),
+    ],
+    submitLabel: 'Close the period',
+    submit: () => api.billing('POST', `/periods/${encodeURIComponent(period)}/close`),
   });
 }

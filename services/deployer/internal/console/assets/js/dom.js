@@ -106,6 +106,17 @@ export function engineBadge(engine) {
   return h('span', { class: 'badge engine' }, engine || 'engine pending');
 }
 
+// money formats a cost in millionths of the currency's unit, signed.
+export function money(micros, currency) {
+  const amount = micros / 1e6;
+  try {
+    if (currency) return new Intl.NumberFormat('en', { style: 'currency', currency, minimumFractionDigits: 2, maximumFractionDigits: 6 }).format(amount);
+  } catch {
+    // An unknown currency code: the number alone.
+  }
+  return amount.toFixed(6);
+}
+
 // toast shows a short message in the polite live region.
 export function toast(message, kind = 'info') {
   const region = document.querySelector('.toasts');

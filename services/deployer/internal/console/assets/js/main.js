@@ -2,9 +2,13 @@
 // store, and hash routes to the views.
 //
 //   #/services                    the service list
-//   #/deploy                      the deploy form
+//   #/deploy[?model=<name>]       the deploy form
+//   #/models                      the models the caller can deploy
+//   #/models/new                  register a model
+//   #/models/<name>               a model's details
 //   #/services/<id>               a service's details
 //   #/services/<id>/playground    try the service
+//   #/statements[/<yyyy-mm>]       a month's statements
 
 import { API } from './api.js';
 import { clear, h } from './dom.js';
@@ -14,6 +18,8 @@ import { renderList } from './views/list.js';
 import { renderDeploy } from './views/deploy.js';
 import { renderDetail } from './views/detail.js';
 import { renderPlayground } from './views/playground.js';
+import { renderModel, renderModels, renderRegister } from './views/models.js';
+import { renderStatements } from './views/statements.js';
 
 const main = document.getElementById('main');
 const nav = document.querySelector('.topnav');
@@ -100,15 +106,28 @@ function route() {
   if (hash === '/services' || hash === '/signin' || hash === '/') {
     view = () => renderList(main, ctx);
     markNav('services');
-  } else if (hash === '/deploy') {
-    view = () => renderDeploy(main, ctx);
+  } else if (hash === '/deploy' || hash.startsWith('/deploy?')) {
+    const params = new URLSearchParams(hash.slice('/deploy'.length + 1));
+    view = () => renderDeploy(main, ctx, { model: params.get('model') || '' });
     markNav('deploy');
+  } else if (hash === '/models') {
+    view = () => renderModels(main, ctx);
+    markNav('models');
+  } else if (hash === '/models/new') {
+    view = () => renderRegister(main, ctx);
+    markNav('models');
+  } else if ((m = hash.match(/^\/models\/([^/]+)$/))) {
+    view = () => renderModel(main, ctx, decodeURIComponent(m[1]));
+    markNav('models');
   } else if ((m = hash.match(/^\/services\/([^/]+)\/playground$/))) {
     view = () => renderPlayground(main, ctx, decodeURIComponent(m[1]));
     markNav('services');
   } else if ((m = hash.match(/^\/services\/([^/]+)$/))) {
     view = () => renderDetail(main, ctx, decodeURIComponent(m[1]));
     markNav('services');
+  } else if ((m = hash.match(/^\/statements(?:\/(\d{4}-\d{2}))?$/))) {
+    view = () => renderStatements(main, ctx, m[1]);
+    markNav('statements');
   } else {
     main.append(h('h1', {}, 'Not found'), h('p', {}, h('a', { href: '#/services' }, 'Back to the services')));
     return;

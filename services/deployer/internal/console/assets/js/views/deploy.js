@@ -1,14 +1,15 @@
-// The deploy form: a task, a base model from the catalog that supports
-// it, a name, an instance count and a billing method, checked as the user
-// types with the control API's own rules; the server's answer has the
-// last word.
+// The deploy form: a task, a base model that supports it (the catalog's,
+// the public ones and the caller's own), a name, an instance count and a
+// billing method, checked as the user types with the control API's own
+// rules; the server's answer has the last word.
 
 import { billingName, clear, field, h, taskName } from '../dom.js';
+import { need, ownerLabel } from './models.js';
 
 const TASKS = ['text-generation', 'image-understanding', 'image-generation'];
 const NAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
-export function renderDeploy(main, { api, store, navigate }) {
+export function renderDeploy(main, { api, store, navigate }, { model: wanted = '' } = {}) {
   document.title = 'Deploy a model · Modelport console';
   let catalog = [];
 
@@ -99,9 +100,16 @@ export function renderDeploy(main, { api, store, navigate }) {
     const prev = model.value;
     const fits = catalog.filter((m) => m.tasks.includes(t));
     clear(model);
-    if (fits.length === 0) model.append(h('option', { value: '' }, 'No model in the catalog can do this'));
-    for (const m of fits) {
-      model.append(h('option', { value: m.name }, `${m.display_name || m.name} (${m.name})`));
+    if (fits.length === 0) model.append(h('option', { value: '' }, 'No model can do this'));
+    // The caller's own models first, then the public ones, then the catalog.
+    for (const [label, pick] of [
+      ['Your models', (m) => me && m.owner === me.owner_id],
+      ['Public models', (m) => m.owner === 'public'],
+      ['Catalog', (m) => m.owner === 'catalog' || m.owner === undefined],
+      ['Other owners\' models', (m) => m.owner && m.owner !== 'catalog' && m.owner !== 'public' && !(me && m.owner === me.owner_id)],
+    ]) {
+      const group = fits.filter(pick);
+      if (group.length) model.append(h('optgroup', { label }, group.map((m) => h('option', { value: m.name }, `${m.display_name || m.name} (${m.name})`))));
     }
     if (fits.some((m) => m.name === prev)) model.value = prev;
     showModel();
@@ -111,6 +119,7 @@ export function renderDeploy(main, { api, store, navigate }) {
     const m = catalog.find((x) => x.name === model.value);
     if (!m) return;
     const rows = [
+      ['Owner', ownerLabel(m, me)],
       ['Engine', m.engine],
       ['Tasks', m.tasks.map(taskName).join(', ')],
       ['Context length', m.context_length ? `${m.context_length.toLocaleString('en')} tokens` : '—'],
@@ -118,15 +127,23 @@ export function renderDeploy(main, { api, store, navigate }) {
       ['Weights', m.source || '—'],
     ];
     if (m.base) rows.push(['Fine-tuned from', `${m.base} (LoRA adapter)`]);
+    if (m.memory_bytes || m.gpu_memory_bytes) rows.push(['Per instance', need(m)]);
     modelInfo.append(h('dl', { class: 'facts compact' }, rows.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])));
-    modelInfo.append(h('p', { class: 'hint' }, 'Without a GPU for its engine, an instance runs on the built-in simulator engine, and the service says so.'));
+    modelInfo.append(h('p', { class: 'hint' }, 'Where no worker may run its engine, or has the GPUs it needs, an instance runs on the built-in simulator engine, and the service says so.'));
   };
   task.addEventListener('change', fillModels);
   model.addEventListener('change', () => { showModel(); validate('base_model'); });
 
-  api.control('GET', '/catalog').then((list) => {
+  Promise.all([api.control('GET', '/catalog'), api.me()]).then(([list, who]) => {
     catalog = list || [];
+    me = who;
+    const pre = catalog.find((m) => m.name === wanted);
+    if (pre && !pre.tasks.includes(task.value)) task.value = pre.tasks[0];
     fillModels();
+    if (pre) {
+      model.value = pre.name;
+      showModel();
+    }
   }).catch((err) => {
     formError.hidden = false;
     formError.textContent = `Cannot load the catalog: ${err.message}`;

@@ -3,7 +3,7 @@
 // access name and base URL, a usage chart from the billing API, and its
 // recent lifecycle events.
 
-import { ago, billingName, clear, codeBlock, copyButton, engineBadge, h, num, statusBadge, taskName, uid, when } from '../dom.js';
+import { ago, billingName, clear, codeBlock, copyButton, engineBadge, h, money, num, statusBadge, taskName, uid, when } from '../dom.js';
 import { deleteDialog, scaleDialog, secretDialog } from '../dialogs.js';
 import { samples } from '../samples.js';
 import { barChart } from '../chart.js';
@@ -317,17 +317,6 @@ function usageSection(api, svc, onCleanup) {
     ),
     totals, chart,
   );
-}
-
-// money formats a cost in millionths of the currency's unit.
-function money(micros, currency) {
-  const amount = micros / 1e6;
-  try {
-    if (currency) return new Intl.NumberFormat('en', { style: 'currency', currency, minimumFractionDigits: 2, maximumFractionDigits: 6 }).format(amount);
-  } catch {
-    // An unknown currency code: the number alone.
-  }
-  return amount.toFixed(6);
 }
 
 function stat(label, value, key) {

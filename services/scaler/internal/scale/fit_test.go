@@ -1,0 +1,143 @@
+package scale_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/modelport/modelport/libs/errs"
+	"github.com/modelport/modelport/libs/events"
+	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/scaler/internal/scale"
+)
+
+const gib = 1 << 30
+
+// modelService is a service of a registered model that needs memory GiB
+// per instance on CPUs, or over gpus GPUs.
+func modelService(id string, instances int, gpus int, memory int64) state.Service {
+	s := service(id, instances)
+	s.BaseModel, s.Engine = "tiny", "ollama"
+	s.Model = &events.ModelSpec{Name: "tiny", Owner: "a11ce0000001", Source: "file:///models/tiny.gguf", Engine: "ollama", GPUs: gpus}
+	if gpus == 0 {
+		s.Model.MemoryBytes = memory * gib
+	} else {
+		s.Model.GPUMemoryBytes = memory * gib
+	}
+	return s
+}
+
+func memWorker(id string, capacity int, memory int64) state.Worker {
+	w := worker(id, capacity)
+	w.MemoryBytes = memory * gib
+	return w
+}
+
+// TestPlacementFitsMemory: an instance is placed only where its memory
+// fits, counting what the worker's placements already hold; the
+// placement carries the model to the worker.
+func TestPlacementFitsMemory(t *testing.T) {
+	st, pub := newFakeStore(), &fakePublisher{}
+	small, big := memWorker("small", 8, 3), memWorker("big", 8, 24)
+	st.workers = []state.Worker{small, big}
+	svc := modelService("s1", 3, 0, 10)
+	st.services[svc.ID] = svc
+	s := scale.New(st, pub, quiet)
+
+	err := s.ReconcileService(context.Background(), svc.ID)
+	// Two 10 GiB instances fit on the 24 GiB worker, none on the 3 GiB one.
+	if errs.KindOf(err) != errs.Unavailable {
+		t.Fatalf("ReconcileService = %v, want unavailable for the third instance", err)
+	}
+	if got := st.perWorker(); got["big"] != 2 || got["small"] != 0 {
+		t.Errorf("placements per worker %v, want 2 on big and none on small", got)
+	}
+	for _, p := range pub.placed() {
+		if p.Model == nil || *p.Model != *svc.Model {
+			t.Errorf("placement event carries model %+v, want %+v", p.Model, svc.Model)
+		}
+	}
+	for _, p := range st.placed(svc.ID) {
+		if p.Model == nil || p.Model.MemoryBytes != 10*gib {
+			t.Errorf("placement record carries model %+v", p.Model)
+		}
+	}
+	failed := pub.placementFailures()
+	if len(failed) != 1 {
+		t.Fatalf("placement failures %+v, want one", failed)
+	}
+	for _, want := range []string{"no worker has the memory", "an instance needs 10.0 GiB of memory", "small: 3.0 GiB free of 3.0 GiB", "big: 4.0 GiB free of 24.0 GiB"} {
+		if !strings.Contains(failed[0].Reason, want) {
+			t.Errorf("reason %q lacks %q", failed[0].Reason, want)
+		}
+	}
+	if failed[0].Wanted != 3 || failed[0].Placed != 2 {
+		t.Errorf("failure says %d of %d placed, want 2 of 3", failed[0].Placed, failed[0].Wanted)
+	}
+
+	// A service that needs less still goes where it fits: 4 GiB left on big.
+	other := modelService("s2", 1, 0, 4)
+	st.services[other.ID] = other
+	if err := s.ReconcileService(context.Background(), other.ID); err != nil {
+		t.Fatal(err)
+	}
+	if ps := st.placed(other.ID); len(ps) != 1 || ps[0].WorkerID != "big" {
+		t.Errorf("s2 placed %+v, want on big", ps)
+	}
+}
+
+// TestPlacementFitsUnknownsAnywhere: what the scaler cannot know it does
+// not check: a service without a model spec, a model without an estimate,
+// a worker that does not advertise its memory.
+func TestPlacementFitsUnknownsAnywhere(t *testing.T) {
+	st, pub := newFakeStore(), &fakePublisher{}
+	st.workers = []state.Worker{memWorker("w1", 8, 1), worker("old", 8)}
+	for _, svc := range []state.Service{service("catalog", 2), modelService("unknown", 2, 0, 0)} {
+		st.services[svc.ID] = svc
+	}
+	huge := modelService("huge", 2, 0, 100)
+	st.services[huge.ID] = huge
+	if err := scale.New(st, pub, quiet).ReconcileAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"catalog", "unknown"} {
+		if got := len(st.placed(id)); got != 2 {
+			t.Errorf("%s: %d placed, want 2", id, got)
+		}
+	}
+	for _, p := range st.placed(huge.ID) {
+		if p.WorkerID != "old" {
+			t.Errorf("a 100 GiB instance went to %s, which advertises 1 GiB", p.WorkerID)
+		}
+	}
+}
+
+// TestPlacementFitsGPUMemory: a GPU model needs GPU memory per GPU on a
+// worker with the GPUs; a worker without GPUs takes it, and runs it on
+// the simulator, as for any GPU model.
+func TestPlacementFitsGPUMemory(t *testing.T) {
+	st, pub := newFakeStore(), &fakePublisher{}
+	gpu := worker("gpu", 8)
+	gpu.GPUs, gpu.FreeGPUs, gpu.GPUMemoryBytes = 2, 2, 24*gib
+	st.workers = []state.Worker{gpu}
+	// 60 GiB over 2 GPUs is 30 per GPU: more than 24.
+	svc := modelService("s1", 1, 2, 60)
+	st.services[svc.ID] = svc
+	s := scale.New(st, pub, quiet)
+	if err := s.ReconcileService(context.Background(), svc.ID); errs.KindOf(err) != errs.Unavailable {
+		t.Fatalf("ReconcileService = %v, want unavailable", err)
+	}
+	failed := pub.placementFailures()
+	if len(failed) != 1 || !strings.Contains(failed[0].Reason, "an instance needs 60.0 GiB of GPU memory over 2 GPU(s) (gpu: 24.0 GiB per GPU)") {
+		t.Errorf("placement failures %+v", failed)
+	}
+	fits := modelService("s2", 1, 2, 40)
+	st.services[fits.ID] = fits
+	if err := s.ReconcileService(context.Background(), fits.ID); err != nil || len(st.placed(fits.ID)) != 1 {
+		t.Errorf("20 GiB per GPU: %v, placed %d", err, len(st.placed(fits.ID)))
+	}
+	st.workers = append(st.workers, worker("cpu", 8))
+	if err := s.ReconcileService(context.Background(), svc.ID); err != nil || len(st.placed(svc.ID)) != 1 || st.placed(svc.ID)[0].WorkerID != "cpu" {
+		t.Errorf("a worker without GPUs takes it: %v, %+v", err, st.placed(svc.ID))
+	}
+}
