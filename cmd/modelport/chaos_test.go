@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -23,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/chlocal"
 	"github.com/modelport/modelport/libs/chtest"
 	"github.com/modelport/modelport/libs/lease"
@@ -92,11 +92,13 @@ func TestChaos(t *testing.T) {
 	t.Logf("chaos for %s, seed %d (MODELPORT_CHAOS_SEED=%d replays it)", duration, seed, seed)
 	bin := buildServices(t)
 	server := buildNATSServer(t, bin)
-	nd := startNATSServer(t, server)
+	sec := newNATSSecurity(t)
+	nd := startNATSServer(t, server, sec)
 	chAddr, chDB := chtest.New(t)
 	c := &chaosCluster{
 		cluster: &cluster{
-			bin: bin,
+			bin:   bin,
+			seeds: sec.seeds,
 			common: []string{
 				"MODELPORT_NATS_URL=" + nd.clientURL,
 				"MODELPORT_LOG_LEVEL=info",
@@ -114,6 +116,7 @@ func TestChaos(t *testing.T) {
 		rng:      rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 		services: map[string]string{}, deleted: map[string]bool{}, counts: map[string]int{},
 	}
+	c.common = append(c.common, sec.clientEnv()...)
 	t.Cleanup(func() { c.stopAll(t) })
 	for _, m := range []*member{
 		{name: "deployer-1", binary: "deployer"}, {name: "deployer-2", binary: "deployer"},
@@ -167,11 +170,9 @@ func TestChaos(t *testing.T) {
 	t.Logf("chaos over: %v; %d services created, %d deleted", c.counts, len(c.services), len(c.deleted))
 
 	ctx := context.Background()
-	nc, js, err := natsx.Connect(c.nats.clientURL, "chaos-test", slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	// The test reads the records as the scaler does: its identity reads
+	// every bucket the checks need.
+	js := sec.connect(t, c.nats.clientURL, access.Scaler)
 	var last string
 	deadline := stopped.Add(30 * time.Second)
 	for {
@@ -248,7 +249,7 @@ func (c *chaosCluster) startMember(t *testing.T, m *member) {
 			t.Fatal(err)
 		}
 		env := append(append([]string{}, c.common...), m.extra...)
-		env = append(env, "MODELPORT_HTTP_ADDR=127.0.0.1:"+strconv.Itoa(port))
+		env = append(env, "MODELPORT_HTTP_ADDR=127.0.0.1:"+strconv.Itoa(port), "MODELPORT_NATS_NKEY="+access.SeedFile(c.seeds, m.binary))
 		p := startProc(t, m.name, filepath.Join(c.bin, m.binary), env)
 		c.procs[m.name], c.urls[m.name] = p, "http://127.0.0.1:"+strconv.Itoa(port)
 		deadline := time.Now().Add(30 * time.Second)
@@ -593,7 +594,7 @@ func (c *chaosCluster) dump(ctx context.Context, t *testing.T, js jetstream.JetS
 	}
 	if kv, err := js.KeyValue(ctx, state.BucketLeases); err == nil {
 		for _, role := range []string{"deployer", "scaler"} {
-			h, ok, err := lease.Leader(ctx, kv, role)
+			h, ok, err := lease.Leader(ctx, kv, lease.Key(role, "leader"))
 			t.Logf("%s leader: %v %v %v", role, h, ok, err)
 		}
 	}

@@ -3,16 +3,15 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/chtest"
 	"github.com/modelport/modelport/libs/lease"
 	"github.com/modelport/modelport/libs/natstest"
-	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/state"
 )
 
@@ -28,7 +27,8 @@ func TestControlPlaneFailover(t *testing.T) {
 	ns := natstest.New(t)
 	chAddr, chDB := chtest.New(t)
 	c := &cluster{
-		bin: buildServices(t),
+		bin:   buildServices(t),
+		seeds: filepath.Dir(ns.Seed(access.Deployer)),
 		common: []string{
 			"MODELPORT_NATS_URL=" + ns.ClientURL(),
 			"MODELPORT_LOG_LEVEL=debug",
@@ -51,19 +51,12 @@ func TestControlPlaneFailover(t *testing.T) {
 	c.urls["deployer"] = c.urls["deployer-1"]
 	svc := c.deploy(t, "failover", 1)
 
-	_, js, err := natsx.Connect(ns.ClientURL(), "failover-test", slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	leases, err := js.KeyValue(context.Background(), state.BucketLeases)
-	if err != nil {
-		t.Fatal(err)
-	}
+	leases := ns.Bus(t, natstest.Admin).KV(state.BucketLeases)
 	leader := func(role string) string {
 		t.Helper()
 		var id string
 		eventually(t, 30*time.Second, role+" leader", func() error {
-			h, ok, err := lease.Leader(context.Background(), leases, role)
+			h, ok, err := lease.Leader(context.Background(), leases, lease.Key(role, "leader"))
 			if err != nil || !ok {
 				return fmt.Errorf("no %s leader: %v", role, err)
 			}

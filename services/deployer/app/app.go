@@ -152,12 +152,12 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (*
 		transport.WithEventStream(es),
 		transport.WithModels(registry))
 
-	elector := lease.New(bus.KV(state.BucketLeases), "deployer", cfg.HolderID, state.LeaseTTL, log)
+	leases := lease.New(bus.KV(state.BucketLeases), access.Deployer, cfg.HolderID, state.LeaseTTL, log)
 	runCtx, stopLeading := context.WithCancel(ctx)
 	led := make(chan struct{})
 	go func() {
 		defer close(led)
-		elector.Run(runCtx, func(ctx context.Context) {
+		leases.Lead(runCtx, LeaseName, func(ctx context.Context) {
 			if err := retry(ctx, "follow instance events", log, func() error {
 				return transport.ConsumeInstanceEvents(ctx, bus.JS, m, log)
 			}); err != nil {
@@ -182,6 +182,10 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (*
 		EndStreams:     endStreams,
 	}, nil
 }
+
+// LeaseName is the name of the lease the leading deployer replica holds:
+// the key lease.Key(access.Deployer, LeaseName) in the leases bucket.
+const LeaseName = "leader"
 
 // tidyEvery is how often the leader tidies the buckets.
 const tidyEvery = time.Minute

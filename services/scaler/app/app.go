@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/catalog"
 	"github.com/modelport/modelport/libs/config"
 	"github.com/modelport/modelport/libs/lease"
@@ -63,6 +64,10 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 	return c, nil
 }
 
+// LeaseName is the name of the lease the leading scaler replica holds:
+// the key lease.Key(access.Scaler, LeaseName) in the leases bucket.
+const LeaseName = "leader"
+
 // tidyEvery is how often the leader purges old delete markers.
 const tidyEvery = time.Minute
 
@@ -79,12 +84,12 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	store := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketWorkers), bus.KV(state.BucketPlacements),
 		bus.KV(state.BucketInstances), bus.KV(state.BucketLoad))
 	s := scale.New(store, bus.Publisher, log, scale.WithCatalog(cat), scale.WithGrace(cfg.Grace))
-	elector := lease.New(bus.KV(state.BucketLeases), "scaler", cfg.HolderID, state.LeaseTTL, log)
+	leases := lease.New(bus.KV(state.BucketLeases), access.Scaler, cfg.HolderID, state.LeaseTTL, log)
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		elector.Run(runCtx, func(ctx context.Context) { lead(ctx, cfg, s, store, bus, log) })
+		leases.Lead(runCtx, LeaseName, func(ctx context.Context) { lead(ctx, cfg, s, store, bus, log) })
 	}()
 	return runner.Service{Stop: func(ctx context.Context) {
 		stop()

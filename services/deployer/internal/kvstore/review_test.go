@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/natstest"
 	"github.com/modelport/modelport/libs/natsx"
@@ -22,14 +23,10 @@ import (
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
+// openBus opens a bus as the deployer on a server of the test's own.
 func openBus(t *testing.T) *natsx.Bus {
 	t.Helper()
-	bus, err := natsx.Open(context.Background(), natstest.New(t).ClientURL(), "test", 1, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bus.Close)
-	return bus
+	return natstest.New(t).Bus(t, access.Deployer)
 }
 
 // flakyCreate is a bucket whose Create misbehaves once: before (the write

@@ -7,11 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/catalog"
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/natstest"
-	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/services/deployer/internal/deploy"
 	"github.com/modelport/modelport/services/deployer/internal/kvstore"
@@ -24,14 +24,10 @@ import (
 // from the previous one's count.
 func TestReplicasAnnounceInOrder(t *testing.T) {
 	ctx := context.Background()
-	url := natstest.New(t).ClientURL()
+	ns := natstest.New(t)
 	var managers []*deploy.Manager
 	for range 2 {
-		bus, err := natsx.Open(ctx, url, "replica", 1, quiet)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(bus.Close)
+		bus := ns.Bus(t, access.Deployer)
 		store := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketNames), bus.KV(state.BucketInstances), bus.KV(state.BucketPlacements))
 		managers = append(managers, deploy.NewManager(store, catalog.Default(), bus.Publisher))
 	}
@@ -50,10 +46,7 @@ func TestReplicasAnnounceInOrder(t *testing.T) {
 	}
 	wg.Wait()
 
-	_, js, err := natsx.Connect(url, "reader", quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := ns.Bus(t, natstest.Admin).JS
 	cons, err := js.OrderedConsumer(ctx, events.StreamDeploy, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.SubjectServiceScaledV1}})
 	if err != nil {
 		t.Fatal(err)

@@ -10,10 +10,10 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/catalog"
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/natstest"
-	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/services/deployer/internal/deploy"
 	"github.com/modelport/modelport/services/deployer/internal/kvstore"
@@ -42,11 +42,8 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() error)
 func TestReviewWorkerGoneFinishesDeletion(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	bus, err := natsx.Open(ctx, natstest.New(t).ClientURL(), "test", 1, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bus.Close)
+	ns := natstest.New(t)
+	bus := ns.Bus(t, access.Deployer)
 	store := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketNames), bus.KV(state.BucketInstances), bus.KV(state.BucketPlacements))
 	m := deploy.NewManager(store, catalog.Default(), bus.Publisher)
 	if err := transport.ConsumeInstanceEvents(ctx, bus.JS, m, quiet); err != nil {
@@ -59,7 +56,7 @@ func TestReviewWorkerGoneFinishesDeletion(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The worker died; the scaler removed its record and announced the loss.
-	if err := bus.Publisher.Publish(ctx, events.InstanceReleasedV1{Meta: events.NewMeta(), InstanceID: "i1", ServiceID: svc.ID,
+	if err := ns.Bus(t, natstest.Admin).Publisher.Publish(ctx, events.InstanceReleasedV1{Meta: events.NewMeta(), InstanceID: "i1", ServiceID: svc.ID,
 		WorkerID: "w-dead", Reason: "worker w-dead stopped beating", WorkerGone: true}); err != nil {
 		t.Fatal(err)
 	}

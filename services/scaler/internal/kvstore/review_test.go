@@ -7,8 +7,8 @@ import (
 	"log/slog"
 	"testing"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/natstest"
-	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/services/scaler/internal/kvstore"
 	"github.com/modelport/modelport/services/scaler/internal/scale"
@@ -20,11 +20,7 @@ import (
 func TestReviewPlacementMarkersPurged(t *testing.T) {
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	bus, err := natsx.Open(ctx, natstest.New(t).ClientURL(), "test", 1, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bus.Close)
+	bus := natstest.New(t).Bus(t, access.Scaler)
 	st := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketWorkers), bus.KV(state.BucketPlacements), bus.KV(state.BucketInstances), bus.KV(state.BucketLoad))
 	for i := range 10 {
 		p := state.Placement{InstanceID: fmt.Sprintf("i%d", i), ServiceID: "s1", WorkerID: "w1"}
@@ -54,12 +50,7 @@ func TestReviewPlacementMarkersPurged(t *testing.T) {
 // still learns of the removal.
 func TestRecentMarkersKept(t *testing.T) {
 	ctx := context.Background()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	bus, err := natsx.Open(ctx, natstest.New(t).ClientURL(), "test", 1, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bus.Close)
+	bus := natstest.New(t).Bus(t, access.Scaler)
 	st := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketWorkers), bus.KV(state.BucketPlacements), bus.KV(state.BucketInstances), bus.KV(state.BucketLoad))
 	p := state.Placement{InstanceID: "i1", ServiceID: "s1", WorkerID: "w1"}
 	if err := st.Place(ctx, p); err != nil {
@@ -83,12 +74,7 @@ func TestRecentMarkersKept(t *testing.T) {
 // Reconciling one service reads only its own keys.
 func TestServiceRecordsByPrefix(t *testing.T) {
 	ctx := context.Background()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	bus, err := natsx.Open(ctx, natstest.New(t).ClientURL(), "test", 1, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bus.Close)
+	bus := natstest.New(t).Bus(t, access.Scaler)
 	st := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketWorkers), bus.KV(state.BucketPlacements), bus.KV(state.BucketInstances), bus.KV(state.BucketLoad))
 	for _, svc := range []string{"s1", "s2"} {
 		for i := range 3 {
