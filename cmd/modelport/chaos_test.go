@@ -67,6 +67,10 @@ type member struct {
 	extra        []string
 	down         bool
 	upAt         time.Time // when to start it again
+	// spared members are never killed: the router, which the checks do
+	// not concern, but which creates the USAGE stream billing reads and
+	// the load bucket the scaler reads.
+	spared bool
 }
 
 // chaosCluster is the cluster under chaos, and what the chaos did to it.
@@ -124,11 +128,14 @@ func TestChaos(t *testing.T) {
 		{name: "billing", binary: "billing"},
 		{name: "worker-1", binary: "inference-worker"}, {name: "worker-2", binary: "inference-worker"},
 		{name: "worker-3", binary: "inference-worker"},
+		{name: "router", binary: "router", spared: true},
 	} {
 		m.extra = append(m.extra, "MODELPORT_REPLICA_ID="+m.name, "MODELPORT_WORKER_ID="+m.name)
 		c.members = append(c.members, m)
-		c.startMember(t, m)
 	}
+	// All at once: each waits at start for the streams and buckets the
+	// others create.
+	c.startMembers(t, c.members...)
 
 	// The chaos.
 	end := time.Now().Add(duration)
@@ -151,7 +158,7 @@ func TestChaos(t *testing.T) {
 			c.counts["nats killed"]++
 		case n < 90 && c.downCount() < 2:
 			m := c.members[c.rng.IntN(len(c.members))]
-			if !m.down {
+			if !m.down && !m.spared {
 				c.procs[m.name].kill(t)
 				m.down, m.upAt = true, time.Now().Add(time.Duration(1+c.rng.IntN(6))*time.Second)
 				c.counts[strings.TrimRight(m.name, "-0123456789")+" killed"]++
@@ -238,47 +245,66 @@ func (c *chaosCluster) revive(t *testing.T) {
 }
 
 // startMember starts a member on a free port and waits until it is
-// healthy. A port found free can be taken by another process before the
-// member listens on it: a member that exits before it is healthy is
-// started again on another port.
+// healthy.
 func (c *chaosCluster) startMember(t *testing.T, m *member) {
 	t.Helper()
-	for attempt := 1; ; attempt++ {
-		port, err := chlocal.FreePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		env := append(append([]string{}, c.common...), m.extra...)
-		env = append(env, "MODELPORT_HTTP_ADDR=127.0.0.1:"+strconv.Itoa(port), "MODELPORT_NATS_NKEY="+access.SeedFile(c.seeds, m.binary))
-		p := startProc(t, m.name, filepath.Join(c.bin, m.binary), env)
-		c.procs[m.name], c.urls[m.name] = p, "http://127.0.0.1:"+strconv.Itoa(port)
-		deadline := time.Now().Add(30 * time.Second)
+	c.startMembers(t, m)
+}
+
+// startMembers starts members, each on a free port, and waits until all
+// are healthy. A port found free can be taken by another process before
+// the member listens on it: a member that exits before it is healthy is
+// started again on another port.
+func (c *chaosCluster) startMembers(t *testing.T, members ...*member) {
+	t.Helper()
+	attempts := map[string]int{}
+	for _, m := range members {
+		c.launch(t, m)
+		attempts[m.name] = 1
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, m := range members {
 		for {
+			p := c.procs[m.name]
 			select {
 			case <-p.done:
 				p.stopped = true
-				if attempt < 3 {
-					t.Logf("%s exited while starting (%v); starting it again", m.name, p.err)
+				if attempts[m.name] >= 3 {
+					t.Fatalf("%s exited while starting: %v\n%s", m.name, p.err, p.out.String())
+				}
+				t.Logf("%s exited while starting (%v); starting it again", m.name, p.err)
+				attempts[m.name]++
+				c.launch(t, m)
+				deadline = time.Now().Add(30 * time.Second)
+				continue
+			default:
+			}
+			resp, err := http.Get(c.urls[m.name] + "/healthz")
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
 					break
 				}
-				t.Fatalf("%s exited while starting: %v\n%s", m.name, p.err, p.out.String())
-			default:
-				resp, err := http.Get(c.urls[m.name] + "/healthz")
-				if err == nil {
-					resp.Body.Close()
-					if resp.StatusCode == 200 {
-						return
-					}
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("%s not healthy within 30s: %v", m.name, err)
-				}
-				time.Sleep(50 * time.Millisecond)
-				continue
 			}
-			break
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not healthy within 30s: %v", m.name, err)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	}
+}
+
+// launch starts member m's process on a port found free.
+func (c *chaosCluster) launch(t *testing.T, m *member) {
+	t.Helper()
+	port, err := chlocal.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := append(append([]string{}, c.common...), m.extra...)
+	env = append(env, "MODELPORT_HTTP_ADDR=127.0.0.1:"+strconv.Itoa(port), "MODELPORT_NATS_NKEY="+access.SeedFile(c.seeds, m.binary))
+	p := startProc(t, m.name, filepath.Join(c.bin, m.binary), env)
+	c.procs[m.name], c.urls[m.name] = p, "http://127.0.0.1:"+strconv.Itoa(port)
 }
 
 // deployer returns the URL of a running deployer, or "".
