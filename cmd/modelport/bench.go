@@ -33,9 +33,12 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 	requests := fs.Int("requests", 3000, "requests per scenario at the highest concurrency")
 	out := fs.String("out", "", "write the report (markdown) to this file")
 	realEngine := fs.Bool("engine", true, "also measure a real engine: Ollama (`make engines`) serving a tiny model")
+	routerBin := fs.String("router-bin", "", "the router binary for the hostile image scenario (default: router beside this binary)")
+	only := fs.String("only", "", "run only this section: latency, lifecycle, hostile-images, engine or billing")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	run := func(section string) bool { return *only == "" || *only == section }
 	dir, err := os.MkdirTemp("", "modelport-bench-")
 	if err != nil {
 		return err
@@ -52,8 +55,8 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 		"MODELPORT_AUTOSCALE_INTERVAL":   "100ms",
 		"MODELPORT_LOAD_REPORT_INTERVAL": "100ms",
 	}
-	if *realEngine {
-		engineSettings, err := benchEngineSetup(dir)
+	if *realEngine && run("engine") {
+		engineSettings, err := benchEngineSetup()
 		if err != nil {
 			return err
 		}
@@ -78,6 +81,9 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	var cases []benchCase
 	for _, stream := range []bool{false, true} {
+		if !run("latency") {
+			break
+		}
 		for _, conc := range []int{1, 64} {
 			n := *requests
 			if conc == 1 {
@@ -119,18 +125,25 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 			}
 		}
 	}
-	life, err := benchLifecycle(ctx, client, p.BaseURL, key)
-	if err != nil {
-		return fmt.Errorf("lifecycle: %w", err)
+	var life string
+	if run("lifecycle") {
+		if life, err = benchLifecycle(ctx, client, p.BaseURL, key); err != nil {
+			return fmt.Errorf("lifecycle: %w", err)
+		}
 	}
-	if *realEngine {
-		section, err := benchEngine(ctx, client, p.BaseURL, key)
+	if run("hostile-images") {
+		life += benchHostileImages(ctx, &http.Client{Timeout: 5 * time.Minute}, p, key, *routerBin)
+	}
+	if *realEngine && run("engine") {
+		section, err := benchEngine(ctx, client, p.BaseURL, key, p.ModelDirs[0])
 		if err != nil {
 			return fmt.Errorf("real engine: %w", err)
 		}
 		life += section
 	}
-	life += benchBilling(ctx, 10*(*requests))
+	if run("billing") {
+		life += benchBilling(ctx, 10*(*requests))
+	}
 	report := benchReport(*requests, cases) + life
 	fmt.Fprint(stdout, report)
 	if *out != "" {
@@ -306,6 +319,9 @@ func benchReport(requests int, cases []benchCase) string {
 	fmt.Fprintf(&b, "# Benchmarks\n\nWritten by `make bench` (`bin/modelport bench -requests %d -out docs/benchmarks.md`) on %s.\n\n",
 		requests, time.Now().UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(&b, "Machine: %s, %d CPUs, %s %s/%s.\n\n", cpuModel(), runtime.NumCPU(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	if len(cases) == 0 {
+		return b.String()
+	}
 	b.WriteString("## End-to-end request path: the router's added latency\n\n")
 	b.WriteString("Chat completions (`max_tokens` 32) against one simulator instance with no added latency, so every microsecond measured is serving overhead. ")
 	b.WriteString("The baseline posts straight to the instance; the router path adds the API-key check, the routing table, forwarding, and the usage event stored in JetStream before the answer completes. ")

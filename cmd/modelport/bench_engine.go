@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,20 +15,15 @@ import (
 	"strings"
 	"time"
 
-	"github.com/modelport/modelport/libs/catalog"
 	"github.com/modelport/modelport/libs/tinygguf"
 )
 
-// benchEngineModel is the catalog name of the tiny model the real-engine
-// benchmark deploys on Ollama.
-const benchEngineModel = "tiny-chat-bench"
-
 // benchEngineSetup prepares the real-engine benchmark: it finds Ollama
 // where the worker will look (PATH, then beside this binary, where `make
-// engines` links it), writes the tiny model, and returns the settings
-// that add it to the catalog and let the worker run it on Ollama, one CPU
-// thread per instance.
-func benchEngineSetup(dir string) (map[string]string, error) {
+// engines` links it) and returns the settings that let the worker run it,
+// one CPU thread per instance. The model comes from the registry, as an
+// owner's does (benchEngine).
+func benchEngineSetup() (map[string]string, error) {
 	exe, _ := os.Executable()
 	path := os.Getenv("PATH")
 	if exe != "" {
@@ -43,29 +39,7 @@ func benchEngineSetup(dir string) (map[string]string, error) {
 	if !found {
 		return nil, errors.New("the real-engine benchmark needs Ollama on PATH or beside this binary: run `make engines`")
 	}
-	m, err := tinygguf.Model(tinygguf.Options{})
-	if err != nil {
-		return nil, err
-	}
-	weights := filepath.Join(dir, "tiny.gguf")
-	if err := m.WriteFile(weights); err != nil {
-		return nil, err
-	}
-	models := catalog.Default().Models()
-	models = append(models, catalog.Model{
-		Name: benchEngineModel, DisplayName: "Tiny chat (random weights)", Tasks: []string{"text-generation"},
-		Engine: "ollama", Source: "file://" + weights, ContextLength: 1024,
-	})
-	b, err := json.Marshal(models)
-	if err != nil {
-		return nil, err
-	}
-	file := filepath.Join(dir, "catalog.json")
-	if err := os.WriteFile(file, b, 0o644); err != nil {
-		return nil, err
-	}
 	return map[string]string{
-		"MODELPORT_CATALOG":            file,
 		"MODELPORT_WORKER_ENGINES":     "ollama",
 		"MODELPORT_WORKER_ENGINE_PATH": path,
 		"MODELPORT_WORKER_CPU_THREADS": "1",
@@ -73,21 +47,52 @@ func benchEngineSetup(dir string) (map[string]string, error) {
 	}, nil
 }
 
-// benchEngine measures the tiny model on a real Ollama: deploy request to
-// the first answer (the engine's start and model load included), and
+// benchEngine measures the tiny model on a real Ollama, the way an owner
+// brings a model: the GGUF file written into the model store and
+// registered (its header read, its memory estimated), then deploy request
+// to the first answer (the engine's start and model load included), and
 // generation speed through the router against the instance directly.
-func benchEngine(ctx context.Context, c *http.Client, base, key string) (string, error) {
+func benchEngine(ctx context.Context, c *http.Client, base, key, store string) (string, error) {
+	m, err := tinygguf.Model(tinygguf.Options{})
+	if err != nil {
+		return "", err
+	}
+	weights := filepath.Join(store, "bench-tiny.gguf")
+	if err := m.WriteFile(weights); err != nil {
+		return "", err
+	}
+	defer os.Remove(weights)
 	const deploys = 3
-	var toFirst []time.Duration
+	var toRegister, toFirst []time.Duration
+	var rows string
 	for i := range deploys {
-		name := fmt.Sprintf("engine-%d", i)
+		name, model := fmt.Sprintf("engine-%d", i), fmt.Sprintf("tiny-chat-bench-%d", i)
 		t0 := time.Now()
+		var registered struct {
+			Engine     string          `json:"engine"`
+			Inspection json.RawMessage `json:"inspection"`
+		}
+		if err := benchCall(ctx, c, "POST", base+"/api/v1/models", key, map[string]any{
+			"name": model, "source": "file://" + weights, "context_length": 1024,
+		}, &registered); err != nil {
+			return "", err
+		}
+		if registered.Engine != "ollama" || len(registered.Inspection) == 0 {
+			return "", fmt.Errorf("model %s registered for engine %q, inspection %s: want ollama and its GGUF header", model, registered.Engine, registered.Inspection)
+		}
+		toRegister = append(toRegister, time.Since(t0))
+
+		t0 = time.Now()
 		var svc struct {
 			ID         string `json:"id"`
 			AccessName string `json:"access_name"`
+			Engine     string `json:"engine"`
 		}
-		if err := benchCall(ctx, c, "POST", base+"/api/v1/services", key, map[string]any{"name": name, "base_model": benchEngineModel}, &svc); err != nil {
+		if err := benchCall(ctx, c, "POST", base+"/api/v1/services", key, map[string]any{"name": name, "base_model": model}, &svc); err != nil {
 			return "", err
+		}
+		if svc.Engine != "ollama" {
+			return "", fmt.Errorf("service %s of model %s on engine %q, want ollama", svc.ID, model, svc.Engine)
 		}
 		body, _ := json.Marshal(map[string]any{"model": svc.AccessName, "max_tokens": 8, "messages": []map[string]string{{"role": "user", "content": "hi"}}})
 		for {
@@ -102,29 +107,9 @@ func benchEngine(ctx context.Context, c *http.Client, base, key string) (string,
 			time.Sleep(10 * time.Millisecond)
 		}
 		if i == deploys-1 {
-			rows, err := benchTokens(ctx, c, base, key, svc.ID, svc.AccessName)
-			if err != nil {
+			if rows, err = benchTokens(ctx, c, base, key, svc.ID, svc.AccessName); err != nil {
 				return "", err
 			}
-			var deleted struct{}
-			if err := benchCall(ctx, c, "DELETE", base+"/api/v1/services/"+svc.ID, key, map[string]any{"confirm_name": name}, &deleted); err != nil {
-				return "", err
-			}
-			if err := waitDeleted(ctx, c, base, key, svc.ID); err != nil {
-				return "", err
-			}
-			slices.Sort(toFirst)
-			var b strings.Builder
-			b.WriteString("\n## A real engine: Ollama serving a tiny model on the CPU\n\n")
-			b.WriteString("Ollama (built by `make engines`) serving the tiny random-weights llama model of `modelport testmodel` (2 layers, 64 dimensions, a few hundred KB) on one CPU thread per instance. ")
-			b.WriteString("Deploy to first answer is the wall time from the deploy request until a chat completion is answered: placement, starting `ollama serve`, importing the GGUF file (blob upload and create), loading the model on the first request, and 8 generated tokens. ")
-			fmt.Fprintf(&b, "Median of %d deploys, each a fresh service.\n\n", deploys)
-			b.WriteString("| step | median | slowest |\n|---|---:|---:|\n")
-			fmt.Fprintf(&b, "| deploy request → first answer on Ollama (model load included) | %s | %s |\n\n", ms(toFirst[len(toFirst)/2]), ms(toFirst[len(toFirst)-1]))
-			b.WriteString("Generation speed: streamed chat completions with greedy decoding and `max_tokens` 256, through the router and straight to the instance's OpenAI API, interleaved; tokens are the engine's own completion counts, time is from the request to the last chunk. ")
-			b.WriteString("The tiny model generates far faster than any real one, so the router's share of the time is as large here as it will ever be.\n\n")
-			b.WriteString(rows)
-			return b.String(), nil
 		}
 		var deleted struct{}
 		if err := benchCall(ctx, c, "DELETE", base+"/api/v1/services/"+svc.ID, key, map[string]any{"confirm_name": name}, &deleted); err != nil {
@@ -133,8 +118,44 @@ func benchEngine(ctx context.Context, c *http.Client, base, key string) (string,
 		if err := waitDeleted(ctx, c, base, key, svc.ID); err != nil {
 			return "", err
 		}
+		if err := benchDeleteModel(ctx, c, base, key, model); err != nil {
+			return "", err
+		}
 	}
-	return "", errors.New("unreachable")
+	slices.Sort(toRegister)
+	slices.Sort(toFirst)
+	var b strings.Builder
+	b.WriteString("\n## A real engine: Ollama serving a tiny model on the CPU\n\n")
+	b.WriteString("Ollama (built by `make engines`) serving the tiny random-weights llama model of `modelport testmodel` (2 layers, 64 dimensions, a few hundred KB) on one CPU thread per instance, brought as an owner brings a model: the GGUF file on the model store, registered with `POST /api/v1/models`. ")
+	b.WriteString("Registering is the answer to that request: the GGUF header read and the memory estimated. ")
+	b.WriteString("Deploy to first answer is the wall time from the deploy request until a chat completion is answered: placement, starting `ollama serve`, importing the GGUF file (blob upload and create), loading the model on the first request, and 8 generated tokens. ")
+	fmt.Fprintf(&b, "Median of %d models and deploys, each a fresh model and service.\n\n", deploys)
+	b.WriteString("| step | median | slowest |\n|---|---:|---:|\n")
+	fmt.Fprintf(&b, "| register the GGUF file (header read, memory estimate) | %s | %s |\n", ms(toRegister[len(toRegister)/2]), ms(toRegister[len(toRegister)-1]))
+	fmt.Fprintf(&b, "| deploy request → first answer on Ollama (model load included) | %s | %s |\n\n", ms(toFirst[len(toFirst)/2]), ms(toFirst[len(toFirst)-1]))
+	b.WriteString("Generation speed: streamed chat completions with greedy decoding and `max_tokens` 256, through the router and straight to the instance's OpenAI API, interleaved; tokens are the engine's own completion counts, time is from the request to the last chunk. ")
+	b.WriteString("The tiny model generates far faster than any real one, so the router's share of the time is as large here as it will ever be.\n\n")
+	b.WriteString(rows)
+	return b.String(), nil
+}
+
+// benchDeleteModel deletes a registered model, which answers 204.
+func benchDeleteModel(ctx context.Context, c *http.Client, base, key, name string) error {
+	req, err := http.NewRequestWithContext(ctx, "DELETE", base+"/api/v1/models/"+name, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("delete model %s: %d %s", name, resp.StatusCode, b)
+	}
+	return nil
 }
 
 // benchTokens measures generation speed of the service's one instance,

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -97,10 +98,55 @@ type Keyring struct {
 
 	mu    sync.RWMutex
 	cache map[string]Key // by hash; nil until Follow
+	// live is set while the watch that keeps cache current runs; seen is
+	// the last bucket revision it applied, and caught is closed and
+	// replaced whenever seen moves; down says why the watch is not live.
+	live   bool
+	seen   uint64
+	caught chan struct{}
+	down   error
+	// misses are hashes recently found in no key, until when.
+	misses map[string]time.Time
+
+	pmu   sync.Mutex
+	probe *probe // the latest look at the bucket's last revision
+	log   *slog.Logger
 }
 
+// probe is one look at the bucket's last revision, shared by the
+// requests that arrived before it started.
+type probe struct {
+	start time.Time
+	done  chan struct{}
+	seq   uint64
+	err   error
+}
+
+// Timings of the key cache.
+const (
+	// missTTL is how long a hash found in no key is refused without
+	// another look: short, since a key may be created with it (by chance
+	// alone, given 256 random bits) and, more to the point, so the
+	// memory stays small.
+	missTTL = 2 * time.Second
+	// maxMisses bounds the remembered misses.
+	maxMisses = 10_000
+	// probeEvery is the least time between two looks at the bucket's last
+	// revision: however many unknown keys arrive, the bucket is asked at
+	// most this often.
+	probeEvery = 50 * time.Millisecond
+	// catchUpWait bounds the wait for the watch to apply a revision the
+	// bucket has; past it, the bucket is asked for the key itself.
+	catchUpWait = 2 * time.Second
+)
+
 // NewKeyring returns a Keyring on the apikeys bucket.
-func NewKeyring(kv jetstream.KeyValue) *Keyring { return &Keyring{kv: kv} }
+func NewKeyring(kv jetstream.KeyValue) *Keyring {
+	return &Keyring{kv: kv, caught: make(chan struct{}), misses: map[string]time.Time{}, log: slog.New(slog.DiscardHandler)}
+}
+
+// SetLogger sets where the keyring logs its watch's troubles.
+func (r *Keyring) SetLogger(log *slog.Logger) { r.log = log }
 
 // adminKey holds the record of the installation's first admin key.
 const adminKey = "admin"
@@ -127,19 +173,55 @@ func (r *Keyring) Put(ctx context.Context, k Key) error {
 // dictionary to try either. An unsalted fast hash is enough for the same
 // reason. Where a stored record is compared with the presented hash, the
 // comparison is in constant time all the same.
+//
+// A Keyring that follows its bucket (Follow) answers from memory while its
+// watch is live: a key it does not hold is refused once the watch has
+// applied everything the bucket held when the request arrived, which one
+// look at the bucket's last revision, shared by every request that
+// arrived before it and taken at most every probeEvery, tells. So unknown
+// keys, however many, cost the bus a few small requests a second, and a
+// key created a moment ago still verifies. While the watch is down, the
+// bucket has the last word on every key (a revoked key must not live on
+// in a stale copy), and hashes it has no key for are remembered for
+// missTTL.
 func (r *Keyring) Verify(ctx context.Context, secret string) (Key, error) {
 	if !strings.HasPrefix(secret, SecretPrefix) {
 		return Key{}, errs.E(errs.Unauthorized, "invalid API key")
 	}
+	arrived := time.Now()
 	h := Hash(secret)
 	r.mu.RLock()
 	k, ok := r.cache[h]
+	following, live := r.cache != nil, r.live
+	missed := r.missed(h, arrived)
 	r.mu.RUnlock()
-	if ok {
+	switch {
+	case ok && live:
 		return k, nil
+	case missed:
+		return Key{}, errs.E(errs.Unauthorized, "invalid API key")
+	case live:
+		if r.caughtUp(ctx, arrived) {
+			r.mu.RLock()
+			k, ok = r.cache[h]
+			r.mu.RUnlock()
+			if ok {
+				return k, nil
+			}
+			r.miss(h)
+			return Key{}, errs.E(errs.Unauthorized, "invalid API key")
+		}
+		// The watch is not keeping up: ask the bucket.
 	}
-	// Not cached, or no cache: a key created a moment ago may not have
-	// come through the watch yet, so the bucket has the last word.
+	k, err := r.get(ctx, h)
+	if following && errs.KindOf(err) == errs.Unauthorized {
+		r.miss(h)
+	}
+	return k, err
+}
+
+// get reads the key with hash h from the bucket.
+func (r *Keyring) get(ctx context.Context, h string) (Key, error) {
 	e, err := r.kv.Get(ctx, h)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return Key{}, errs.E(errs.Unauthorized, "invalid API key")
@@ -147,6 +229,7 @@ func (r *Keyring) Verify(ctx context.Context, secret string) (Key, error) {
 	if err != nil {
 		return Key{}, errs.Wrap(errs.Unavailable, err, "verify API key")
 	}
+	var k Key
 	if err := json.Unmarshal(e.Value(), &k); err != nil {
 		return Key{}, fmt.Errorf("decode api key: %w", err)
 	}
@@ -158,52 +241,275 @@ func (r *Keyring) Verify(ctx context.Context, secret string) (Key, error) {
 	return k, nil
 }
 
-// Follow keeps an in-memory copy of the bucket, so Verify needs no round
-// trip to NATS for known keys. It returns once the copy is loaded; updates
-// (new and revoked keys) follow until ctx ends.
-func (r *Keyring) Follow(ctx context.Context) error {
-	w, err := r.kv.WatchAll(ctx)
-	if err != nil {
-		return fmt.Errorf("watch api keys: %w", err)
-	}
+// missed reports whether h was found in no key less than missTTL ago.
+// r.mu is held.
+func (r *Keyring) missed(h string, now time.Time) bool {
+	until, ok := r.misses[h]
+	return ok && now.Before(until)
+}
+
+// miss remembers that h is no key's.
+func (r *Keyring) miss(h string) {
 	r.mu.Lock()
-	r.cache = map[string]Key{}
-	r.mu.Unlock()
-	apply := func(e jetstream.KeyValueEntry) {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		if e.Operation() != jetstream.KeyValuePut {
-			delete(r.cache, e.Key())
-			return
-		}
-		var k Key
-		if err := json.Unmarshal(e.Value(), &k); err == nil && k.Hash == e.Key() {
-			r.cache[e.Key()] = k
+	defer r.mu.Unlock()
+	now := time.Now()
+	if r.misses == nil {
+		r.misses = map[string]time.Time{}
+	}
+	if len(r.misses) >= maxMisses {
+		for m, until := range r.misses {
+			if now.After(until) || len(r.misses) >= maxMisses {
+				delete(r.misses, m)
+			}
 		}
 	}
-	for e := range w.Updates() {
-		if e == nil {
-			break
-		}
-		apply(e)
+	r.misses[h] = now.Add(missTTL)
+}
+
+// caughtUp reports whether the cache holds everything the bucket held at
+// arrived: it waits for a look at the bucket's last revision taken after
+// then, and for the watch to apply it (at most catchUpWait).
+func (r *Keyring) caughtUp(ctx context.Context, arrived time.Time) bool {
+	seq, err := r.lastRevision(ctx, arrived)
+	if err != nil {
+		return false
 	}
-	go func() {
-		defer w.Stop()
-		for {
+	deadline := time.NewTimer(catchUpWait)
+	defer deadline.Stop()
+	for {
+		r.mu.RLock()
+		seen, live, caught := r.seen, r.live, r.caught
+		r.mu.RUnlock()
+		switch {
+		case seen >= seq:
+			return true
+		case !live:
+			return false
+		}
+		select {
+		case <-caught:
+		case <-deadline.C:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// lastRevision returns the bucket's last revision as seen by a look taken
+// at or after arrived. Looks are shared and at least probeEvery apart.
+func (r *Keyring) lastRevision(ctx context.Context, arrived time.Time) (uint64, error) {
+	for {
+		r.pmu.Lock()
+		p := r.probe
+		if p != nil && !p.start.Before(arrived) {
+			r.pmu.Unlock()
 			select {
+			case <-p.done:
+				return p.seq, p.err
 			case <-ctx.Done():
-				return
-			case e, ok := <-w.Updates():
-				if !ok {
-					return
-				}
-				if e != nil {
-					apply(e)
+				return 0, ctx.Err()
+			}
+		}
+		if p != nil {
+			select {
+			case <-p.done:
+			default: // one under way, started too early for this request
+				r.pmu.Unlock()
+				select {
+				case <-p.done:
+					continue
+				case <-ctx.Done():
+					return 0, ctx.Err()
 				}
 			}
 		}
-	}()
+		start := time.Now()
+		if p != nil {
+			start = later(start, p.start.Add(probeEvery))
+		}
+		np := &probe{start: start, done: make(chan struct{})}
+		r.probe = np
+		r.pmu.Unlock()
+		// The look is shared: it does not end with this request.
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		time.Sleep(time.Until(start))
+		np.seq, np.err = r.bucketRevision(pctx)
+		cancel()
+		close(np.done)
+		return np.seq, np.err
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// bucketRevision asks the bucket for its last revision.
+func (r *Keyring) bucketRevision(ctx context.Context) (uint64, error) {
+	st, err := r.kv.Status(ctx)
+	if err != nil {
+		return 0, err
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok || bs.StreamInfo() == nil {
+		return 0, errors.New("the key bucket's status has no stream information")
+	}
+	return bs.StreamInfo().State.LastSeq, nil
+}
+
+// Ready returns nil while the keyring's watch is live, else why it is not.
+// Only a keyring that follows its bucket has a watch.
+func (r *Keyring) Ready() error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.cache != nil && !r.live {
+		if r.down != nil {
+			return r.down
+		}
+		return errors.New("the API key watch is down")
+	}
 	return nil
+}
+
+// Follow keeps an in-memory copy of the bucket, so Verify needs no round
+// trip to NATS. It returns once the copy is loaded; updates (new and
+// revoked keys) follow until ctx ends. A watch that ends is started again,
+// with backoff, from a fresh copy; meanwhile Verify asks the bucket and
+// Ready fails.
+func (r *Keyring) Follow(ctx context.Context) error {
+	w, err := r.load(ctx)
+	if err != nil {
+		return err
+	}
+	go r.follow(ctx, w)
+	return nil
+}
+
+// load watches the bucket and replaces the cache with its contents.
+func (r *Keyring) load(ctx context.Context) (jetstream.KeyWatcher, error) {
+	w, err := r.kv.WatchAll(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("watch api keys: %w", err)
+	}
+	cache := map[string]Key{}
+	var seen uint64
+	for {
+		var e jetstream.KeyValueEntry
+		var ok bool
+		select {
+		case <-ctx.Done():
+			_ = w.Stop()
+			return nil, ctx.Err()
+		case e, ok = <-w.Updates():
+		}
+		if !ok {
+			_ = w.Stop()
+			return nil, errors.New("watch api keys: the watch ended while loading")
+		}
+		if e == nil {
+			break
+		}
+		seen = max(seen, e.Revision())
+		if k, ok := keyOf(e); ok {
+			cache[e.Key()] = k
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.cache, r.live, r.down = cache, true, nil
+	r.advance(seen)
+	return w, nil
+}
+
+// keyOf returns the key an entry puts.
+func keyOf(e jetstream.KeyValueEntry) (Key, bool) {
+	if e.Operation() != jetstream.KeyValuePut {
+		return Key{}, false
+	}
+	var k Key
+	if err := json.Unmarshal(e.Value(), &k); err != nil || k.Hash != e.Key() {
+		return Key{}, false
+	}
+	return k, true
+}
+
+// advance records that the cache holds revision seq. r.mu is held.
+func (r *Keyring) advance(seq uint64) {
+	if seq > r.seen {
+		r.seen = seq
+	}
+	if r.caught != nil {
+		close(r.caught)
+	}
+	r.caught = make(chan struct{})
+}
+
+// follow applies updates until ctx ends, starting the watch again whenever
+// it ends.
+func (r *Keyring) follow(ctx context.Context, w jetstream.KeyWatcher) {
+	for {
+		r.apply(ctx, w)
+		_ = w.Stop()
+		if ctx.Err() != nil {
+			return
+		}
+		r.setDown(errors.New("the API key watch ended; starting it again"))
+		r.log.ErrorContext(ctx, "API key watch ended; starting it again: keys are checked against the bucket until it is back")
+		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			var err error
+			if w, err = r.load(ctx); err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			r.setDown(fmt.Errorf("the API key watch is down: %w", err))
+			r.log.ErrorContext(ctx, "API key watch not started again; retrying", "err", err)
+		}
+		r.log.InfoContext(ctx, "API key watch started again")
+	}
+}
+
+// apply applies a watch's updates until it or ctx ends.
+func (r *Keyring) apply(ctx context.Context, w jetstream.KeyWatcher) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e == nil {
+				continue
+			}
+			r.mu.Lock()
+			if k, ok := keyOf(e); ok {
+				r.cache[e.Key()] = k
+				delete(r.misses, e.Key())
+			} else {
+				delete(r.cache, e.Key())
+			}
+			r.advance(e.Revision())
+			r.mu.Unlock()
+		}
+	}
+}
+
+func (r *Keyring) setDown(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.live, r.down = false, err
+	r.advance(0) // wake waiters: the watch is no longer live
 }
 
 // EnsureAdmin makes sure the installation has an admin key and returns its

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/modelport/modelport/libs/errs"
+	"github.com/modelport/modelport/libs/jsonscan"
 )
 
 // DecodeJSON reads a JSON object of at most limit bytes into v, a pointer
@@ -185,15 +186,15 @@ func CheckFields(data []byte, t reflect.Type, path string, unknown Unknown) erro
 	case t == reflect.TypeFor[json.RawMessage]():
 		return nil
 	case t.Kind() == reflect.Slice || t.Kind() == reflect.Array:
-		var items []json.RawMessage
-		if json.Unmarshal(data, &items) != nil {
-			return nil
+		// Each item is checked where it sits in data: nothing is copied, so
+		// a body of megabytes costs no more than its own bytes.
+		err := jsonscan.Elements(data, jsonscan.All(data), func(i int, item jsonscan.Span) error {
+			return CheckFields(data[item.Start:item.End], t.Elem(), fmt.Sprintf("%s[%d]", path, i), unknown)
+		})
+		if errors.Is(err, jsonscan.ErrMalformed) {
+			return nil // not an array of values: the typed decode reports it
 		}
-		for i, item := range items {
-			if err := CheckFields(item, t.Elem(), fmt.Sprintf("%s[%d]", path, i), unknown); err != nil {
-				return err
-			}
-		}
+		return err
 	case t.Kind() == reflect.Struct:
 		keys, values, ok := objectKeys(data)
 		if !ok {
@@ -234,25 +235,20 @@ func join(path, key string) string {
 }
 
 // objectKeys returns the keys of the JSON object in data, in order, with
-// their values; false when data is not an object.
+// their values (parts of data, not copies); false when data is not an
+// object.
 func objectKeys(data []byte) ([]string, []json.RawMessage, bool) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+	if t := bytes.TrimSpace(data); len(t) == 0 || t[0] != '{' {
 		return nil, nil, false
 	}
 	var keys []string
 	var values []json.RawMessage
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, nil, false
-		}
-		key, _ := tok.(string)
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, nil, false
-		}
-		keys, values = append(keys, key), append(values, v)
+	err := jsonscan.Members(data, jsonscan.All(data), func(key string, v jsonscan.Span) error {
+		keys, values = append(keys, key), append(values, data[v.Start:v.End])
+		return nil
+	})
+	if err != nil {
+		return nil, nil, false
 	}
 	return keys, values, true
 }

@@ -92,11 +92,14 @@ func (c Common) NATSOptions() ([]natsx.Option, error) {
 	return opts, nil
 }
 
-// Service is a started service: its HTTP handler (nil if it has none) and
-// how to stop it.
+// Service is a started service: its HTTP handler (nil if it has none),
+// how to stop it, and, when set, whether it is ready: an error while
+// something it relies on (such as a watch that keeps its state current)
+// is down, which fails /healthz.
 type Service struct {
 	Handler http.Handler
 	Stop    func(context.Context)
+	Ready   func() error
 }
 
 // StartFunc starts a service on an open bus. It returns once the service
@@ -138,19 +141,20 @@ func Run(ctx context.Context, name string, getenv config.Getenv, stderr io.Write
 		return fmt.Errorf("listen %s: %w", common.HTTPAddr, err)
 	}
 	log.Info("serving", "addr", ln.Addr().String(), "nats", common.NATSURL)
-	err = Serve(ctx, ln, Edge(WithHealth(svc.Handler, bus, common.MetricsToken), name, log), log)
+	err = Serve(ctx, ln, Edge(WithHealth(svc.Handler, bus, common.MetricsToken, svc.Ready), name, log), log)
 	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
 	defer cancel()
 	svc.Stop(stopCtx)
 	return err
 }
 
-// WithHealth adds GET /healthz, which answers 200 while NATS is connected,
-// and GET /metrics, the process's metrics in the Prometheus format, to h
-// (which may be nil). Metrics name every tenant's services, so only an
-// admin API key or, when set, metricsToken (MODELPORT_METRICS_TOKEN, a
-// credential for the scraper alone) may read them.
-func WithHealth(h http.Handler, bus *natsx.Bus, metricsToken string) http.Handler {
+// WithHealth adds GET /healthz, which answers 200 while NATS is connected
+// and every ready (nil ones aside) returns nil, and GET /metrics, the
+// process's metrics in the Prometheus format, to h (which may be nil).
+// Metrics name every tenant's services, so only an admin API key or, when
+// set, metricsToken (MODELPORT_METRICS_TOKEN, a credential for the scraper
+// alone) may read them.
+func WithHealth(h http.Handler, bus *natsx.Bus, metricsToken string, ready ...func() error) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", httpx.Authenticate(metricsVerifier{keys: auth.NewKeyring(bus.KV(state.BucketAPIKeys)), token: metricsToken})(
 		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -164,6 +168,15 @@ func WithHealth(h http.Handler, bus *natsx.Bus, metricsToken string) http.Handle
 		if !bus.Conn.IsConnected() {
 			http.Error(w, "nats disconnected", http.StatusServiceUnavailable)
 			return
+		}
+		for _, r := range ready {
+			if r == nil {
+				continue
+			}
+			if err := r(); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
 		}
 		_, _ = io.WriteString(w, "ok\n")
 	})

@@ -150,6 +150,7 @@ test('signing in: a wrong key is refused, the admin key opens the service list',
 test('deploy form: validates as you type, then deploys a service of each task', async () => {
   await page.getByRole('link', { name: 'Deploy a model' }).first().click();
   await page.getByRole('heading', { level: 1, name: 'Deploy a model' }).waitFor();
+  await deployFormLoaded();
   const nameError = page.locator('.field', { has: page.getByLabel('Service name') }).locator('.field-error');
 
   // The catalog filtered by task: image generation offers only image models.
@@ -280,6 +281,7 @@ test('models: the register form validates as you type, shows what the file says,
   // Deploy it: the deploy form offers it among the caller's models.
   await page.getByRole('link', { name: 'Deploy this model' }).click();
   await page.getByRole('heading', { level: 1, name: 'Deploy a model' }).waitFor();
+  await deployFormLoaded();
   assert.equal(await page.getByLabel('Base model').inputValue(), 'tiny');
   assert.deepEqual(await page.getByLabel('Base model').locator('optgroup[label="Your models"] option').allTextContents(), ['Tiny Llama (tiny)']);
   await page.getByLabel('Service name').fill('tiny-chat');
@@ -542,6 +544,13 @@ async function waitForUsage() {
   if (await page.locator('.usage svg.chart').count()) {
     assert.ok(await page.locator('.usage svg.chart rect.bar').count() > 0, 'the usage chart has bars');
   }
+}
+
+// deployFormLoaded waits until the deploy form has the models it offers:
+// it asks for the catalog and the caller after it appears, then fills the
+// model list and shows the chosen model's facts.
+async function deployFormLoaded() {
+  await page.locator('.model-info dl').waitFor();
 }
 
 async function assertText(locator, re) {

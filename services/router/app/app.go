@@ -5,8 +5,11 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"net/url"
 	"strings"
 	"time"
 
@@ -41,13 +44,52 @@ type Config struct {
 	// AllowPrivateImageURLs lets image URLs reach private, loopback and
 	// link-local addresses.
 	AllowPrivateImageURLs bool // MODELPORT_ALLOW_PRIVATE_IMAGE_URLS
+	// AllowedHosts are the hosts image URLs may be built on when PublicURL
+	// is unset; with neither, only loopback hosts.
+	AllowedHosts []string // MODELPORT_ALLOWED_HOSTS
+	// TrustedProxies are the proxies whose X-Forwarded-* headers are
+	// believed.
+	TrustedProxies []netip.Prefix // MODELPORT_TRUSTED_PROXIES
+	// DialTimeout bounds connecting to an engine.
+	DialTimeout time.Duration // MODELPORT_ENGINE_DIAL_TIMEOUT
+	// IdleTimeout ends an engine's answer that sends nothing for so long.
+	IdleTimeout time.Duration // MODELPORT_ENGINE_IDLE_TIMEOUT
+	// KeepAlive is how often a silent stream gets an SSE comment.
+	KeepAlive time.Duration // MODELPORT_STREAM_KEEPALIVE
+	// RequestMemory bounds the bytes of request bodies and fetched images
+	// held at once.
+	RequestMemory int64 // MODELPORT_REQUEST_MEMORY
+	// AuthFailures is how many failed authentications per minute a client
+	// address may have before it is refused unread; 0: no limit.
+	AuthFailures int // MODELPORT_AUTH_FAILURE_LIMIT
 }
+
+// DefaultRequestMemory is the default MODELPORT_REQUEST_MEMORY: half the
+// memory the Kubernetes manifest gives a router.
+const DefaultRequestMemory = 256 << 20
 
 // ConfigFromEnv reads Config.
 func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 	var c Config
 	var err error
 	c.PublicURL = strings.TrimSuffix(getenv("MODELPORT_PUBLIC_URL"), "/")
+	if c.PublicURL != "" {
+		if u, err := url.Parse(c.PublicURL); err != nil || u.Scheme != "http" && u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			return c, fmt.Errorf("MODELPORT_PUBLIC_URL: %q is not an http(s) URL such as https://api.example.com", c.PublicURL)
+		}
+	}
+	c.AllowedHosts = list(getenv("MODELPORT_ALLOWED_HOSTS"))
+	for _, p := range list(getenv("MODELPORT_TRUSTED_PROXIES")) {
+		prefix, err := netip.ParsePrefix(p)
+		if err != nil {
+			a, aerr := netip.ParseAddr(p)
+			if aerr != nil {
+				return c, fmt.Errorf("MODELPORT_TRUSTED_PROXIES: %q is not an address or a CIDR range", p)
+			}
+			prefix = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+		}
+		c.TrustedProxies = append(c.TrustedProxies, prefix.Masked())
+	}
 	c.AllowPrivateImageURLs = config.Bool(getenv, "MODELPORT_ALLOW_PRIVATE_IMAGE_URLS", false)
 	if c.EngineTimeout, err = config.Duration(getenv, "MODELPORT_ENGINE_TIMEOUT", 10*time.Minute); err != nil {
 		return c, err
@@ -60,8 +102,13 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 		{"MODELPORT_RATE_LIMIT_TPM", &c.RateLimits.KeyTokens},
 		{"MODELPORT_SERVICE_RATE_LIMIT_RPM", &c.RateLimits.ServiceRequests},
 		{"MODELPORT_SERVICE_RATE_LIMIT_TPM", &c.RateLimits.ServiceTokens},
+		{"MODELPORT_AUTH_FAILURE_LIMIT", &c.AuthFailures},
 	} {
-		if *s.v, err = config.Int(getenv, s.name, 0); err != nil {
+		def := 0
+		if s.name == "MODELPORT_AUTH_FAILURE_LIMIT" {
+			def = 60
+		}
+		if *s.v, err = config.Int(getenv, s.name, def); err != nil {
 			return c, err
 		}
 		if *s.v < 0 {
@@ -75,6 +122,9 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 	}{
 		{"MODELPORT_BODY_TIMEOUT", &c.BodyTimeout, time.Minute},
 		{"MODELPORT_IMAGE_FETCH_TIMEOUT", &c.ImageFetchTimeout, 10 * time.Second},
+		{"MODELPORT_ENGINE_DIAL_TIMEOUT", &c.DialTimeout, transport.DefaultDialTimeout},
+		{"MODELPORT_ENGINE_IDLE_TIMEOUT", &c.IdleTimeout, 5 * time.Minute},
+		{"MODELPORT_STREAM_KEEPALIVE", &c.KeepAlive, transport.DefaultKeepAlive},
 	} {
 		if *s.v, err = config.Duration(getenv, s.name, s.def); err != nil {
 			return c, err
@@ -91,6 +141,15 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 		return c, fmt.Errorf("MODELPORT_IMAGE_MAX_BYTES: %d is not a positive size", maxImage)
 	}
 	c.MaxImageBytes = int64(maxImage)
+	memory, err := config.Int(getenv, "MODELPORT_REQUEST_MEMORY", DefaultRequestMemory)
+	if err != nil {
+		return c, err
+	}
+	if memory < 2*transport.MaxBody {
+		// A body at the limit and the request made of it must fit.
+		return c, fmt.Errorf("MODELPORT_REQUEST_MEMORY: %d is less than %d bytes, twice the largest request body", memory, 2*transport.MaxBody)
+	}
+	c.RequestMemory = int64(memory)
 	if c.ColdStartWait, err = config.Duration(getenv, "MODELPORT_COLD_START_WAIT", 2*time.Minute); err != nil {
 		return c, err
 	}
@@ -105,19 +164,33 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 	return c, err
 }
 
+// list splits a comma-separated setting.
+func list(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 // Start starts the router on bus. It returns once the routing table holds
-// the current services and instances.
+// the current services and instances and the API keys are loaded. The
+// service is ready (Ready) while the watches that keep both current run.
 func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (runner.Service, error) {
 	table := routing.NewTable()
 	watchCtx, stopWatch := context.WithCancel(ctx)
-	if err := transport.WatchTable(watchCtx, bus.KV(state.BucketServices), bus.KV(state.BucketInstances), table, log); err != nil {
+	tableWatch, err := transport.WatchTable(watchCtx, bus.KV(state.BucketServices), bus.KV(state.BucketInstances), table, log)
+	if err != nil {
 		stopWatch()
 		return runner.Service{}, err
 	}
 	demand := routing.NewDemand()
-	g := gateway.New(table, demand, transport.NewEngineClient(cfg.EngineTimeout), bus.Publisher, log)
-	g.ReadyWait, g.ColdStartWait = cfg.ReadyWait, cfg.ColdStartWait
-	metrics, err := transport.NewMetrics(table, demand)
+	g := gateway.New(table, demand, transport.NewEngineClient(cfg.EngineTimeout, cfg.DialTimeout), bus.Publisher, log)
+	g.ReadyWait, g.ColdStartWait, g.IdleTimeout = cfg.ReadyWait, cfg.ColdStartWait, cfg.IdleTimeout
+	g.Budget = gateway.NewBudget(cfg.RequestMemory)
+	metrics, err := transport.NewMetrics(table, demand, g.Budget)
 	if err != nil {
 		stopWatch()
 		return runner.Service{}, err
@@ -127,7 +200,9 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	g.Limits = limits
 	g.Images = transport.NewImageFetcher(cfg.ImageFetchTimeout, cfg.AllowPrivateImageURLs)
 	g.ImageFetchTimeout, g.MaxImageBytes = cfg.ImageFetchTimeout, cfg.MaxImageBytes
-	g.MaxFetchedBytes = transport.MaxBody // as much as a body with inline images may hold
+	// As much as a body may hold inline: base64 takes 4 bytes for 3, so the
+	// request the engine gets stays within the body limit engines share.
+	g.MaxFetchedBytes = transport.MaxBody / 4 * 3
 	go transport.ReportLoad(watchCtx, bus.KV(state.BucketLoad), uuid.NewString(), demand, cfg.LoadReport, log)
 	images, err := transport.NewImageStore(ctx, bus.JS, bus.Replicas)
 	if err != nil {
@@ -136,14 +211,23 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		return runner.Service{}, err
 	}
 	keys := auth.NewKeyring(bus.KV(state.BucketAPIKeys))
+	keys.SetLogger(log)
 	if err := keys.Follow(watchCtx); err != nil {
 		stopWatch()
 		metrics.Close()
 		return runner.Service{}, err
 	}
+	if cfg.PublicURL == "" && len(cfg.AllowedHosts) == 0 {
+		log.Info("MODELPORT_PUBLIC_URL is not set: generated images are linked only for requests to a loopback address; elsewhere clients must ask for b64_json")
+	}
 	return runner.Service{
-		Handler: transport.NewHandler(g, images, keys, limits,
-			transport.Options{PublicURL: cfg.PublicURL, BodyTimeout: cfg.BodyTimeout}, log),
+		Handler: transport.NewHandler(g, images, keys, limits, transport.Options{
+			PublicURL: cfg.PublicURL, AllowedHosts: cfg.AllowedHosts, TrustedProxies: cfg.TrustedProxies,
+			BodyTimeout: cfg.BodyTimeout, KeepAlive: cfg.KeepAlive, AuthFailures: cfg.AuthFailures,
+		}, log),
 		Stop: func(context.Context) { stopWatch(); metrics.Close() },
+		Ready: func() error {
+			return errors.Join(tableWatch.Ready(), keys.Ready())
+		},
 	}, nil
 }

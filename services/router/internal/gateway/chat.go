@@ -1,14 +1,17 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"strings"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/modelport/modelport/libs/errs"
+	"github.com/modelport/modelport/libs/state"
 )
 
 // Reply is the gateway's answer to a call: a whole body, or a stream of
@@ -18,12 +21,29 @@ type Reply struct {
 	Stream *Stream
 }
 
-// maxAnswer bounds an engine's non-streaming answer.
-const maxAnswer = 64 << 20
+// maxAnswer bounds an engine's non-streaming answer; maxDrain bounds how
+// much more of a larger answer is read, and dropped, to find its usage.
+const (
+	maxAnswer = 64 << 20
+	maxDrain  = 4 * maxAnswer
+)
+
+const chatEndpoint = "/v1/chat/completions"
 
 // Chat answers POST /v1/chat/completions.
+//
+// Every request that reached an engine and was not refused by it is
+// metered, however it ends: answered (200); cut short (the stream's
+// usage so far, else the prompt's tokens counted here and its content
+// chunks); its client gone (499, likewise); or an answer too large to
+// deliver (413, with the engine's usage). An engine failure before any
+// answer reached the client is not billed.
 func (g *Gateway) Chat(ctx context.Context, c Call) (*Reply, error) {
 	started := time.Now().UTC()
+	if err := g.hold(&c); err != nil {
+		return nil, err
+	}
+	defer c.Hold.Release()
 	p, err := parseChat(c.Body, g.MaxImageBytes)
 	if err != nil {
 		return nil, err
@@ -38,25 +58,33 @@ func (g *Gateway) Chat(ctx context.Context, c Call) (*Reply, error) {
 	if err := g.admit(c, svc); err != nil {
 		return nil, err
 	}
-	body, err := g.inlineImages(ctx, c.Body, p)
+	images, err := g.fetchImages(ctx, c.Body, p, c.Caller.OwnerID, c.Hold)
 	if err != nil {
 		return nil, err
 	}
-	if p.Stream {
-		if body, err = withStreamOptions(body); err != nil {
-			return nil, err
-		}
-	}
-	up, err := g.forward(ctx, svc, "/chat/completions", body)
+	body, err := upstreamBody(c.Body, p, images, c.Hold)
 	if err != nil {
-		g.observeFailure(svc, "/v1/chat/completions", err, started)
+		return nil, err
+	}
+	// From here only the request for the engine is kept, and only until
+	// it is written.
+	req := newPayload(body, c.Hold.Release)
+	images, c.Body, body = nil, nil, nil
+	up, err := g.forward(ctx, svc, "/chat/completions", req)
+	if err != nil {
+		var sent *sentError
+		if errors.As(err, &sent) {
+			g.meterGone(ctx, c, svc, sent.instance, chatEndpoint, Usage{PromptTokens: p.prompt.tokens()}, started)
+			return nil, sent.err
+		}
+		g.observeFailure(svc, chatEndpoint, err, started)
 		return nil, err
 	}
 	if up.status != 200 {
 		defer up.close()
 		b, _ := readLimited(up.body, 1<<20)
 		err := engineError(up.status, b)
-		g.observeFailure(svc, "/v1/chat/completions", err, started)
+		g.observeFailure(svc, chatEndpoint, err, started)
 		return nil, err
 	}
 	id := newCompletionID()
@@ -65,19 +93,123 @@ func (g *Gateway) Chat(ctx context.Context, c Call) (*Reply, error) {
 		if p.StreamOptions != nil {
 			opts = *p.StreamOptions
 		}
-		return &Reply{Stream: &Stream{g: g, ctx: ctx, call: c, svc: svc, up: up, id: id, started: started, opts: opts,
-			lines: newLineReader(up.body)}}, nil
+		return &Reply{Stream: &Stream{g: g, ctx: ctx, call: Call{Caller: c.Caller, RequestID: c.RequestID}, svc: svc, up: up,
+			id: id, started: started, opts: opts, prompt: p.prompt, lines: newLineReader(up.body)}}, nil
 	}
 	defer up.close()
-	out, usage, err := rewriteCompletion(up.body, id, svc.AccessName)
-	if err != nil {
+	b, tail, err := readAnswer(up.body, maxAnswer)
+	switch {
+	case ctx.Err() != nil:
+		// The client went away while the answer was being read; the
+		// engine did the work, and the instance did nothing wrong.
+		g.meterGone(ctx, c, svc, up.instance, chatEndpoint, Usage{PromptTokens: p.prompt.tokens()}, started)
+		return nil, ctx.Err()
+	case errors.Is(err, errTooLarge):
+		return nil, g.tooLarge(ctx, c, svc, up.instance, chatEndpoint, tail, p.prompt.tokens(), started)
+	case up.idled():
 		up.fail()
+		err := errs.E(errs.Timeout, "the engine stopped sending its answer for %s", g.IdleTimeout)
+		g.observeFailure(svc, chatEndpoint, err, started)
+		return nil, err
+	case err != nil:
+		up.fail()
+		err := errs.Wrap(errs.Upstream, err, "read the engine's answer")
+		g.observeFailure(svc, chatEndpoint, err, started)
 		return nil, err
 	}
-	if err := g.meter(ctx, c, svc, up.instance, "/v1/chat/completions", 200, usage, started); err != nil {
+	out, usage, err := rewriteCompletion(b, id, svc.AccessName)
+	if err != nil {
+		up.fail()
+		g.observeFailure(svc, chatEndpoint, err, started)
+		return nil, err
+	}
+	if err := g.meter(ctx, c, svc, up.instance, chatEndpoint, 200, usage, started); err != nil {
 		return nil, err
 	}
 	return &Reply{Body: out}, nil
+}
+
+// meterGone meters a request whose client went away after it reached an
+// engine: 499, with u (the prompt's tokens, counted here). Its error is
+// only logged: there is no one left to tell.
+func (g *Gateway) meterGone(ctx context.Context, c Call, svc state.Service, inst state.Instance, endpoint string, u Usage, started time.Time) {
+	_ = g.meter(ctx, c, svc, inst, endpoint, 499, u, started)
+}
+
+// tooLarge meters an answer too large to deliver, with the engine's usage
+// found in its tail, else the prompt's counted tokens, and returns the
+// client's error. The instance did nothing wrong.
+func (g *Gateway) tooLarge(ctx context.Context, c Call, svc state.Service, inst state.Instance, endpoint string, tail []byte, promptTokens int, started time.Time) error {
+	u, ok := usageIn(tail)
+	if !ok {
+		u = Usage{PromptTokens: promptTokens}
+	}
+	if err := g.meter(ctx, c, svc, inst, endpoint, 413, u, started); err != nil {
+		return err
+	}
+	return errs.E(errs.TooLarge, "the engine's answer is larger than the %d bytes the router delivers; ask for less (fewer choices, fewer tokens, no logprobs) or stream it", maxAnswer)
+}
+
+// errTooLarge is an answer over the limit.
+var errTooLarge = errors.New("the answer is too large")
+
+// tailSize is how much of the end of an answer too large to deliver is
+// kept, to find its usage.
+const tailSize = 64 << 10
+
+// readAnswer reads an engine's whole answer, at most limit bytes. A larger
+// one is read on to its end (at most maxDrain bytes more), keeping only
+// its last tailSize bytes, where engines write usage: errTooLarge, with
+// the tail.
+func readAnswer(r io.Reader, limit int64) (body, tail []byte, err error) {
+	b, err := readLimited(r, limit+1)
+	if err != nil || int64(len(b)) <= limit {
+		return b, nil, err
+	}
+	tail = append([]byte(nil), b[max(0, len(b)-tailSize):]...)
+	b = nil
+	buf := make([]byte, 32<<10)
+	for drained := int64(0); drained < maxDrain; {
+		n, err := r.Read(buf)
+		drained += int64(n)
+		tail = append(tail, buf[:n]...)
+		if len(tail) > 2*tailSize {
+			tail = append(tail[:0], tail[len(tail)-tailSize:]...)
+		}
+		if err != nil {
+			break
+		}
+	}
+	return nil, tail[max(0, len(tail)-tailSize):], errTooLarge
+}
+
+// usageIn finds the last usage object in the tail of an answer.
+func usageIn(tail []byte) (Usage, bool) {
+	var u *Usage
+	if !lastMember(tail, "usage", &u) || u == nil {
+		return Usage{}, false
+	}
+	return *u, true
+}
+
+// lastMember decodes into v the value of the last member named key found
+// in the tail of a JSON document, where the start may be cut off.
+func lastMember(tail []byte, key string, v any) bool {
+	quoted := []byte(`"` + key + `"`)
+	for end := len(tail); ; {
+		i := bytes.LastIndex(tail[:end], quoted)
+		if i < 0 {
+			return false
+		}
+		end = i
+		rest := bytes.TrimLeft(tail[i+len(quoted):], " \t\r\n")
+		if len(rest) == 0 || rest[0] != ':' {
+			continue
+		}
+		if json.NewDecoder(bytes.NewReader(rest[1:])).Decode(v) == nil {
+			return true
+		}
+	}
 }
 
 // readLimited reads at most limit bytes of r.
@@ -92,11 +224,8 @@ func newCompletionID() string { return "cmp-" + strings.ReplaceAll(uuid.NewStrin
 // Modelport's id, the access name as model, and message.tool_calls always
 // present (an empty list where there are none). Every other field stays as
 // the engine wrote it.
-func rewriteCompletion(r io.Reader, id, model string) ([]byte, Usage, error) {
-	b, err := readLimited(r, maxAnswer)
-	if err != nil {
-		return nil, Usage{}, errs.Wrap(errs.Upstream, err, "read the engine's answer")
-	}
+func rewriteCompletion(b []byte, id, model string) ([]byte, Usage, error) {
+	var err error
 	var cc map[string]json.RawMessage
 	if err := json.Unmarshal(b, &cc); err != nil {
 		return nil, Usage{}, errs.Wrap(errs.Upstream, err, "the engine's answer is not a chat completion")

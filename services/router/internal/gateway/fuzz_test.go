@@ -32,7 +32,7 @@ var tinyPNG = []byte("\x89PNG\r\n\x1a\n")
 
 type fuzzFetcher struct{}
 
-func (fuzzFetcher) Fetch(_ context.Context, url string, limit int64) (string, []byte, error) {
+func (fuzzFetcher) Fetch(_ context.Context, url string, limit int64, _ func(int64) error) (string, []byte, error) {
 	if strings.Contains(url, "refuse") {
 		return "", nil, errs.E(errs.Invalid, "refused")
 	}
@@ -76,12 +76,16 @@ func FuzzChatRequest(f *testing.F) {
 		if p.Model == "" || len(p.Messages) == 0 || len(p.parts) != len(p.Messages) {
 			t.Fatalf("accepted without a model or messages: %+v", p)
 		}
-		out, err := g.inlineImages(context.Background(), body, p)
+		images, err := g.fetchImages(context.Background(), body, p, "o1", nil)
 		if err != nil {
 			if e, ok := errs.As(err); !ok || e.Kind != errs.Invalid || e.Param == "" {
 				t.Fatalf("inlining images: %v, want errs.Invalid with a param", err)
 			}
 			return
+		}
+		out, err := upstreamBody(body, p, images, nil)
+		if err != nil {
+			t.Fatalf("the body for the engine: %v", err)
 		}
 		if _, err := parseChat(out, fuzzMaxImage); err != nil {
 			t.Fatalf("the body for the engine does not parse: %v\n%s", err, out)
@@ -130,7 +134,7 @@ func remoteImageForEngine(body []byte) (string, bool) {
 				json.Unmarshal(part["image_url"], &raw) != nil || json.Unmarshal(raw["url"], &image.URL) != nil {
 				continue
 			}
-			if isRemote(image.URL) {
+			if isRemote([]byte(image.URL)) {
 				return image.URL, true
 			}
 		}

@@ -5,11 +5,14 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/modelport/modelport/libs/auth"
@@ -24,13 +27,35 @@ import (
 
 const tracerName = "github.com/modelport/modelport/services/router/gateway"
 
-// Engine sends a request to an instance's OpenAI base URL. A failure
-// before any answer (refused, reset) is errs.Unavailable, so the gateway
-// may try another instance; no answer in time is errs.Timeout. The caller
-// closes the returned body.
+// Engine sends a request to an instance's OpenAI base URL and returns the
+// answer's status and body once its headers are in; the caller closes the
+// body. sent, when not nil, is called once the whole body has been written
+// to the engine, when the router may let go of its bytes. A request that
+// got no answer fails with an *EngineError.
 type Engine interface {
-	Open(ctx context.Context, endpoint, path string, body []byte) (status int, resp io.ReadCloser, err error)
+	Open(ctx context.Context, endpoint, path string, body []byte, sent func()) (status int, resp io.ReadCloser, err error)
 }
+
+// EngineError is a request to an engine that got no answer. Sent and
+// Faulty are what the gateway decides by: only a request that provably
+// never reached the engine is sent to another instance, since one that
+// did may be running there (a query that crashes engines would take down
+// a second one; a long generation would run twice); and only an instance
+// at fault leaves the rotation, never one whose client went away.
+type EngineError struct {
+	// Sent reports that the whole request may have reached the engine.
+	Sent bool
+	// Faulty reports that the instance is at fault: it could not be
+	// reached, did not answer in time, or dropped a fresh connection.
+	Faulty bool
+	// Err is the failure: an *errs.Error (Unavailable, Timeout, Upstream)
+	// for the client, or the context's error when the request was
+	// cancelled.
+	Err error
+}
+
+func (e *EngineError) Error() string { return e.Err.Error() }
+func (e *EngineError) Unwrap() error { return e.Err }
 
 // Publisher publishes usage events.
 type Publisher interface {
@@ -64,8 +89,17 @@ type Gateway struct {
 	// MaxFetchedBytes bounds the images fetched for one request together,
 	// as the body limit bounds inline ones; 0 means MaxImageBytes.
 	MaxFetchedBytes int64
-	// fetchSlots bounds the image fetches in flight across requests.
-	fetchSlots chan struct{}
+	// fetchSlots bounds the image fetches in flight across requests, and
+	// those of each owner.
+	fetchSlots *fetchSlots
+	// Budget, when set, bounds the bytes of request bodies and fetched
+	// images the router holds at once.
+	Budget *Budget
+	// IdleTimeout, when positive, ends an engine's answer that sends no
+	// byte for that long once its headers are in: a stream ends with an
+	// error event, is metered for what it produced, and the instance leaves
+	// the rotation. It must allow for a long prompt's prefill.
+	IdleTimeout time.Duration
 	// ImageFetchTimeout bounds fetching all the image URLs of one request.
 	ImageFetchTimeout time.Duration
 	// Observer, when set, is told of every answered request and every
@@ -110,7 +144,7 @@ func New(table *routing.Table, demand *routing.Demand, engine Engine, pub Publis
 	return &Gateway{table: table, demand: demand, engine: engine, pub: pub, log: log,
 		ReadyWait: 10 * time.Second, ColdStartWait: 2 * time.Minute, FailCooldown: 5 * time.Second,
 		MaxImageBytes: DefaultMaxImageBytes, ImageFetchTimeout: 10 * time.Second,
-		fetchSlots: make(chan struct{}, maxConcurrentFetches)}
+		fetchSlots: newFetchSlots(maxConcurrentFetches, fetchesPerOwner)}
 }
 
 // admit applies the rate limits to a call to svc.
@@ -126,6 +160,21 @@ type Call struct {
 	Caller    auth.Key
 	RequestID string
 	Body      []byte
+	// Hold, when set, holds Body's bytes in the gateway's Budget; the
+	// gateway grows it by the images it fetches and releases it once the
+	// request to the engine is written, or the call ends. Without one the
+	// gateway takes one for Body.
+	Hold *Hold
+}
+
+// hold gives c a hold on g.Budget for c.Body if it has none; the error is
+// the budget's refusal.
+func (g *Gateway) hold(c *Call) error {
+	if c.Hold != nil {
+		return nil
+	}
+	c.Hold = g.Budget.Hold()
+	return c.Hold.Grow(int64(len(c.Body)))
 }
 
 // service resolves an access name for caller. Another owner's service is
@@ -151,84 +200,232 @@ type upstream struct {
 	instance state.Instance
 	release  func()
 	fail     func() // takes the instance out of rotation
+	// ctx is the engine request's; cancel ends it, with a cause.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
 }
 
 func (u *upstream) close() {
 	u.body.Close()
+	if u.cancel != nil {
+		u.cancel(nil)
+	}
 	u.release()
 }
 
-// forward sends body to the least-loaded ready instance, waiting up to
-// ReadyWait for one (ColdStartWait for an autoscaled service, which may be
-// starting from zero). An instance that cannot be reached, or answers 502
-// or 503 before any byte reached the client, is taken out of rotation for
-// a while and the request is tried once more on another instance. The
+// Causes of an engine request ended by the router rather than by the
+// engine.
+var (
+	errIdle       = errors.New("the engine sent nothing for too long")
+	errClientGone = errors.New("the client went away")
+)
+
+// idled reports whether the engine request was ended for sending nothing
+// for IdleTimeout.
+func (u *upstream) idled() bool {
+	return u.ctx != nil && errors.Is(context.Cause(u.ctx), errIdle)
+}
+
+// sentError is a request that reached an engine (which may have worked on
+// it) and got no answer because its client went away: it is metered.
+type sentError struct {
+	instance state.Instance
+	err      error
+}
+
+func (e *sentError) Error() string { return e.err.Error() }
+func (e *sentError) Unwrap() error { return e.err }
+
+// forward sends body to the least-loaded ready instance, holding the
+// request until one is ready for up to ReadyWait (ColdStartWait for an
+// autoscaled service, which may be starting from zero). A request that
+// provably never reached the instance (it could not be reached, or
+// dropped the connection before the body was written), or that the engine
+// itself refused as not started (503 with its error object), is tried once
+// more on another instance; any other failure is the client's, and the
+// request runs once. An instance at fault leaves the rotation for a
+// while. sent is called once the body is written to the engine. The
 // request counts in the service's demand until the upstream is closed.
-func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, body []byte) (_ *upstream, err error) {
+func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, req *payload) (_ *upstream, err error) {
 	finish := g.demand.Begin(svc.ID)
 	defer func() {
 		if err != nil {
 			finish()
 		}
 	}()
-	waiting, stopWaiting := false, func() {}
-	defer func() { stopWaiting() }()
 	var tried []string
+	again := false // the instance tried may be tried again if it is the only one
+	for {
+		ep, release, err := g.pick(ctx, svc, tried, again)
+		if err != nil {
+			return nil, err
+		}
+		engCtx, cancel := context.WithCancelCause(ctx)
+		status, resp, err := g.engine.Open(engCtx, ep.Instance.Endpoint, path, req.bytes(), req.sent)
+		if err != nil {
+			release()
+			cancel(nil)
+			ee, ok := err.(*EngineError)
+			if !ok {
+				ee = &EngineError{Sent: true, Err: err}
+			}
+			switch {
+			case ctx.Err() != nil:
+				if ee.Sent {
+					return nil, &sentError{instance: ep.Instance, err: ctx.Err()}
+				}
+				return nil, ctx.Err()
+			case ee.Faulty:
+				ep.MarkFailed(g.FailCooldown)
+			}
+			if !ee.Sent && len(tried) == 0 {
+				g.log.WarnContext(ctx, "instance not reached; trying another", "instance_id", ep.Instance.ID, "err", err)
+				tried = append(tried, ep.Instance.ID)
+				// A connection refused or dropped at once (a burst of new
+				// connections, an engine restarting) may be tried again on
+				// the same instance when there is no other; one that timed
+				// out would only make the client wait twice as long.
+				var t interface{ Timeout() bool }
+				again = !(errors.As(err, &t) && t.Timeout())
+				continue
+			}
+			if ee.Sent {
+				g.log.WarnContext(ctx, "instance failed without answering; the request may have reached it, so it is not sent again",
+					"instance_id", ep.Instance.ID, "err", err)
+			}
+			return nil, ee.Err
+		}
+		if status == 502 || status == 503 {
+			b, _ := readLimited(resp, 64<<10)
+			resp.Close()
+			release()
+			cancel(nil)
+			ep.MarkFailed(g.FailCooldown)
+			if status == 503 && notStarted(b) {
+				if len(tried) == 0 {
+					g.log.WarnContext(ctx, "engine refused the request; trying another instance", "instance_id", ep.Instance.ID, "status", status)
+					tried = append(tried, ep.Instance.ID)
+					continue
+				}
+				return nil, &errs.Error{Kind: errs.Unavailable, RetryAfter: time.Second,
+					Msg: fmt.Sprintf("the instances of %s are busy or starting; retry shortly", svc.AccessName)}
+			}
+			return nil, engineError(status, b)
+		}
+		up := &upstream{status: status, body: resp, instance: ep.Instance, ctx: engCtx, cancel: cancel,
+			release: func() { release(); finish() }, fail: func() { ep.MarkFailed(g.FailCooldown) }}
+		if g.IdleTimeout > 0 {
+			up.body = newIdleBody(resp, g.IdleTimeout, func() { cancel(errIdle) })
+		}
+		return up, nil
+	}
+}
+
+// payload is the body of a request to an engine, held until it has been
+// written, then let go of (and the bytes it held in the budget given
+// back), even while the engine works on its answer: a non-streamed answer
+// comes only once the whole generation is done.
+type payload struct {
+	mu      sync.Mutex
+	b       []byte
+	release func() // gives back what the request holds of the budget
+}
+
+func newPayload(b []byte, release func()) *payload { return &payload{b: b, release: release} }
+
+// bytes returns the body, nil once it has been sent.
+func (p *payload) bytes() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.b
+}
+
+// sent is the engine's callback once the body is written.
+func (p *payload) sent() {
+	p.mu.Lock()
+	p.b = nil
+	p.mu.Unlock()
+	if p.release != nil {
+		p.release()
+	}
+}
+
+// pick returns an instance for a request to svc, not one of tried: on the
+// first try the least loaded, holding the request until one is ready; on
+// a retry another one now, else, when again, one of tried, else none.
+func (g *Gateway) pick(ctx context.Context, svc state.Service, tried []string, again bool) (*routing.Endpoint, func(), error) {
+	unavailable := &errs.Error{Kind: errs.Unavailable, RetryAfter: time.Second,
+		Msg: fmt.Sprintf("service %s has no ready instance (it is %s); retry shortly", svc.AccessName, svc.Status)}
+	if len(tried) > 0 {
+		ep, release, ok := g.table.Pick(svc.ID, tried...)
+		if !ok && again {
+			ep, release, ok = g.table.Pick(svc.ID)
+		}
+		if !ok {
+			return nil, nil, unavailable
+		}
+		return ep, release, nil
+	}
 	wait := g.ReadyWait
 	if svc.Autoscale != nil && svc.Status != state.StatusFailed {
 		wait = max(wait, g.ColdStartWait) // it may be starting from zero; a failed one is not
 	}
-	deadline := time.Now().Add(wait)
-	for {
-		ep, release, ok := g.table.Pick(svc.ID, tried...)
-		if !ok {
-			if len(tried) > 0 || time.Now().After(deadline) {
-				return nil, &errs.Error{Kind: errs.Unavailable, RetryAfter: time.Second,
-					Msg: fmt.Sprintf("service %s has no ready instance (it is %s); retry shortly", svc.AccessName, svc.Status)}
-			}
-			if !waiting {
-				// The time held for an instance is a span of its own.
-				_, span := otel.Tracer(tracerName).Start(ctx, "wait for a ready instance",
-					trace.WithAttributes(attribute.String("modelport.service_id", svc.ID)))
-				done := g.demand.Wait(svc.ID)
-				waiting, stopWaiting = true, func() { done(); span.End() }
-			}
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(20 * time.Millisecond):
-				continue
-			}
-		}
-		status, resp, err := g.engine.Open(ctx, ep.Instance.Endpoint, path, body)
-		retry := errs.KindOf(err) == errs.Unavailable || err == nil && (status == 502 || status == 503)
-		if retry && ctx.Err() == nil {
-			if resp != nil {
-				resp.Close()
-			}
-			release()
-			ep.MarkFailed(g.FailCooldown)
-			if len(tried) == 0 {
-				g.log.WarnContext(ctx, "instance failed before answering; trying another", "instance_id", ep.Instance.ID, "status", status, "err", err)
-				tried = append(tried, ep.Instance.ID)
-				continue
-			}
-			if err == nil {
-				return nil, errs.E(errs.Upstream, "engine failed with status %d", status)
-			}
-			return nil, err
-		}
-		if err != nil {
-			release()
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			return nil, err
-		}
-		cooldown := g.FailCooldown
-		return &upstream{status: status, body: resp, instance: ep.Instance, release: func() { release(); finish() },
-			fail: func() { ep.MarkFailed(cooldown) }}, nil
+	waitCtx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	stopWaiting := func() {}
+	defer func() { stopWaiting() }()
+	ep, release, err := g.table.Acquire(waitCtx, svc.ID, func() {
+		// The time held for an instance is a span of its own.
+		_, span := otel.Tracer(tracerName).Start(ctx, "wait for a ready instance",
+			trace.WithAttributes(attribute.String("modelport.service_id", svc.ID)))
+		done := g.demand.Wait(svc.ID)
+		stopWaiting = func() { done(); span.End() }
+	})
+	switch {
+	case ctx.Err() != nil:
+		return nil, nil, ctx.Err()
+	case err != nil:
+		return nil, nil, unavailable
 	}
+	return ep, release, nil
+}
+
+// notStarted reports whether an engine's 503 answer is its own refusal
+// to start the request (loading, queue full): an OpenAI-style error
+// object, {"error": ...}, which engines send and proxies in front of them
+// do not. A proxy's 503 may come after the engine began.
+func notStarted(body []byte) bool {
+	var e struct {
+		Error json.RawMessage `json:"error"`
+	}
+	return json.Unmarshal(body, &e) == nil && len(e.Error) > 0 && string(e.Error) != "null"
+}
+
+// idleBody is an engine's answer that ends the engine request, through
+// expire, when a read waits d for a byte (and until the first read).
+type idleBody struct {
+	io.ReadCloser
+	d     time.Duration
+	timer *time.Timer
+}
+
+func newIdleBody(rc io.ReadCloser, d time.Duration, expire func()) *idleBody {
+	return &idleBody{ReadCloser: rc, d: d, timer: time.AfterFunc(d, expire)}
+}
+
+// Read counts only the time spent waiting for the engine: a client slow
+// to take the answer (the router blocked writing to it) is not the
+// engine's silence.
+func (b *idleBody) Read(p []byte) (int, error) {
+	b.timer.Reset(b.d)
+	n, err := b.ReadCloser.Read(p)
+	b.timer.Stop()
+	return n, err
+}
+
+func (b *idleBody) Close() error {
+	b.timer.Stop()
+	return b.ReadCloser.Close()
 }
 
 // meter publishes the usage of one answered request and charges its

@@ -59,7 +59,7 @@ func (e *fakeEngine) set(endpoint string, a answer) {
 	e.answers[endpoint] = a
 }
 
-func (e *fakeEngine) Open(_ context.Context, endpoint, path string, body []byte) (int, io.ReadCloser, error) {
+func (e *fakeEngine) Open(_ context.Context, endpoint, path string, body []byte, sent func()) (int, io.ReadCloser, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.calls = append(e.calls, call{endpoint: endpoint, path: path, body: slices.Clone(body)})
@@ -69,6 +69,9 @@ func (e *fakeEngine) Open(_ context.Context, endpoint, path string, body []byte)
 	}
 	if a.err != nil {
 		return 0, nil, a.err
+	}
+	if sent != nil {
+		sent()
 	}
 	return a.status, io.NopCloser(strings.NewReader(a.body)), nil
 }
@@ -121,8 +124,10 @@ const completion = `{"id":"chatcmpl-engine","object":"chat.completion","created"
 
 const unreachable = "unreachable"
 
+// unavailable is an instance that refuses connections: the request never
+// reached it.
 func unavailable(endpoint string) answer {
-	return answer{err: errs.Wrap(errs.Unavailable, errors.New("connection refused"), "engine %s %s", endpoint, unreachable)}
+	return answer{err: &gateway.EngineError{Faulty: true, Err: errs.Wrap(errs.Unavailable, errors.New("connection refused"), "engine %s %s", endpoint, unreachable)}}
 }
 
 // Services in the table: alice's text and image services, bob's text
@@ -541,7 +546,8 @@ func TestChatCompletionRetry(t *testing.T) {
 		{name: "first unreachable, other order", down: []string{a2}, instances: []string{"i-a1", "i-a2"}, hold: "i-a1", wantCalls: 2, wantLast: a1},
 		{name: "healthy one picked first", down: []string{a1}, instances: []string{"i-a1", "i-a2"}, hold: "i-a1", wantCalls: 1, wantLast: a2},
 		{name: "both unreachable", down: []string{a1, a2}, instances: []string{"i-a1", "i-a2"}, wantErr: true, wantKind: errs.Unavailable, wantCalls: 2},
-		{name: "only instance unreachable", down: []string{a1}, instances: []string{"i-a1"}, wantErr: true, wantKind: errs.Unavailable, wantCalls: 1},
+		// Refused at once, by the only instance: tried once more there.
+		{name: "only instance unreachable", down: []string{a1}, instances: []string{"i-a1"}, wantErr: true, wantKind: errs.Unavailable, wantCalls: 2},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -572,8 +578,8 @@ func TestChatCompletionRetry(t *testing.T) {
 				if got, want := len(calls), tc.wantCalls; got != want {
 					t.Fatalf("engine called %d times (%v), want %d", got, calls, want)
 				}
-				if len(calls) == 2 && calls[0] == calls[1] {
-					t.Fatalf("retried on the same instance %s", calls[0])
+				if len(calls) == 2 && calls[0] == calls[1] && len(tc.instances) > 1 {
+					t.Fatalf("retried on the same instance %s with another one there", calls[0])
 				}
 				if tc.wantErr {
 					checkErr(t, err, tc.wantKind, "")
@@ -778,6 +784,136 @@ func TestDeletedServiceIsNotFound(t *testing.T) {
 			}
 			if got := f.eng.endpoints(); len(got) != 0 {
 				t.Errorf("engine called: %v", got)
+			}
+		})
+	}
+}
+
+// TestRetryOnlyWhatNeverStarted: a request is sent to a second instance
+// only when it never reached the first, or the engine itself refused to
+// start it; an instance leaves the rotation only when at fault.
+func TestRetryOnlyWhatNeverStarted(t *testing.T) {
+	a1 := instance(aliceChat, "i-a1").Endpoint
+	failure := func(kind errs.Kind, sent, faulty bool) answer {
+		return answer{err: &gateway.EngineError{Sent: sent, Faulty: faulty, Err: errs.E(kind, "engine trouble")}}
+	}
+	tests := []struct {
+		name      string
+		first     answer
+		wantCalls int
+		wantKind  errs.Kind // 0: answered
+		wantOut   bool      // i-a1 out of rotation afterwards
+	}{
+		{name: "never reached, instance at fault", first: failure(errs.Unavailable, false, true), wantCalls: 2, wantOut: true},
+		{name: "never reached, stale connection", first: failure(errs.Unavailable, false, false), wantCalls: 2},
+		{name: "reached, then reset", first: failure(errs.Upstream, true, true), wantCalls: 1, wantKind: errs.Upstream, wantOut: true},
+		{name: "reached on a reused connection, then reset", first: failure(errs.Upstream, true, false), wantCalls: 1, wantKind: errs.Upstream},
+		{name: "reached, no answer in time", first: failure(errs.Timeout, true, true), wantCalls: 1, wantKind: errs.Timeout, wantOut: true},
+		{name: "the engine's own 503", first: answer{status: 503, body: `{"error":{"message":"loading the model","type":"unavailable_error"}}`}, wantCalls: 2, wantOut: true},
+		{name: "a proxy's 503", first: answer{status: 503, body: "upstream connect error or disconnect/reset before headers"}, wantCalls: 1, wantKind: errs.Upstream, wantOut: true},
+		{name: "a 502", first: answer{status: 502, body: `{"error":{"message":"bad gateway"}}`}, wantCalls: 1, wantKind: errs.Upstream, wantOut: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture()
+			f.eng.set(a1, tc.first)
+			// i-a2 busy, so i-a1 is picked first.
+			_, release, _ := f.table.Pick(aliceChat.ID, "i-a1")
+			_, err := complete(f.g, context.Background(), alice, "req-1", chatBody(aliceChat.AccessName))
+			release()
+			if got := len(f.eng.endpoints()); got != tc.wantCalls {
+				t.Errorf("engine called %d times, want %d", got, tc.wantCalls)
+			}
+			if tc.wantKind == 0 && err != nil || tc.wantKind != 0 && errs.KindOf(err) != tc.wantKind {
+				t.Errorf("err %v, want kind %v", err, tc.wantKind)
+			}
+			// With i-a2 as busy again, a healthy i-a1 is picked.
+			f.eng.set(a1, answer{status: 200, body: completion})
+			_, release, _ = f.table.Pick(aliceChat.ID, "i-a1")
+			defer release()
+			before := len(f.eng.endpoints())
+			if _, err := complete(f.g, context.Background(), alice, "req-2", chatBody(aliceChat.AccessName)); err != nil {
+				t.Fatal(err)
+			}
+			out := f.eng.endpoints()[before] != a1
+			if out != tc.wantOut {
+				t.Errorf("i-a1 out of rotation: %v, want %v", out, tc.wantOut)
+			}
+		})
+	}
+}
+
+// TestClientGoneAfterTheEngineGotTheRequest: a non-streaming request whose
+// client goes away once the engine has it is metered as 499, with the
+// prompt's tokens counted by the router; one whose client went away
+// before is not metered.
+func TestClientGoneAfterTheEngineGotTheRequest(t *testing.T) {
+	for _, sent := range []bool{true, false} {
+		t.Run(fmt.Sprintf("sent %v", sent), func(t *testing.T) {
+			f := newFixture()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			g := gateway.New(f.table, routing.NewDemand(), engineFunc(func(context.Context) (int, io.ReadCloser, error) {
+				cancel() // the client goes away while the engine works
+				return 0, nil, &gateway.EngineError{Sent: sent, Err: context.Canceled}
+			}), f.pub, quiet)
+			_, err := complete(g, ctx, alice, "req-1", chatBody(aliceChat.AccessName))
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("err %v, want context.Canceled", err)
+			}
+			evs := f.pub.published()
+			if !sent {
+				if len(evs) != 0 {
+					t.Errorf("metered %v for a request no engine got", evs)
+				}
+				return
+			}
+			if len(evs) != 1 {
+				t.Fatalf("%d usage events, want 1", len(evs))
+			}
+			ev := evs[0].(events.RequestCompletedV1)
+			// "hi" from the user: 3 + 4 + 1 + 1.
+			if ev.Status != 499 || ev.PromptTokens != 9 || ev.CompletionTokens != 0 {
+				t.Errorf("metered status %d, %d+%d tokens; want 499 with the prompt's 9", ev.Status, ev.PromptTokens, ev.CompletionTokens)
+			}
+		})
+	}
+}
+
+// engineFunc is an engine that answers every request with f.
+type engineFunc func(ctx context.Context) (int, io.ReadCloser, error)
+
+func (f engineFunc) Open(ctx context.Context, _, _ string, _ []byte, _ func()) (int, io.ReadCloser, error) {
+	return f(ctx)
+}
+
+// timedOut is a connection attempt that timed out.
+type timedOut struct{}
+
+func (timedOut) Error() string { return "dial tcp 10.0.0.7:9100: i/o timeout" }
+func (timedOut) Timeout() bool { return true }
+
+// TestRetryTheOnlyInstance: a request the only instance refused at once
+// is tried there once more (it never started); one whose connection timed
+// out is not, so the client does not wait twice.
+func TestRetryTheOnlyInstance(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		cause     error
+		wantCalls int
+	}{
+		{name: "refused", cause: errors.New("connection refused"), wantCalls: 2},
+		{name: "timed out", cause: timedOut{}, wantCalls: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture()
+			f.table.DeleteInstance(aliceChat.ID, "i-a2")
+			a1 := instance(aliceChat, "i-a1").Endpoint
+			f.eng.set(a1, answer{err: &gateway.EngineError{Faulty: true, Err: errs.Wrap(errs.Unavailable, tc.cause, "engine unreachable")}})
+			_, err := complete(f.g, context.Background(), alice, "req-1", chatBody(aliceChat.AccessName))
+			checkErr(t, err, errs.Unavailable, "")
+			if got := len(f.eng.endpoints()); got != tc.wantCalls {
+				t.Errorf("engine called %d times, want %d", got, tc.wantCalls)
 			}
 		})
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"time"
 
 	"github.com/modelport/modelport/libs/errs"
@@ -37,9 +38,15 @@ type imageUsage struct {
 // GenerateImages answers POST /v1/images/generations. Engines always
 // return base64 PNGs; where the client asks for URLs (the default, as in
 // the OpenAI API), the gateway stores the images and links them under
-// baseURL.
+// baseURL, which is empty when the router has no address to give for the
+// request (such answers are then refused). Requests are metered as chat
+// completions are, their client gone or their answer too large included.
 func (g *Gateway) GenerateImages(ctx context.Context, c Call, images ImageSaver, baseURL string) ([]byte, error) {
 	started := time.Now().UTC()
+	if err := g.hold(&c); err != nil {
+		return nil, err
+	}
+	defer c.Hold.Release()
 	var p imageParams
 	if err := decodeBody(c.Body, &p); err != nil {
 		return nil, err
@@ -56,6 +63,9 @@ func (g *Gateway) GenerateImages(ctx context.Context, c Call, images ImageSaver,
 	}
 	if format != "url" && format != "b64_json" {
 		return nil, errs.InvalidParam("response_format", "response_format must be url or b64_json")
+	}
+	if format == "url" && baseURL == "" {
+		return nil, errs.InvalidParam("response_format", "this router does not serve image URLs for the address this request was sent to (set MODELPORT_PUBLIC_URL, or list the host in MODELPORT_ALLOWED_HOSTS); ask for response_format b64_json")
 	}
 	svc, err := g.service(c.Caller, p.Model)
 	if err != nil {
@@ -76,27 +86,60 @@ func (g *Gateway) GenerateImages(ctx context.Context, c Call, images ImageSaver,
 	if err != nil {
 		return nil, err
 	}
-	up, err := g.forward(ctx, svc, "/images/generations", upBody)
+	body, c.Body = nil, nil
+	const endpoint = "/v1/images/generations"
+	prompt := Usage{PromptTokens: countTokens(*p.Prompt)}
+	req := newPayload(upBody, nil)
+	upBody = nil
+	up, err := g.forward(ctx, svc, "/images/generations", req)
 	if err != nil {
-		g.observeFailure(svc, "/v1/images/generations", err, started)
+		var sent *sentError
+		if errors.As(err, &sent) {
+			g.meterGone(ctx, c, svc, sent.instance, endpoint, prompt, started)
+			return nil, sent.err
+		}
+		g.observeFailure(svc, endpoint, err, started)
 		return nil, err
 	}
 	defer up.close()
 	if up.status != 200 {
 		b, _ := readLimited(up.body, 1<<20)
 		err := engineError(up.status, b)
-		g.observeFailure(svc, "/v1/images/generations", err, started)
+		g.observeFailure(svc, endpoint, err, started)
 		return nil, err
 	}
-	b, err := readLimited(up.body, maxAnswer)
-	if err != nil {
-		return nil, errs.Wrap(errs.Upstream, err, "read the engine's images")
+	b, tail, err := readAnswer(up.body, maxAnswer)
+	switch {
+	case ctx.Err() != nil:
+		g.meterGone(ctx, c, svc, up.instance, endpoint, prompt, started)
+		return nil, ctx.Err()
+	case errors.Is(err, errTooLarge):
+		u, ok := imageUsageIn(tail)
+		if !ok {
+			u = prompt
+		}
+		if err := g.meter(ctx, c, svc, up.instance, endpoint, 413, u, started); err != nil {
+			return nil, err
+		}
+		return nil, errs.E(errs.TooLarge, "the engine's images are larger than the %d bytes the router delivers; ask for fewer or smaller images", maxAnswer)
+	case up.idled():
+		up.fail()
+		err := errs.E(errs.Timeout, "the engine stopped sending its images for %s", g.IdleTimeout)
+		g.observeFailure(svc, endpoint, err, started)
+		return nil, err
+	case err != nil:
+		up.fail()
+		err := errs.Wrap(errs.Upstream, err, "read the engine's images")
+		g.observeFailure(svc, endpoint, err, started)
+		return nil, err
 	}
 	var whole map[string]json.RawMessage
 	var data []map[string]json.RawMessage
 	if json.Unmarshal(b, &whole) != nil || json.Unmarshal(whole["data"], &data) != nil || len(data) == 0 {
 		up.fail()
-		return nil, errs.E(errs.Upstream, "the engine's answer has no images")
+		err := errs.E(errs.Upstream, "the engine's answer has no images")
+		g.observeFailure(svc, endpoint, err, started)
+		return nil, err
 	}
 	if format == "url" {
 		for _, d := range data {
@@ -121,11 +164,21 @@ func (g *Gateway) GenerateImages(ctx context.Context, c Call, images ImageSaver,
 	if json.Unmarshal(whole["usage"], &iu) == nil && iu != nil {
 		u = Usage{PromptTokens: iu.InputTokens, CompletionTokens: iu.OutputTokens}
 	}
-	if err := g.meter(ctx, c, svc, up.instance, "/v1/images/generations", 200, u, started); err != nil {
+	if err := g.meter(ctx, c, svc, up.instance, endpoint, 200, u, started); err != nil {
 		return nil, err
 	}
 	if whole["data"], err = marshal(data); err != nil {
 		return nil, err
 	}
 	return marshal(whole)
+}
+
+// imageUsageIn finds the usage of an image generation in the tail of its
+// answer.
+func imageUsageIn(tail []byte) (Usage, bool) {
+	var u *imageUsage
+	if !lastMember(tail, "usage", &u) || u == nil {
+		return Usage{}, false
+	}
+	return Usage{PromptTokens: u.InputTokens, CompletionTokens: u.OutputTokens}, true
 }

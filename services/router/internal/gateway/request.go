@@ -13,6 +13,7 @@ import (
 
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/httpx"
+	"github.com/modelport/modelport/libs/jsonscan"
 	"github.com/modelport/modelport/libs/state"
 )
 
@@ -50,6 +51,14 @@ type chatParams struct {
 
 	// parts are each message's content parts, checked by validate.
 	parts [][]contentPart
+	// streamOptions are the spans of every top-level stream_options value
+	// in the body, which the request to the engine replaces; top is the
+	// whole object's.
+	streamOptions []jsonscan.Span
+	top           jsonscan.Span
+	// prompt is the messages' text, for counting the prompt's tokens when
+	// the engine does not report them.
+	prompt *prompt
 }
 
 type streamOptions struct {
@@ -57,21 +66,49 @@ type streamOptions struct {
 	ContinuousUsageStats bool `json:"continuous_usage_stats"`
 }
 
+// chatMessage is a message as encoding/json decodes it; its content, which
+// may hold megabytes of inline images, is read in place by validate
+// rather than copied.
 type chatMessage struct {
-	Role    string          `json:"role"`
-	Content json.RawMessage `json:"content"`
+	Role    string  `json:"role"`
+	Content inPlace `json:"content"`
 }
 
+// inPlace is a value the gateway reads from the body where it sits: it
+// takes any JSON and keeps none of it.
+type inPlace struct{}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (*inPlace) UnmarshalJSON([]byte) error { return nil }
+
+// contentPart is a checked content part. An image part's URL is where it
+// sits in the body: url, as a JSON string literal.
 type contentPart struct {
-	Type     string `json:"type"`
-	ImageURL *struct {
-		URL string `json:"url"`
-	} `json:"image_url"`
+	Type string
+	// url is the jsonscan.Span of image_url.url; hasURL is false when the part has
+	// no image_url.url (or a null one).
+	url    jsonscan.Span
+	hasURL bool
+}
+
+// imageURL returns the text of an image part's URL, without copying it
+// unless it has escapes.
+func (c contentPart) imageURL(body []byte) ([]byte, error) {
+	if !c.hasURL {
+		return nil, nil
+	}
+	lit := body[c.url.Start:c.url.End]
+	if bytes.IndexByte(lit, '\\') < 0 {
+		return lit[1 : len(lit)-1], nil
+	}
+	s, err := jsonscan.Unquote(lit)
+	return []byte(s), err
 }
 
 // parseChat decodes and checks a chat completion request: every error is
 // errs.Invalid, and names the parameter at fault once the body is a JSON
-// object. Data URLs may hold at most maxImageBytes.
+// object. Data URLs may hold at most maxImageBytes. Content is read where
+// it sits in body, so a body of large inline images is not copied.
 func parseChat(body []byte, maxImageBytes int64) (*chatParams, error) {
 	var p chatParams
 	if err := decodeBody(body, &p); err != nil {
@@ -81,7 +118,7 @@ func parseChat(body []byte, maxImageBytes int64) (*chatParams, error) {
 		}
 		return nil, err
 	}
-	if err := p.validate(maxImageBytes); err != nil {
+	if err := p.validate(body, maxImageBytes); err != nil {
 		return nil, err
 	}
 	return &p, nil
@@ -191,25 +228,52 @@ func jsonKind(k string) string {
 }
 
 // validate checks what the gateway itself must know: the model, the
-// messages and their parts, and whether the service can take them.
-func (p *chatParams) validate(maxImageBytes int64) error {
+// messages and their parts, and whether the service can take them. It
+// reads the messages' content in body, where it sits.
+func (p *chatParams) validate(body []byte, maxImageBytes int64) error {
 	if p.Model == "" {
 		return errs.InvalidParam("model", "model is required: the service's access name, such as u-<owner>/<name>")
 	}
 	if len(p.Messages) == 0 {
 		return errs.InvalidParam("messages", "messages must be a non-empty array")
 	}
+	p.top = jsonscan.All(body)
+	msgs, _, err := jsonscan.Member(body, p.top, "messages")
+	if err != nil {
+		return errs.E(errs.Invalid, "request body is not valid JSON")
+	}
+	if err := jsonscan.Members(body, p.top, func(key string, val jsonscan.Span) error {
+		if key == "stream_options" {
+			p.streamOptions = append(p.streamOptions, val)
+		}
+		return nil
+	}); err != nil {
+		return errs.E(errs.Invalid, "request body is not valid JSON")
+	}
+	var content []jsonscan.Span
+	if err := jsonscan.Elements(body, msgs, func(_ int, m jsonscan.Span) error {
+		c, ok, err := jsonscan.Member(body, m, "content")
+		if !ok {
+			c = jsonscan.Span{Start: m.End, End: m.End} // no content
+		}
+		content = append(content, c)
+		return err
+	}); err != nil || len(content) != len(p.Messages) {
+		return errs.E(errs.Invalid, "request body is not valid JSON")
+	}
+	p.prompt = &prompt{}
 	for i, m := range p.Messages {
 		switch m.Role {
 		case "system", "developer", "user", "assistant", "tool":
 		default:
 			return errs.InvalidParam(fmt.Sprintf("messages[%d].role", i), "role must be system, developer, user, assistant or tool, not %q", m.Role)
 		}
-		parts, err := m.parts(i, maxImageBytes)
+		parts, text, err := readContent(body, content[i], i, maxImageBytes)
 		if err != nil {
 			return err
 		}
 		p.parts = append(p.parts, parts)
+		p.prompt.messages = append(p.prompt.messages, promptMessage{role: m.Role, text: text})
 	}
 	if len(p.Stop) > 0 && string(p.Stop) != "null" {
 		var one string
@@ -224,84 +288,175 @@ func (p *chatParams) validate(maxImageBytes int64) error {
 	return nil
 }
 
-// parts returns the content parts of message i; a plain string content
+// readContent returns the content parts of message i, whose content is at
+// c in body, and its text (the text parts joined); a plain string content
 // is one text part. Image URLs must be base64 data URLs of an image of at
 // most maxImageBytes, or http(s) URLs, which the gateway fetches itself.
-func (m chatMessage) parts(i int, maxImageBytes int64) ([]contentPart, error) {
-	c := bytes.TrimSpace(m.Content)
-	if len(c) == 0 || string(c) == "null" {
-		return nil, nil
+// Nothing is copied but text and the URLs to fetch.
+func readContent(body []byte, c jsonscan.Span, i int, maxImageBytes int64) ([]contentPart, string, error) {
+	raw := body[c.Start:c.End]
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, "", nil
 	}
 	param := fmt.Sprintf("messages[%d].content", i)
-	if c[0] == '"' {
-		return []contentPart{{Type: "text"}}, nil
-	}
-	if c[0] != '[' {
-		return nil, errs.InvalidParam(param, "content must be a string or an array of content parts")
-	}
-	var raw []json.RawMessage
-	if err := decodeJSON(c, &raw, param); err != nil {
-		return nil, err
-	}
-	parts := make([]contentPart, len(raw))
-	for j, r := range raw {
-		param := fmt.Sprintf("%s[%d]", param, j)
-		if err := decodeJSON(r, &parts[j], param); err != nil {
-			return nil, err
+	if raw[0] == '"' {
+		text, err := jsonscan.Unquote(raw)
+		if err != nil {
+			return nil, "", errs.InvalidParam(param, "%s is malformed", param)
 		}
-		if err := exactFields(r, reflect.TypeFor[contentPart](), param); err != nil {
-			return nil, err
+		return []contentPart{{Type: "text"}}, text, nil
+	}
+	if raw[0] != '[' {
+		return nil, "", errs.InvalidParam(param, "content must be a string or an array of content parts")
+	}
+	var parts []contentPart
+	var text strings.Builder
+	if err := jsonscan.Elements(body, c, func(j int, v jsonscan.Span) error {
+		part, t, err := readPart(body, v, fmt.Sprintf("%s[%d]", param, j))
+		parts = append(parts, part)
+		text.WriteString(t)
+		return err
+	}); err != nil {
+		if _, ok := errs.As(err); ok {
+			return nil, "", err
 		}
+		return nil, "", errs.InvalidParam(param, "%s is malformed", param)
 	}
 	for j, part := range parts {
 		param := fmt.Sprintf("%s[%d]", param, j)
 		switch part.Type {
 		case "text":
 		case "image_url":
-			if part.ImageURL == nil || part.ImageURL.URL == "" {
-				return nil, errs.InvalidParam(param+".image_url.url", "an image_url part needs image_url.url")
+			u, err := part.imageURL(body)
+			if err != nil {
+				return nil, "", errs.InvalidParam(param+".image_url.url", "%s.image_url.url is malformed", param)
 			}
-			u := part.ImageURL.URL
-			scheme, _, found := strings.Cut(u, ":")
+			if !part.hasURL || len(u) == 0 {
+				return nil, "", errs.InvalidParam(param+".image_url.url", "an image_url part needs image_url.url")
+			}
+			scheme, _, found := bytes.Cut(u, []byte(":"))
 			if !found {
-				scheme = ""
+				scheme = nil
 			}
-			switch strings.ToLower(scheme) {
+			switch strings.ToLower(string(scheme)) {
 			case "data":
 				if err := checkDataURL(u, maxImageBytes); err != nil {
-					return nil, errs.InvalidParam(param+".image_url.url", "%v", err)
+					return nil, "", errs.InvalidParam(param+".image_url.url", "%v", err)
 				}
 			case "http", "https":
 			default:
-				return nil, errs.InvalidParam(param+".image_url.url", "image URLs must be data:image/...;base64 URLs or http(s) URLs")
+				return nil, "", errs.InvalidParam(param+".image_url.url", "image URLs must be data:image/...;base64 URLs or http(s) URLs")
 			}
 		default:
-			return nil, errs.InvalidParam(param+".type", "content part type %q is not supported; use text or image_url", part.Type)
+			return nil, "", errs.InvalidParam(param+".type", "content part type %q is not supported; use text or image_url", part.Type)
 		}
 	}
-	return parts, nil
+	return parts, text.String(), nil
+}
+
+// partFields are a content part's fields as the gateway reads them, for
+// the case check.
+type partFields struct {
+	Type     string `json:"type"`
+	ImageURL *struct {
+		URL string `json:"url"`
+	} `json:"image_url"`
+}
+
+// readPart reads the content part at v, as encoding/json would decode it
+// into partFields: wrong types are refused naming the field, and so are
+// keys that match those only by ignoring case. It returns the part and,
+// for a text part, its text.
+func readPart(body []byte, v jsonscan.Span, param string) (contentPart, string, error) {
+	var part contentPart
+	raw := body[v.Start:v.End]
+	if string(raw) == "null" {
+		return part, "", nil
+	}
+	if raw[0] != '{' {
+		return part, "", wrongType(param, "object", raw)
+	}
+	var textLit []byte
+	err := jsonscan.Members(body, v, func(key string, val jsonscan.Span) error {
+		lit := body[val.Start:val.End]
+		switch key {
+		case "type":
+			switch {
+			case string(lit) == "null":
+			case lit[0] != '"':
+				return wrongType(param+".type", "string", lit)
+			default:
+				t, err := jsonscan.Unquote(lit)
+				if err != nil {
+					return err
+				}
+				part.Type = t
+			}
+		case "image_url":
+			part.hasURL = false
+			switch {
+			case string(lit) == "null":
+			case lit[0] != '{':
+				return wrongType(param+".image_url", "object", lit)
+			default:
+				return jsonscan.Members(body, val, func(key string, u jsonscan.Span) error {
+					ulit := body[u.Start:u.End]
+					switch {
+					case key != "url":
+					case string(ulit) == "null":
+						part.hasURL = false
+					case ulit[0] != '"':
+						return wrongType(param+".image_url.url", "string", ulit)
+					default:
+						part.url, part.hasURL = u, true
+					}
+					return nil
+				})
+			}
+		case "text":
+			textLit = lit
+		}
+		return nil
+	})
+	if err != nil {
+		return part, "", err
+	}
+	if err := exactFields(raw, reflect.TypeFor[partFields](), param); err != nil {
+		return part, "", err
+	}
+	var text string
+	if part.Type == "text" && len(textLit) > 0 && textLit[0] == '"' {
+		text, _ = jsonscan.Unquote(textLit)
+	}
+	return part, text, nil
+}
+
+// wrongType is the error for a value of the wrong JSON type, worded as
+// decodeJSON words encoding/json's.
+func wrongType(param, want string, got []byte) error {
+	return errs.InvalidParam(param, "%s has the wrong type: expected %s, got %s", param, want, jsonscan.Kind(got))
 }
 
 // isRemote reports whether an image URL is one the gateway must fetch.
-func isRemote(u string) bool {
-	scheme, _, found := strings.Cut(u, ":")
-	return found && (strings.EqualFold(scheme, "http") || strings.EqualFold(scheme, "https"))
+func isRemote(u []byte) bool {
+	scheme, _, found := bytes.Cut(u, []byte(":"))
+	return found && (strings.EqualFold(string(scheme), "http") || strings.EqualFold(string(scheme), "https"))
 }
 
 // checkDataURL checks that u is data:image/<type>[;param...];base64,<data>
 // with valid standard base64 holding 1 to max bytes.
-func checkDataURL(u string, max int64) error {
-	meta, payload, ok := strings.Cut(u[len("data:"):], ",")
-	mediaType, _, _ := strings.Cut(meta, ";")
-	lower := strings.ToLower(meta)
+func checkDataURL(u []byte, max int64) error {
+	meta, payload, ok := bytes.Cut(u[len("data:"):], []byte(","))
+	mediaType, _, _ := bytes.Cut(meta, []byte(";"))
+	lower := strings.ToLower(string(meta))
 	if !ok || !strings.HasSuffix(lower, ";base64") {
 		return errors.New("a data URL must have the form data:image/<type>;base64,<data>")
 	}
-	if typ, sub, _ := strings.Cut(strings.ToLower(mediaType), "/"); typ != "image" || sub == "" {
+	if typ, sub, _ := strings.Cut(strings.ToLower(string(mediaType)), "/"); typ != "image" || sub == "" {
 		return fmt.Errorf("a data URL must hold an image (data:image/<type>;base64,...), not %q", mediaType)
 	}
 	// Decoding into io.Discard checks every byte without keeping a copy.
-	n, err := io.Copy(io.Discard, io.LimitReader(base64.NewDecoder(base64.StdEncoding, strings.NewReader(payload)), max+1))
+	n, err := io.Copy(io.Discard, io.LimitReader(base64.NewDecoder(base64.StdEncoding, bytes.NewReader(payload)), max+1))
 	switch {
 	case n > max:
 		return fmt.Errorf("the image is larger than %d bytes", max)
@@ -330,19 +485,6 @@ func (p *chatParams) checkTask(svc state.Service) error {
 		}
 	}
 	return nil
-}
-
-// withStreamOptions returns body with stream_options set as the router
-// needs them upstream: usage in the last chunk and, where the engine
-// supports it, running usage in every chunk, so a stream cut short is
-// still metered.
-func withStreamOptions(body []byte) ([]byte, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(body, &m); err != nil {
-		return nil, errs.E(errs.Invalid, "request body is not a JSON object")
-	}
-	m["stream_options"] = json.RawMessage(`{"include_usage":true,"continuous_usage_stats":true}`)
-	return marshal(m)
 }
 
 // marshal encodes v without escaping <, > and &, so text passes through

@@ -114,7 +114,7 @@ type fakeFetcher struct {
 	wait   bool // block until the context ends
 }
 
-func (f *fakeFetcher) Fetch(ctx context.Context, url string, limit int64) (string, []byte, error) {
+func (f *fakeFetcher) Fetch(ctx context.Context, url string, limit int64, _ func(int64) error) (string, []byte, error) {
 	f.mu.Lock()
 	f.urls = append(f.urls, url)
 	f.mu.Unlock()
@@ -356,7 +356,7 @@ func TestRateLimits(t *testing.T) {
 			t.Fatalf("err = %v, want the limiter's refusal", err)
 		}
 		body := []byte(`{"model":"` + aliceImage.AccessName + `","prompt":"a cat"}`)
-		if _, err := f.g.GenerateImages(context.Background(), gateway.Call{Caller: alice, RequestID: "r", Body: body}, nil, ""); err != refusal {
+		if _, err := f.g.GenerateImages(context.Background(), gateway.Call{Caller: alice, RequestID: "r", Body: body}, nil, "http://router.test"); err != refusal {
 			t.Fatalf("images: err = %v, want the limiter's refusal", err)
 		}
 		if len(f.eng.endpoints()) != 0 || len(f.pub.published()) != 0 || len(l.charges) != 0 {

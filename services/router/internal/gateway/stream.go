@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/modelport/modelport/libs/errs"
@@ -18,24 +19,41 @@ import (
 
 // Stream is a streaming chat completion on its way from the engine to the
 // client. Next yields the chunks to send; Close records the usage. It is
-// used by one goroutine.
+// used by one goroutine, but for ClientGone.
 type Stream struct {
 	g       *Gateway
 	ctx     context.Context
-	call    Call
+	call    Call // the caller and request ID; the body is gone
 	svc     state.Service
 	up      *upstream
 	id      string
 	started time.Time
 	opts    streamOptions // what the client asked for
+	prompt  *prompt       // for the prompt's tokens, when the engine gives none
 	lines   *lineReader
 
 	usage    Usage
 	sawUsage bool
-	chunks   int // content chunks, for an engine that reports no usage
+	chunks   int // chunks with content, for an engine that reports no usage
 	finished bool
+	billed   Usage       // what Close recorded
+	idled    bool        // ended for sending nothing for the idle timeout
+	gone     atomic.Bool // the client went away
 	once     sync.Once
 }
+
+// ClientGone tells the stream that its client went away, as when sending
+// to it failed: the engine request is cancelled, Next fails, and Close
+// meters the stream as 499. Safe to call from any goroutine.
+func (s *Stream) ClientGone() {
+	s.gone.Store(true)
+	if s.up.cancel != nil {
+		s.up.cancel(errClientGone)
+	}
+}
+
+// clientGone reports whether the client went away.
+func (s *Stream) clientGone() bool { return s.gone.Load() || s.ctx.Err() != nil }
 
 // Next returns the data of the next event to send, io.EOF once the engine
 // has finished, or the error that ended the stream (send ErrorEvent(err)).
@@ -44,8 +62,12 @@ func (s *Stream) Next() ([]byte, error) {
 		data, err := s.lines.event()
 		if err != nil {
 			switch {
-			case s.ctx.Err() != nil:
-				return nil, s.ctx.Err()
+			case s.clientGone():
+				return nil, context.Canceled
+			case s.up.idled():
+				s.up.fail()
+				s.idled = true
+				return nil, errs.E(errs.Timeout, "the engine sent nothing for %s", s.g.IdleTimeout)
 			case errors.Is(err, io.EOF):
 				s.up.fail()
 				return nil, errs.E(errs.Upstream, "the engine ended the stream early")
@@ -94,7 +116,7 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 	case !final && !s.opts.ContinuousUsageStats:
 		delete(m, "usage")
 	}
-	if !final {
+	if !final && hasContent(m["choices"]) {
 		s.chunks++
 		if s.chunks == 1 {
 			ttft := time.Since(s.started)
@@ -110,30 +132,74 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 	return out, false, err
 }
 
-// Close ends the stream and records its usage exactly once: as the engine
-// reported it, or, for a stream cut short, the usage up to the cut.
+// hasContent reports whether a chunk's choices carry generated content:
+// text, reasoning or tool calls, as opposed to the role-only chunk engines
+// send first or the empty delta of a finish chunk.
+func hasContent(choices json.RawMessage) bool {
+	var cs []struct {
+		Delta struct {
+			Content          *string         `json:"content"`
+			ReasoningContent *string         `json:"reasoning_content"`
+			ToolCalls        json.RawMessage `json:"tool_calls"`
+		} `json:"delta"`
+	}
+	if json.Unmarshal(choices, &cs) != nil {
+		return false
+	}
+	for _, c := range cs {
+		d := c.Delta
+		if d.Content != nil && *d.Content != "" || d.ReasoningContent != nil && *d.ReasoningContent != "" ||
+			len(d.ToolCalls) > 0 && string(d.ToolCalls) != "null" && string(d.ToolCalls) != "[]" {
+			return true
+		}
+	}
+	return false
+}
+
+// Close ends the stream and records its usage exactly once, however it
+// ended: as the engine reported it, or, where it reported none, the
+// prompt's tokens counted by the router and a token per content chunk
+// sent. The status is 200 for a finished stream, 499 when the client went
+// away, 504 when the engine went silent, 502 when it failed.
 func (s *Stream) Close() error {
 	var err error
 	s.once.Do(func() {
 		s.up.close()
 		status := 200
 		switch {
-		case !s.finished && s.ctx.Err() != nil:
-			status = 499 // the client went away
+		case !s.finished && s.clientGone():
+			status = 499
+		case !s.finished && s.idled:
+			status = 504
 		case !s.finished:
 			status = 502
 		}
 		u := s.usage
 		if !s.sawUsage {
-			if s.chunks == 0 {
-				return
-			}
-			s.g.log.WarnContext(s.ctx, "engine reported no usage in its stream; billing its chunks as completion tokens", "service_id", s.svc.ID)
-			u = Usage{CompletionTokens: s.chunks}
+			s.g.log.WarnContext(s.ctx, "no usage from the engine for this stream; billing the prompt's counted tokens and a token per content chunk",
+				"service_id", s.svc.ID, "status", status, "content_chunks", s.chunks)
+			u = Usage{PromptTokens: s.prompt.tokens(), CompletionTokens: s.chunks}
 		}
-		err = s.g.meter(s.ctx, s.call, s.svc, s.up.instance, "/v1/chat/completions", status, u, s.started)
+		u.TotalTokens = u.PromptTokens + u.CompletionTokens
+		s.billed = u
+		err = s.g.meter(s.ctx, s.call, s.svc, s.up.instance, chatEndpoint, status, u, s.started)
 	})
 	return err
+}
+
+// UsageChunk is the last chunk of a stream that ended early, for a
+// client that asked for usage (stream_options.include_usage): what Close
+// billed, so that the client knows it before the error event. It is nil
+// where the client did not ask, and must be called after Close.
+func (s *Stream) UsageChunk() []byte {
+	if !s.opts.IncludeUsage {
+		return nil
+	}
+	b, _ := marshal(map[string]any{
+		"id": s.id, "object": "chat.completion.chunk", "created": s.started.Unix(),
+		"model": s.svc.AccessName, "choices": []any{}, "usage": s.billed,
+	})
+	return b
 }
 
 // maxEvent bounds one server-sent event from an engine, so an engine

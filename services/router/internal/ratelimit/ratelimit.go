@@ -209,3 +209,99 @@ func (b *bucket) wait(limit int) time.Duration {
 	missing := 1 - b.level
 	return max(time.Duration(missing/float64(limit)*float64(time.Minute)), time.Nanosecond)
 }
+
+// Failures counts failed authentications per client address, a minute's
+// worth in a bucket that refills continuously, and refuses an address
+// whose bucket is empty. The router asks it before checking a key, so a
+// client that keeps sending made-up keys is refused without any key being
+// looked at. It holds at most maxAddresses buckets, dropping full ones
+// (and, past that, any) to make room, so a flood from many addresses
+// cannot grow it without bound. It is safe for concurrent use; a nil
+// Failures refuses nothing.
+type Failures struct {
+	perMinute int
+	now       func() time.Time
+
+	mu      sync.Mutex
+	buckets map[string]*bucket
+	swept   time.Time
+}
+
+// maxAddresses bounds the addresses Failures remembers.
+const maxAddresses = 100_000
+
+// NewFailures returns a Failures allowing perMinute failed
+// authentications per address, or nil when perMinute is not positive. now
+// is time.Now when nil.
+func NewFailures(perMinute int, now func() time.Time) *Failures {
+	if perMinute <= 0 {
+		return nil
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &Failures{perMinute: perMinute, now: now, buckets: map[string]*bucket{}, swept: now()}
+}
+
+// Allow returns nil, or an errs.RateLimited error with RetryAfter when addr
+// has failed to authenticate perMinute times in the last minute or so.
+func (f *Failures) Allow(addr string) error {
+	if f == nil {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := f.now()
+	b, ok := f.buckets[addr]
+	if !ok {
+		return nil
+	}
+	b.refill(f.perMinute, now)
+	if wait := b.wait(f.perMinute); wait > 0 {
+		return refusal(ErrRequests, wait, "%d failed authentications per minute from this address", f.perMinute)
+	}
+	return nil
+}
+
+// Fail counts a failed authentication from addr.
+func (f *Failures) Fail(addr string) {
+	if f == nil {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := f.now()
+	if _, ok := f.buckets[addr]; !ok && len(f.buckets) >= maxAddresses {
+		f.sweep(now, true)
+	} else if now.Sub(f.swept) >= sweepEvery {
+		f.sweep(now, false)
+	}
+	get(f.buckets, addr, f.perMinute, now).level--
+}
+
+// sweep drops full buckets; when full, until there is room, any. f.mu is
+// held.
+func (f *Failures) sweep(now time.Time, full bool) {
+	f.swept = now
+	for addr, b := range f.buckets {
+		if b.refill(f.perMinute, now); b.level >= float64(f.perMinute) {
+			delete(f.buckets, addr)
+		}
+	}
+	for addr := range f.buckets {
+		if !full || len(f.buckets) < maxAddresses {
+			break
+		}
+		delete(f.buckets, addr)
+	}
+}
+
+// Len returns how many addresses it remembers.
+func (f *Failures) Len() int {
+	if f == nil {
+		return 0
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.buckets)
+}

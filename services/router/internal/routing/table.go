@@ -4,6 +4,8 @@
 package routing
 
 import (
+	"container/list"
+	"context"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -38,11 +40,18 @@ type Table struct {
 	byAccess  map[string]state.Service
 	byID      map[string]state.Service
 	endpoints map[string][]*Endpoint // by service ID
+	waiting   map[string]*queue      // by service ID: requests held for an instance
+	// SpreadWait is how long requests held for a service starting from
+	// zero are kept for instances still to come, when fewer are up than
+	// the service wants, before the ones up get them all. Set it before
+	// the table is used.
+	SpreadWait time.Duration
 }
 
 // NewTable returns an empty table.
 func NewTable() *Table {
-	return &Table{byAccess: map[string]state.Service{}, byID: map[string]state.Service{}, endpoints: map[string][]*Endpoint{}}
+	return &Table{byAccess: map[string]state.Service{}, byID: map[string]state.Service{}, endpoints: map[string][]*Endpoint{},
+		waiting: map[string]*queue{}, SpreadWait: time.Second}
 }
 
 // PutService adds or replaces a service.
@@ -112,6 +121,7 @@ func (t *Table) PutInstance(in state.Instance) {
 		}
 	}
 	t.endpoints[in.ServiceID] = append(slices.Clip(eps), &Endpoint{Instance: in})
+	t.handOut(in.ServiceID, false)
 }
 
 // DeleteInstance removes an instance. Requests in flight to it finish.
@@ -140,6 +150,11 @@ func (t *Table) Pick(serviceID string, exclude ...string) (e *Endpoint, release 
 	t.mu.RLock()
 	eps := t.endpoints[serviceID]
 	t.mu.RUnlock()
+	return pick(eps, exclude)
+}
+
+// pick is Pick over eps.
+func pick(eps []*Endpoint, exclude []string) (e *Endpoint, release func(), ok bool) {
 	now := time.Now().UnixNano()
 	healthy := slices.ContainsFunc(eps, func(c *Endpoint) bool { return !c.down(now) && !slices.Contains(exclude, c.Instance.ID) })
 	var best *Endpoint
@@ -185,4 +200,129 @@ func (t *Table) Loads() []InstanceLoad {
 		}
 	}
 	return out
+}
+
+// queue is the requests held for one service's instances, first come
+// first served.
+type queue struct {
+	waiters list.List // of *waiter
+	timer   *time.Timer
+}
+
+// waiter is one held request; its grant is sent once, when it is handed an
+// instance.
+type waiter struct {
+	grant chan grant
+	elem  *list.Element
+}
+
+type grant struct {
+	e       *Endpoint
+	release func()
+}
+
+// Acquire returns a ready instance of a service as Pick does, or, when it
+// has none, holds the request until one comes up or ctx ends (ctx's error).
+// Held requests are served in the order they came, and none is passed by
+// a later request. They are woken by an instance's arrival, not by
+// polling: when the service has all the instances it wants, every held
+// request is handed one, least loaded first; while it has fewer, each
+// arrival takes its share of the held requests and the rest wait for the
+// next, or SpreadWait, so that a service starting from zero spreads them
+// over the instances that come up. waiting, when not nil, is called once
+// if the request is held. The caller must call release when the request
+// ends.
+func (t *Table) Acquire(ctx context.Context, serviceID string, waiting func()) (e *Endpoint, release func(), err error) {
+	t.mu.Lock()
+	q := t.waiting[serviceID]
+	if q == nil || q.waiters.Len() == 0 {
+		if e, release, ok := pick(t.endpoints[serviceID], nil); ok {
+			t.mu.Unlock()
+			return e, release, nil
+		}
+	}
+	if q == nil {
+		q = &queue{}
+		t.waiting[serviceID] = q
+	}
+	w := &waiter{grant: make(chan grant, 1)}
+	w.elem = q.waiters.PushBack(w)
+	t.mu.Unlock()
+	if waiting != nil {
+		waiting()
+	}
+	select {
+	case g := <-w.grant:
+		return g.e, g.release, nil
+	case <-ctx.Done():
+	}
+	t.mu.Lock()
+	if w.elem != nil { // still held: leave the queue
+		q.waiters.Remove(w.elem)
+		w.elem = nil
+		t.dropQueue(serviceID, q)
+		t.mu.Unlock()
+		return nil, nil, ctx.Err()
+	}
+	t.mu.Unlock()
+	g := <-w.grant // handed an instance as ctx ended: give it back
+	g.release()
+	return nil, nil, ctx.Err()
+}
+
+// handOut gives held requests for a service the instances it has: all of
+// them when all is set or the service has all the instances it wants,
+// else this arrival's share, arming SpreadWait for the rest. t.mu must be
+// held.
+func (t *Table) handOut(serviceID string, all bool) {
+	q := t.waiting[serviceID]
+	eps := t.endpoints[serviceID]
+	if q == nil || q.waiters.Len() == 0 || len(eps) == 0 {
+		return
+	}
+	n := q.waiters.Len()
+	if want := t.byID[serviceID].Instances; !all && want > len(eps) {
+		// This arrival and each still to come get an equal share.
+		n = (n + want - len(eps)) / (want - len(eps) + 1)
+	}
+	for ; n > 0 && q.waiters.Len() > 0; n-- {
+		e, release, ok := pick(eps, nil)
+		if !ok {
+			break
+		}
+		w := q.waiters.Remove(q.waiters.Front()).(*waiter)
+		w.elem = nil
+		w.grant <- grant{e, release}
+	}
+	if q.waiters.Len() > 0 && q.timer == nil {
+		q.timer = time.AfterFunc(t.SpreadWait, func() {
+			t.mu.Lock()
+			defer t.mu.Unlock()
+			q.timer = nil
+			t.handOut(serviceID, true)
+		})
+	}
+	t.dropQueue(serviceID, q)
+}
+
+// dropQueue forgets an empty queue. t.mu must be held.
+func (t *Table) dropQueue(serviceID string, q *queue) {
+	if q.waiters.Len() > 0 || t.waiting[serviceID] != q {
+		return
+	}
+	if q.timer != nil {
+		q.timer.Stop()
+		q.timer = nil
+	}
+	delete(t.waiting, serviceID)
+}
+
+// Waiting returns how many requests are held for a service's instances.
+func (t *Table) Waiting(serviceID string) int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if q := t.waiting[serviceID]; q != nil {
+		return q.waiters.Len()
+	}
+	return 0
 }

@@ -4,11 +4,14 @@
 package transport
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/modelport/modelport/libs/auth"
@@ -21,22 +24,45 @@ import (
 // MaxBody bounds a request body (images arrive inline as data URLs).
 const MaxBody = 32 << 20
 
+// DefaultKeepAlive is how often a stream with nothing to send gets an SSE
+// comment, so proxies and clients do not take a long prefill for a dead
+// connection.
+const DefaultKeepAlive = 15 * time.Second
+
 // Options are the handler's settings.
 type Options struct {
 	// PublicURL is the router's address as clients see it, for the URLs
-	// of generated images; empty: the request's own scheme and host.
-	PublicURL string
+	// of generated images. Without it, a request's own host is used when
+	// AllowedHosts lists it (or, with no list, when it is a loopback
+	// address); URL answers to other hosts are refused.
+	PublicURL    string
+	AllowedHosts []string
+	// TrustedProxies are the addresses of the proxies in front of the
+	// router: only from them are X-Forwarded-For, -Host and -Proto
+	// believed.
+	TrustedProxies []netip.Prefix
 	// BodyTimeout bounds reading a request body, so a client that sends
 	// slowly cannot hold a request open; zero: no bound.
 	BodyTimeout time.Duration
+	// KeepAlive is how often a stream with nothing to send gets an SSE
+	// comment; zero: DefaultKeepAlive, negative: never.
+	KeepAlive time.Duration
+	// AuthFailures is how many failed authentications a client address
+	// may have per minute before its requests are refused unread (429);
+	// zero: no limit.
+	AuthFailures int
 }
 
 // NewHandler returns the OpenAI API under /v1. Everything but image
 // downloads (whose unguessable names are their credential, as with signed
-// URLs) needs a bearer key; limits (nil: none) allows each key its
-// requests per minute.
+// URLs) needs a bearer key; a client address that keeps failing to
+// authenticate is refused before any key is checked; limits (nil: none)
+// allows each key its requests per minute.
 func NewHandler(g *gateway.Gateway, images *ImageStore, keys httpx.Verifier, limits *ratelimit.Limiter, opts Options, log *slog.Logger) http.Handler {
-	h := &handler{g: g, images: images, publicURL: opts.PublicURL, bodyTimeout: opts.BodyTimeout, log: log}
+	if opts.KeepAlive == 0 {
+		opts.KeepAlive = DefaultKeepAlive
+	}
+	h := &handler{g: g, images: images, opts: opts, clients: clients{trusted: opts.TrustedProxies}, log: log}
 	api := http.NewServeMux()
 	api.HandleFunc("POST /v1/chat/completions", h.chat)
 	api.HandleFunc("POST /v1/images/generations", h.generateImages)
@@ -45,50 +71,102 @@ func NewHandler(g *gateway.Gateway, images *ImageStore, keys httpx.Verifier, lim
 	api.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		httpx.WriteError(w, errs.E(errs.NotFound, "no route for %s %s", r.Method, r.URL.Path))
 	})
+	failures := ratelimit.NewFailures(opts.AuthFailures, nil)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+imagePath+"{name}", images.serve)
-	mux.Handle("/v1/", httpx.Chain(api, httpx.Authenticate(keys), limitKeys(limits, log)))
+	mux.Handle("/v1/", httpx.Chain(api,
+		limitFailures(failures, h.clients, log),
+		httpx.Authenticate(countFailures{keys, failures}),
+		limitKeys(limits, log)))
 	return mux
 }
 
 type handler struct {
-	g           *gateway.Gateway
-	images      *ImageStore
-	publicURL   string
-	bodyTimeout time.Duration
-	log         *slog.Logger
+	g       *gateway.Gateway
+	images  *ImageStore
+	opts    Options
+	clients clients
+	log     *slog.Logger
 }
 
 func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	writeError(w, r, h.log, err)
 }
 
-// call reads the request into a gateway call, within h.bodyTimeout.
+// call reads the request into a gateway call, within the body timeout,
+// holding its bytes in the gateway's budget.
 func (h *handler) call(w http.ResponseWriter, r *http.Request) (gateway.Call, error) {
-	if h.bodyTimeout > 0 {
+	if h.opts.BodyTimeout > 0 {
 		rc := http.NewResponseController(w)
-		if rc.SetReadDeadline(time.Now().Add(h.bodyTimeout)) == nil {
+		if rc.SetReadDeadline(time.Now().Add(h.opts.BodyTimeout)) == nil {
 			// Cleared once read: the server's own read, which notices a
 			// client that goes away during a long answer, must not time out.
 			defer rc.SetReadDeadline(time.Time{})
 		}
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	hold := h.g.Budget.Hold()
+	body, err := readBody(w, r, hold)
 	if err != nil {
+		hold.Release()
 		// The rest of the body is not read: the connection cannot serve
 		// another request, and must not wait for the body before answering.
 		w.Header().Set("Connection", "close")
 		var tooBig *http.MaxBytesError
 		switch {
+		case errs.KindOf(err) == errs.Unavailable || errs.KindOf(err) == errs.TooLarge:
+			return gateway.Call{}, err
 		case errors.As(err, &tooBig):
 			return gateway.Call{}, errs.E(errs.TooLarge, "request body is larger than %d bytes", MaxBody)
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			return gateway.Call{}, errs.E(errs.Invalid, "request body not received within %s", h.bodyTimeout)
+			return gateway.Call{}, errs.E(errs.Invalid, "request body not received within %s", h.opts.BodyTimeout)
 		}
 		return gateway.Call{}, errs.Wrap(errs.Invalid, err, "request body unreadable")
 	}
 	k, _ := auth.FromContext(r.Context())
-	return gateway.Call{Caller: k, RequestID: httpx.RequestIDFromContext(r.Context()), Body: body}, nil
+	return gateway.Call{Caller: k, RequestID: httpx.RequestIDFromContext(r.Context()), Body: body, Hold: hold}, nil
+}
+
+// readBody reads a request body of at most MaxBody bytes into one buffer,
+// taking its bytes from hold before it reads them: all at once when the
+// client said how many, else as the buffer grows.
+func readBody(w http.ResponseWriter, r *http.Request, hold *gateway.Hold) ([]byte, error) {
+	if r.ContentLength > MaxBody {
+		return nil, errs.E(errs.TooLarge, "request body is larger than %d bytes", MaxBody)
+	}
+	body := http.MaxBytesReader(w, r.Body, MaxBody)
+	if r.ContentLength >= 0 {
+		if err := hold.Grow(r.ContentLength); err != nil {
+			return nil, err
+		}
+		b := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(body, b); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+	const first = 64 << 10
+	if err := hold.Grow(first); err != nil {
+		return nil, err
+	}
+	b := make([]byte, 0, first)
+	for {
+		if len(b) == cap(b) {
+			grown := min(2*cap(b), MaxBody+1)
+			if err := hold.Grow(int64(grown - cap(b))); err != nil {
+				return nil, err
+			}
+			b = append(make([]byte, 0, grown), b...)
+		}
+		n, err := body.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if errors.Is(err, io.EOF) {
+			hold.Shrink(int64(cap(b) - len(b)))
+			return b, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 }
 
 func (h *handler) chat(w http.ResponseWriter, r *http.Request) {
@@ -97,6 +175,7 @@ func (h *handler) chat(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	defer c.Hold.Release()
 	reply, err := h.g.Chat(r.Context(), c)
 	if err != nil {
 		h.fail(w, r, err)
@@ -111,7 +190,12 @@ func (h *handler) chat(w http.ResponseWriter, r *http.Request) {
 }
 
 // stream sends a chat completion as server-sent events. The usage is
-// recorded before "data: [DONE]", and also when the stream ends early.
+// recorded before "data: [DONE]", and also when the stream ends early;
+// then a client that asked for usage gets what was billed in a last chunk
+// before the error event.
+// While the engine sends nothing (a long prefill), the client gets an SSE
+// comment every KeepAlive. A client that cannot be written to has gone
+// away: the stream is told, and ends as 499.
 func (h *handler) stream(w http.ResponseWriter, r *http.Request, s *gateway.Stream) {
 	defer s.Close()
 	rc := http.NewResponseController(w)
@@ -119,17 +203,49 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request, s *gateway.Stre
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	send := func(data []byte) error {
-		if _, err := w.Write([]byte("data: ")); err != nil {
-			return err
-		}
-		if _, err := w.Write(data); err != nil {
-			return err
-		}
-		if _, err := w.Write([]byte("\n\n")); err != nil {
-			return err
+	// mu orders writes from this goroutine and the keep-alive timer's.
+	var mu sync.Mutex
+	done := false
+	write := func(parts ...[]byte) error {
+		for _, p := range parts {
+			if _, err := w.Write(p); err != nil {
+				return err
+			}
 		}
 		return rc.Flush()
+	}
+	var keepAlive *time.Timer
+	if h.opts.KeepAlive > 0 {
+		mu.Lock()
+		keepAlive = time.AfterFunc(h.opts.KeepAlive, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if done {
+				return
+			}
+			if err := write([]byte(": keep-alive\n\n")); err != nil {
+				s.ClientGone()
+				return
+			}
+			keepAlive.Reset(h.opts.KeepAlive)
+		})
+		mu.Unlock()
+	}
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		done = true
+		if keepAlive != nil {
+			keepAlive.Stop()
+		}
+	}()
+	send := func(data []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if keepAlive != nil {
+			keepAlive.Reset(h.opts.KeepAlive)
+		}
+		return write([]byte("data: "), data, []byte("\n\n"))
 	}
 	for {
 		data, err := s.Next()
@@ -141,14 +257,23 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request, s *gateway.Stre
 			return
 		}
 		if err != nil {
-			if r.Context().Err() == nil {
+			if r.Context().Err() == nil && !errors.Is(err, context.Canceled) {
 				h.log.WarnContext(r.Context(), "stream failed", "err", err)
+				// The usage first: the official clients stop reading at
+				// an error event.
+				if err := s.Close(); err != nil {
+					h.log.ErrorContext(r.Context(), "stream usage", "err", err)
+				}
+				if u := s.UsageChunk(); u != nil {
+					_ = send(u)
+				}
 				_ = send(gateway.ErrorEvent(err))
 			}
 			return
 		}
 		if err := send(data); err != nil {
-			return // the client went away; Close meters what was produced
+			s.ClientGone() // Close meters what was produced, as 499
+			return
 		}
 	}
 }
@@ -159,7 +284,8 @@ func (h *handler) generateImages(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	out, err := h.g.GenerateImages(r.Context(), c, h.images, baseURL(r, h.publicURL))
+	defer c.Hold.Release()
+	out, err := h.g.GenerateImages(r.Context(), c, h.images, h.baseURL(r))
 	if err != nil {
 		h.fail(w, r, err)
 		return

@@ -123,7 +123,7 @@ func newRouter(t *testing.T, o routerOptions) *router {
 		table.PutInstance(state.Instance{ID: "i-" + s.ID, ServiceID: s.ID, WorkerID: "w1", Engine: "simulator",
 			Endpoint: engine.URL + "/v1", Status: state.InstanceReady})
 	}
-	g := gateway.New(table, routing.NewDemand(), NewEngineClient(10*time.Second), rt.pub, quiet)
+	g := gateway.New(table, routing.NewDemand(), NewEngineClient(10*time.Second, 0), rt.pub, quiet)
 	limits := ratelimit.New(o.limits, o.clock)
 	g.Limits = limits
 	g.Images = NewImageFetcher(2*time.Second, o.allowPrivate)

@@ -63,8 +63,8 @@ func NewImageFetcher(timeout time.Duration, allowPrivate bool) *ImageFetcher {
 }
 
 // Fetch implements gateway.ImageFetcher. Every error is errs.Invalid with
-// a message for the client: the URL is theirs.
-func (f *ImageFetcher) Fetch(ctx context.Context, rawURL string, limit int64) (string, []byte, error) {
+// a message for the client (the URL is theirs), but reserve's.
+func (f *ImageFetcher) Fetch(ctx context.Context, rawURL string, limit int64, reserve func(int64) error) (string, []byte, error) {
 	u, err := f.checkURL(rawURL)
 	if err != nil {
 		return "", nil, err
@@ -86,7 +86,7 @@ func (f *ImageFetcher) Fetch(ctx context.Context, rawURL string, limit int64) (s
 	if resp.ContentLength > limit {
 		return "", nil, errs.E(errs.Invalid, "the image is larger than %d bytes", limit)
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	data, err := readImage(resp.Body, resp.ContentLength, limit, reserve)
 	if err != nil {
 		return "", nil, f.fetchError(ctx, err)
 	}
@@ -101,6 +101,56 @@ func (f *ImageFetcher) Fetch(ctx context.Context, rawURL string, limit int64) (s
 		return "", nil, err
 	}
 	return mediaType, data, nil
+}
+
+// readImage reads an image of at most limit bytes (limit+1 tell it is
+// larger): into a buffer of the size the server announced, when it did, so
+// the bytes are allocated once; else into one that doubles as it fills.
+// reserve (when not nil) is told of each allocation before it is made.
+func readImage(r io.Reader, announced, limit int64, reserve func(int64) error) ([]byte, error) {
+	take := func(n int64) error {
+		if reserve == nil {
+			return nil
+		}
+		return reserve(n)
+	}
+	if announced >= 0 && announced <= limit {
+		if err := take(announced); err != nil {
+			return nil, err
+		}
+		b := make([]byte, announced)
+		if _, err := io.ReadFull(r, b); err != nil {
+			return nil, err
+		}
+		// A server that sends more than it announced is cut off by the
+		// HTTP client; one that sends less fails ReadFull.
+		return b, nil
+	}
+	size := min(32<<10, limit+1)
+	if err := take(size); err != nil {
+		return nil, err
+	}
+	b := make([]byte, 0, size)
+	for {
+		if len(b) == cap(b) {
+			if int64(len(b)) > limit {
+				return b, nil // over the limit: the caller says so
+			}
+			grown := min(2*int64(cap(b)), limit+1)
+			if err := take(grown - int64(cap(b))); err != nil {
+				return nil, err
+			}
+			b = append(make([]byte, 0, grown), b...)
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if errors.Is(err, io.EOF) {
+			return b, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 }
 
 // imageType returns the image's media type: the one the server declared

@@ -157,6 +157,13 @@ func checkRefused(t *testing.T, err error, want string) {
 
 func TestImageFetcher(t *testing.T) {
 	img := pngBytes(t)
+	// A port nobody listens on: one just freed (port 1 may be taken).
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedPort := ln.Addr().String()
+	ln.Close()
 	mux := http.NewServeMux()
 	mux.HandleFunc("/cat.png", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "image/png")
@@ -208,7 +215,7 @@ func TestImageFetcher(t *testing.T) {
 
 	t.Run("an image", func(t *testing.T) {
 		for _, path := range []string{"/cat.png", "/untyped", "/octets", "/redirect"} {
-			mt, data, err := f.Fetch(ctx, srv.URL+path, 1<<20)
+			mt, data, err := f.Fetch(ctx, srv.URL+path, 1<<20, nil)
 			if err != nil {
 				t.Fatalf("%s: %v", path, err)
 			}
@@ -218,7 +225,7 @@ func TestImageFetcher(t *testing.T) {
 		}
 	})
 	t.Run("exactly the limit", func(t *testing.T) {
-		if _, data, err := f.Fetch(ctx, srv.URL+"/cat.png", int64(len(img))); err != nil || len(data) != len(img) {
+		if _, data, err := f.Fetch(ctx, srv.URL+"/cat.png", int64(len(img)), nil); err != nil || len(data) != len(img) {
 			t.Errorf("got %d bytes, %v", len(data), err)
 		}
 	})
@@ -243,10 +250,10 @@ func TestImageFetcher(t *testing.T) {
 		{"no host", "http:///cat.png", 1 << 20, "has no host"},
 		{"not a URL", "http://exa mple.com/", 1 << 20, "not valid"},
 		{"a host that does not resolve", "http://no-such-host.invalid/cat.png", 1 << 20, "could not be resolved"},
-		{"a port nobody listens on", "http://127.0.0.1:1/cat.png", 1 << 20, "could not be fetched"},
+		{"a port nobody listens on", "http://" + closedPort + "/cat.png", 1 << 20, "could not be fetched"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, _, err := f.Fetch(ctx, tc.url, tc.limit)
+			_, _, err := f.Fetch(ctx, tc.url, tc.limit, nil)
 			checkRefused(t, err, tc.want)
 		})
 	}
@@ -256,7 +263,7 @@ func TestImageFetcher(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 			cancel()
 		}()
-		_, _, err := NewImageFetcher(time.Minute, true).Fetch(cctx, srv.URL+"/slow", 1<<20)
+		_, _, err := NewImageFetcher(time.Minute, true).Fetch(cctx, srv.URL+"/slow", 1<<20, nil)
 		if err != context.Canceled {
 			t.Errorf("err = %v, want context.Canceled", err)
 		}
@@ -307,7 +314,7 @@ func TestImageFetcherRefusesPrivateTargets(t *testing.T) {
 			{"http://0.0.0.0:" + port + "/cat.png", "unspecified"},
 			{"http://[fe80::1%25eth0]/cat.png", "link-local"},
 		} {
-			_, _, err := f.Fetch(ctx, tc.url, 1<<20)
+			_, _, err := f.Fetch(ctx, tc.url, 1<<20, nil)
 			checkRefused(t, err, tc.want)
 		}
 		if n := srv.hits.Load(); n != 0 {
@@ -320,7 +327,7 @@ func TestImageFetcherRefusesPrivateTargets(t *testing.T) {
 		f := NewImageFetcher(time.Second, false)
 		withResolver(f, map[string]string{"images.example": "127.0.0.1", "v6.example": "::1"})
 		for _, host := range []string{"images.example", "v6.example"} {
-			_, _, err := f.Fetch(ctx, "http://"+host+":"+port+"/cat.png", 1<<20)
+			_, _, err := f.Fetch(ctx, "http://"+host+":"+port+"/cat.png", 1<<20, nil)
 			checkRefused(t, err, "loopback address")
 		}
 		if n := srv.hits.Load(); n != 0 {
@@ -346,7 +353,7 @@ func TestImageFetcherRefusesPrivateTargets(t *testing.T) {
 			}
 			return f.publicOnly(ap)
 		}
-		_, _, err := f.Fetch(ctx, "http://public.example:"+public+"/cat.png", 1<<20)
+		_, _, err := f.Fetch(ctx, "http://public.example:"+public+"/cat.png", 1<<20, nil)
 		checkRefused(t, err, "127.0.0.1, a loopback address")
 		if outer.hits.Load() != 1 || inner.hits.Load() != 0 {
 			t.Errorf("hits: outer %d, inner %d; want 1 and 0", outer.hits.Load(), inner.hits.Load())
@@ -355,7 +362,7 @@ func TestImageFetcherRefusesPrivateTargets(t *testing.T) {
 	t.Run("allowed by the operator", func(t *testing.T) {
 		f := NewImageFetcher(time.Second, true)
 		for _, u := range []string{"http://127.0.0.1:" + port + "/cat.png", "http://localhost:" + port + "/cat.png"} {
-			if _, data, err := f.Fetch(ctx, u, 1<<20); err != nil || !bytes.Equal(data, img) {
+			if _, data, err := f.Fetch(ctx, u, 1<<20, nil); err != nil || !bytes.Equal(data, img) {
 				t.Errorf("%s: %d bytes, %v", u, len(data), err)
 			}
 		}

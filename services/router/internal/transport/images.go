@@ -73,16 +73,3 @@ func (s *ImageStore) serve(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "private, max-age=3600")
 	_, _ = io.Copy(w, obj)
 }
-
-// baseURL is the address clients used to reach the router: the
-// configured public URL, or the request's own scheme and host.
-func baseURL(r *http.Request, public string) string {
-	if public != "" {
-		return public
-	}
-	scheme := "http"
-	if r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https" {
-		scheme = "https"
-	}
-	return scheme + "://" + r.Host
-}

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"time"
 
@@ -32,9 +33,9 @@ func (m *Metrics) Close() { _ = m.observe.Unregister() }
 
 var _ gateway.Observer = (*Metrics)(nil)
 
-// NewMetrics creates the router's instruments; table and demand are read
-// at each scrape.
-func NewMetrics(table *routing.Table, demand *routing.Demand) (*Metrics, error) {
+// NewMetrics creates the router's instruments; table, demand and budget
+// (which may be nil) are read at each scrape.
+func NewMetrics(table *routing.Table, demand *routing.Demand, budget *gateway.Budget) (*Metrics, error) {
 	meter := otel.Meter("github.com/modelport/modelport/services/router")
 	m := &Metrics{}
 	var err error
@@ -65,7 +66,13 @@ func NewMetrics(table *routing.Table, demand *routing.Demand) (*Metrics, error) 
 	if err != nil {
 		return nil, err
 	}
+	held, err := meter.Int64ObservableGauge("modelport.router.request_memory.used", metric.WithUnit("By"),
+		metric.WithDescription("Bytes of request bodies and fetched images the router holds now, of its MODELPORT_REQUEST_MEMORY budget."))
+	if err != nil {
+		return nil, err
+	}
 	m.observe, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		o.ObserveInt64(held, budget.Used())
 		for _, l := range table.Loads() {
 			o.ObserveInt64(inFlight, l.Outstanding, metric.WithAttributes(model(l.Service), attribute.String("instance_id", l.InstanceID)))
 		}
@@ -73,7 +80,7 @@ func NewMetrics(table *routing.Table, demand *routing.Demand) (*Metrics, error) 
 			o.ObserveInt64(waiting, int64(d.Waiting), metric.WithAttributes(attribute.String("service_id", d.ServiceID)))
 		}
 		return nil
-	}, inFlight, waiting)
+	}, inFlight, waiting, held)
 	if err != nil {
 		return nil, err
 	}
@@ -95,10 +102,14 @@ func (m *Metrics) Answered(svc state.Service, endpoint string, status int, elaps
 }
 
 // Failed implements gateway.Observer: the request's latency under the
-// status its client gets.
+// status its client gets, 499 for a client that went away.
 func (m *Metrics) Failed(svc state.Service, endpoint string, err error, elapsed time.Duration) {
+	status := httpx.Status(err)
+	if errors.Is(err, context.Canceled) {
+		status = 499
+	}
 	m.duration.Record(context.Background(), elapsed.Seconds(), metric.WithAttributes(model(svc),
-		attribute.String("endpoint", endpoint), attribute.String("status", strconv.Itoa(httpx.Status(err)))))
+		attribute.String("endpoint", endpoint), attribute.String("status", strconv.Itoa(status))))
 }
 
 // FirstToken implements gateway.Observer.

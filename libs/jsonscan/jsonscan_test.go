@@ -1,0 +1,52 @@
+package jsonscan_test
+
+import (
+	"reflect"
+	"testing"
+
+	"github.com/modelport/modelport/libs/jsonscan"
+)
+
+// TestScanner: the in-place reading finds the values encoding/json finds,
+// escapes, nesting and the last of duplicate keys included.
+func TestScanner(t *testing.T) {
+	body := []byte(` { "a" : "x\"}]" , "b":[1, {"c":"]"}, [ ]], "\u0064":{"e":null}, "a": true } `)
+	var got []string
+	top := jsonscan.All(body)
+	err := jsonscan.Members(body, top, func(key string, v jsonscan.Span) error {
+		got = append(got, key+"="+string(body[v.Start:v.End]))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{`a="x\"}]"`, `b=[1, {"c":"]"}, [ ]]`, `d={"e":null}`, `a=true`}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("members %q, want %q", got, want)
+	}
+	a, ok, err := jsonscan.Member(body, top, "a")
+	if err != nil || !ok || string(body[a.Start:a.End]) != "true" {
+		t.Errorf("member a = %q, %v, %v; want the last one, true", body[a.Start:a.End], ok, err)
+	}
+	b, _, _ := jsonscan.Member(body, top, "b")
+	var elems []string
+	if err := jsonscan.Elements(body, b, func(i int, v jsonscan.Span) error {
+		elems = append(elems, string(body[v.Start:v.End]))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{`1`, `{"c":"]"}`, `[ ]`}; !reflect.DeepEqual(elems, want) {
+		t.Errorf("elements %q, want %q", elems, want)
+	}
+	for _, bad := range []string{`{"a":`, `{"a" 1}`, `{"a":"x}`, `[1,`} {
+		b := []byte(bad)
+		err := jsonscan.Members(b, jsonscan.All(b), func(string, jsonscan.Span) error { return nil })
+		if bad[0] == '[' {
+			err = jsonscan.Elements(b, jsonscan.All(b), func(int, jsonscan.Span) error { return nil })
+		}
+		if err == nil {
+			t.Errorf("%s: walked without an error", bad)
+		}
+	}
+}
