@@ -8,10 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/config"
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/natstest"
-	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/state"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -24,18 +24,16 @@ func TestRestartAnnouncesWhatTheEarlierRunHeld(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	bus, err := natsx.Open(ctx, natstest.New(t).ClientURL(), "test", 1, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bus.Close)
+	// The worker connects as itself; the test stands in for the others.
+	ns := natstest.New(t)
+	bus, admin := ns.Bus(t, access.InferenceWorker), ns.Bus(t, natstest.Admin)
 	// The earlier run: one instance recorded, one held whose record it had
 	// removed (it was stopping) when it died.
-	if err := state.Put(ctx, bus.KV(state.BucketInstances), state.InstanceKey("s1", "i-recorded"),
+	if err := state.Put(ctx, admin.KV(state.BucketInstances), state.InstanceKey("s1", "i-recorded"),
 		state.Instance{ID: "i-recorded", ServiceID: "s1", WorkerID: "w1", Status: state.InstanceReady}); err != nil {
 		t.Fatal(err)
 	}
-	if err := state.Put(ctx, bus.KV(state.BucketWorkers), "w1", state.Worker{ID: "w1", Instances: []string{"i-recorded", "i-stopping"},
+	if err := state.Put(ctx, admin.KV(state.BucketWorkers), "w1", state.Worker{ID: "w1", Instances: []string{"i-recorded", "i-stopping"},
 		Held: []state.Held{{InstanceID: "i-recorded", ServiceID: "s1"}, {InstanceID: "i-stopping", ServiceID: "s2"}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +47,7 @@ func TestRestartAnnouncesWhatTheEarlierRunHeld(t *testing.T) {
 	}
 	t.Cleanup(func() { svc.Stop(context.Background()) })
 
-	cons, err := bus.JS.OrderedConsumer(ctx, events.StreamWorker, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.SubjectInstanceStoppedV1}})
+	cons, err := admin.JS.OrderedConsumer(ctx, events.StreamWorker, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.SubjectInstanceStoppedV1}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +69,7 @@ func TestRestartAnnouncesWhatTheEarlierRunHeld(t *testing.T) {
 	if got["i-recorded"] != "s1" || got["i-stopping"] != "s2" {
 		t.Fatalf("stopped %v, want i-recorded of s1 and i-stopping of s2", got)
 	}
-	if _, _, err := state.Get[state.Instance](ctx, bus.KV(state.BucketInstances), state.InstanceKey("s1", "i-recorded")); err == nil {
+	if _, _, err := state.Get[state.Instance](ctx, admin.KV(state.BucketInstances), state.InstanceKey("s1", "i-recorded")); err == nil {
 		t.Error("the earlier run's record remains")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/config"
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/natstest"
@@ -22,11 +23,9 @@ func TestReviewReleaseBeforePlacementOnRealStreams(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	bus, err := natsx.Open(ctx, natstest.New(t).ClientURL(), "test", 1, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bus.Close)
+	// The worker connects as itself; the test stands in for the others.
+	ns := natstest.New(t)
+	bus, admin := ns.Bus(t, access.InferenceWorker), ns.Bus(t, natstest.Admin)
 	cfg, err := ConfigFromEnv(config.Map(map[string]string{"MODELPORT_WORKER_ID": "w1", "MODELPORT_WORKER_GPUS": "0"}))
 	if err != nil {
 		t.Fatal(err)
@@ -39,18 +38,18 @@ func TestReviewReleaseBeforePlacementOnRealStreams(t *testing.T) {
 
 	const sid, iid = "0198f0c2-0000-7000-8000-000000000001", "0198f0c2-0000-7000-8000-0000000000aa"
 	rel := events.InstanceReleasedV1{Meta: events.NewMeta(), InstanceID: iid, ServiceID: sid, WorkerID: "w1", Reason: "scaled down to 0"}
-	if err := bus.Publisher.Publish(ctx, rel); err != nil {
+	if err := admin.Publisher.Publish(ctx, rel); err != nil {
 		t.Fatal(err)
 	}
-	handled(t, bus, "inference-worker-release-w1") // before the placement arrives
+	handled(t, admin, "inference-worker-release-w1") // before the placement arrives
 	placed := events.InstancePlacedV1{Meta: events.NewMeta(), InstanceID: iid, ServiceID: sid, WorkerID: "w1",
 		AccessName: "u-a11ce0000001/chat", BaseModel: "qwen2.5-7b-instruct", Task: state.TaskTextGeneration, Engine: "vllm"}
-	if err := bus.Publisher.Publish(ctx, placed); err != nil {
+	if err := admin.Publisher.Publish(ctx, placed); err != nil {
 		t.Fatal(err)
 	}
-	handled(t, bus, "inference-worker-w1")
+	handled(t, admin, "inference-worker-w1")
 	// A started instance is recorded before its placement is acknowledged.
-	if _, _, err := state.Get[state.Instance](ctx, bus.KV(state.BucketInstances), state.InstanceKey(sid, iid)); err == nil {
+	if _, _, err := state.Get[state.Instance](ctx, admin.KV(state.BucketInstances), state.InstanceKey(sid, iid)); err == nil {
 		t.Fatalf("the worker runs %s, released before its placement arrived and never placed", iid)
 	}
 }
