@@ -32,7 +32,9 @@ func waitHealthy(ctx context.Context, url string, maxInterval time.Duration) err
 				return nil
 			}
 			last = resp.Status
-		} else {
+		} else if ctx.Err() == nil || last == "" {
+			// A request the deadline cut short is no answer: the last
+			// one the engine gave says more.
 			last = err.Error()
 		}
 		select {
