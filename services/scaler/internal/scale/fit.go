@@ -19,6 +19,14 @@ type Need struct {
 	Memory int64
 	// GPUMemory is the memory an instance on GPUs needs over all of them.
 	GPUMemory int64
+	// SimMemory is, for a model on CPUs that the worker runs on the
+	// simulator (it may not run the model's engine), the memory the model
+	// takes on its engine. The simulator takes none of it, so none is
+	// reserved (the worker's heartbeat holds none either), but the worker
+	// must have that much in all: placement on the simulator stands in
+	// for placement on the engine, and a model that fits no worker stays
+	// pending and says so.
+	SimMemory int64
 }
 
 // Room is what a live worker has left, as the scaler reckons it: its last
@@ -51,8 +59,9 @@ func (r *Room) take(n Need) {
 
 // needOn returns what an instance of svc needs on worker w. A worker runs
 // a model on its engine only if it may run that engine and has the GPUs
-// the model needs; else it runs it on the simulator, which needs nothing
-// (inference-worker's app decides the same way). What the model needs
+// the model needs; else it runs it on the simulator (inference-worker's
+// app decides the same way), which needs no GPUs and reserves no memory,
+// though a model on CPUs must fit the worker's memory (SimMemory). What the model needs
 // comes from the service's model spec, or, for a service from before
 // services carried one, from the catalog, which knows its GPUs. A model
 // neither knows needs nothing: the worker refuses it, if it must.
@@ -70,7 +79,10 @@ func needOn(cat *catalog.Catalog, svc state.Service, w state.Worker) Need {
 		eng, n = c.Engine, Need{GPUs: c.GPUs}
 	}
 	if !slices.Contains(w.Engines, eng) || n.GPUs > w.GPUs {
-		return Need{} // the simulator
+		if n.GPUs == 0 {
+			return Need{SimMemory: n.Memory} // the simulator
+		}
+		return Need{} // the simulator, for a model it has not the GPUs for
 	}
 	if n.GPUs > 0 {
 		n.Memory = 0
@@ -103,7 +115,8 @@ func fits(r Room, n Need) (shortage, string) {
 		return noSlot, fmt.Sprintf("worker %s is full", w.ID)
 	case n.GPUs > r.GPUs:
 		return fewGPUs, fmt.Sprintf("worker %s has %d of the %d GPUs an instance needs free", w.ID, max(r.GPUs, 0), n.GPUs)
-	case n.Memory > 0 && w.MemoryBytes > 0 && n.Memory > r.Memory:
+	case n.Memory > 0 && w.MemoryBytes > 0 && n.Memory > r.Memory,
+		n.SimMemory > 0 && w.MemoryBytes > 0 && n.SimMemory > w.MemoryBytes:
 		return littleMemory, fmt.Sprintf("%s: %s free of %s", w.ID, gib(max(r.Memory, 0)), gib(w.MemoryBytes))
 	case n.GPUs > 0 && n.GPUMemory > 0 && w.GPUMemoryBytes > 0 && perGPU(n) > w.GPUMemoryBytes:
 		return smallGPUs, fmt.Sprintf("%s: %s per GPU", w.ID, gib(w.GPUMemoryBytes))

@@ -147,8 +147,9 @@ func TestPlacementFitsGPUMemory(t *testing.T) {
 
 // TestPlacementCountsHeldMemory: the memory a worker's heartbeat says its
 // instances hold is not free; a worker that would run the model on the
-// simulator (it does not run the model's engine) needs none of it; and a
-// GPU model needs the GPUs as well as their memory.
+// simulator (it does not run the model's engine) reserves none of it, but
+// must have the model's memory in all; and a GPU model needs the GPUs as
+// well as their memory.
 func TestPlacementCountsHeldMemory(t *testing.T) {
 	st, pub := newFakeStore(), &fakePublisher{}
 	busy := memWorker("busy", 8, 16)
@@ -165,8 +166,19 @@ func TestPlacementCountsHeldMemory(t *testing.T) {
 		t.Errorf("placement failures %+v", failed)
 	}
 
+	small := worker("small", 8)
+	small.MemoryBytes = gib // runs no Ollama, but could not hold the model
+	st.workers = append(st.workers, small)
+	if err := s.ReconcileService(context.Background(), svc.ID); errs.KindOf(err) != errs.Unavailable {
+		t.Fatalf("ReconcileService = %v, want unavailable: 8 GiB fit neither worker", err)
+	}
+	if failed := pub.placementFailures(); !strings.Contains(failed[len(failed)-1].Reason, "small: 1.0 GiB free of 1.0 GiB") {
+		t.Errorf("reason %q, want the small worker's memory", failed[len(failed)-1].Reason)
+	}
+	// Simulated instances hold none of its memory: it has the 8 GiB.
 	sim := worker("sim", 8)
-	sim.MemoryBytes = gib // advertises little, but runs no Ollama
+	sim.MemoryBytes, sim.Instances = 8*gib, []string{"simulated"}
+	sim.Held = []state.Held{{InstanceID: "simulated", ServiceID: "s0"}}
 	st.workers = append(st.workers, sim)
 	if err := s.ReconcileService(context.Background(), svc.ID); err != nil {
 		t.Fatal(err)

@@ -626,7 +626,7 @@ func (s *Scaler) choose(v *view, svc state.Service, rooms map[string]*Room) (*Ro
 // noMemory is the reason an instance needing n fits nowhere for memory:
 // what it needs, and what the first few workers short of it have.
 func noMemory(n Need, short []string) string {
-	what := "an instance needs " + gib(n.Memory) + " of memory"
+	what := "an instance needs " + gib(max(n.Memory, n.SimMemory)) + " of memory"
 	if n.GPUs > 0 {
 		what = fmt.Sprintf("an instance needs %s of GPU memory over %d GPU(s)", gib(n.GPUMemory), n.GPUs)
 	}
