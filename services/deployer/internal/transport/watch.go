@@ -190,6 +190,7 @@ func (l *Live) watch(w http.ResponseWriter, r *http.Request, h *handler) {
 				continue
 			}
 			s = deploy.Public(s)
+			s.RoutingPolicy = s.Routing()
 			if !visible(who, s) {
 				continue
 			}

@@ -33,8 +33,8 @@ func waitHealthy(ctx context.Context, url string, maxInterval time.Duration) err
 			}
 			last = resp.Status
 		} else if ctx.Err() == nil || last == "" {
-			// A request the deadline cut short is no answer: the last
-			// one the engine gave says more.
+			// A poll the deadline cut short says nothing of the
+			// engine: the answer before it does.
 			last = err.Error()
 		}
 		select {
