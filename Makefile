@@ -65,10 +65,12 @@ test: deps engines vet $(WITH_CLICKHOUSE)
 ## thousand streaming clients, NATS and router deaths on a cluster, a query of death, a
 ## blackholed instance, a hung stream, a flood of made-up API keys, a ClickHouse outage,
 ## duplicate and poison events, lost stops, billing replicas starting together, retried
-## inserts, late usage after a month closed); `make test` runs them too
+## inserts, late usage after a month closed, and the control plane under five minutes of
+## chaos: MODELPORT_CHAOS_DURATION); `make test` runs them too, the chaos for a minute
+CHAOS ?= 5m
 test-faults: DEPS := test
 test-faults: deps engines $(WITH_CLICKHOUSE)
-	$(WITH_CLICKHOUSE) $(GO) test -race -count=1 -timeout 20m -run 'TestFault|TestMultiNode|TestWorkerKilled' ./cmd/modelport
+	MODELPORT_CHAOS_DURATION=$(CHAOS) $(WITH_CLICKHOUSE) $(GO) test -race -count=1 -timeout 20m -run 'TestFault|TestMultiNode|TestWorkerKilled|TestChaos|TestControlPlaneFailover' ./cmd/modelport
 	$(WITH_CLICKHOUSE) $(GO) test -race -count=1 -timeout 20m -run 'Outage|Poison|Duplicate|Redeliver|DeadLetter|Review2|Review4|Review5|SimulatedMonth' github.com/modelport/modelport/services/billing/...
 
 ## test-short: the tests that need no binaries built

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -13,7 +16,9 @@ import (
 
 	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/chlocal"
+	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/tlstest"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // natsNode is one nats-server process of a test cluster.
@@ -95,6 +100,25 @@ func (sec *natsSecurity) clientEnv() []string {
 		"MODELPORT_NATS_TLS_CERT=" + sec.client.CertFile,
 		"MODELPORT_NATS_TLS_KEY=" + sec.client.KeyFile,
 	}
+}
+
+// connect connects to the servers at url as identity name, with its seed
+// and the client certificate, closed at cleanup: for tests that look at
+// the records as that service does.
+func (sec *natsSecurity) connect(t *testing.T, url, name string) jetstream.JetStream {
+	t.Helper()
+	cert, err := tls.LoadX509KeyPair(sec.client.CertFile, sec.client.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &tls.Config{RootCAs: sec.ca.Pool(), Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	nc, js, err := natsx.Connect(url, name, slog.New(slog.NewTextHandler(io.Discard, nil)),
+		natsx.NKeyFile(access.SeedFile(sec.seeds, name)), natsx.TLS(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return js
 }
 
 // startNATSCluster starts n nats-server processes on loopback that form one

@@ -119,7 +119,10 @@ func startPlatform(ctx context.Context, getenv config.Getenv, log *slog.Logger) 
 			return nil, fmt.Errorf("model store: %w", err)
 		}
 	}
-	dcfg := deployer.ConfigFromEnv(config.Chain(getenv, config.Map(map[string]string{"MODELPORT_MODEL_DIRS": models})))
+	dcfg, err := deployer.ConfigFromEnv(config.Chain(getenv, config.Map(map[string]string{"MODELPORT_MODEL_DIRS": models})))
+	if err != nil {
+		return nil, err
+	}
 	p.ModelDirs = dcfg.ModelDirs
 	if getenv("MODELPORT_PUBLIC_NATS_URL") == "" {
 		dcfg.EventsURL = p.NATSURL // the embedded server clients tail

@@ -43,6 +43,10 @@ const (
 	Read Level = iota + 1
 	// Write is Read, and putting and deleting keys.
 	Write
+	// WriteOwn is Read, and putting and deleting the keys under the
+	// identity's own name ("<identity>.…") alone: a bucket several
+	// services share, each with keys of its own, such as the leases.
+	WriteOwn
 )
 
 func (l Level) String() string {
@@ -51,6 +55,8 @@ func (l Level) String() string {
 		return "read"
 	case Write:
 		return "write"
+	case WriteOwn:
+		return "write own keys"
 	}
 	return fmt.Sprintf("Level(%d)", int(l))
 }
@@ -90,7 +96,14 @@ type Identity struct {
 	// how.
 	Buckets map[string]Level
 	// Owns are the buckets it creates and updates at start; it writes them.
+	// A bucket has one owner, which the others wait for, except a bucket
+	// each of its users writes only its own keys of (WriteOwn): each of
+	// them creates it, with the same configuration, so each can start
+	// alone.
 	Owns []string
+	// Purges are the buckets whose old delete markers it purges (a stream
+	// purge of one removed key's history at a time); it writes them.
+	Purges []string
 }
 
 // deadLetters are the dead-letter subjects of the given consumers.
@@ -127,10 +140,11 @@ var Identities = []Identity{
 		Buckets: map[string]Level{
 			state.BucketServices: Write, state.BucketNames: Write, state.BucketAPIKeys: Write,
 			state.BucketOwners: Write, state.BucketIdempotency: Write, state.BucketInstances: Read,
-			state.BucketModels: Write,
+			state.BucketModels: Write, state.BucketPlacements: Read, state.BucketLeases: WriteOwn,
 		},
 		Owns: []string{state.BucketServices, state.BucketNames, state.BucketAPIKeys, state.BucketOwners, state.BucketIdempotency,
-			state.BucketModels},
+			state.BucketModels, state.BucketLeases},
+		Purges: []string{state.BucketServices, state.BucketNames, state.BucketIdempotency},
 	},
 	{
 		Name:  Scaler,
@@ -146,12 +160,15 @@ var Identities = []Identity{
 			{events.StreamWorker, "scaler-instance-failed", []string{events.SubjectInstanceFailedV1}},
 		},
 		Streams: []string{events.StreamScale},
-		// It removes the instance records of a worker that died.
+		// It removes the instance records of a worker that died; the
+		// leading replica holds its lease.
 		Buckets: map[string]Level{
 			state.BucketPlacements: Write, state.BucketInstances: Write,
 			state.BucketServices: Read, state.BucketWorkers: Read, state.BucketLoad: Read, state.BucketAPIKeys: Read,
+			state.BucketLeases: WriteOwn,
 		},
-		Owns: []string{state.BucketPlacements},
+		Owns:   []string{state.BucketPlacements, state.BucketLeases},
+		Purges: []string{state.BucketPlacements, state.BucketInstances},
 	},
 	{
 		Name:  InferenceWorker,
@@ -202,7 +219,7 @@ var Identities = []Identity{
 		// Workers' heartbeats are the evidence that an instance still runs;
 		// leases keep migrations, price changes, closings and jobs to one
 		// billing process at a time.
-		Buckets: map[string]Level{state.BucketServices: Read, state.BucketAPIKeys: Read, state.BucketWorkers: Read, state.BucketLeases: Write},
+		Buckets: map[string]Level{state.BucketServices: Read, state.BucketAPIKeys: Read, state.BucketWorkers: Read, state.BucketLeases: WriteOwn},
 		Owns:    []string{state.BucketLeases},
 	},
 	{
@@ -283,8 +300,8 @@ func StreamOwner(stream string) string {
 	return ""
 }
 
-// BucketOwner returns the identity that creates a bucket, or "" if none
-// does.
+// BucketOwner returns the identity that creates a bucket (the first, for
+// a bucket its users share), or "" if none does.
 func BucketOwner(bucket string) string {
 	for _, id := range Identities {
 		if slices.Contains(id.Owns, bucket) {

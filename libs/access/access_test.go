@@ -132,17 +132,38 @@ func TestStreamsAndBuckets(t *testing.T) {
 		}
 	}
 	for name := range buckets {
-		var owners []string
+		var owners, users []string
+		shared := true // every identity that writes it writes only its own keys
 		for _, id := range access.Identities {
+			switch id.Buckets[name] {
+			case access.Write:
+				shared = false
+				users = append(users, id.Name)
+			case access.WriteOwn:
+				users = append(users, id.Name)
+			}
 			if slices.Contains(id.Owns, name) {
 				owners = append(owners, id.Name)
-				if id.Buckets[name] != access.Write {
+				if l := id.Buckets[name]; l != access.Write && l != access.WriteOwn {
 					t.Errorf("bucket %s: %s creates it but may not write it", name, id.Name)
 				}
 			}
 		}
-		if len(owners) != 1 {
+		switch {
+		case shared && len(users) > 0:
+			// Each of its users creates it, so each can start alone.
+			if !slices.Equal(owners, users) {
+				t.Errorf("bucket %s, whose users write their own keys: created by %v, want each of them, %v", name, owners, users)
+			}
+		case len(owners) != 1:
 			t.Errorf("bucket %s: created by %v, want exactly one identity", name, owners)
+		}
+	}
+	for _, id := range access.Identities {
+		for _, b := range id.Purges {
+			if id.Buckets[b] != access.Write {
+				t.Errorf("%s purges bucket %s but may not write it", id.Name, b)
+			}
 		}
 	}
 	durables := map[string]string{}
@@ -189,7 +210,7 @@ func TestReaderIsReadOnly(t *testing.T) {
 	if !reflect.DeepEqual(slices.Sorted(slices.Values(id.Reads)), slices.Sorted(slices.Values(all))) {
 		t.Errorf("events reader reads %v, want every stream %v", id.Reads, all)
 	}
-	if len(id.Publishes) > 0 || len(id.Buckets) > 0 || len(id.Consumers) > 0 || len(id.Streams) > 0 || len(id.Owns) > 0 {
+	if len(id.Publishes) > 0 || len(id.Buckets) > 0 || len(id.Consumers) > 0 || len(id.Streams) > 0 || len(id.Owns) > 0 || len(id.Purges) > 0 {
 		t.Errorf("events reader may change something: %+v", id)
 	}
 	for _, s := range id.NATSPermissions().Publish.Allow {
@@ -206,12 +227,17 @@ func TestReaderIsReadOnly(t *testing.T) {
 
 // TestNoOneDeletes checks that no identity may delete or purge a stream
 // or delete messages, except the router purging its own object store's
-// replaced chunks.
+// replaced chunks, and the deployer and scaler purging old delete markers
+// from the buckets they write (Purges).
 func TestNoOneDeletes(t *testing.T) {
 	for _, id := range access.Identities {
+		purges := []string{"$JS.API.STREAM.PURGE.OBJ_" + state.BucketImages}
+		for _, b := range id.Purges {
+			purges = append(purges, "$JS.API.STREAM.PURGE."+access.StreamOf(b))
+		}
 		for _, s := range id.NATSPermissions().Publish.Allow {
 			for _, op := range []string{"STREAM.DELETE", "STREAM.MSG.DELETE", "STREAM.PURGE"} {
-				if strings.Contains(s, op) && s != "$JS.API.STREAM.PURGE.OBJ_"+state.BucketImages {
+				if strings.Contains(s, op) && !slices.Contains(purges, s) {
 					t.Errorf("%s may publish %s", id.Name, s)
 				}
 			}

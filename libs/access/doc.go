@@ -28,9 +28,15 @@ func Markdown() string {
 			if IsObjectStore(bk) {
 				name += " (objects)"
 			}
-			if id.Buckets[bk] == Write {
+			if slices.Contains(id.Purges, bk) {
+				name += " (purges old delete markers)"
+			}
+			switch id.Buckets[bk] {
+			case Write:
 				writes = append(writes, name)
-			} else {
+			case WriteOwn:
+				writes = append(writes, name+" (its own keys)")
+			default:
 				reads = append(reads, name)
 			}
 		}

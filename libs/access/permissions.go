@@ -36,7 +36,9 @@ const api = "$JS.API."
 //     names only;
 //   - streams it reads: message gets, but no consumer, so it can neither
 //     change nor drain anyone's;
-//   - buckets: get, watch, and for Write put and delete;
+//   - buckets: get, watch, and for Write put and delete; for WriteOwn
+//     put and delete of the keys under its own name; purges of those
+//     whose old delete markers it purges;
 //   - replies on its own inbox prefix.
 //
 // Everything else, stream deletion and purges, other consumers' names and
@@ -71,6 +73,9 @@ func (id Identity) NATSPermissions() Permissions {
 			api+"CONSUMER.CREATE."+st+".*", api+"CONSUMER.CREATE."+st+".*.>",
 			api+"CONSUMER.INFO."+st+".*", api+"CONSUMER.DELETE."+st+".*",
 			"$JS.FC."+st+".>", "$JS.FC.*.*."+st+".>")
+		if id.Buckets[b] == WriteOwn {
+			allow("$KV." + b + "." + id.Name + ".>")
+		}
 		if id.Buckets[b] == Write {
 			if IsObjectStore(b) {
 				// A replaced or deleted object's chunks are purged.
@@ -79,6 +84,9 @@ func (id Identity) NATSPermissions() Permissions {
 				allow("$KV." + b + ".>")
 			}
 		}
+	}
+	for _, b := range id.Purges {
+		allow(api + "STREAM.PURGE." + StreamOf(b))
 	}
 	for _, b := range id.Owns {
 		st := StreamOf(b)

@@ -513,11 +513,16 @@ func (r *Keyring) setDown(err error) {
 }
 
 // EnsureAdmin makes sure the installation has an admin key and returns its
-// record. With a configured secret, that secret becomes (or stays) an
-// admin key. Without one, a first start generates a secret and returns it
-// in secret; later starts return an empty secret, since only the hash is
-// kept. Concurrent first starts agree on one admin owner: the first to
-// claim the admin record wins and the others adopt it.
+// record. With a configured secret, that secret becomes (or stays) the
+// admin key, and every other admin key is revoked: setting a new
+// MODELPORT_ADMIN_KEY rotates the key, and a leaked one stops working as
+// soon as a deployer starts with the new one. A revoked admin key is
+// remembered and refused for good (errs.Forbidden), so a replica still
+// configured with it cannot bring it back. Without one, a first start
+// generates a secret and returns it in secret; later starts return the
+// current admin key with an empty secret, since only the hash is kept.
+// Concurrent first starts agree on one admin owner: the first to claim
+// the admin record wins and the others adopt it.
 func (r *Keyring) EnsureAdmin(ctx context.Context, configured string) (k Key, secret string, err error) {
 	if configured != "" && (!strings.HasPrefix(configured, SecretPrefix) || len(configured) < len(SecretPrefix)+16) {
 		return Key{}, "", errs.E(errs.Invalid, "admin key must start with %q and have at least 16 more characters", SecretPrefix)
@@ -528,7 +533,7 @@ func (r *Keyring) EnsureAdmin(ctx context.Context, configured string) (k Key, se
 	}
 	if configured == "" {
 		if first != nil {
-			return *first, "", nil
+			return r.currentAdmin(ctx, *first)
 		}
 		// The key is stored before it is claimed, so a crash in between
 		// can never leave an admin record whose key does not exist.
@@ -548,8 +553,13 @@ func (r *Keyring) EnsureAdmin(ctx context.Context, configured string) (k Key, se
 		return k, secret, nil
 	}
 
+	if revoked, err := r.revoked(ctx, Hash(configured)); err != nil {
+		return Key{}, "", err
+	} else if revoked {
+		return Key{}, "", errs.E(errs.Forbidden, "the configured admin key was rotated out and revoked; configure the current one")
+	}
 	if existing, err := r.Verify(ctx, configured); err == nil && existing.Admin {
-		return existing, "", nil
+		return existing, "", r.revokeOtherAdmins(ctx, existing)
 	}
 	k = NewKey(configured, NewOwnerID(), true)
 	if first != nil {
@@ -566,7 +576,66 @@ func (r *Keyring) EnsureAdmin(ctx context.Context, configured string) (k Key, se
 	if err := r.Put(ctx, k); err != nil {
 		return Key{}, "", err
 	}
-	return k, "", nil
+	return k, "", r.revokeOtherAdmins(ctx, k)
+}
+
+// currentAdmin returns the newest admin key of the admin record's owner,
+// or the record itself if none is found.
+func (r *Keyring) currentAdmin(ctx context.Context, first Key) (Key, string, error) {
+	keys, err := r.OwnerKeys(ctx, first.OwnerID)
+	if err != nil {
+		return Key{}, "", err
+	}
+	cur := first
+	for _, k := range keys {
+		if k.Admin && !k.CreatedAt.Before(cur.CreatedAt) {
+			cur = k
+		}
+	}
+	return cur, "", nil
+}
+
+// revokedPrefix starts the keys of the records that remember revoked admin
+// keys by hash.
+const revokedPrefix = "revoked."
+
+// revokeOtherAdmins revokes every admin key but keep, and remembers each.
+func (r *Keyring) revokeOtherAdmins(ctx context.Context, keep Key) error {
+	all, err := r.all(ctx)
+	if err != nil {
+		return err
+	}
+	for _, k := range all {
+		if !k.Admin || k.Hash == keep.Hash {
+			continue
+		}
+		tomb, err := json.Marshal(struct {
+			Prefix    string    `json:"prefix"`
+			RevokedAt time.Time `json:"revoked_at"`
+		}{k.Prefix, time.Now().UTC()})
+		if err != nil {
+			return err
+		}
+		if _, err := r.kv.Put(ctx, revokedPrefix+k.Hash, tomb); err != nil {
+			return errs.Wrap(errs.Unavailable, err, "remember revoked admin key %s", k.ID)
+		}
+		if err := r.kv.Delete(ctx, k.Hash); err != nil {
+			return errs.Wrap(errs.Unavailable, err, "revoke admin key %s", k.ID)
+		}
+	}
+	return nil
+}
+
+// revoked reports whether the admin key with this hash was revoked.
+func (r *Keyring) revoked(ctx context.Context, hash string) (bool, error) {
+	_, err := r.kv.Get(ctx, revokedPrefix+hash)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, errs.Wrap(errs.Unavailable, err, "read revoked admin keys")
+	}
+	return true, nil
 }
 
 // adminRecord returns the installation's first admin key, or nil.

@@ -297,7 +297,7 @@ func TestEnsureAdminConfigured(t *testing.T) {
 		}
 	})
 
-	t.Run("configured after a generated admin keeps its owner", func(t *testing.T) {
+	t.Run("configured after a generated admin keeps its owner and revokes the generated key", func(t *testing.T) {
 		ctx := context.Background()
 		r := auth.NewKeyring(bucket(t))
 		first, generated, err := r.EnsureAdmin(ctx, "")
@@ -321,8 +321,8 @@ func TestEnsureAdminConfigured(t *testing.T) {
 		if !got.Admin || got.OwnerID != first.OwnerID {
 			t.Errorf("Verify = %+v, want admin of %s", got, first.OwnerID)
 		}
-		if _, err := r.Verify(ctx, generated); err != nil {
-			t.Errorf("the generated key stopped verifying: %v", err)
+		if _, err := r.Verify(ctx, generated); err == nil {
+			t.Errorf("the generated key still verifies after the configured one replaced it")
 		}
 	})
 

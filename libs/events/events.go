@@ -148,8 +148,11 @@ type InstanceReadyV1 struct {
 func (InstanceReadyV1) Subject() string { return SubjectInstanceReadyV1 }
 
 // InstanceStoppedV1 says an engine instance stopped taking traffic.
-// Published by the inference-worker; consumed by the deployer (ready
-// counts) and billing (the end of the instance's billed time).
+// Published by the inference-worker before it frees the instance's slot
+// (again, with the same event ID, until it is stored), and with reason
+// "worker restarted" for each instance an earlier run of the worker held;
+// consumed by the deployer (ready counts) and billing (the end of the
+// instance's billed time).
 type InstanceStoppedV1 struct {
 	Meta
 	InstanceID string `json:"instance_id"`
@@ -164,12 +167,15 @@ func (InstanceStoppedV1) Subject() string { return SubjectInstanceStoppedV1 }
 // InstanceFailedV1 says the inference-worker gave up on an engine
 // instance: it crashed too often in a short time, never answered its
 // readiness check, or could not be started at all. The worker has removed
-// the instance's record and freed its slot. Published by the
-// inference-worker; consumed by the deployer (a service left with no
-// ready instance fails, with the reason), the scaler (which unplaces the
-// instance and places a replacement), billing (the end of the instance's
-// billed time, even if the stop that should follow is lost) and people
-// reading the reason and the log tail.
+// the instance's record and stopped it, and frees its slot once this event
+// (and InstanceStoppedV1, for an instance that had been ready) is stored.
+// Published by the inference-worker; consumed by the deployer (a service
+// left with no ready instance fails, with the reason), the scaler (which
+// unplaces the instance and places a replacement or, when no other
+// instance serves, keeps the placement marked failed so nothing replaces
+// it until the owner retries), billing (the end of the instance's billed
+// time, even if the stop that should follow is lost) and people reading
+// the reason and the log tail.
 type InstanceFailedV1 struct {
 	Meta
 	InstanceID string `json:"instance_id"`
@@ -252,12 +258,14 @@ type ServiceDeletedV1 struct {
 func (ServiceDeletedV1) Subject() string { return SubjectServiceDeletedV1 }
 
 // InstanceReleasedV1 says the scaler took an instance off a worker (scale
-// down, deletion, or a worker replaced). Published by the scaler on
-// SubjectInstanceReleasedV1 + "." + WorkerID; consumed by that worker,
-// which drains and stops the instance, by billing, which ends the
-// instance's billed time at OccurredAt when WorkerGone is set (a worker
-// that died publishes no InstanceStoppedV1), and, when WorkerGone is set,
-// by the deployer, which recounts the service's ready instances without it.
+// down, deletion, a worker replaced, or an instance that runs without a
+// placement, announced again while its worker holds it). Published by the
+// scaler on SubjectInstanceReleasedV1 + "." + WorkerID; consumed by that
+// worker, which drains and stops the instance and never starts it again,
+// by billing, which ends the instance's billed time at OccurredAt when
+// WorkerGone is set (a worker that died publishes no InstanceStoppedV1),
+// and, when WorkerGone is set, by the deployer, which recounts the
+// service's ready instances without it.
 type InstanceReleasedV1 struct {
 	Meta
 	InstanceID string `json:"instance_id"`
@@ -299,7 +307,8 @@ type ServiceAutoscaledV1 struct {
 func (ServiceAutoscaledV1) Subject() string { return SubjectServiceAutoscaledV1 }
 
 // PlacementFailedV1 says the scaler could not place all of a service's
-// instances: no live worker has room. It is published when the situation
+// instances: no live worker has a free slot, or the free GPUs an instance
+// needs there, or those with room refused it lately. It is published when the situation
 // starts or its reason changes, not at every retry; the scaler keeps
 // trying. Published by the scaler; consumed by the deployer, which shows
 // the reason on the service.

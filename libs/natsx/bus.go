@@ -50,7 +50,39 @@ func Open(ctx context.Context, url, name string, replicas int, log *slog.Logger,
 		nc.Close()
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	if id, known := access.For(name); known {
+		logged := nc.Opts.ReconnectedCB
+		nc.SetReconnectHandler(func(c *nats.Conn) {
+			if logged != nil {
+				logged(c)
+			}
+			go b.restore(id, log)
+		})
+	}
 	return b, nil
+}
+
+// restore creates again, after a reconnection, the buckets the identity
+// owns that keep their data in memory: a NATS server that restarted has
+// lost them (a single server, or every replica), and those waiting for
+// them at start (the scaler for the router's load reports) would wait
+// for good, while the owner's writes to them failed.
+func (b *Bus) restore(id access.Identity, log *slog.Logger) {
+	for _, cfg := range state.Buckets {
+		if cfg.Storage != jetstream.MemoryStorage || !slices.Contains(id.Owns, cfg.Bucket) {
+			continue
+		}
+		cfg.Replicas = b.Replicas
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := retry(ctx, log, "restore bucket "+cfg.Bucket, func(ctx context.Context) error {
+			_, err := b.JS.CreateOrUpdateKeyValue(ctx, cfg)
+			return err
+		})
+		cancel()
+		if err != nil {
+			log.Warn("restore bucket after reconnecting", "bucket", cfg.Bucket, "err", err)
+		}
+	}
 }
 
 func (b *Bus) setUp(ctx context.Context, name string, log *slog.Logger) error {

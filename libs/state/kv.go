@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/nats-io/nats.go/jetstream"
@@ -66,4 +67,14 @@ func List[T any](ctx context.Context, kv jetstream.KeyValue, pattern string) ([]
 			out = append(out, v)
 		}
 	}
+}
+
+// PurgeMarkers removes the delete markers in kv older than olderThan, and
+// the history of keys deleted since, so removed records stop taking room
+// and stop being sent to every new watcher.
+func PurgeMarkers(ctx context.Context, kv jetstream.KeyValue, olderThan time.Duration) error {
+	if err := kv.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(olderThan)); err != nil {
+		return errs.Wrap(errs.Unavailable, err, "purge delete markers of %s", kv.Bucket())
+	}
+	return nil
 }

@@ -15,10 +15,16 @@
 //	load        <service id>.<router id>     router           scaler (TTL: LoadTTL; the autoscaler's demand signal)
 //	models      <owner id>.<name>            deployer         deployer (models owners registered; "public" for everyone's)
 //	leases      <service>.<lease name>       its holder       the same service's other processes (TTL: LeaseTTL; one holder at a time)
+//
+// Records removed from a bucket leave a delete marker; the leading deployer
+// and scaler purge the markers of their buckets once they are older than
+// MarkerRetention, and the deployer removes deleted services after
+// DeletedRetention.
 package state
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -51,14 +57,28 @@ const (
 	// under "public.<name>".
 	BucketModels = "models"
 	// BucketLeases holds leases: work that one process of a service at a
-	// time may do (billing's migrations, price changes, period closings
-	// and scheduled jobs). A holder keeps its key alive by writing it again
-	// within LeaseTTL; a holder that dies loses it when the key expires.
+	// time may do (the leading deployer and scaler replica; billing's
+	// migrations, price changes, period closings and scheduled jobs),
+	// under "<service>.<lease name>". A holder keeps its key alive by
+	// writing it again within LeaseTTL; a holder that dies loses it when
+	// the key expires.
 	BucketLeases = "leases"
 )
 
-// LeaseTTL is how long a lease lasts without being renewed.
-const LeaseTTL = 30 * time.Second
+// LeaseTTL is how long a lease lasts after its holder last renewed it: the
+// longest a role goes without a leader, or billing's work without a
+// holder, when the holder dies.
+const LeaseTTL = 6 * time.Second
+
+// MarkerRetention is how long the delete markers of removed records stay
+// in a bucket: longer than any watcher (a router's view of the instances)
+// takes to come back after a NATS outage, so none misses a removal.
+const MarkerRetention = 30 * time.Minute
+
+// DeletedRetention is how long a deleted service's record stays readable
+// (its status, and its usage through billing's API) before the deployer
+// removes it; MODELPORT_DELETED_RETENTION overrides it.
+const DeletedRetention = 30 * 24 * time.Hour
 
 // LoadTTL is how long a router's load report lasts without a newer one.
 const LoadTTL = time.Minute
@@ -166,6 +186,15 @@ type Service struct {
 	// Autoscale, when set, lets the scaler choose Instances within its
 	// bounds from the requests in flight.
 	Autoscale *Autoscale `json:"autoscale,omitempty"`
+	// Attempt counts the times the owner retried the service after it
+	// failed. The scaler keeps the placements of instances that failed
+	// while nothing else served (so nothing replaces them) until it moves.
+	Attempt int `json:"attempt,omitempty"`
+	// Outbox holds the events announcing changes stored in this record and
+	// not yet published: the deployer stores a change and its event in one
+	// write, publishes, and then removes the event, so no announcement is
+	// lost. It is the deployer's bookkeeping, not part of the control API.
+	Outbox []Announcement `json:"outbox,omitempty"`
 	// Model is the base model as it was resolved when the service was
 	// created: where its weights are, its engine and what an instance
 	// needs. Its placements carry it to the workers. Services created
@@ -175,6 +204,14 @@ type Service struct {
 	// instances: one of RoutingPolicies. Records stored before services
 	// had one have none; see Routing.
 	RoutingPolicy string `json:"routing_policy"`
+}
+
+// Announcement is an event waiting in a record's outbox: its subject, ID
+// and JSON payload, published as they are until JetStream acknowledges it.
+type Announcement struct {
+	Subject string          `json:"subject"`
+	EventID string          `json:"event_id"`
+	Data    json.RawMessage `json:"data"`
 }
 
 // Routing returns the service's routing policy: RoutingLeastOutstanding,
@@ -266,6 +303,14 @@ type Placement struct {
 	Task       string    `json:"task"`
 	Engine     string    `json:"engine"`
 	PlacedAt   time.Time `json:"placed_at"`
+	// Failed, when set, makes this a record of an instance its worker gave
+	// up on while no other instance of the service served: nothing runs
+	// it, and it stands in the instance's place, so the scaler does not
+	// replace a crash-looping instance, until the owner retries the
+	// service (Attempt moves past FailedAttempt) or another instance
+	// becomes ready. Workers never start a failed placement.
+	Failed        string `json:"failed,omitempty"`
+	FailedAttempt int    `json:"failed_attempt,omitempty"`
 	// Model is the service's model spec, as the placement event carries it.
 	Model *events.ModelSpec `json:"model,omitempty"`
 }
@@ -289,7 +334,10 @@ type Instance struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
-// Worker is an inference-worker's heartbeat: what it can hold and what it runs.
+// Worker is an inference-worker's heartbeat: what it can hold and what it
+// runs. The scaler compares it with the placements: an instance a worker
+// holds without a placement is released, a placement its worker does not
+// hold is replaced, and a refused one is placed elsewhere.
 type Worker struct {
 	ID        string    `json:"id"`
 	Capacity  int       `json:"capacity"` // instances it can hold
@@ -298,12 +346,40 @@ type Worker struct {
 	FreeGPUs  int       `json:"free_gpus"` // of those, not assigned to an instance
 	Instances []string  `json:"instances"` // IDs of its instances
 	BeatAt    time.Time `json:"beat_at"`
+	// Engines are the real engines the worker may run; it runs every
+	// other model on the simulator, without GPUs.
+	Engines []string `json:"engines,omitempty"`
+	// Held lists the instances of Instances with their services and the
+	// GPUs each holds: starting, serving, or stopping until their stop is
+	// announced.
+	Held []Held `json:"held,omitempty"`
+	// Refused lists the placements the worker recently refused, and why:
+	// it had no room for them.
+	Refused []Refusal `json:"refused,omitempty"`
 	// MemoryBytes is the memory the worker's instances may use in all;
 	// 0: not advertised (a worker from before it was), not checked.
 	MemoryBytes int64 `json:"memory_bytes,omitempty"`
 	// GPUMemoryBytes is the memory of each of its GPUs (the smallest,
 	// where they differ); 0: no GPUs, or not advertised.
 	GPUMemoryBytes int64 `json:"gpu_memory_bytes,omitempty"`
+}
+
+// Held is an instance a worker holds.
+type Held struct {
+	InstanceID string `json:"instance_id"`
+	ServiceID  string `json:"service_id"`
+	GPUs       int    `json:"gpus,omitempty"`
+	// MemoryBytes is the part of the worker's advertised memory the
+	// instance takes: its model's need on CPUs, when it runs on its engine.
+	MemoryBytes int64 `json:"memory_bytes,omitempty"`
+}
+
+// Refusal is a placement a worker refused.
+type Refusal struct {
+	InstanceID string    `json:"instance_id"`
+	ServiceID  string    `json:"service_id"`
+	Reason     string    `json:"reason"`
+	At         time.Time `json:"at"`
 }
 
 // InstanceKey is the key of an instance or placement: "<service>.<instance>".

@@ -13,10 +13,11 @@ import (
 	"os"
 	"time"
 
-	"github.com/google/uuid"
+	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/config"
 	"github.com/modelport/modelport/libs/errs"
+	"github.com/modelport/modelport/libs/lease"
 	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/runner"
 	"github.com/modelport/modelport/libs/state"
@@ -204,8 +205,7 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	if err != nil {
 		return runner.Service{}, err
 	}
-	host, _ := os.Hostname()
-	leases := transport.NewLeases(bus.KV(state.BucketLeases), fmt.Sprintf("%s/%d/%s", host, os.Getpid(), uuid.NewString()[:8]), state.LeaseTTL)
+	leases := lease.New(bus.KV(state.BucketLeases), access.Billing, lease.NewHolderID(), state.LeaseTTL, log)
 	services := transport.Services{KV: bus.KV(state.BucketServices)}
 	opts := []billing.Option{billing.WithLocks(leases)}
 	if cfg.Now != nil {
@@ -277,7 +277,7 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 // stores a services row for services billing never saw created, all
 // under the "migrate" lease, so billing processes starting together do
 // it once.
-func prepare(ctx context.Context, cfg Config, store *clickhouse.Store, svc *billing.Service, leases *transport.Leases,
+func prepare(ctx context.Context, cfg Config, store *clickhouse.Store, svc *billing.Service, leases *lease.Leases,
 	services transport.Services, prices []billing.PriceEntry, log *slog.Logger) error {
 	return leases.Hold(ctx, "migrate", func(ctx context.Context) error {
 		if err := migrate(ctx, cfg, store); err != nil {

@@ -233,19 +233,8 @@ func sanitize(s string) string {
 func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (runner.Service, error) {
 	log = log.With("worker_id", cfg.ID)
 	store := &transport.Store{Instances: bus.KV(state.BucketInstances), Workers: bus.KV(state.BucketWorkers), Placements: bus.KV(state.BucketPlacements)}
-	stale, err := store.StaleInstances(ctx, cfg.ID)
-	if err != nil {
+	if err := announceEarlierRun(ctx, store, bus.Publisher, cfg.ID); err != nil {
 		return runner.Service{}, err
-	}
-	for _, in := range stale {
-		if err := store.DeleteInstance(ctx, in.ServiceID, in.ID); err != nil {
-			return runner.Service{}, err
-		}
-		if err := bus.Publisher.Publish(ctx, events.InstanceStoppedV1{
-			Meta: events.NewMeta(), InstanceID: in.ID, ServiceID: in.ServiceID, WorkerID: cfg.ID, Reason: "worker restarted",
-		}); err != nil {
-			return runner.Service{}, err
-		}
 	}
 
 	cat, err := catalog.Load(cfg.CatalogFile)
@@ -261,8 +250,17 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		TimeToFirstToken: cfg.TimeToFirstToken, InterTokenLatency: cfg.InterTokenLatency,
 		PrefixCacheTokens: cfg.PrefixCacheTokens, PrefillPerToken: cfg.PrefillPerToken,
 	}
+	// A refused placement is told in a heartbeat at once, so the scaler
+	// places it elsewhere without waiting for the next beat.
+	beatNow := make(chan struct{}, 1)
 	w := worker.New(cfg.ID, cfg.Capacity, eng, store, bus.Publisher, log, worker.WithSpecs(specs(cat, cfg)),
-		worker.WithModels(modelSpecs(cat, cfg)), worker.WithGPUs(cfg.GPUs), worker.WithMemory(cfg.Memory, cfg.GPUMemory))
+		worker.WithModels(modelSpecs(cat, cfg)), worker.WithGPUs(cfg.GPUs), worker.WithMemory(cfg.Memory, cfg.GPUMemory),
+		worker.WithEngines(cfg.Engines), worker.WithOnRefuse(func() {
+			select {
+			case beatNow <- struct{}{}:
+			default:
+			}
+		}))
 	if err := w.Heartbeat(ctx); err != nil {
 		return runner.Service{}, err
 	}
@@ -275,9 +273,10 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 			case <-beatCtx.Done():
 				return
 			case <-t.C:
-				if err := w.Heartbeat(beatCtx); err != nil && beatCtx.Err() == nil {
-					log.Warn("heartbeat", "err", err)
-				}
+			case <-beatNow:
+			}
+			if err := w.Heartbeat(beatCtx); err != nil && beatCtx.Err() == nil {
+				log.Warn("heartbeat", "err", err)
 			}
 		}
 	}()
@@ -313,4 +312,43 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		w.Shutdown(ctx, "worker stopped")
 		_ = bus.KV(state.BucketWorkers).Delete(ctx, cfg.ID)
 	}}, nil
+}
+
+// announceEarlierRun ends what an earlier run under the same worker ID left:
+// it removes that run's instance records and announces each instance it
+// recorded or held (as its last heartbeat lists them, when it has not
+// expired) stopped, so the router stops routing to them and billing ends
+// their time, even when that run died between stopping an instance and
+// announcing it.
+func announceEarlierRun(ctx context.Context, store *transport.Store, pub *natsx.Publisher, workerID string) error {
+	stale, err := store.StaleInstances(ctx, workerID)
+	if err != nil {
+		return err
+	}
+	held := map[string]string{} // instance ID -> service ID
+	for _, in := range stale {
+		held[in.ID] = in.ServiceID
+	}
+	last, ok, err := store.LastBeat(ctx, workerID)
+	if err != nil {
+		return err
+	}
+	if ok {
+		for _, h := range last.Held {
+			held[h.InstanceID] = h.ServiceID
+		}
+	}
+	for _, in := range stale {
+		if err := store.DeleteInstance(ctx, in.ServiceID, in.ID); err != nil {
+			return err
+		}
+	}
+	for id, serviceID := range held {
+		if err := pub.Publish(ctx, events.InstanceStoppedV1{
+			Meta: events.NewMeta(), InstanceID: id, ServiceID: serviceID, WorkerID: workerID, Reason: "worker restarted",
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -24,29 +24,22 @@ var jobRuns = func() metric.Int64Counter {
 	return c
 }()
 
+// Leader runs work in one process at a time: it campaigns for the lease
+// name and calls lead, with a context that ends when the lease is lost,
+// each time it wins it, until ctx ends. *lease.Leases implements it.
+type Leader interface {
+	Lead(ctx context.Context, name string, lead func(ctx context.Context))
+}
+
 // RunJobs runs jobs, each every Every, in whichever billing process holds
 // the "jobs" lease; the others wait to take it over. It returns when ctx
 // ends. A failed run is logged and counted, and the job runs again at its
 // next turn.
-func RunJobs(ctx context.Context, leases *Leases, jobs []Job, log *slog.Logger) {
-	retry := leases.ttl / 2
-	for ctx.Err() == nil {
-		held, err := leases.TryHold(ctx, "jobs", func(ctx context.Context) error {
-			log.InfoContext(ctx, "this billing process runs the scheduled jobs")
-			runAll(ctx, jobs, log)
-			return nil
-		})
-		if err != nil && ctx.Err() == nil {
-			log.WarnContext(ctx, "scheduled jobs lease", "err", err)
-		}
-		if held && ctx.Err() == nil {
-			log.WarnContext(ctx, "lost the scheduled jobs lease; another billing process may take them over")
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(retry):
-		}
-	}
+func RunJobs(ctx context.Context, leases Leader, jobs []Job, log *slog.Logger) {
+	leases.Lead(ctx, "jobs", func(ctx context.Context) {
+		log.InfoContext(ctx, "this billing process runs the scheduled jobs")
+		runAll(ctx, jobs, log)
+	})
 }
 
 // runAll runs each job at once, then every Every, until ctx ends.

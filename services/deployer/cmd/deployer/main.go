@@ -27,7 +27,10 @@ func main() {
 }
 
 func run(ctx context.Context, getenv config.Getenv, stderr io.Writer) error {
-	cfg := app.ConfigFromEnv(getenv)
+	cfg, err := app.ConfigFromEnv(getenv)
+	if err != nil {
+		return err
+	}
 	return runner.Run(ctx, "deployer", getenv, stderr, "127.0.0.1:8081",
 		func(ctx context.Context, bus *natsx.Bus, log *slog.Logger) (runner.Service, error) {
 			d, err := app.Start(ctx, cfg, bus, log)

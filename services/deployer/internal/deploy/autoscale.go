@@ -56,9 +56,8 @@ func (m *Manager) SetAutoscale(ctx context.Context, caller auth.Key, id string, 
 			return state.Service{}, err
 		}
 	}
-	m.lifecycle.Lock()
-	defer m.lifecycle.Unlock()
 	for attempt := 0; attempt < maxAttempts; attempt++ {
+		pause(ctx, attempt)
 		s, rev, err := m.owned(ctx, caller, id)
 		if err != nil {
 			return state.Service{}, err
@@ -76,9 +75,15 @@ func (m *Manager) SetAutoscale(ctx context.Context, caller auth.Key, id string, 
 		if to != from || retry {
 			// Setting a policy on a failed service also retries it.
 			s.Instances, s.Status = to, scaledStatus(to, s.ReadyInstances)
+			reason := fmt.Sprintf("autoscale policy allows %d to %d instances", p.MinInstances, p.MaxInstances)
+			ev := events.ServiceScaledV1{Meta: events.NewMeta(), ServiceID: s.ID, OwnerID: s.OwnerID, From: from, To: to, Reason: reason}
+			if err := stage(&s, ev); err != nil {
+				return state.Service{}, err
+			}
 		}
 		if retry {
 			s.StatusReason = ""
+			s.Attempt++
 		}
 		err = m.store.Update(ctx, s, rev)
 		if errs.KindOf(err) == errs.Conflict {
@@ -87,14 +92,7 @@ func (m *Manager) SetAutoscale(ctx context.Context, caller auth.Key, id string, 
 		if err != nil {
 			return state.Service{}, err
 		}
-		if to != from || retry {
-			reason := fmt.Sprintf("autoscale policy allows %d to %d instances", p.MinInstances, p.MaxInstances)
-			ev := events.ServiceScaledV1{Meta: events.NewMeta(), ServiceID: s.ID, OwnerID: s.OwnerID, From: from, To: to, Reason: reason}
-			if err := m.pub.Publish(ctx, ev); err != nil {
-				return s, fmt.Errorf("service %s scaled to %d, announce it: %w", s.ID, to, err)
-			}
-		}
-		return s, nil
+		return m.announced(ctx, s)
 	}
 	return state.Service{}, errs.E(errs.Unavailable, "service %s is changing too often; retry", id)
 }
@@ -103,11 +101,10 @@ func (m *Manager) SetAutoscale(ctx context.Context, caller auth.Key, id string, 
 // ServiceScaledV1, if it still holds: the service exists, is autoscaled,
 // is not being deleted, and still has the count the decision was made
 // from. A decision that no longer holds is dropped; the autoscaler decides
-// again from the current state.
+// again from the current state. Either way what the service's outbox
+// holds is announced, so a decision stored by an earlier delivery whose
+// announcement failed is announced by its redelivery.
 func (m *Manager) ApplyAutoscale(ctx context.Context, ev events.ServiceAutoscaledV1, log *slog.Logger) error {
-	m.lifecycle.Lock()
-	defer m.lifecycle.Unlock()
-	applied, owner := -1, ""
 	err := m.amend(ctx, ev.ServiceID, func(s *state.Service) bool {
 		p := s.Autoscale
 		switch {
@@ -122,15 +119,17 @@ func (m *Manager) ApplyAutoscale(ctx context.Context, ev events.ServiceAutoscale
 		if to == s.Instances {
 			return false
 		}
+		scaled := events.ServiceScaledV1{Meta: events.NewMeta(), ServiceID: ev.ServiceID, OwnerID: s.OwnerID, From: ev.From, To: to, Reason: "autoscaler: " + ev.Reason}
+		if err := stage(s, scaled); err != nil {
+			return false
+		}
 		s.Instances, s.Status = to, scaledStatus(to, s.ReadyInstances)
-		applied, owner = to, s.OwnerID
 		return true
 	})
-	if err != nil || applied < 0 {
+	if err != nil {
 		return err
 	}
-	scaled := events.ServiceScaledV1{Meta: events.NewMeta(), ServiceID: ev.ServiceID, OwnerID: owner, From: ev.From, To: applied, Reason: "autoscaler: " + ev.Reason}
-	return m.pub.Publish(ctx, scaled)
+	return m.announce(ctx, ev.ServiceID)
 }
 
 // scaledStatus is the status of a service whose desired count became n

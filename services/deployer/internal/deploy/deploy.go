@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -25,16 +24,26 @@ const MaxInstances = 64
 
 // Store persists services. Implemented by internal/kvstore.
 type Store interface {
-	// Create stores a new service; a name its owner already uses is errs.Conflict.
+	// Create stores a new service; a name its owner already uses is
+	// errs.Conflict. Creating a service stored already (a retry with the
+	// same ID) is no error.
 	Create(ctx context.Context, s state.Service) error
 	// Get returns a service and its revision, or errs.NotFound.
 	Get(ctx context.Context, id string) (state.Service, uint64, error)
 	// Update replaces a service if its revision is still rev, else errs.Conflict.
 	Update(ctx context.Context, s state.Service, rev uint64) error
+	// Remove deletes a service's record if its revision is still rev.
+	Remove(ctx context.Context, s state.Service, rev uint64) error
 	// List returns every service.
 	List(ctx context.Context) ([]state.Service, error)
 	// Instances returns the instances workers report for a service.
 	Instances(ctx context.Context, serviceID string) ([]state.Instance, error)
+	// Placements returns the scaler's placements of a service.
+	Placements(ctx context.Context, serviceID string) ([]state.Placement, error)
+	// AllInstances and AllPlacements return every instance record and
+	// every placement, for the sweep.
+	AllInstances(ctx context.Context) ([]state.Instance, error)
+	AllPlacements(ctx context.Context) ([]state.Placement, error)
 	// ReleaseName frees a deleted service's name for reuse. It is a no-op
 	// when the name is free or already claimed by another service.
 	ReleaseName(ctx context.Context, s state.Service) error
@@ -77,6 +86,22 @@ func (c catalogOnly) Get(_ context.Context, _ auth.Key, name string) (models.Mod
 	return models.Model{}, errs.E(errs.NotFound, "model %q not found", name)
 }
 
+// Manager creates and reads services. It is safe for concurrent use, by
+// any number of deployer replicas at once: every change is a
+// compare-and-set on the service's revision, and stores the event that
+// announces it in the same write (see announce), so changes to one
+// service are announced in the order they were stored (each
+// ServiceScaledV1's From is the previous one's To) and none is lost.
+type Manager struct {
+	store   Store
+	catalog *catalog.Catalog
+	models  Models
+	pub     Publisher
+	now     func() time.Time
+	// retention is how long a deleted service's record stays.
+	retention time.Duration
+}
+
 // Option configures a Manager.
 type Option func(*Manager)
 
@@ -84,24 +109,18 @@ type Option func(*Manager)
 // included, instead of the catalog's alone.
 func WithModels(r Models) Option { return func(m *Manager) { m.models = r } }
 
-// Manager creates and reads services. It is safe for concurrent use.
-type Manager struct {
-	store   Store
-	catalog *catalog.Catalog
-	models  Models
-	pub     Publisher
-	now     func() time.Time
+// WithClock has the manager read the time from now; tests move it.
+func WithClock(now func() time.Time) Option { return func(m *Manager) { m.now = now } }
 
-	// lifecycle serializes owners' scale and delete requests from store to
-	// publish, so this process announces them in the order they were
-	// stored: each ServiceScaledV1's From is the previous one's To.
-	lifecycle sync.Mutex
-}
+// WithRetention sets how long a deleted service's record stays before the
+// sweep removes it; default state.DeletedRetention.
+func WithRetention(d time.Duration) Option { return func(m *Manager) { m.retention = d } }
 
 // NewManager returns a Manager deploying the catalog's models, and with
 // WithModels registered ones too.
 func NewManager(store Store, cat *catalog.Catalog, pub Publisher, opts ...Option) *Manager {
-	m := &Manager{store: store, catalog: cat, models: catalogOnly{cat}, pub: pub, now: func() time.Time { return time.Now().UTC() }}
+	m := &Manager{store: store, catalog: cat, models: catalogOnly{cat}, pub: pub, now: func() time.Time { return time.Now().UTC() },
+		retention: state.DeletedRetention}
 	for _, o := range opts {
 		o(m)
 	}
@@ -184,8 +203,16 @@ func validate(req *CreateRequest, model models.Model) error {
 
 // Create validates req, stores the service with status pending, and
 // publishes ServiceCreatedV1. If the publish fails the service still
-// exists; the scaler also reconciles from the services bucket.
+// exists and the error says so; the event stays in the service's outbox
+// and is published later (the scaler reconciles from the services bucket
+// meanwhile).
 func (m *Manager) Create(ctx context.Context, caller auth.Key, req CreateRequest) (state.Service, error) {
+	return m.create(ctx, caller, req, uuid.NewString())
+}
+
+// create is Create with the service ID chosen by the caller, so a retry
+// of a create that may have been stored uses the same ID.
+func (m *Manager) create(ctx context.Context, caller auth.Key, req CreateRequest, id string) (state.Service, error) {
 	if err := changes(caller); err != nil {
 		return state.Service{}, err
 	}
@@ -196,7 +223,7 @@ func (m *Manager) Create(ctx context.Context, caller auth.Key, req CreateRequest
 	now := m.now()
 	spec := model.Spec()
 	s := state.Service{
-		ID:            uuid.NewString(),
+		ID:            id,
 		OwnerID:       caller.OwnerID,
 		Name:          req.Name,
 		AccessName:    AccessName(caller.OwnerID, req.Name),
@@ -213,17 +240,20 @@ func (m *Manager) Create(ctx context.Context, caller auth.Key, req CreateRequest
 		Model:         &spec,
 		RoutingPolicy: req.RoutingPolicy,
 	}
-	if err := m.store.Create(ctx, s); err != nil {
-		return state.Service{}, err
-	}
 	ev := events.ServiceCreatedV1{
 		Meta: events.NewMeta(), ServiceID: s.ID, OwnerID: s.OwnerID, Name: s.Name, AccessName: s.AccessName,
 		BaseModel: s.BaseModel, Task: s.Task, Engine: s.Engine, Instances: s.Instances, BillingMethod: s.BillingMethod,
 	}
-	if err := m.pub.Publish(ctx, ev); err != nil {
-		return s, fmt.Errorf("service %s stored, announce it: %w", s.ID, err)
+	if err := stage(&s, ev); err != nil {
+		return state.Service{}, err
 	}
-	return s, nil
+	if err := m.store.Create(ctx, s); err != nil {
+		return state.Service{}, err
+	}
+	if err := m.announce(ctx, s.ID); err != nil {
+		return public(s), fmt.Errorf("service %s stored, announce it: %w", s.ID, err)
+	}
+	return public(s), nil
 }
 
 // changes refuses keys restricted to some services: they may call and
@@ -248,7 +278,7 @@ func (m *Manager) Get(ctx context.Context, caller auth.Key, id string) (state.Se
 	if !caller.Reaches(s.OwnerID, s.ID) {
 		return state.Service{}, errs.E(errs.NotFound, "service %s not found", id)
 	}
-	return s, nil
+	return public(s), nil
 }
 
 // Instances returns a service's instances. Only admins see them: they
@@ -265,20 +295,22 @@ func (m *Manager) Instances(ctx context.Context, caller auth.Key, id string) ([]
 
 // RefreshReady recounts a service's ready instances from the instances
 // bucket and updates its status and engine. Recounting, rather than adding
-// one per event, makes it safe to call for a redelivered event. A deleting
-// service with no instance left becomes deleted and frees its name; a
-// deleting or deleted service never comes back to life.
+// one per event, makes it safe to call for a redelivered event, and at any
+// time. A deleting service with no instance record and no placement left
+// becomes deleted and frees its name; a deleting or deleted service never
+// comes back to life.
 func (m *Manager) RefreshReady(ctx context.Context, serviceID string) error {
 	return m.refresh(ctx, serviceID, "")
 }
 
 // InstanceGone recounts a service whose instance the scaler released
 // because its worker stopped beating. A dead worker announces no stop, and
-// the scaler removes the instance's record only after the announcement,
-// so the recount leaves that instance out: without it, a service scaled
-// to zero meanwhile would stay "scaling" with a ready instance that no
-// longer exists. An ordinary release is recounted when its worker stops
-// the instance.
+// the scaler removes the instance's record and placement only after the
+// announcement, so the recount leaves that instance out: without it, a
+// service scaled to zero meanwhile would stay "scaling" with a ready
+// instance that no longer exists, and a deleting one whose last instance
+// it was would wait for the sweep to become deleted. An ordinary release
+// is recounted when its worker stops the instance.
 func (m *Manager) InstanceGone(ctx context.Context, ev events.InstanceReleasedV1) error {
 	if !ev.WorkerGone {
 		return nil
@@ -288,7 +320,8 @@ func (m *Manager) InstanceGone(ctx context.Context, ev events.InstanceReleasedV1
 
 // refresh is RefreshReady, leaving out the instance gone, if any.
 func (m *Manager) refresh(ctx context.Context, serviceID, gone string) error {
-	for attempt := 0; attempt < 10; attempt++ {
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		pause(ctx, attempt)
 		s, rev, err := m.store.Get(ctx, serviceID)
 		if errs.KindOf(err) == errs.NotFound {
 			return nil // removed meanwhile: nothing to count
@@ -305,26 +338,21 @@ func (m *Manager) refresh(ctx context.Context, serviceID, gone string) error {
 		if err != nil {
 			return err
 		}
-		insts = slices.DeleteFunc(insts, func(in state.Instance) bool { return gone != "" && in.ID == gone })
-		ready, engine := 0, s.Engine
-		for _, in := range insts {
-			if in.Status == state.InstanceReady {
-				ready++
-				engine = in.Engine
+		var ps []state.Placement
+		if s.Status == state.StatusDeleting {
+			if ps, err = m.store.Placements(ctx, serviceID); err != nil {
+				return err
 			}
 		}
-		status := settle(s.Status, s.Instances, ready)
-		if s.Status == state.StatusDeleting && len(insts) == 0 {
-			status, ready = state.StatusDeleted, 0
+		if gone != "" {
+			insts = slices.DeleteFunc(insts, func(in state.Instance) bool { return in.ID == gone })
+			ps = slices.DeleteFunc(ps, func(p state.Placement) bool { return p.InstanceID == gone })
 		}
-		reason := s.StatusReason
-		if status == state.StatusRunning {
-			reason = ""
-		}
-		if s.ReadyInstances == ready && s.Status == status && s.Engine == engine && s.StatusReason == reason {
+		c := recount(s, insts, ps)
+		if !c.changes(s) {
 			return nil
 		}
-		s.ReadyInstances, s.Status, s.Engine, s.StatusReason, s.UpdatedAt = ready, status, engine, reason, m.now()
+		s.ReadyInstances, s.Status, s.Engine, s.StatusReason, s.UpdatedAt = c.ready, c.status, c.engine, c.reason, m.now()
 		err = m.store.Update(ctx, s, rev)
 		if errs.KindOf(err) == errs.Conflict {
 			continue
@@ -332,12 +360,45 @@ func (m *Manager) refresh(ctx context.Context, serviceID, gone string) error {
 		if err != nil {
 			return err
 		}
-		if status == state.StatusDeleted {
+		if c.status == state.StatusDeleted {
 			return m.store.ReleaseName(ctx, s)
 		}
 		return nil
 	}
 	return errors.New("refresh ready instances: too many concurrent updates")
+}
+
+// count is a service's ready count, status, engine and reason as its
+// instance and placement records make them.
+type count struct {
+	ready          int
+	status, engine string
+	reason         string
+}
+
+// recount computes s's count from its instance records and, when it is
+// deleting, its placements.
+func recount(s state.Service, insts []state.Instance, ps []state.Placement) count {
+	c := count{engine: s.Engine, reason: s.StatusReason}
+	for _, in := range insts {
+		if in.Status == state.InstanceReady {
+			c.ready++
+			c.engine = in.Engine
+		}
+	}
+	c.status = settle(s.Status, s.Instances, c.ready)
+	if s.Status == state.StatusDeleting && len(insts) == 0 && len(ps) == 0 {
+		c.status, c.ready = state.StatusDeleted, 0
+	}
+	if c.status == state.StatusRunning {
+		c.reason = ""
+	}
+	return c
+}
+
+// changes reports whether storing c would change s.
+func (c count) changes(s state.Service) bool {
+	return s.ReadyInstances != c.ready || s.Status != c.status || s.Engine != c.engine || s.StatusReason != c.reason
 }
 
 // settle returns a service's status once ready of its desired instances

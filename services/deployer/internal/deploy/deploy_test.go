@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"context"
 	"errors"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -24,6 +25,7 @@ type fakeStore struct {
 	revs      map[string]uint64
 	order     []string // creation order
 	instances map[string][]state.Instance
+	placed    map[string][]state.Placement
 	rev       uint64
 
 	creates  int
@@ -36,15 +38,18 @@ type fakeStore struct {
 }
 
 func newFakeStore() *fakeStore {
-	return &fakeStore{services: map[string]state.Service{}, revs: map[string]uint64{}, instances: map[string][]state.Instance{}}
+	return &fakeStore{services: map[string]state.Service{}, revs: map[string]uint64{}, instances: map[string][]state.Instance{}, placed: map[string][]state.Placement{}}
 }
 
 func (f *fakeStore) Create(_ context.Context, s state.Service) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.creates++
+	if _, ok := f.services[s.ID]; ok {
+		return nil // stored by an earlier try
+	}
 	for _, old := range f.services {
-		if old.OwnerID == s.OwnerID && old.Name == s.Name {
+		if old.OwnerID == s.OwnerID && old.Name == s.Name && old.Status != state.StatusDeleted {
 			return &errs.Error{Kind: errs.Conflict, Param: "name", Msg: "a service named " + s.Name + " already exists"}
 		}
 	}
@@ -82,12 +87,54 @@ func (f *fakeStore) Update(_ context.Context, s state.Service, rev uint64) error
 	return nil
 }
 
+func (f *fakeStore) Remove(_ context.Context, s state.Service, rev uint64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.revs[s.ID] != rev {
+		return errs.E(errs.Conflict, "service %s: revision %d, not %d", s.ID, f.revs[s.ID], rev)
+	}
+	delete(f.services, s.ID)
+	delete(f.revs, s.ID)
+	return nil
+}
+
+func (f *fakeStore) Placements(_ context.Context, serviceID string) ([]state.Placement, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]state.Placement{}, f.placed[serviceID]...), nil
+}
+
+func (f *fakeStore) AllInstances(context.Context) ([]state.Instance, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []state.Instance
+	for id, list := range f.instances {
+		for _, in := range list {
+			in.ServiceID = id
+			out = append(out, in)
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeStore) AllPlacements(context.Context) ([]state.Placement, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []state.Placement
+	for _, list := range f.placed {
+		out = append(out, list...)
+	}
+	return out, nil
+}
+
 func (f *fakeStore) List(context.Context) ([]state.Service, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := make([]state.Service, 0, len(f.order))
 	for _, id := range f.order {
-		out = append(out, f.services[id])
+		if s, ok := f.services[id]; ok {
+			out = append(out, s)
+		}
 	}
 	return out, nil
 }
@@ -283,7 +330,7 @@ func TestCreate(t *testing.T) {
 		t.Errorf("stored model %+v, want %+v", stored.Model, wantModel)
 	}
 	s.Model = nil
-	if got := s; got != want {
+	if got := s; !reflect.DeepEqual(got, want) {
 		t.Errorf("Create returned\n %+v, want\n %+v", got, want)
 	}
 	if s.ID == "" {
@@ -292,9 +339,10 @@ func TestCreate(t *testing.T) {
 	if s.CreatedAt.Before(before) || s.CreatedAt.Location() != time.UTC {
 		t.Errorf("created_at = %v, want now in UTC", s.CreatedAt)
 	}
+	// Stored, and its announcement, published, gone from its outbox.
 	stored := st.service(t, s.ID)
 	stored.Model = nil
-	if got := stored; got != want {
+	if got := stored; !reflect.DeepEqual(got, want) {
 		t.Errorf("stored\n %+v, want\n %+v", got, want)
 	}
 
@@ -417,7 +465,7 @@ func TestGet(t *testing.T) {
 			if got, want := errs.KindOf(err), tc.wantKind; got != want {
 				t.Fatalf("kind = %v, want %v (err %v)", got, want, err)
 			}
-			if s != (state.Service{}) {
+			if !reflect.DeepEqual(s, state.Service{}) {
 				t.Errorf("Get returned %+v with the error", s)
 			}
 		})

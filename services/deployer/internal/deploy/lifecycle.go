@@ -3,7 +3,9 @@ package deploy
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"slices"
+	"time"
 
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/errs"
@@ -15,7 +17,20 @@ import (
 const ScaleReason = "requested by the owner"
 
 // maxAttempts bounds the read-modify-write retries on a revision conflict.
-const maxAttempts = 10
+const maxAttempts = 30
+
+// pause waits before a retry after a revision conflict: a random time of up
+// to two milliseconds per attempt so far, so that writers contending for
+// one service (replicas, requests, event handlers) spread out.
+func pause(ctx context.Context, attempt int) {
+	if attempt == 0 {
+		return
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(rand.N(time.Duration(attempt) * 2 * time.Millisecond)):
+	}
+}
 
 // Scale sets a service's desired instance count to n (0 to MaxInstances;
 // 0 scales to zero) and publishes ServiceScaledV1 when it changed, or when
@@ -24,14 +39,13 @@ const maxAttempts = 10
 // when it already matches, and idle for zero with nothing left. Another
 // owner's service is NotFound; a deleting or deleted one is Conflict. If
 // the publish fails the new count is stored all the same and the error
-// says so.
+// says so; a retried request publishes it then, as the sweep does.
 func (m *Manager) Scale(ctx context.Context, caller auth.Key, id string, n int) (state.Service, error) {
 	if n < 0 || n > MaxInstances {
 		return state.Service{}, errs.InvalidParam("instances", "instances must be between 0 and %d", MaxInstances)
 	}
-	m.lifecycle.Lock()
-	defer m.lifecycle.Unlock()
 	for attempt := 0; attempt < maxAttempts; attempt++ {
+		pause(ctx, attempt)
 		s, rev, err := m.owned(ctx, caller, id)
 		if err != nil {
 			return state.Service{}, err
@@ -47,13 +61,20 @@ func (m *Manager) Scale(ctx context.Context, caller auth.Key, id string, n int) 
 		from := s.Instances
 		retry := s.Status == state.StatusFailed
 		if from == n && !retry {
-			return s, nil
+			// Stored already, by this request's first try perhaps:
+			// announce what is still unannounced.
+			return m.announced(ctx, s)
 		}
 		// A failed service scaled again, even to the same count, is
 		// placed again: that is how its owner retries it.
 		s.Instances, s.Status, s.UpdatedAt = n, scaledStatus(n, s.ReadyInstances), m.now()
 		if retry {
 			s.StatusReason = ""
+			s.Attempt++
+		}
+		ev := events.ServiceScaledV1{Meta: events.NewMeta(), ServiceID: s.ID, OwnerID: s.OwnerID, From: from, To: n, Reason: ScaleReason}
+		if err := stage(&s, ev); err != nil {
+			return state.Service{}, err
 		}
 		err = m.store.Update(ctx, s, rev)
 		if errs.KindOf(err) == errs.Conflict {
@@ -62,26 +83,35 @@ func (m *Manager) Scale(ctx context.Context, caller auth.Key, id string, n int) 
 		if err != nil {
 			return state.Service{}, err
 		}
-		ev := events.ServiceScaledV1{Meta: events.NewMeta(), ServiceID: s.ID, OwnerID: s.OwnerID, From: from, To: n, Reason: ScaleReason}
-		if err := m.pub.Publish(ctx, ev); err != nil {
-			return s, fmt.Errorf("service %s scaled to %d, announce it: %w", s.ID, n, err)
-		}
-		return s, nil
+		return m.announced(ctx, s)
 	}
 	return state.Service{}, errs.E(errs.Unavailable, "service %s is changing too often; retry", id)
 }
 
+// announced publishes what s's outbox holds and returns s as the API
+// shows it; a failed publish is the error, the change being stored.
+func (m *Manager) announced(ctx context.Context, s state.Service) (state.Service, error) {
+	if len(s.Outbox) == 0 {
+		return public(s), nil
+	}
+	if err := m.announce(ctx, s.ID); err != nil {
+		return public(s), fmt.Errorf("service %s changed, announce it: %w", s.ID, err)
+	}
+	return public(s), nil
+}
+
 // Delete starts deleting a service whose name the caller confirms: it
 // stores status deleting and publishes ServiceDeletedV1, after which the
-// router answers 404 for it and the scaler releases its instances.
-// RefreshReady finishes the deletion once no instance remains; a service
-// without instances is finished at once. A wrong or missing confirmation
-// is Invalid (param confirm_name) and changes nothing. Deleting a service
-// that is already deleting or deleted returns it unchanged.
+// router answers 404 for it and the scaler releases its instances. The
+// deletion finishes once no instance record and no placement remains:
+// RefreshReady, run here, on every instance event and by the sweep, sees
+// to it. A wrong or missing confirmation is Invalid (param confirm_name)
+// and changes nothing. Deleting a service that is already deleting or
+// deleted returns it, after announcing the deletion if that is still
+// pending and recounting.
 func (m *Manager) Delete(ctx context.Context, caller auth.Key, id, confirmName string) (state.Service, error) {
-	m.lifecycle.Lock()
-	defer m.lifecycle.Unlock()
 	for attempt := 0; attempt < maxAttempts; attempt++ {
+		pause(ctx, attempt)
 		s, rev, err := m.owned(ctx, caller, id)
 		if err != nil {
 			return state.Service{}, err
@@ -89,30 +119,31 @@ func (m *Manager) Delete(ctx context.Context, caller auth.Key, id, confirmName s
 		if confirmName != s.Name {
 			return state.Service{}, errs.InvalidParam("confirm_name", "confirm_name must be the service's name, %q", s.Name)
 		}
-		if s.Status == state.StatusDeleting || s.Status == state.StatusDeleted {
-			return s, nil
+		if s.Status != state.StatusDeleting && s.Status != state.StatusDeleted {
+			s.Status, s.UpdatedAt = state.StatusDeleting, m.now()
+			ev := events.ServiceDeletedV1{Meta: events.NewMeta(), ServiceID: s.ID, OwnerID: s.OwnerID, Name: s.Name, AccessName: s.AccessName}
+			if err := stage(&s, ev); err != nil {
+				return state.Service{}, err
+			}
+			err = m.store.Update(ctx, s, rev)
+			if errs.KindOf(err) == errs.Conflict {
+				continue
+			}
+			if err != nil {
+				return state.Service{}, err
+			}
 		}
-		s.Status, s.UpdatedAt = state.StatusDeleting, m.now()
-		err = m.store.Update(ctx, s, rev)
-		if errs.KindOf(err) == errs.Conflict {
-			continue
-		}
-		if err != nil {
-			return state.Service{}, err
-		}
-		ev := events.ServiceDeletedV1{Meta: events.NewMeta(), ServiceID: s.ID, OwnerID: s.OwnerID, Name: s.Name, AccessName: s.AccessName}
-		if err := m.pub.Publish(ctx, ev); err != nil {
-			return s, fmt.Errorf("service %s marked deleting, announce it: %w", s.ID, err)
+		if _, err := m.announced(ctx, s); err != nil {
+			return public(s), err
 		}
 		// No instance event may ever come for a service without
-		// instances, so look now.
-		if err := m.RefreshReady(ctx, s.ID); err != nil {
-			return s, nil // the next instance event finishes it
+		// instances, so look now; if this fails, the sweep finishes it.
+		if err := m.RefreshReady(ctx, s.ID); err == nil {
+			if done, _, err := m.store.Get(ctx, s.ID); err == nil {
+				s = done
+			}
 		}
-		if done, _, err := m.store.Get(ctx, s.ID); err == nil {
-			s = done
-		}
-		return s, nil
+		return public(s), nil
 	}
 	return state.Service{}, errs.E(errs.Unavailable, "service %s is changing too often; retry", id)
 }
@@ -202,7 +233,7 @@ func (m *Manager) List(ctx context.Context, caller auth.Key, opts ListOptions) (
 			if len(page) == opts.Limit {
 				return page, true, nil
 			}
-			page = append(page, s)
+			page = append(page, public(s))
 		}
 	}
 	return page, false, nil

@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"context"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -63,7 +64,7 @@ func TestScale(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got, want := st.service(t, "s1"), s; got != want {
+			if got, want := st.service(t, "s1"), s; !reflect.DeepEqual(got, want) {
 				t.Errorf("stored %+v, returned %+v", got, want)
 			}
 			if got, want := s.Instances, tc.n; got != want {
@@ -98,8 +99,13 @@ func TestScaleRetriesOnConflict(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := st.updates, 3; got != want {
+	// Two conflicts, the change with its announcement, and the
+	// announcement's removal from the outbox once published.
+	if got, want := st.updates, 4; got != want {
 		t.Errorf("updates = %d, want %d", got, want)
+	}
+	if len(st.service(t, "s1").Outbox) != 0 {
+		t.Error("the published announcement is still in the outbox")
 	}
 	if got, want := s.Instances, 4; got != want {
 		t.Errorf("instances = %d, want %d", got, want)
@@ -179,7 +185,7 @@ func TestDelete(t *testing.T) {
 				if got, want := e.Param, tc.wantParam; got != want {
 					t.Errorf("param = %q, want %q", got, want)
 				}
-				if got := st.service(t, "s1"); got != before || len(pub.events) != 0 {
+				if got := st.service(t, "s1"); !reflect.DeepEqual(got, before) || len(pub.events) != 0 {
 					t.Errorf("stored %+v with %d events, want it unchanged and none", got, len(pub.events))
 				}
 				return

@@ -98,7 +98,7 @@ func (m *Manager) SetRouting(ctx context.Context, caller auth.Key, id, policy st
 			return state.Service{}, errs.E(errs.Conflict, "service %s is %s and cannot be changed", id, s.Status)
 		}
 		if s.RoutingPolicy == policy {
-			return s, nil
+			return public(s), nil
 		}
 		s.RoutingPolicy, s.UpdatedAt = policy, m.now()
 		err = m.store.Update(ctx, s, rev)
@@ -108,7 +108,7 @@ func (m *Manager) SetRouting(ctx context.Context, caller auth.Key, id, policy st
 		if err != nil {
 			return state.Service{}, err
 		}
-		return s, nil
+		return public(s), nil
 	}
 	return state.Service{}, errs.E(errs.Unavailable, "service %s is changing too often; retry", id)
 }

@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"context"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -57,7 +58,7 @@ func TestSetRouting(t *testing.T) {
 			if s.RoutingPolicy != tc.policy {
 				t.Errorf("returned policy %q, want %q", s.RoutingPolicy, tc.policy)
 			}
-			if got := st.service(t, "s1"); got.RoutingPolicy != tc.policy || got != s {
+			if got := st.service(t, "s1"); got.RoutingPolicy != tc.policy || !reflect.DeepEqual(got, s) {
 				t.Errorf("stored %+v, returned %+v", got, s)
 			}
 			if got, want := st.updates > 0, tc.wantWrite; got != want {

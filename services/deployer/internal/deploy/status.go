@@ -29,10 +29,12 @@ func (m *Manager) Placed(ctx context.Context, serviceID string) error {
 }
 
 // PlacementFailed shows why the scaler cannot place a service's
-// instances; the scaler keeps trying, so the status stays.
+// instances; the scaler keeps trying, so the status stays. A service that
+// runs with all its instances meanwhile (the event is late) keeps no
+// reason.
 func (m *Manager) PlacementFailed(ctx context.Context, ev events.PlacementFailedV1) error {
 	return m.amend(ctx, ev.ServiceID, func(s *state.Service) bool {
-		if isFinal(s.Status) || s.Status == state.StatusFailed {
+		if isFinal(s.Status) || s.Status == state.StatusFailed || s.Status == state.StatusRunning || s.ReadyInstances >= s.Instances {
 			return false
 		}
 		reason := fmt.Sprintf("%d of %d instances placed: %s", ev.Placed, ev.Wanted, ev.Reason)
@@ -48,8 +50,12 @@ func (m *Manager) PlacementFailed(ctx context.Context, ev events.PlacementFailed
 // instances. A service left with no ready instance fails, with the
 // worker's reason, and the scaler stops placing it until its owner scales
 // it again; one that still serves keeps its status and says what happened
-// while the scaler replaces the instance.
+// while the scaler replaces the instance. A deleting service is
+// recounted: this may have been its last instance.
 func (m *Manager) InstanceFailed(ctx context.Context, ev events.InstanceFailedV1) error {
+	if s, _, err := m.store.Get(ctx, ev.ServiceID); err == nil && isFinal(s.Status) {
+		return m.RefreshReady(ctx, ev.ServiceID)
+	}
 	insts, err := m.store.Instances(ctx, ev.ServiceID)
 	if err != nil {
 		return err
@@ -78,10 +84,17 @@ func isFinal(status string) bool {
 	return status == state.StatusDeleting || status == state.StatusDeleted
 }
 
-// amend applies change to a service and stores it if change reports a
-// change, retrying on revision conflicts. A missing service is no error.
+// amend applies change to a service and stores it, with a new UpdatedAt,
+// if change reports a change, retrying on revision conflicts. A missing
+// service is no error.
 func (m *Manager) amend(ctx context.Context, serviceID string, change func(*state.Service) bool) error {
+	return m.update(ctx, serviceID, true, change)
+}
+
+// update is amend, which sets UpdatedAt only when touch is set.
+func (m *Manager) update(ctx context.Context, serviceID string, touch bool, change func(*state.Service) bool) error {
 	for attempt := 0; attempt < maxAttempts; attempt++ {
+		pause(ctx, attempt)
 		s, rev, err := m.store.Get(ctx, serviceID)
 		if errs.KindOf(err) == errs.NotFound {
 			return nil
@@ -92,7 +105,9 @@ func (m *Manager) amend(ctx context.Context, serviceID string, change func(*stat
 		if !change(&s) {
 			return nil
 		}
-		s.UpdatedAt = m.now()
+		if touch {
+			s.UpdatedAt = m.now()
+		}
 		err = m.store.Update(ctx, s, rev)
 		if errs.KindOf(err) == errs.Conflict {
 			continue

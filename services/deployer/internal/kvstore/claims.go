@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"time"
 
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/state"
@@ -37,9 +38,29 @@ func (c *Claims) Claim(ctx context.Context, key string, cl deploy.Claim) (bool, 
 }
 
 // Get implements deploy.Claims.
-func (c *Claims) Get(ctx context.Context, key string) (deploy.Claim, error) {
-	cl, _, err := state.Get[deploy.Claim](ctx, c.kv, key)
-	return cl, err
+func (c *Claims) Get(ctx context.Context, key string) (deploy.Claim, uint64, error) {
+	return state.Get[deploy.Claim](ctx, c.kv, key)
+}
+
+// Replace implements deploy.Claims with the bucket's revision check.
+func (c *Claims) Replace(ctx context.Context, key string, cl deploy.Claim, rev uint64) error {
+	b, err := json.Marshal(cl)
+	if err != nil {
+		return err
+	}
+	if _, err := c.kv.Update(ctx, key, b, rev); err != nil {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return errs.Wrap(errs.Conflict, err, "idempotency key changed meanwhile")
+		}
+		return errs.Wrap(errs.Unavailable, err, "take over idempotency key")
+	}
+	return nil
+}
+
+// PurgeMarkers removes the delete markers of released claims older than
+// olderThan.
+func (c *Claims) PurgeMarkers(ctx context.Context, olderThan time.Duration) error {
+	return state.PurgeMarkers(ctx, c.kv, olderThan)
 }
 
 // Put implements deploy.Claims.

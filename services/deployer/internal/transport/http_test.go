@@ -46,12 +46,18 @@ func (r *recorder) Publish(_ context.Context, ev events.Event) error {
 	return nil
 }
 
+// scaled returns the ServiceScaledV1 events in the order they were first
+// published, each event ID once, as JetStream stores them (the message ID
+// is the event ID): an announcement published again by another request
+// is the same event.
 func (r *recorder) scaled() []events.ServiceScaledV1 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []events.ServiceScaledV1
+	seen := map[string]bool{}
 	for _, ev := range r.events {
-		if s, ok := ev.(events.ServiceScaledV1); ok {
+		if s, ok := ev.(events.ServiceScaledV1); ok && !seen[s.ID] {
+			seen[s.ID] = true
 			out = append(out, s)
 		}
 	}
@@ -89,7 +95,7 @@ func newEnv(t *testing.T) *env {
 			t.Fatal(err)
 		}
 	}
-	store := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketNames), bus.KV(state.BucketInstances))
+	store := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketNames), bus.KV(state.BucketInstances), bus.KV(state.BucketPlacements))
 	e.models = t.TempDir()
 	if err := gguftest.Write(filepath.Join(e.models, "tiny.gguf"), gguftest.Tiny()); err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -127,9 +128,12 @@ func (l *Live) watch(w http.ResponseWriter, r *http.Request, h *handler) {
 	}
 
 	var (
-		initial []state.Service     // until the snapshot is sent
-		live    bool                // the snapshot was sent
-		sent    = map[string]bool{} // IDs the client holds
+		initial []state.Service // until the snapshot is sent
+		live    bool            // the snapshot was sent
+		// sent holds what the client holds of each service, so a write
+		// that changes nothing it shows (the deployer's bookkeeping) is
+		// not sent again.
+		sent = map[string]state.Service{}
 	)
 	beat := time.NewTicker(cmp.Or(max(l.Heartbeat, 0), 15*time.Second))
 	defer beat.Stop()
@@ -157,7 +161,7 @@ func (l *Live) watch(w http.ResponseWriter, r *http.Request, h *handler) {
 					return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), strings.Compare(a.ID, b.ID))
 				})
 				for _, s := range initial {
-					sent[s.ID] = true
+					sent[s.ID] = s
 				}
 				if initial == nil {
 					initial = []state.Service{}
@@ -172,7 +176,7 @@ func (l *Live) watch(w http.ResponseWriter, r *http.Request, h *handler) {
 				id := e.Key()
 				if !live {
 					initial = slices.DeleteFunc(initial, func(s state.Service) bool { return s.ID == id })
-				} else if sent[id] {
+				} else if _, ok := sent[id]; ok {
 					delete(sent, id)
 					if !send("removed", map[string]string{"id": id}) {
 						return
@@ -185,6 +189,7 @@ func (l *Live) watch(w http.ResponseWriter, r *http.Request, h *handler) {
 				l.log.WarnContext(ctx, "watch: undecodable service record", "key", e.Key(), "err", err)
 				continue
 			}
+			s = deploy.Public(s)
 			s.RoutingPolicy = s.Routing()
 			if !visible(who, s) {
 				continue
@@ -195,13 +200,16 @@ func (l *Live) watch(w http.ResponseWriter, r *http.Request, h *handler) {
 				}
 				continue
 			}
-			if s.Status == state.StatusDeleted {
-				if !sent[s.ID] {
-					continue
-				}
+			prev, held := sent[s.ID]
+			switch {
+			case s.Status == state.StatusDeleted && !held:
+				continue
+			case s.Status == state.StatusDeleted:
 				delete(sent, s.ID)
-			} else {
-				sent[s.ID] = true
+			case held && reflect.DeepEqual(prev, s):
+				continue
+			default:
+				sent[s.ID] = s
 			}
 			if !send("service", s) {
 				return

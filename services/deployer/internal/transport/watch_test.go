@@ -51,7 +51,7 @@ func newLiveEnv(t *testing.T) *liveEnv {
 			t.Fatal(err)
 		}
 	}
-	store := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketNames), bus.KV(state.BucketInstances))
+	store := kvstore.New(bus.KV(state.BucketServices), bus.KV(state.BucketNames), bus.KV(state.BucketInstances), bus.KV(state.BucketPlacements))
 	e.m = deploy.NewManager(store, catalog.Default(), bus.Publisher)
 	e.live = transport.NewLive(e.m, bus.KV(state.BucketServices), bus.JS, e.done, quiet)
 	h := transport.NewHandler(e.m, deploy.NewIdempotent(e.m, kvstore.NewClaims(bus.KV(state.BucketIdempotency))), deploy.NewKeys(keys, e.m), keys, quiet, transport.WithLive(e.live))

@@ -325,7 +325,9 @@ func TestSearchPath(t *testing.T) {
 	h := newHealth(t, http.StatusOK)
 	dir := t.TempDir()
 	marker := filepath.Join(dir, "ran")
-	script := "#!/bin/sh\necho \"$0 $*\" > " + marker + "\nexec sleep 60\n"
+	// The marker appears whole: a redirection creates the file before
+	// echo writes it, so the test could read it empty.
+	script := "#!/bin/sh\necho \"$0 $*\" > " + marker + ".tmp && mv " + marker + ".tmp " + marker + "\nexec sleep 60\n"
 	if err := os.WriteFile(filepath.Join(dir, "fake-engine"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ package transport
 import (
 	"context"
 	"errors"
+	"slices"
 
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/state"
@@ -41,16 +42,44 @@ func (s *Store) Beat(ctx context.Context, w state.Worker) error {
 	return state.Put(ctx, s.Workers, w.ID, w)
 }
 
+// Placed implements worker.Store: the placement is in the bucket, for
+// workerID, and has not failed.
+func (s *Store) Placed(ctx context.Context, serviceID, instanceID, workerID string) (bool, error) {
+	p, _, err := state.Get[state.Placement](ctx, s.Placements, state.InstanceKey(serviceID, instanceID))
+	switch {
+	case errs.KindOf(err) == errs.NotFound:
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	return p.WorkerID == workerID && p.Failed == "", nil
+}
+
+// LastBeat returns the heartbeat workerID left in the bucket, if it has not
+// expired: what an earlier run under the same ID held.
+func (s *Store) LastBeat(ctx context.Context, workerID string) (state.Worker, bool, error) {
+	w, _, err := state.Get[state.Worker](ctx, s.Workers, workerID)
+	switch {
+	case errs.KindOf(err) == errs.NotFound:
+		return state.Worker{}, false, nil
+	case err != nil:
+		return state.Worker{}, false, err
+	}
+	return w, true, nil
+}
+
 // StaleInstances lists instance records left by an earlier run of workerID.
 func (s *Store) StaleInstances(ctx context.Context, workerID string) ([]state.Instance, error) {
 	all, err := state.List[state.Instance](ctx, s.Instances, ">")
 	return filterWorker(all, err, workerID, func(in state.Instance) string { return in.WorkerID })
 }
 
-// PlacedOn lists the instances the scaler placed on workerID.
+// PlacedOn lists the instances the scaler placed on workerID, failed
+// placements left out.
 func (s *Store) PlacedOn(ctx context.Context, workerID string) ([]state.Placement, error) {
 	all, err := state.List[state.Placement](ctx, s.Placements, ">")
-	return filterWorker(all, err, workerID, func(p state.Placement) string { return p.WorkerID })
+	mine, err := filterWorker(all, err, workerID, func(p state.Placement) string { return p.WorkerID })
+	return slices.DeleteFunc(mine, func(p state.Placement) bool { return p.Failed != "" }), err
 }
 
 func filterWorker[T any](all []T, err error, workerID string, worker func(T) string) ([]T, error) {

@@ -27,11 +27,15 @@ type Engine interface {
 	Start(ctx context.Context, spec engine.Spec) (engine.Instance, error)
 }
 
-// Store records instances and heartbeats where the router and scaler see them.
+// Store records instances and heartbeats where the router and scaler see
+// them, and reads the scaler's placements.
 type Store interface {
 	PutInstance(ctx context.Context, inst state.Instance) error
 	DeleteInstance(ctx context.Context, serviceID, instanceID string) error
 	Beat(ctx context.Context, w state.Worker) error
+	// Placed reports whether the scaler's placement of the instance on
+	// workerID still stands (a failed placement does not).
+	Placed(ctx context.Context, serviceID, instanceID, workerID string) (bool, error)
 }
 
 // Publisher publishes events.
@@ -83,6 +87,30 @@ func WithReadyTimeout(d time.Duration) Option { return func(w *Worker) { w.ready
 // new ones; default 2 seconds.
 func WithDrain(d time.Duration) Option { return func(w *Worker) { w.drain = max(d, 0) } }
 
+// WithEngines lists the real engines the worker may run, for its
+// heartbeat: the scaler reckons what a model needs on this worker from it.
+func WithEngines(names []string) Option {
+	return func(w *Worker) { w.engines = slices.Clone(names) }
+}
+
+// WithAnnounceRetry sets how long the worker waits before it publishes
+// again an announcement JetStream did not acknowledge; default 1 second,
+// doubling up to 10 times that.
+func WithAnnounceRetry(d time.Duration) Option {
+	return func(w *Worker) { w.retry = max(d, time.Millisecond) }
+}
+
+// WithOnRefuse calls f, without blocking, each time the worker refuses a
+// placement, so its heartbeat can tell the scaler at once.
+func WithOnRefuse(f func()) Option { return func(w *Worker) { w.onRefuse = f } }
+
+// ReleasedTTL is how long a worker remembers the instances released to it,
+// so that their placements, arriving late or again, start nothing.
+const ReleasedTTL = 24 * time.Hour
+
+// RefusalTTL is how long a refused placement stays in the heartbeat.
+const RefusalTTL = time.Minute
+
 // Worker is one inference-worker. Its methods are safe for concurrent use.
 type Worker struct {
 	id           string
@@ -97,24 +125,42 @@ type Worker struct {
 	gpuMemory    int64 // per GPU, advertised; 0: not
 	readyTimeout time.Duration
 	drain        time.Duration
+	engines      []string
+	retry        time.Duration
+	onRefuse     func()
+	done         chan struct{} // closed by Shutdown
+	shutOnce     sync.Once
 
 	mu        sync.Mutex
 	instances map[string]*running
-	gpus      []bool // taken GPUs by index; nil: GPUs not assigned
+	gpus      []bool               // taken GPUs by index; nil: GPUs not assigned
+	released  map[string]time.Time // instance IDs released to this worker, and when
+	refusals  []state.Refusal      // placements refused within RefusalTTL
 }
 
 // running is an instance of this worker. Its mutex orders the writes of
 // its record and its announcements, so a late one never overwrites the
 // removal of the record.
 type running struct {
-	devices []int
+	serviceID string
+	devices   []int
+	memory    int64 // of the worker's advertised memory, held while it runs
 
 	mu       sync.Mutex
 	inst     engine.Instance // nil while the engine starts
 	record   state.Instance
 	ready    bool // announced ready at least once
 	gone     bool // stopped, failed or shut down: write nothing more
+	released bool // released while its engine started: stop it once started
 	restarts int
+	// unannounced is set while the record says ready and InstanceReadyV1
+	// was not acknowledged yet.
+	unannounced bool
+	// stopping is set once a release committed the instance to stopping;
+	// stopped holds its InstanceStoppedV1 once the engine stopped, until
+	// it is acknowledged and the slot freed.
+	stopping bool
+	stopped  *events.InstanceStoppedV1
 }
 
 // New returns a worker with the given ID that holds up to capacity instances.
@@ -124,7 +170,10 @@ func New(id string, capacity int, eng Engine, store Store, pub Publisher, log *s
 		specs:        func(s engine.Spec) (engine.Spec, error) { return s, nil },
 		readyTimeout: 30 * time.Minute,
 		drain:        2 * time.Second,
+		retry:        time.Second,
 		instances:    map[string]*running{},
+		released:     map[string]time.Time{},
+		done:         make(chan struct{}),
 	}
 	for _, o := range opts {
 		o(w)
@@ -144,18 +193,37 @@ func (w *Worker) ID() string { return w.id }
 // freed. A repeated placement (a redelivered event) starts nothing: it
 // re-announces a ready instance and leaves a starting one to announce
 // itself.
+//
+// A placement that no longer stands starts nothing and is acknowledged: one
+// released to this worker before or while it arrived, and one no longer in
+// the placements bucket (released, or failed). So is one the worker has no
+// room for (no free slot, too few free GPUs): it is refused, and the
+// refusal is listed in the heartbeat, for the scaler to place it elsewhere.
 func (w *Worker) StartInstance(ctx context.Context, p events.InstancePlacedV1) error {
 	if p.WorkerID != w.id {
 		return errs.E(errs.Invalid, "placement %s is for worker %s, not %s", p.InstanceID, p.WorkerID, w.id)
 	}
 	w.mu.Lock()
 	r, known := w.instances[p.InstanceID]
+	_, released := w.released[p.InstanceID]
 	w.mu.Unlock()
 	if known {
 		return w.reannounce(ctx, r)
 	}
+	if released {
+		w.log.InfoContext(ctx, "placement of a released instance ignored", "instance_id", p.InstanceID, "service_id", p.ServiceID)
+		return nil
+	}
+	placed, err := w.store.Placed(ctx, p.ServiceID, p.InstanceID, w.id)
+	if err != nil {
+		return fmt.Errorf("instance %s: check its placement: %w", p.InstanceID, err)
+	}
+	if !placed {
+		w.forget(p.InstanceID)
+		w.log.InfoContext(ctx, "placement no longer stands; ignored", "instance_id", p.InstanceID, "service_id", p.ServiceID)
+		return nil
+	}
 	spec := engine.Spec{InstanceID: p.InstanceID, ServedName: p.AccessName, BaseModel: p.BaseModel, Task: p.Task, Engine: p.Engine}
-	var err error
 	if p.Model != nil && w.models != nil {
 		spec, err = w.models(spec, *p.Model)
 	} else {
@@ -170,19 +238,35 @@ func (w *Worker) StartInstance(ctx context.Context, p events.InstancePlacedV1) e
 		w.mu.Unlock()
 		return w.reannounce(ctx, r)
 	}
-	if len(w.instances) >= w.capacity {
+	if _, released := w.released[p.InstanceID]; released { // released meanwhile
 		w.mu.Unlock()
-		return errs.E(errs.Unavailable, "instance %s: worker %s is full (%d instances)", p.InstanceID, w.id, w.capacity)
+		return nil
 	}
-	devices, err := w.takeGPUs(spec.GPUs)
-	if err != nil {
+	if len(w.instances) >= w.capacity {
+		reason := fmt.Sprintf("worker %s is full (%d instances)", w.id, w.capacity)
+		w.refuse(p, reason)
 		w.mu.Unlock()
-		return fmt.Errorf("instance %s: %w", p.InstanceID, err)
+		w.tellRefused(ctx, p, reason)
+		return nil
+	}
+	memory := memoryOf(p, spec)
+	if reason := w.lacksMemory(memory); reason != "" {
+		w.refuse(p, reason)
+		w.mu.Unlock()
+		w.tellRefused(ctx, p, reason)
+		return nil
+	}
+	devices, reason := w.takeGPUs(spec.GPUs)
+	if reason != "" {
+		w.refuse(p, reason)
+		w.mu.Unlock()
+		w.tellRefused(ctx, p, reason)
+		return nil
 	}
 	spec.Devices = devices
 	// Reserve the slot, so a concurrent delivery of the same placement
 	// neither starts a second instance nor overfills the worker.
-	r = &running{devices: devices}
+	r = &running{serviceID: p.ServiceID, devices: devices, memory: memory}
 	w.instances[p.InstanceID] = r
 	w.mu.Unlock()
 
@@ -194,9 +278,15 @@ func (w *Worker) StartInstance(ctx context.Context, p events.InstancePlacedV1) e
 	now := time.Now().UTC()
 	r.mu.Lock()
 	if r.gone {
-		// Shutdown ran while it started: it must not outlive the worker.
+		// Released, or shut down, while it started: it must not run.
+		released := r.released
 		r.mu.Unlock()
 		_ = inst.Stop(context.WithoutCancel(ctx))
+		w.remove(p.InstanceID, r)
+		if released {
+			w.log.InfoContext(ctx, "instance released while it started; stopped", "instance_id", p.InstanceID, "service_id", p.ServiceID)
+			return nil
+		}
 		return errs.E(errs.Unavailable, "worker %s stopped while instance %s started", w.id, p.InstanceID)
 	}
 	r.inst = inst
@@ -220,39 +310,71 @@ func (w *Worker) StartInstance(ctx context.Context, p events.InstancePlacedV1) e
 	return nil
 }
 
+// refuse lists a refused placement for the heartbeat; w.mu is held.
+func (w *Worker) refuse(p events.InstancePlacedV1, reason string) {
+	w.refusals = append(w.refusals, state.Refusal{InstanceID: p.InstanceID, ServiceID: p.ServiceID, Reason: reason, At: time.Now().UTC()})
+}
+
+// tellRefused logs a refusal and lets the heartbeat tell the scaler.
+func (w *Worker) tellRefused(ctx context.Context, p events.InstancePlacedV1, reason string) {
+	w.log.WarnContext(ctx, "placement refused", "instance_id", p.InstanceID, "service_id", p.ServiceID, "reason", reason)
+	if w.onRefuse != nil {
+		w.onRefuse()
+	}
+}
+
+// forget remembers an instance ID as released, so its placement starts
+// nothing, however late or often it arrives.
+func (w *Worker) forget(instanceID string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.released[instanceID] = time.Now()
+}
+
 // StopInstance stops an instance the scaler released. It first removes the
 // instance's record, so the router sends it no new requests, waits the
-// drain period for the requests in flight, then stops the engine, frees
-// the slot and its GPUs and publishes InstanceStoppedV1 with the release's
-// reason. Releasing an instance this worker does not run is a no-op: it was
-// released, failed or shut down already. An instance whose engine is still
-// starting is an errs.Unavailable error, so the release is retried once
-// there is an engine to stop.
+// drain period for the requests in flight, stops the engine, publishes
+// InstanceStoppedV1 with the release's reason, and only then frees the
+// slot and its GPUs: until the stop is announced, the instance is held
+// (and listed in the heartbeat), and a redelivered release announces it
+// again. The instance ID is remembered, so its placement, arriving late or
+// again, starts nothing; releasing an instance this worker does not run is
+// otherwise a no-op. An instance whose engine is still starting is stopped
+// as soon as it has started, and announces nothing.
 func (w *Worker) StopInstance(ctx context.Context, ev events.InstanceReleasedV1) error {
 	if ev.WorkerID != w.id {
 		return errs.E(errs.Invalid, "release of %s is for worker %s, not %s", ev.InstanceID, ev.WorkerID, w.id)
 	}
 	w.mu.Lock()
+	w.released[ev.InstanceID] = time.Now()
 	r, known := w.instances[ev.InstanceID]
 	w.mu.Unlock()
 	if !known {
 		return nil
 	}
 	r.mu.Lock()
-	if r.gone {
+	switch {
+	case r.stopped != nil: // stopped; its announcement failed before
+		stopped := *r.stopped
+		r.mu.Unlock()
+		return w.announceStopped(ctx, r, stopped)
+	case r.stopping:
+		r.mu.Unlock()
+		return errs.E(errs.Unavailable, "instance %s is stopping", ev.InstanceID)
+	case r.gone: // failed or shut down: that path announces it
 		r.mu.Unlock()
 		return nil
-	}
-	if r.inst == nil {
+	case r.inst == nil:
+		r.gone, r.released = true, true
 		r.mu.Unlock()
-		return errs.E(errs.Unavailable, "instance %s is still starting", ev.InstanceID)
+		return nil
 	}
 	// Under r.mu, so no ready announcement can write the record back.
 	if err := w.store.DeleteInstance(ctx, r.record.ServiceID, ev.InstanceID); err != nil {
 		r.mu.Unlock()
 		return err
 	}
-	r.gone = true
+	r.gone, r.stopping = true, true
 	inst, rec := r.inst, r.record
 	r.mu.Unlock()
 	w.log.InfoContext(ctx, "instance draining", "instance_id", rec.ID, "service_id", rec.ServiceID, "reason", ev.Reason, "drain", w.drain)
@@ -269,23 +391,65 @@ func (w *Worker) StopInstance(ctx context.Context, ev events.InstanceReleasedV1)
 	if err := inst.Stop(stopCtx); err != nil {
 		w.log.WarnContext(ctx, "stop released instance", "instance_id", rec.ID, "err", err)
 	}
-	w.remove(rec.ID, r)
-	if err := w.pub.Publish(stopCtx, events.InstanceStoppedV1{
+	stopped := events.InstanceStoppedV1{
 		Meta: events.NewMeta(), InstanceID: rec.ID, ServiceID: rec.ServiceID, WorkerID: w.id, Reason: ev.Reason,
-	}); err != nil {
-		return fmt.Errorf("announce stopped instance %s: %w", rec.ID, err)
 	}
-	w.log.InfoContext(ctx, "instance stopped", "instance_id", rec.ID, "service_id", rec.ServiceID, "reason", ev.Reason)
+	r.mu.Lock()
+	r.stopped = &stopped
+	r.mu.Unlock()
+	return w.announceStopped(stopCtx, r, stopped)
+}
+
+// announceStopped publishes a released instance's InstanceStoppedV1 (the
+// same event each time, so JetStream stores it once) and frees its slot
+// once it is stored.
+func (w *Worker) announceStopped(ctx context.Context, r *running, ev events.InstanceStoppedV1) error {
+	if err := w.pub.Publish(ctx, ev); err != nil {
+		return fmt.Errorf("announce stopped instance %s: %w", ev.InstanceID, err)
+	}
+	w.remove(ev.InstanceID, r)
+	w.log.InfoContext(ctx, "instance stopped", "instance_id", ev.InstanceID, "service_id", ev.ServiceID, "reason", ev.Reason)
 	return nil
 }
 
-// takeGPUs reserves n free GPUs; w.mu is held.
-func (w *Worker) takeGPUs(n int) ([]int, error) {
+// memoryOf is the worker memory an instance of placement p takes, once
+// its spec is complete: what its model needs on CPUs when it runs on its
+// engine. The simulator, and a model that runs on GPUs, take none of it;
+// a model whose needs are not known is not counted.
+func memoryOf(p events.InstancePlacedV1, spec engine.Spec) int64 {
+	if p.Model == nil || spec.Engine == "simulator" || spec.GPUs > 0 {
+		return 0
+	}
+	return max(p.Model.MemoryBytes, 0)
+}
+
+// lacksMemory says why the worker cannot give an instance n bytes of its
+// advertised memory, or "" when it can (or advertises none); w.mu is
+// held.
+func (w *Worker) lacksMemory(n int64) string {
+	if w.memory == 0 || n == 0 {
+		return ""
+	}
+	free := w.memory
+	for _, r := range w.instances {
+		free -= r.memory
+	}
+	if n > free {
+		return fmt.Sprintf("needs %s of memory; worker %s has %s free of %s", gib(n), w.id, gib(max(free, 0)), gib(w.memory))
+	}
+	return ""
+}
+
+// gib formats bytes in GiB with one decimal, for people.
+func gib(b int64) string { return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30)) }
+
+// takeGPUs reserves n free GPUs, or says why it cannot; w.mu is held.
+func (w *Worker) takeGPUs(n int) ([]int, string) {
 	if w.gpus == nil || n <= 0 {
-		return nil, nil
+		return nil, ""
 	}
 	if n > len(w.gpus) {
-		return nil, errs.E(errs.Invalid, "needs %d GPUs; worker %s has %d", n, w.id, len(w.gpus))
+		return nil, fmt.Sprintf("needs %d GPUs; worker %s has %d", n, w.id, len(w.gpus))
 	}
 	var free []int
 	for i, taken := range w.gpus {
@@ -294,12 +458,12 @@ func (w *Worker) takeGPUs(n int) ([]int, error) {
 		}
 	}
 	if len(free) < n {
-		return nil, errs.E(errs.Unavailable, "needs %d GPUs; worker %s has %d free", n, w.id, len(free))
+		return nil, fmt.Sprintf("needs %d GPUs; worker %s has %d free", n, w.id, len(free))
 	}
 	for _, i := range free[:n] {
 		w.gpus[i] = true
 	}
-	return free[:n], nil
+	return free[:n], ""
 }
 
 // remove frees the instance's slot and GPUs, if r still holds them.
@@ -322,7 +486,11 @@ func (w *Worker) reannounce(ctx context.Context, r *running) error {
 	if r.gone || r.inst == nil || r.record.Status != state.InstanceReady {
 		return nil // it announces itself once ready
 	}
-	return w.announce(ctx, r.record)
+	if err := w.announce(ctx, r.record); err != nil {
+		return err
+	}
+	r.unannounced = false
+	return nil
 }
 
 func (w *Worker) announce(ctx context.Context, rec state.Instance) error {
@@ -336,10 +504,13 @@ func (w *Worker) announce(ctx context.Context, rec state.Instance) error {
 }
 
 // follow turns the instance's events into its record and announcements
-// until it stops or fails.
+// until it stops or fails. A ready announcement JetStream did not take is
+// tried again, with backoff, until it is taken or the instance changes.
 func (w *Worker) follow(ctx context.Context, r *running) {
 	notReady := time.NewTimer(w.readyTimeout)
 	defer notReady.Stop()
+	var retry <-chan time.Time
+	backoff := w.retry
 	for {
 		select {
 		case ev, ok := <-r.inst.Events():
@@ -349,8 +520,12 @@ func (w *Worker) follow(ctx context.Context, r *running) {
 			switch ev.State {
 			case engine.Ready:
 				notReady.Stop()
-				w.ready(ctx, r, ev.Restarts)
+				backoff = w.retry
+				if !w.ready(ctx, r, ev.Restarts) {
+					retry = time.After(backoff)
+				}
 			case engine.Starting:
+				retry = nil
 				w.restarting(ctx, r, ev.Restarts)
 			case engine.Failed:
 				f := ev.Failure
@@ -360,8 +535,16 @@ func (w *Worker) follow(ctx context.Context, r *running) {
 				w.fail(ctx, r, f, ev.Restarts)
 				return
 			}
+		case <-retry:
+			retry = nil
+			if !w.announceAgain(ctx, r) {
+				backoff = min(2*backoff, 10*w.retry)
+				retry = time.After(backoff)
+			}
 		case <-notReady.C:
 			w.fail(ctx, r, &engine.Failure{Reason: fmt.Sprintf("not ready within %s", w.readyTimeout), ExitCode: -1}, r.restartCount())
+			return
+		case <-w.done:
 			return
 		}
 	}
@@ -374,22 +557,43 @@ func (r *running) restartCount() int {
 }
 
 // ready records the instance as ready and announces it, the first time
-// and after each restart.
-func (w *Worker) ready(ctx context.Context, r *running, restarts int) {
+// and after each restart. It reports false when the announcement is to be
+// tried again.
+func (w *Worker) ready(ctx context.Context, r *running, restarts int) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.gone {
-		return
+		return true
 	}
 	r.restarts = restarts
 	r.record.Status, r.record.UpdatedAt = state.InstanceReady, time.Now().UTC()
 	r.ready = true
 	if err := w.announce(ctx, r.record); err != nil {
-		w.log.WarnContext(ctx, "announce ready instance", "instance_id", r.record.ID, "err", err)
-		return
+		r.unannounced = true
+		w.log.WarnContext(ctx, "announce ready instance; will retry", "instance_id", r.record.ID, "err", err)
+		return false
 	}
+	r.unannounced = false
 	w.log.InfoContext(ctx, "instance ready", "instance_id", r.record.ID, "service_id", r.record.ServiceID,
 		"endpoint", r.record.Endpoint, "restarts", restarts)
+	return true
+}
+
+// announceAgain retries a ready announcement that was not taken; it
+// reports false when it is to be tried again.
+func (w *Worker) announceAgain(ctx context.Context, r *running) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.gone || !r.unannounced || r.record.Status != state.InstanceReady {
+		return true
+	}
+	if err := w.announce(ctx, r.record); err != nil {
+		w.log.WarnContext(ctx, "announce ready instance; will retry", "instance_id", r.record.ID, "err", err)
+		return false
+	}
+	r.unannounced = false
+	w.log.InfoContext(ctx, "instance ready", "instance_id", r.record.ID, "service_id", r.record.ServiceID, "endpoint", r.record.Endpoint)
+	return true
 }
 
 // restarting records a ready instance whose engine crashed as starting, so
@@ -401,6 +605,7 @@ func (w *Worker) restarting(ctx context.Context, r *running, restarts int) {
 		return
 	}
 	r.restarts = restarts
+	r.unannounced = false
 	r.record.Status, r.record.UpdatedAt = state.InstanceStarting, time.Now().UTC()
 	w.log.WarnContext(ctx, "engine crashed; restarting", "instance_id", r.record.ID, "restarts", restarts)
 	if err := w.store.PutInstance(ctx, r.record); err != nil {
@@ -408,9 +613,12 @@ func (w *Worker) restarting(ctx context.Context, r *running, restarts int) {
 	}
 }
 
-// fail publishes InstanceFailedV1, removes the record, stops what is left
-// of the instance and frees its slot. An instance that had been ready is
-// also announced stopped, so consumers that count ready instances recount.
+// fail removes the record of an instance that failed for good, stops what
+// is left of it, publishes InstanceFailedV1 and, for an instance that had
+// been ready, InstanceStoppedV1 (so consumers that count ready instances
+// recount, and billing ends its time), and only then frees its slot. Each
+// step is tried again until it succeeds, or until the worker shuts down,
+// whose own stop announcements then stand in.
 func (w *Worker) fail(ctx context.Context, r *running, f *engine.Failure, restarts int) {
 	r.mu.Lock()
 	if r.gone {
@@ -423,25 +631,46 @@ func (w *Worker) fail(ctx context.Context, r *running, f *engine.Failure, restar
 
 	w.log.ErrorContext(ctx, "instance failed", "instance_id", rec.ID, "service_id", rec.ServiceID, "engine", rec.Engine,
 		"reason", f.Reason, "exit_code", f.ExitCode, "restarts", restarts)
-	if err := w.pub.Publish(ctx, events.InstanceFailedV1{
-		Meta: events.NewMeta(), InstanceID: rec.ID, ServiceID: rec.ServiceID, WorkerID: w.id, Engine: rec.Engine,
-		Reason: f.Reason, ExitCode: f.ExitCode, Restarts: restarts, LogTail: logTail(f.LogTail, events.MaxLogTail),
-	}); err != nil {
-		w.log.WarnContext(ctx, "announce failed instance", "instance_id", rec.ID, "err", err)
-	}
-	if err := w.store.DeleteInstance(ctx, rec.ServiceID, rec.ID); err != nil {
-		w.log.WarnContext(ctx, "remove instance record", "instance_id", rec.ID, "err", err)
+	if !w.until(ctx, "remove instance record", rec.ID, func() error { return w.store.DeleteInstance(ctx, rec.ServiceID, rec.ID) }) {
+		return
 	}
 	if err := r.inst.Stop(ctx); err != nil {
 		w.log.WarnContext(ctx, "stop failed instance", "instance_id", rec.ID, "err", err)
 	}
-	w.remove(rec.ID, r)
+	failed := events.InstanceFailedV1{
+		Meta: events.NewMeta(), InstanceID: rec.ID, ServiceID: rec.ServiceID, WorkerID: w.id, Engine: rec.Engine,
+		Reason: f.Reason, ExitCode: f.ExitCode, Restarts: restarts, LogTail: logTail(f.LogTail, events.MaxLogTail),
+	}
+	if !w.until(ctx, "announce failed instance", rec.ID, func() error { return w.pub.Publish(ctx, failed) }) {
+		return
+	}
 	if wasReady {
-		if err := w.pub.Publish(ctx, events.InstanceStoppedV1{
+		stopped := events.InstanceStoppedV1{
 			Meta: events.NewMeta(), InstanceID: rec.ID, ServiceID: rec.ServiceID, WorkerID: w.id, Reason: "failed: " + f.Reason,
-		}); err != nil {
-			w.log.WarnContext(ctx, "announce stopped instance", "instance_id", rec.ID, "err", err)
 		}
+		if !w.until(ctx, "announce stopped instance", rec.ID, func() error { return w.pub.Publish(ctx, stopped) }) {
+			return
+		}
+	}
+	w.remove(rec.ID, r)
+}
+
+// until runs step until it succeeds, waiting longer after each failure; it
+// reports false when the worker shut down first.
+func (w *Worker) until(ctx context.Context, what, instanceID string, step func() error) bool {
+	backoff := w.retry
+	for {
+		err := step()
+		if err == nil {
+			return true
+		}
+		w.log.WarnContext(ctx, what+"; will retry", "instance_id", instanceID, "err", err)
+		select {
+		case <-w.done:
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*w.retry)
 	}
 }
 
@@ -462,27 +691,40 @@ func logTail(s string, n int) string {
 	return s
 }
 
-// Heartbeat records that the worker is alive and how full it is.
+// Heartbeat records that the worker is alive, how full it is, which
+// instances it holds and which placements it recently refused.
 func (w *Worker) Heartbeat(ctx context.Context) error {
+	now := time.Now()
 	w.mu.Lock()
-	beat := state.Worker{ID: w.id, Capacity: w.capacity, Running: len(w.instances), GPUs: len(w.gpus), Instances: []string{}, BeatAt: time.Now().UTC(),
-		MemoryBytes: w.memory, GPUMemoryBytes: w.gpuMemory}
-	for id := range w.instances {
+	beat := state.Worker{ID: w.id, Capacity: w.capacity, Running: len(w.instances), GPUs: len(w.gpus), Instances: []string{},
+		BeatAt: now.UTC(), Engines: w.engines, MemoryBytes: w.memory, GPUMemoryBytes: w.gpuMemory}
+	for id, r := range w.instances {
 		beat.Instances = append(beat.Instances, id)
+		beat.Held = append(beat.Held, state.Held{InstanceID: id, ServiceID: r.serviceID, GPUs: len(r.devices), MemoryBytes: r.memory})
 	}
 	for _, taken := range w.gpus {
 		if !taken {
 			beat.FreeGPUs++
 		}
 	}
+	w.refusals = slices.DeleteFunc(w.refusals, func(r state.Refusal) bool { return now.Sub(r.At) > RefusalTTL })
+	beat.Refused = slices.Clone(w.refusals)
+	for id, at := range w.released {
+		if now.Sub(at) > ReleasedTTL {
+			delete(w.released, id)
+		}
+	}
 	w.mu.Unlock()
 	slices.Sort(beat.Instances)
+	slices.SortFunc(beat.Held, func(a, b state.Held) int { return strings.Compare(a.InstanceID, b.InstanceID) })
 	return w.store.Beat(ctx, beat)
 }
 
 // Shutdown stops every instance, removes its record and announces it, all
-// instances at once: an engine may take its grace period to stop.
+// instances at once: an engine may take its grace period to stop. An
+// instance stopped already whose announcement is pending is announced now.
 func (w *Worker) Shutdown(ctx context.Context, reason string) {
+	w.shutOnce.Do(func() { close(w.done) })
 	w.mu.Lock()
 	all := w.instances
 	w.instances = map[string]*running{}
@@ -495,10 +737,23 @@ func (w *Worker) Shutdown(ctx context.Context, reason string) {
 		r.mu.Lock()
 		wasGone := r.gone
 		r.gone = true
-		inst, rec := r.inst, r.record
+		inst, rec, pending, wasReady := r.inst, r.record, r.stopped, r.ready
 		r.mu.Unlock()
+		if pending != nil {
+			wg.Go(func() {
+				if err := w.pub.Publish(ctx, *pending); err != nil {
+					w.log.WarnContext(ctx, "announce stopped instance", "instance_id", id, "err", err)
+				}
+			})
+			continue
+		}
 		if wasGone || inst == nil {
-			continue // failed already, or still starting: its start stops it
+			// Failed (its announcements were still being tried: make the
+			// stop known), or still starting (its start stops it).
+			if wasGone && inst != nil && wasReady {
+				wg.Go(func() { w.publishStopped(ctx, id, rec.ServiceID, reason) })
+			}
+			continue
 		}
 		wg.Go(func() {
 			if err := w.store.DeleteInstance(ctx, rec.ServiceID, id); err != nil {
@@ -507,12 +762,16 @@ func (w *Worker) Shutdown(ctx context.Context, reason string) {
 			if err := inst.Stop(ctx); err != nil {
 				w.log.WarnContext(ctx, "stop instance", "instance_id", id, "err", err)
 			}
-			if err := w.pub.Publish(ctx, events.InstanceStoppedV1{
-				Meta: events.NewMeta(), InstanceID: id, ServiceID: rec.ServiceID, WorkerID: w.id, Reason: reason,
-			}); err != nil {
-				w.log.WarnContext(ctx, "announce stopped instance", "instance_id", id, "err", err)
-			}
+			w.publishStopped(ctx, id, rec.ServiceID, reason)
 		})
 	}
 	wg.Wait()
+}
+
+func (w *Worker) publishStopped(ctx context.Context, id, serviceID, reason string) {
+	if err := w.pub.Publish(ctx, events.InstanceStoppedV1{
+		Meta: events.NewMeta(), InstanceID: id, ServiceID: serviceID, WorkerID: w.id, Reason: reason,
+	}); err != nil {
+		w.log.WarnContext(ctx, "announce stopped instance", "instance_id", id, "err", err)
+	}
 }

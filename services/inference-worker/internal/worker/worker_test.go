@@ -105,6 +105,7 @@ type fakeStore struct {
 	beats     []state.Worker
 	putErr    error
 	onDelete  func(key string) // called before a record is deleted, when set
+	unplaced  map[string]bool  // instance IDs whose placement is gone
 }
 
 func newFakeStore() *fakeStore { return &fakeStore{instances: map[string]state.Instance{}} }
@@ -132,6 +133,33 @@ func (f *fakeStore) DeleteInstance(_ context.Context, serviceID, instanceID stri
 	return nil
 }
 
+func (f *fakeStore) Placed(_ context.Context, _, instanceID, _ string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return !f.unplaced[instanceID], nil
+}
+
+// unplace removes an instance's placement, as the scaler would.
+func (f *fakeStore) unplace(instanceID string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.unplaced == nil {
+		f.unplaced = map[string]bool{}
+	}
+	f.unplaced[instanceID] = true
+}
+
+// lastBeat returns the latest heartbeat.
+func (f *fakeStore) lastBeat(t *testing.T) state.Worker {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.beats) == 0 {
+		t.Fatal("no heartbeat")
+	}
+	return f.beats[len(f.beats)-1]
+}
+
 func (f *fakeStore) Beat(_ context.Context, w state.Worker) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -155,17 +183,30 @@ func (f *fakeStore) status(serviceID, instanceID string) string {
 	return f.records()[state.InstanceKey(serviceID, instanceID)].Status
 }
 
-// fakePublisher records events.
+// fakePublisher records events; fail, when set, can refuse one.
 type fakePublisher struct {
 	mu     sync.Mutex
 	events []events.Event
+	fail   func(events.Event) error
 }
 
 func (p *fakePublisher) Publish(_ context.Context, ev events.Event) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.fail != nil {
+		if err := p.fail(ev); err != nil {
+			return err
+		}
+	}
 	p.events = append(p.events, ev)
 	return nil
+}
+
+// failing sets the hook that refuses events.
+func (p *fakePublisher) failing(f func(events.Event) error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.fail = f
 }
 
 func (p *fakePublisher) published() []events.Event {
@@ -357,30 +398,15 @@ func TestStartInstanceRejects(t *testing.T) {
 	errCatalog := errs.E(errs.Invalid, "base model qwen2.5-7b-instruct is not in the catalog")
 	tests := []struct {
 		name     string
-		capacity int // default 2
 		opts     []worker.Option
-		prepare  func(t *testing.T, f fixture)
 		p        events.InstancePlacedV1
 		wantKind errs.Kind
 		wantErr  error
-		starts   int // engine starts expected in all
 	}{
 		{
 			name:     "another worker's placement",
 			p:        func() events.InstancePlacedV1 { p := placement("i-1"); p.WorkerID = "w2"; return p }(),
 			wantKind: errs.Invalid,
-		},
-		{
-			name:     "capacity reached",
-			capacity: 1,
-			prepare: func(t *testing.T, f fixture) {
-				if err := f.start(placement("i-1")); err != nil {
-					t.Fatal(err)
-				}
-			},
-			p:        placement("i-2"),
-			wantKind: errs.Unavailable,
-			starts:   1,
 		},
 		{
 			name:     "unknown base model",
@@ -389,41 +415,10 @@ func TestStartInstanceRejects(t *testing.T) {
 			wantKind: errs.Invalid,
 			wantErr:  errCatalog,
 		},
-		{
-			name: "more GPUs than the worker has",
-			opts: []worker.Option{worker.WithGPUs(1), worker.WithSpecs(func(s engine.Spec) (engine.Spec, error) {
-				s.GPUs = 2
-				return s, nil
-			})},
-			p:        placement("i-1"),
-			wantKind: errs.Invalid,
-		},
-		{
-			name: "no free GPU",
-			opts: []worker.Option{worker.WithGPUs(1), worker.WithSpecs(func(s engine.Spec) (engine.Spec, error) {
-				s.GPUs = 1
-				return s, nil
-			})},
-			prepare: func(t *testing.T, f fixture) {
-				if err := f.start(placement("i-1")); err != nil {
-					t.Fatal(err)
-				}
-			},
-			p:        placement("i-2"),
-			wantKind: errs.Unavailable,
-			starts:   1,
-		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.capacity == 0 {
-				tc.capacity = 2
-			}
-			f := newFixture(t, tc.capacity, tc.opts...)
-			if tc.prepare != nil {
-				tc.prepare(t, f)
-			}
-			eventually(t, "earlier instances are ready", func() bool { return len(f.pub.published()) == tc.starts })
+			f := newFixture(t, 2, tc.opts...)
 			err := f.start(tc.p)
 			if got, want := errs.KindOf(err), tc.wantKind; err == nil || got != want {
 				t.Fatalf("err = %v (kind %v), want %v", err, got, want)
@@ -434,16 +429,86 @@ func TestStartInstanceRejects(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.p.InstanceID) {
 				t.Errorf("error %q does not name the instance", err)
 			}
-			if got, want := len(f.eng.startedSpecs()), tc.starts; got != want {
-				t.Errorf("engine started %d instances, want %d", got, want)
+			if got := len(f.eng.startedSpecs()); got != 0 {
+				t.Errorf("engine started %d instances, want none", got)
 			}
 			if _, ok := f.st.records()[state.InstanceKey(tc.p.ServiceID, tc.p.InstanceID)]; ok {
 				t.Error("the rejected instance was recorded")
 			}
-			if got := len(f.pub.published()); got != tc.starts {
-				t.Errorf("published %d more events, want none", got-tc.starts)
+			if got := len(f.pub.published()); got != 0 {
+				t.Errorf("published %d events, want none", got)
 			}
 		})
+	}
+}
+
+// A placement the worker has no room for is refused: acknowledged (not
+// retried for ever), started nowhere, and listed with its reason in the
+// heartbeat, so the scaler places it elsewhere; the heartbeat is asked for
+// at once.
+func TestStartInstanceRefuses(t *testing.T) {
+	oneGPU := func(n int) worker.Option {
+		return worker.WithSpecs(func(s engine.Spec) (engine.Spec, error) { s.GPUs = n; return s, nil })
+	}
+	tests := []struct {
+		name       string
+		capacity   int
+		opts       []worker.Option
+		first      bool // start i-1 first
+		wantReason string
+	}{
+		{name: "capacity reached", capacity: 1, first: true, wantReason: "worker w1 is full (1 instances)"},
+		{name: "more GPUs than the worker has", capacity: 2, opts: []worker.Option{worker.WithGPUs(1), oneGPU(2)}, wantReason: "needs 2 GPUs; worker w1 has 1"},
+		{name: "no free GPU", capacity: 2, opts: []worker.Option{worker.WithGPUs(1), oneGPU(1)}, first: true, wantReason: "needs 1 GPUs; worker w1 has 0 free"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var told atomic.Int64
+			f := newFixture(t, tc.capacity, append(tc.opts, worker.WithOnRefuse(func() { told.Add(1) }))...)
+			starts := 0
+			if tc.first {
+				if err := f.start(placement("i-1")); err != nil {
+					t.Fatal(err)
+				}
+				starts = 1
+				eventually(t, "i-1 is ready", func() bool { return len(f.pub.published()) == 1 })
+			}
+			if err := f.start(placement("i-2")); err != nil {
+				t.Fatalf("refused placement: %v, want it acknowledged", err)
+			}
+			if got := len(f.eng.startedSpecs()); got != starts {
+				t.Errorf("engine started %d instances, want %d", got, starts)
+			}
+			if _, ok := f.st.records()[state.InstanceKey("s1", "i-2")]; ok {
+				t.Error("the refused instance was recorded")
+			}
+			if told.Load() != 1 {
+				t.Errorf("refusal told %d times, want once", told.Load())
+			}
+			if err := f.w.Heartbeat(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			beat := f.st.lastBeat(t)
+			if len(beat.Refused) != 1 || beat.Refused[0].InstanceID != "i-2" || beat.Refused[0].ServiceID != "s1" || beat.Refused[0].Reason != tc.wantReason {
+				t.Errorf("heartbeat refusals %+v, want i-2 with %q", beat.Refused, tc.wantReason)
+			}
+			if slices.Contains(beat.Instances, "i-2") {
+				t.Errorf("heartbeat lists the refused instance: %v", beat.Instances)
+			}
+		})
+	}
+}
+
+// A placement that no longer stands in the placements bucket (released or
+// failed meanwhile) starts nothing and is acknowledged.
+func TestStartInstanceNoLongerPlaced(t *testing.T) {
+	f := newFixture(t, 2)
+	f.st.unplace("i-1")
+	if err := f.start(placement("i-1")); err != nil {
+		t.Fatalf("StartInstance: %v, want the stale placement acknowledged", err)
+	}
+	if got := len(f.eng.startedSpecs()); got != 0 {
+		t.Fatalf("started %d instances for a placement that no longer stands", got)
 	}
 }
 
@@ -626,8 +691,8 @@ func TestGPUAssignment(t *testing.T) {
 	if got, want := specs[1].Devices, []int{2}; !slices.Equal(got, want) {
 		t.Errorf("i-2 got GPUs %v, want %v", got, want)
 	}
-	if err := f.start(placement("i-3")); errs.KindOf(err) != errs.Unavailable {
-		t.Fatalf("a third instance: %v, want unavailable: no free GPU", err)
+	if err := f.start(placement("i-3")); err != nil || len(f.eng.startedSpecs()) != 2 {
+		t.Fatalf("a third instance: %v, %d started; want it refused: no free GPU", err, len(f.eng.startedSpecs()))
 	}
 	// A failed instance gives its GPUs back.
 	f.eng.started()[0].send(engine.Event{State: engine.Failed, Failure: &engine.Failure{Reason: "x", ExitCode: 1}})
@@ -690,8 +755,9 @@ func TestHeartbeat(t *testing.T) {
 		t.Fatalf("%d beats, want %d", got, want)
 	}
 	wantInstances := [][]string{{}, {"i-1"}, {"i-1", "i-2"}}
+	wantHeld := [][]state.Held{nil, {{InstanceID: "i-1", ServiceID: "s1"}}, {{InstanceID: "i-1", ServiceID: "s1"}, {InstanceID: "i-2", ServiceID: "s1"}}}
 	for i, b := range f.st.beats {
-		want := state.Worker{ID: workerID, Capacity: 3, Running: i, Instances: wantInstances[i], BeatAt: b.BeatAt}
+		want := state.Worker{ID: workerID, Capacity: 3, Running: i, Instances: wantInstances[i], BeatAt: b.BeatAt, Held: wantHeld[i]}
 		if !reflect.DeepEqual(b, want) {
 			t.Errorf("beat %d = %+v, want %+v", i, b, want)
 		}

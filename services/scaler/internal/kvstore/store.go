@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"time"
 
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/state"
@@ -67,8 +68,8 @@ func (s *Store) Loads(ctx context.Context) ([]state.Load, error) {
 
 // Service implements scale.Store.
 func (s *Store) Service(ctx context.Context, id string) (state.Service, error) {
-	if id == "" || strings.ContainsAny(id, ".*> ") {
-		return state.Service{}, errs.E(errs.Invalid, "service id %q is malformed", id)
+	if err := checkID(id); err != nil {
+		return state.Service{}, err
 	}
 	svc, _, err := state.Get[state.Service](ctx, s.services, id)
 	return svc, err
@@ -88,6 +89,43 @@ func (s *Store) LiveWorkers(ctx context.Context) ([]state.Worker, error) {
 // Placements implements scale.Store.
 func (s *Store) Placements(ctx context.Context) ([]state.Placement, error) {
 	return state.List[state.Placement](ctx, s.placements, ">")
+}
+
+// ServicePlacements implements scale.Store: the keys under the service's
+// prefix only.
+func (s *Store) ServicePlacements(ctx context.Context, serviceID string) ([]state.Placement, error) {
+	if err := checkID(serviceID); err != nil {
+		return nil, err
+	}
+	return state.List[state.Placement](ctx, s.placements, serviceID+".*")
+}
+
+// ServiceInstances implements scale.Store: the keys under the service's
+// prefix only.
+func (s *Store) ServiceInstances(ctx context.Context, serviceID string) ([]state.Instance, error) {
+	if err := checkID(serviceID); err != nil {
+		return nil, err
+	}
+	return state.List[state.Instance](ctx, s.instances, serviceID+".*")
+}
+
+func checkID(id string) error {
+	if id == "" || strings.ContainsAny(id, ".*> ") {
+		return errs.E(errs.Invalid, "service id %q is malformed", id)
+	}
+	return nil
+}
+
+// PurgeMarkers removes the delete markers older than olderThan from the
+// placements and instances buckets (the scaler's, and the records of
+// instances it removes for dead workers).
+func (s *Store) PurgeMarkers(ctx context.Context, olderThan time.Duration) error {
+	for _, kv := range []jetstream.KeyValue{s.placements, s.instances} {
+		if err := state.PurgeMarkers(ctx, kv, olderThan); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Place implements scale.Store.

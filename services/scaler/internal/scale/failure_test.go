@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/state"
@@ -86,14 +87,76 @@ func TestInstanceFailed(t *testing.T) {
 		}
 	}
 
-	// The only instance failed: nothing placed.
+	// The only instance failed: its placement stays, marked failed, and
+	// nothing replaces it, the sweep included.
 	st.services["s2"] = service("s2", 1)
 	st.place("s2", "i-only", "w1")
 	ev.ServiceID, ev.InstanceID = "s2", "i-only"
 	if err := s.InstanceFailed(ctx, ev); err != nil {
 		t.Fatal(err)
 	}
-	if got := st.placed("s2"); len(got) != 0 {
-		t.Fatalf("a service with no ready instance left was placed again: %+v", got)
+	if err := s.ReconcileAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got = st.placed("s2")
+	if len(got) != 1 || got[0].InstanceID != "i-only" || got[0].Failed != "crashed" {
+		t.Fatalf("placements %+v, want only i-only, failed", got)
+	}
+	for _, e := range pub.placed() {
+		if e.ServiceID == "s2" {
+			t.Fatalf("placed %+v for a service whose only instance failed", e)
+		}
+	}
+
+	// The owner retries it: the failed placement goes, a new one comes.
+	retried := service("s2", 1)
+	retried.Status, retried.Attempt = state.StatusScaling, 1
+	st.services["s2"] = retried
+	if err := s.ReconcileService(ctx, "s2"); err != nil {
+		t.Fatal(err)
+	}
+	got = st.placed("s2")
+	if len(got) != 1 || got[0].InstanceID == "i-only" || got[0].Failed != "" {
+		t.Fatalf("placements %+v after the retry, want a new one", got)
+	}
+}
+
+// A failed placement stops standing in once another instance of its
+// service is ready (it came back), and when the service is deleted.
+func TestFailedPlacementReplacedWhenServing(t *testing.T) {
+	ctx := context.Background()
+	st, pub := newFakeStore(), &fakePublisher{}
+	st.services["s1"] = service("s1", 2)
+	st.workers = []state.Worker{worker("w1", 4)}
+	st.placements[state.InstanceKey("s1", "i-failed")] = state.Placement{InstanceID: "i-failed", ServiceID: "s1", WorkerID: "w1", Failed: "crashed"}
+	st.place("s1", "i-back", "w1")
+	sc := scale.New(st, pub, quiet)
+	if err := sc.ReconcileService(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(pub.placed()); got != 0 {
+		t.Fatalf("placed %d while nothing serves", got)
+	}
+	st.record("s1", "i-back", "w1", state.InstanceReady, time.Now())
+	if err := sc.ReconcileService(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := placedIDs(st.placed("s1")); len(got) != 2 || slices.Contains(got, "i-failed") {
+		t.Fatalf("placements %v, want i-back and a replacement of i-failed", got)
+	}
+	deleting := service("s1", 2)
+	deleting.Status = state.StatusDeleting
+	st.services["s1"] = deleting
+	st.placements[state.InstanceKey("s1", "i-failed2")] = state.Placement{InstanceID: "i-failed2", ServiceID: "s1", WorkerID: "w1", Failed: "crashed"}
+	if err := sc.ReconcileService(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.placed("s1"); len(got) != 0 {
+		t.Fatalf("placements %+v of a deleting service", got)
+	}
+	for _, ev := range pub.released() {
+		if ev.InstanceID == "i-failed2" {
+			t.Errorf("released the failed placement %s: nothing runs it", ev.InstanceID)
+		}
 	}
 }

@@ -2,85 +2,130 @@ package scale
 
 import (
 	"fmt"
-	"strings"
+	"slices"
 
-	"github.com/modelport/modelport/libs/events"
+	"github.com/modelport/modelport/libs/catalog"
 	"github.com/modelport/modelport/libs/state"
 )
 
-// need is what one instance of a model takes from a worker besides a
-// slot: memory for a model that runs on CPUs, GPU memory over its GPUs
-// for one that runs on GPUs. Zero is not known, and not checked.
-type need struct {
-	memory    int64
-	gpus      int
-	gpuMemory int64
+// Need is what one instance takes from the worker that runs it, besides a
+// slot: GPUs and the memory over them for a model that runs on GPUs, or
+// memory for one that runs on CPUs. Zero is none, or not known, and not
+// checked. A resource added here is reckoned in needOn, counted in Room
+// and checked in fits.
+type Need struct {
+	GPUs int
+	// Memory is the worker memory an instance on CPUs takes.
+	Memory int64
+	// GPUMemory is the memory an instance on GPUs needs over all of them.
+	GPUMemory int64
+	// SimMemory is, for a model on CPUs that the worker runs on the
+	// simulator (it may not run the model's engine), the memory the model
+	// takes on its engine. The simulator takes none of it, so none is
+	// reserved (the worker's heartbeat holds none either), but the worker
+	// must have that much in all: placement on the simulator stands in
+	// for placement on the engine, and a model that fits no worker stays
+	// pending and says so.
+	SimMemory int64
 }
 
-// needOf is what an instance of the model needs; a service from before
-// services carried their model needs nothing that can be checked.
-func needOf(m *events.ModelSpec) need {
-	if m == nil {
-		return need{}
+// Room is what a live worker has left, as the scaler reckons it: its last
+// heartbeat's free slots, GPUs and memory, less what the placements made
+// since take that the heartbeat does not list yet.
+type Room struct {
+	Worker state.Worker
+	Slots  int
+	GPUs   int
+	// Memory is left of the worker's advertised memory; meaningless when
+	// the worker advertises none (Worker.MemoryBytes 0).
+	Memory int64
+}
+
+// newRoom reckons a worker's room from its heartbeat.
+func newRoom(w state.Worker) *Room {
+	r := &Room{Worker: w, Slots: w.Capacity - len(w.Instances), GPUs: w.FreeGPUs, Memory: w.MemoryBytes}
+	for _, h := range w.Held {
+		r.Memory -= h.MemoryBytes
 	}
-	return need{memory: m.MemoryBytes, gpus: m.GPUs, gpuMemory: m.GPUMemoryBytes}
+	return r
 }
 
-// usedMemory is the memory a placement holds on its worker: what its
-// model needs when it runs on CPUs.
-func usedMemory(p state.Placement) int64 {
-	if n := needOf(p.Model); n.gpus == 0 {
-		return n.memory
-	}
-	return 0
+// take counts an instance needing n against the room.
+func (r *Room) take(n Need) {
+	r.Slots--
+	r.GPUs -= n.GPUs
+	r.Memory -= n.Memory
 }
 
-// fits says what is missing for an instance needing n on worker w, whose
-// placed instances hold used bytes of its memory; "" when it fits. A
-// worker that does not advertise its memory takes anything, as do GPUs
-// it does not have: the worker then runs the instance on the simulator.
-func fits(w state.Worker, n need, used int64) string {
-	if n.gpus == 0 {
-		if n.memory > 0 && w.MemoryBytes > 0 && n.memory > w.MemoryBytes-used {
-			return fmt.Sprintf("%s free of %s", gib(max(w.MemoryBytes-used, 0)), gib(w.MemoryBytes))
+// needOn returns what an instance of svc needs on worker w. A worker runs
+// a model on its engine only if it may run that engine and has the GPUs
+// the model needs; else it runs it on the simulator (inference-worker's
+// app decides the same way), which needs no GPUs and reserves no memory,
+// though a model on CPUs must fit the worker's memory (SimMemory). What the model needs
+// comes from the service's model spec, or, for a service from before
+// services carried one, from the catalog, which knows its GPUs. A model
+// neither knows needs nothing: the worker refuses it, if it must.
+func needOn(cat *catalog.Catalog, svc state.Service, w state.Worker) Need {
+	var n Need
+	var eng string
+	switch m := svc.Model; {
+	case m != nil:
+		eng, n = m.Engine, Need{GPUs: m.GPUs, Memory: m.MemoryBytes, GPUMemory: m.GPUMemoryBytes}
+	default:
+		c, ok := cat.Lookup(svc.BaseModel)
+		if !ok {
+			return Need{}
 		}
-		return ""
+		eng, n = c.Engine, Need{GPUs: c.GPUs}
 	}
-	if n.gpuMemory > 0 && w.GPUs >= n.gpus && w.GPUMemoryBytes > 0 {
-		if perGPU := (n.gpuMemory + int64(n.gpus) - 1) / int64(n.gpus); perGPU > w.GPUMemoryBytes {
-			return fmt.Sprintf("%s per GPU", gib(w.GPUMemoryBytes))
+	if !slices.Contains(w.Engines, eng) || n.GPUs > w.GPUs {
+		if n.GPUs == 0 {
+			return Need{SimMemory: n.Memory} // the simulator
 		}
+		return Need{} // the simulator, for a model it has not the GPUs for
 	}
-	return ""
+	if n.GPUs > 0 {
+		n.Memory = 0
+	} else {
+		n.GPUMemory = 0
+	}
+	return n
 }
 
-// fitting returns the workers an instance needing n fits on and, when it
-// fits on none, a reason for the service's status that says what was
-// missing and where.
-func fitting(workers []state.Worker, n need, used map[string]int64) ([]state.Worker, string) {
-	var ok []state.Worker
-	var short []string
-	for _, w := range workers {
-		if why := fits(w, n, used[w.ID]); why != "" {
-			short = append(short, w.ID+": "+why)
-			continue
-		}
-		ok = append(ok, w)
+// shortage says what a worker with room r lacks for one more instance
+// that needs n there.
+type shortage int
+
+const (
+	enough shortage = iota
+	noSlot
+	fewGPUs
+	littleMemory
+	smallGPUs
+)
+
+// fits reports whether a worker with room r can take one more instance
+// that needs n there, and if not, what it lacks and why, in words the
+// service's status reason can carry. A worker that does not advertise its
+// memory takes any memory.
+func fits(r Room, n Need) (shortage, string) {
+	w := r.Worker
+	switch {
+	case r.Slots < 1:
+		return noSlot, fmt.Sprintf("worker %s is full", w.ID)
+	case n.GPUs > r.GPUs:
+		return fewGPUs, fmt.Sprintf("worker %s has %d of the %d GPUs an instance needs free", w.ID, max(r.GPUs, 0), n.GPUs)
+	case n.Memory > 0 && w.MemoryBytes > 0 && n.Memory > r.Memory,
+		n.SimMemory > 0 && w.MemoryBytes > 0 && n.SimMemory > w.MemoryBytes:
+		return littleMemory, fmt.Sprintf("%s: %s free of %s", w.ID, gib(max(r.Memory, 0)), gib(w.MemoryBytes))
+	case n.GPUs > 0 && n.GPUMemory > 0 && w.GPUMemoryBytes > 0 && perGPU(n) > w.GPUMemoryBytes:
+		return smallGPUs, fmt.Sprintf("%s: %s per GPU", w.ID, gib(w.GPUMemoryBytes))
 	}
-	if len(ok) > 0 || len(short) == 0 {
-		return ok, ""
-	}
-	what := "an instance needs " + gib(n.memory) + " of memory"
-	if n.gpus > 0 {
-		what = fmt.Sprintf("an instance needs %s of GPU memory over %d GPU(s)", gib(n.gpuMemory), n.gpus)
-	}
-	const most = 3
-	where := short
-	if len(where) > most {
-		where = append(where[:most:most], fmt.Sprintf("%d more", len(short)-most))
-	}
-	return nil, fmt.Sprintf("no worker has the memory: %s (%s)", what, strings.Join(where, "; "))
+	return enough, ""
 }
+
+// perGPU is the memory an instance needs on each of its GPUs.
+func perGPU(n Need) int64 { return (n.GPUMemory + int64(n.GPUs) - 1) / int64(n.GPUs) }
 
 // gib formats bytes in GiB with one decimal, for people.
 func gib(b int64) string { return fmt.Sprintf("%.1f GiB", float64(b)/(1<<30)) }

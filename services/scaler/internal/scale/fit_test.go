@@ -27,9 +27,11 @@ func modelService(id string, instances int, gpus int, memory int64) state.Servic
 	return s
 }
 
+// memWorker is a worker that runs Ollama on CPUs with memory GiB for its
+// instances.
 func memWorker(id string, capacity int, memory int64) state.Worker {
 	w := worker(id, capacity)
-	w.MemoryBytes = memory * gib
+	w.MemoryBytes, w.Engines = memory*gib, []string{"ollama"}
 	return w
 }
 
@@ -88,7 +90,8 @@ func TestPlacementFitsMemory(t *testing.T) {
 
 // TestPlacementFitsUnknownsAnywhere: what the scaler cannot know it does
 // not check: a service without a model spec, a model without an estimate,
-// a worker that does not advertise its memory.
+// a worker that does not advertise its memory (nor, here, run Ollama: it
+// would run the model on the simulator).
 func TestPlacementFitsUnknownsAnywhere(t *testing.T) {
 	st, pub := newFakeStore(), &fakePublisher{}
 	st.workers = []state.Worker{memWorker("w1", 8, 1), worker("old", 8)}
@@ -118,7 +121,7 @@ func TestPlacementFitsUnknownsAnywhere(t *testing.T) {
 func TestPlacementFitsGPUMemory(t *testing.T) {
 	st, pub := newFakeStore(), &fakePublisher{}
 	gpu := worker("gpu", 8)
-	gpu.GPUs, gpu.FreeGPUs, gpu.GPUMemoryBytes = 2, 2, 24*gib
+	gpu.GPUs, gpu.FreeGPUs, gpu.GPUMemoryBytes, gpu.Engines = 2, 2, 24*gib, []string{"ollama"}
 	st.workers = []state.Worker{gpu}
 	// 60 GiB over 2 GPUs is 30 per GPU: more than 24.
 	svc := modelService("s1", 1, 2, 60)
@@ -139,5 +142,61 @@ func TestPlacementFitsGPUMemory(t *testing.T) {
 	st.workers = append(st.workers, worker("cpu", 8))
 	if err := s.ReconcileService(context.Background(), svc.ID); err != nil || len(st.placed(svc.ID)) != 1 || st.placed(svc.ID)[0].WorkerID != "cpu" {
 		t.Errorf("a worker without GPUs takes it: %v, %+v", err, st.placed(svc.ID))
+	}
+}
+
+// TestPlacementCountsHeldMemory: the memory a worker's heartbeat says its
+// instances hold is not free; a worker that would run the model on the
+// simulator (it does not run the model's engine) reserves none of it, but
+// must have the model's memory in all; and a GPU model needs the GPUs as
+// well as their memory.
+func TestPlacementCountsHeldMemory(t *testing.T) {
+	st, pub := newFakeStore(), &fakePublisher{}
+	busy := memWorker("busy", 8, 16)
+	busy.Instances = []string{"other"}
+	busy.Held = []state.Held{{InstanceID: "other", ServiceID: "s0", MemoryBytes: 12 * gib}}
+	st.workers = []state.Worker{busy}
+	svc := modelService("s1", 1, 0, 8)
+	st.services[svc.ID] = svc
+	s := scale.New(st, pub, quiet)
+	if err := s.ReconcileService(context.Background(), svc.ID); errs.KindOf(err) != errs.Unavailable {
+		t.Fatalf("ReconcileService = %v, want unavailable: 4 of 16 GiB free", err)
+	}
+	if failed := pub.placementFailures(); len(failed) != 1 || !strings.Contains(failed[0].Reason, "busy: 4.0 GiB free of 16.0 GiB") {
+		t.Errorf("placement failures %+v", failed)
+	}
+
+	small := worker("small", 8)
+	small.MemoryBytes = gib // runs no Ollama, but could not hold the model
+	st.workers = append(st.workers, small)
+	if err := s.ReconcileService(context.Background(), svc.ID); errs.KindOf(err) != errs.Unavailable {
+		t.Fatalf("ReconcileService = %v, want unavailable: 8 GiB fit neither worker", err)
+	}
+	if failed := pub.placementFailures(); !strings.Contains(failed[len(failed)-1].Reason, "small: 1.0 GiB free of 1.0 GiB") {
+		t.Errorf("reason %q, want the small worker's memory", failed[len(failed)-1].Reason)
+	}
+	// Simulated instances hold none of its memory: it has the 8 GiB.
+	sim := worker("sim", 8)
+	sim.MemoryBytes, sim.Instances = 8*gib, []string{"simulated"}
+	sim.Held = []state.Held{{InstanceID: "simulated", ServiceID: "s0"}}
+	st.workers = append(st.workers, sim)
+	if err := s.ReconcileService(context.Background(), svc.ID); err != nil {
+		t.Fatal(err)
+	}
+	if ps := st.placed(svc.ID); len(ps) != 1 || ps[0].WorkerID != "sim" {
+		t.Errorf("placed %+v, want on sim, which runs it on the simulator", ps)
+	}
+
+	gpuSvc := modelService("s2", 1, 2, 16)
+	st.services[gpuSvc.ID] = gpuSvc
+	few := worker("few", 8)
+	few.GPUs, few.FreeGPUs, few.GPUMemoryBytes, few.Engines = 2, 1, 24*gib, []string{"ollama"}
+	st.workers = []state.Worker{few}
+	if err := s.ReconcileService(context.Background(), gpuSvc.ID); errs.KindOf(err) != errs.Unavailable {
+		t.Fatalf("ReconcileService = %v, want unavailable: one of two GPUs free", err)
+	}
+	failed := pub.placementFailures()
+	if last := failed[len(failed)-1]; !strings.Contains(last.Reason, "no worker has 2 free GPUs") {
+		t.Errorf("reason %q, want the missing GPU", last.Reason)
 	}
 }

@@ -88,7 +88,10 @@ func (c *clock) advance(d time.Duration) {
 func TestReconcileServiceScalesDown(t *testing.T) {
 	st, pub := newFakeStore(), &fakePublisher{}
 	st.services["s1"] = service("s1", 1)
-	st.workers = []state.Worker{worker("w1", 10), worker("w2", 10)}
+	w1, w2 := worker("w1", 10), worker("w2", 10)
+	w1.Instances = []string{"i-a", "i-c"}
+	w2.Instances = []string{"i-b", "i-d", "i-o1", "i-o2"}
+	st.workers = []state.Worker{w1, w2}
 	t0 := time.Now().UTC().Add(-time.Minute)
 	// w1: a (ready), c (starting); w2: b (ready), d (ready, newer), and two
 	// of another service, so w2 is the most loaded.
@@ -103,7 +106,8 @@ func TestReconcileServiceScalesDown(t *testing.T) {
 	st.record("s1", "i-b", "w2", state.InstanceReady, t0)
 	st.record("s1", "i-d", "w2", state.InstanceReady, t0)
 
-	if err := scale.New(st, pub, quiet).ReconcileService(context.Background(), "s1"); err != nil {
+	sc := scale.New(st, pub, quiet)
+	if err := sc.ReconcileService(context.Background(), "s1"); err != nil {
 		t.Fatalf("ReconcileService: %v", err)
 	}
 	evs := pub.released()
@@ -135,12 +139,28 @@ func TestReconcileServiceScalesDown(t *testing.T) {
 		t.Error("the scaler removed a live worker's instance record")
 	}
 
-	// Nothing more to do the second time.
-	if err := scale.New(st, pub, quiet).ReconcileService(context.Background(), "s1"); err != nil {
+	// Nothing more to do the second time, while the workers drain them.
+	if err := sc.ReconcileService(context.Background(), "s1"); err != nil {
 		t.Fatal(err)
 	}
 	if got := len(pub.released()); got != 3 {
 		t.Errorf("second reconcile released again: %d events", got)
+	}
+	// A new scaler (another leader) whose workers still hold them releases
+	// them again, as instances without a placement; once the workers have
+	// stopped them, nothing.
+	if err := scale.New(st, pub, quiet).ReconcileService(context.Background(), "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := releasedIDs(pub.released()[3:]); len(got) != 3 {
+		t.Errorf("a new scaler released %v, want the 3 still held", got)
+	}
+	st.workers[0].Instances, st.workers[1].Instances = []string{"i-a"}, []string{"i-o1", "i-o2"}
+	if err := scale.New(st, pub, quiet).ReconcileService(context.Background(), "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(pub.released()); got != 6 {
+		t.Errorf("released %d in all once the workers stopped them, want 6", got)
 	}
 }
 
@@ -383,32 +403,39 @@ func TestReconcileKeepsUnseenWorker(t *testing.T) {
 	}
 }
 
+// A release whose announcement failed leaves the placement removed: its
+// worker then holds the instance without a placement, and the next
+// reconcile releases it as an orphan.
 func TestReleasePublishFailure(t *testing.T) {
 	st, pub := newFakeStore(), &fakePublisher{failOn: []int{1}}
 	st.services["s1"] = service("s1", 1)
-	st.workers = []state.Worker{worker("w1", 10)}
+	w := worker("w1", 10)
+	w.Held = []state.Held{{InstanceID: "i-1", ServiceID: "s1"}, {InstanceID: "i-2", ServiceID: "s1"}}
+	w.Instances = []string{"i-1", "i-2"}
+	st.workers = []state.Worker{w}
 	st.place("s1", "i-1", "w1")
 	st.place("s1", "i-2", "w1")
+	sc := scale.New(st, pub, quiet)
 
-	err := scale.New(st, pub, quiet).ReconcileService(context.Background(), "s1")
+	err := sc.ReconcileService(context.Background(), "s1")
 	if !errors.Is(err, errPublish) {
 		t.Fatalf("err = %v, want the publish error", err)
 	}
-	if got := placedIDs(st.placed("s1")); !slices.Equal(got, []string{"i-1", "i-2"}) {
-		t.Errorf("placed %v, want both: the unannounced release put back", got)
+	if got := len(st.placed("s1")); got != 1 {
+		t.Errorf("placed %d, want 1", got)
 	}
 	if got := pub.released(); len(got) != 0 {
 		t.Errorf("released %v", got)
 	}
-
-	if err := scale.New(st, pub, quiet).ReconcileService(context.Background(), "s1"); err != nil {
+	if err := sc.ReconcileService(context.Background(), "s1"); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := len(st.placed("s1")), 1; got != want {
 		t.Errorf("after retry %d placements, want %d", got, want)
 	}
-	if got, want := len(pub.released()), 1; got != want {
-		t.Errorf("after retry %d releases, want %d", got, want)
+	rel := pub.released()
+	if len(rel) != 1 || rel[0].Reason != "runs without a placement" {
+		t.Errorf("after retry released %+v, want the orphan released", rel)
 	}
 }
 

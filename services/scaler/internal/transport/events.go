@@ -60,3 +60,44 @@ func Sweep(ctx context.Context, s *scale.Scaler, every time.Duration, log *slog.
 		}
 	}
 }
+
+// Purger removes old delete markers; kvstore.Store implements it.
+type Purger interface {
+	PurgeMarkers(ctx context.Context, olderThan time.Duration) error
+}
+
+// Tidy purges the delete markers older than retention each interval until
+// ctx ends.
+func Tidy(ctx context.Context, p Purger, every, retention time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := p.PurgeMarkers(ctx, retention); err != nil && ctx.Err() == nil {
+				log.WarnContext(ctx, "purge delete markers", "err", err)
+			}
+		}
+	}
+}
+
+// Retry calls f until it succeeds or ctx ends, waiting a little longer
+// after each failure: setting up consumers while NATS restarts.
+func Retry(ctx context.Context, what string, log *slog.Logger, f func() error) error {
+	wait := 100 * time.Millisecond
+	for {
+		err := f()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		log.WarnContext(ctx, what, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
