@@ -283,6 +283,11 @@ func TestOllamaEndToEnd(t *testing.T) {
 	var svc modelService
 	if s := call(t, "POST", p.BaseURL+"/api/v1/services", testAdminKey, map[string]any{
 		"name": "tiny", "base_model": models.base.Name, "task": "text-generation", "instances": 2,
+		// Each Ollama here answers one request at a time: concurrent
+		// streams spread evenly, so that a worker killed mid-stream finds
+		// one of them running (prefix affinity may put three of four on
+		// one instance, whose queue then outlasts the other's streams).
+		"routing_policy": "least-outstanding",
 	}, &svc); s != http.StatusCreated {
 		t.Fatalf("create: status %d (%+v)", s, svc)
 	}
@@ -542,8 +547,18 @@ func TestOllamaEndToEnd(t *testing.T) {
 			t.Fatalf("%d streams cut with an error event, %d whole; want some of each (%+v)", broken, whole, results)
 		}
 		t.Logf("%d streams cut by the kill with an error event, %d whole", broken, whole)
-		// The survivor answers.
-		r := streamChatBody(context.Background(), http.DefaultClient, p.BaseURL, body(99), nil)
+		// The survivor answers. Until the router has taken the dead
+		// instance out of rotation a request may be refused with 503 and
+		// Retry-After, which is not billed: a client retries it.
+		var r streamResult
+		for try := 0; ; try++ {
+			r = streamChatBody(context.Background(), http.DefaultClient, p.BaseURL, body(99), nil)
+			if r.status != http.StatusServiceUnavailable || try == 5 {
+				break
+			}
+			t.Logf("after the kill: 503 %q; retrying", r.errMessage)
+			time.Sleep(time.Second)
+		}
 		if r.status != 200 || !r.done || r.errMessage != "" {
 			t.Fatalf("after the kill: %+v", r)
 		}
