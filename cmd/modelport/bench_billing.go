@@ -121,7 +121,14 @@ func runBillingBench(ctx context.Context, n int, profile string) (billingBench, 
 		return r, err
 	}
 	defer bus.Close()
-	cfg, err := billing.ConfigFromEnv(func(string) string { return "" })
+	// Billing's defaults, but for the batch settings when they are set
+	// here, to compare others.
+	cfg, err := billing.ConfigFromEnv(func(k string) string {
+		if strings.HasPrefix(k, "MODELPORT_BILLING_BATCH") {
+			return os.Getenv(k)
+		}
+		return ""
+	})
 	if err != nil {
 		return r, err
 	}
