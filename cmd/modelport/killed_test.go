@@ -71,16 +71,20 @@ func TestFaultPlatformKilledUnderLoad(t *testing.T) {
 	c.procs["modelport"].kill(t)
 	<-done
 	before := first.report(killedAt)
-	t.Logf("before the kill: %s", before)
+	t.Logf("before the kill: %d requests answered, %d in flight at the kill, %d failed", len(before.answered), len(before.unknown), len(before.failures))
 
 	// The same data folder, started again: the service runs again and
 	// takes traffic.
 	c.procs["modelport-2"] = startProc(t, "modelport-2", bin, env, "up")
 	c.urls["modelport-2"] = base
 	c.waitHealthy(t, "modelport-2")
+	// Probes until the service answers again; a probe refused meanwhile
+	// must not be billed, one answered must be.
+	probe := newLoadGen(svc.AccessName, base)
 	eventually(t, 60*time.Second, "the service answers after the restart", func() error {
-		if s := c.chat(t, svc.AccessName); s != 200 {
-			return fmt.Errorf("status %d", s)
+		probe.send(context.Background(), fmt.Sprintf("probe-%d", time.Now().UnixNano()), 8)
+		if probe.answeredCount() == 0 {
+			return fmt.Errorf("%d probes refused", len(probe.failures))
 		}
 		return nil
 	})
@@ -98,9 +102,11 @@ func TestFaultPlatformKilledUnderLoad(t *testing.T) {
 	cancel()
 	<-done
 	after := second.report(time.Now())
+	t.Logf("after the restart: %d requests answered, %d failed", len(after.answered), len(after.failures))
 
 	rep := loadReport{answered: maps.Clone(before.answered), unknown: before.unknown}
 	maps.Copy(rep.answered, after.answered)
+	maps.Copy(rep.answered, probe.answered)
 	for _, f := range append(before.failures, after.failures...) {
 		t.Errorf("request refused or failed while the platform ran: %s", f)
 	}
@@ -123,14 +129,14 @@ func waitBilled(t *testing.T, chAddr, chDB, serviceID string, rep loadReport, wi
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	ids := make([]string, 0, len(rep.answered))
+	ids := make([]any, 0, len(rep.answered))
 	for id := range rep.answered {
 		ids = append(ids, id)
 	}
 	eventually(t, within, "every answered request billed", func() error {
 		var n uint64
 		if err := conn.QueryRow(context.Background(), "SELECT uniqExact(request_id) FROM "+chDB+".usage_events WHERE service_id = ? AND request_id IN ?",
-			serviceID, ids).Scan(&n); err != nil {
+			serviceID, clickhouse.GroupSet{Value: ids}).Scan(&n); err != nil {
 			return err
 		}
 		if n < uint64(len(ids)) {
