@@ -53,6 +53,11 @@ func TestFaultPlatformKilledUnderLoad(t *testing.T) {
 	c.urls["modelport"] = base
 	c.waitHealthy(t, "modelport")
 	svc := c.deploy(t, "killed", 2)
+	// Billing takes traffic once it has migrated ClickHouse: a request it
+	// has billed says so.
+	probe := newLoadGen(svc.AccessName, base)
+	answerProbe(t, probe)
+	waitBilled(t, chAddr, chDB, svc.ID, loadReport{answered: probe.answered}, 2*time.Minute)
 
 	// Clients send requests until the moment of the kill; the requests in
 	// flight then get no answer.
@@ -78,16 +83,7 @@ func TestFaultPlatformKilledUnderLoad(t *testing.T) {
 	c.procs["modelport-2"] = startProc(t, "modelport-2", bin, env, "up")
 	c.urls["modelport-2"] = base
 	c.waitHealthy(t, "modelport-2")
-	// Probes until the service answers again; a probe refused meanwhile
-	// must not be billed, one answered must be.
-	probe := newLoadGen(svc.AccessName, base)
-	eventually(t, 60*time.Second, "the service answers after the restart", func() error {
-		probe.send(context.Background(), fmt.Sprintf("probe-%d", time.Now().UnixNano()), 8)
-		if probe.answeredCount() == 0 {
-			return fmt.Errorf("%d probes refused", len(probe.failures))
-		}
-		return nil
-	})
+	answerProbe(t, probe)
 	second := newLoadGen(svc.AccessName, base)
 	second.prefix = "after"
 	ctx, cancel := context.WithCancel(context.Background())
@@ -117,6 +113,21 @@ func TestFaultPlatformKilledUnderLoad(t *testing.T) {
 	// consumer's ack wait (a minute) from the restarted platform.
 	waitBilled(t, chAddr, chDB, svc.ID, rep, 3*time.Minute)
 	checkBilled(t, chAddr, chDB, svc.ID, rep)
+}
+
+// answerProbe sends requests through probe until one more is answered.
+// Those refused meanwhile (the platform still starting) must not be
+// billed; those answered must be.
+func answerProbe(t *testing.T, probe *loadGen) {
+	t.Helper()
+	want := probe.answeredCount() + 1
+	eventually(t, 60*time.Second, "the service answers", func() error {
+		probe.send(context.Background(), fmt.Sprintf("probe-%d", time.Now().UnixNano()), 8)
+		if probe.answeredCount() < want {
+			return fmt.Errorf("probe refused")
+		}
+		return nil
+	})
 }
 
 // waitBilled waits until ClickHouse holds usage for every request in
