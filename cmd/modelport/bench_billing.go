@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -28,6 +29,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
+
+// lagPoll is how often the lag measurement looks for new events in
+// ClickHouse: often enough to see lags of a second, seldom enough not to
+// take the CPU the pipeline needs.
+const lagPoll = 20 * time.Millisecond
 
 // billingCopies is the share of usage events the billing benchmark makes
 // billing read twice: one in ten.
@@ -57,7 +63,7 @@ func benchBilling(ctx context.Context, n int, profile string) string {
 		r.batch, r.wait, r.version, billingCopies)
 	b.WriteString("Throughput: a burst published as fast as JetStream takes it (encoded beforehand, as each router encodes its own), timed from the first publish until ClickHouse holds every event ID; " +
 		"then the stored usage is checked: every event ID once, and the tokens of the events collapsed by ID equal to what was published. ")
-	b.WriteString("Lag: events then published at a steady rate; for each, the time from its publish until a query finds it in ClickHouse (polled continuously).\n\n")
+	fmt.Fprintf(&b, "Lag: events then published at a steady rate; for each, the time from its publish until a query finds it in ClickHouse (polled every %s).\n\n", lagPoll)
 	b.WriteString("| measure | events | result |\n|---|---:|---:|\n")
 	fmt.Fprintf(&b, "| sustained throughput, first publish to last stored | %d (+%d again) | **%.0f events/s** |\n", r.burst, r.copies, r.rate)
 	fmt.Fprintf(&b, "| exact: event IDs stored / tokens stored (collapsed by ID) / rows in `usage_events` before merges | %d | %d / %d / %d |\n", r.burst, r.distinct, r.tokens, r.rows)
@@ -65,9 +71,16 @@ func benchBilling(ctx context.Context, n int, profile string) string {
 		fmt.Fprintf(&b, "| lag at %.0f events/s (%s of the sustained rate): p50 / p99 / max | %d | %s / %s / %s |\n",
 			l.rate, l.share, l.events, ms(l.p50), ms(l.p99), ms(l.max))
 	}
-	fmt.Fprintf(&b, "\nCPU time during the throughput run: %.1f s in this process (billing, the embedded NATS server and the publisher) and %.1f s in ClickHouse, over %.1f s. "+
-		"Load average (1 minute) when the section started: %s; when it ended: %s (the machine is shared; 2 CPUs).\n",
-		r.cpuSelf.Seconds(), r.cpuClickHouse.Seconds(), r.elapsed.Seconds(), load, loadAverage())
+	events := float64(r.burst + r.copies)
+	fmt.Fprintf(&b, "\nCPU time during the throughput run: %.1f s in this process (billing, the embedded NATS server and the publisher) and %.1f s in ClickHouse, over %.1f s: "+
+		"%.0f µs and %.0f µs per event delivered, so on %d idle CPUs this pipeline would take at most about %.0f events/s. "+
+		"Load average (1 minute) when the section started: %s; when it ended: %s.\n",
+		r.cpuSelf.Seconds(), r.cpuClickHouse.Seconds(), r.elapsed.Seconds(),
+		r.cpuSelf.Seconds()/events*1e6, r.cpuClickHouse.Seconds()/events*1e6,
+		runtime.NumCPU(), float64(runtime.NumCPU())*float64(r.burst)/(r.cpuSelf+r.cpuClickHouse).Seconds(), load, loadAverage())
+	b.WriteString("\nBefore billing's pipeline was reworked (one batch of 500 at a time, each looked up in ClickHouse before its insert), " +
+		"this section measured 6,967 events/s sustained, with p99 lag 933 ms at half that rate, on the same 2-CPU machine at load 3 to 8, " +
+		"using 164 µs of CPU per event (68 µs in this process, 96 µs in ClickHouse).\n")
 	return b.String()
 }
 
@@ -354,7 +367,7 @@ func measureLag(ctx context.Context, pub *benchPublisher, conn driver.Conn, m in
 		if now.After(deadline) {
 			return billingLag{}, fmt.Errorf("%d of %d events stored in time", seen, m)
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(lagPoll)
 	}
 	if !pubDone {
 		if err := <-errc; err != nil {
