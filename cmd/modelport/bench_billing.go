@@ -315,9 +315,12 @@ func measureLag(ctx context.Context, pub *benchPublisher, conn driver.Conn, m in
 		}
 		errc <- pub.wait(ctx)
 	}()
-	// Each query reads from the oldest event not yet seen on, narrowed
-	// by the sorting key (service, time) to the last few seconds.
-	seen := 0
+	// Each query asks only for the events not seen yet: the gaps between
+	// the oldest unseen and the newest seen (batches stored out of order)
+	// and everything after, narrowed by the sorting key (service, time) to
+	// the last few seconds. So polling costs little however far behind
+	// one event is.
+	seen, newest := 0, -1
 	deadline := time.Now().Add(time.Duration(float64(m)/rate*float64(time.Second)) + 5*time.Minute)
 	var pubErr error
 	pubDone := false
@@ -336,8 +339,26 @@ func measureLag(ctx context.Context, pub *benchPublisher, conn driver.Conn, m in
 		if t := published[seen].Load(); t != 0 {
 			from = time.Unix(0, t)
 		}
-		rows, err := conn.Query(ctx, "SELECT request_id FROM bench.usage_events WHERE service_id = ? AND occurred_at >= toDateTime(?) AND request_id >= ?",
-			service, from.Add(-2*time.Second).Unix(), benchRequestID(seq+seen))
+		ranges := []string{"request_id >= ?"}
+		args := []any{service, from.Add(-2 * time.Second).Unix(), benchRequestID(seq + max(seen, newest+1))}
+		for i := seen; i < newest && len(ranges) < 50; {
+			if !visible[i].IsZero() {
+				i++
+				continue
+			}
+			j := i
+			for j < newest && visible[j].IsZero() {
+				j++
+			}
+			ranges = append(ranges, "(request_id >= ? AND request_id < ?)")
+			args = append(args, benchRequestID(seq+i), benchRequestID(seq+j))
+			i = j
+		}
+		if len(ranges) == 50 {
+			ranges, args = ranges[:1], append(args[:2], benchRequestID(seq+seen))
+		}
+		rows, err := conn.Query(ctx, "SELECT request_id FROM bench.usage_events WHERE service_id = ? AND occurred_at >= toDateTime(?) AND ("+
+			strings.Join(ranges, " OR ")+")", args...)
 		if err != nil {
 			return billingLag{}, err
 		}
@@ -356,6 +377,7 @@ func measureLag(ctx context.Context, pub *benchPublisher, conn driver.Conn, m in
 			if visible[i-seq].IsZero() {
 				visible[i-seq] = now
 			}
+			newest = max(newest, i-seq)
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
