@@ -10,11 +10,15 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -34,7 +38,8 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 	out := fs.String("out", "", "write the report (markdown) to this file")
 	realEngine := fs.Bool("engine", true, "also measure a real engine: Ollama (`make engines`) serving a tiny model")
 	routerBin := fs.String("router-bin", "", "the router binary for the hostile image scenario (default: router beside this binary)")
-	only := fs.String("only", "", "run only this section: latency, lifecycle, hostile-images, engine or billing")
+	only := fs.String("only", "", "run only this section: latency, lifecycle, prefix-routing, hostile-images, engine or billing")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the latency section (every path: the load, the engine, the proxy and the router in this process) to this file")
 	billingEvents := fs.Int("billing-events", 300_000, "usage events in the billing section's throughput burst")
 	billingProfile := fs.String("billing-profile", "", "write CPU and allocation profiles of the billing throughput burst to files starting with this")
 	if err := fs.Parse(args); err != nil {
@@ -103,9 +108,25 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 			cases = append(cases, benchCase{stream: stream, concurrency: conc, requests: n})
 		}
 	}
+	proxy, stopProxy, err := bareProxy(endpoint)
+	if err != nil {
+		return err
+	}
+	defer stopProxy()
 	targets := []benchTarget{
 		{name: "engine direct", url: endpoint + "/chat/completions"},
+		{name: "bare proxy", url: proxy + "/chat/completions"},
 		{name: "router", url: p.BaseURL + "/v1/chat/completions", key: key},
+	}
+	if *cpuProfile != "" && len(cases) > 0 {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
 	}
 	for i := range cases {
 		c := &cases[i]
@@ -136,11 +157,21 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 			}
 		}
 	}
+	if *cpuProfile != "" && len(cases) > 0 {
+		pprof.StopCPUProfile()
+	}
 	var life string
 	if run("lifecycle") {
 		if life, err = benchLifecycle(ctx, client, p.BaseURL, key); err != nil {
 			return fmt.Errorf("lifecycle: %w", err)
 		}
+	}
+	if run("prefix-routing") {
+		section, err := benchPrefixRouting(ctx, defaultChatWorkload)
+		if err != nil {
+			return fmt.Errorf("prefix routing: %w", err)
+		}
+		life += section
 	}
 	if run("hostile-images") {
 		life += benchHostileImages(ctx, &http.Client{Timeout: 5 * time.Minute}, p, key, *routerBin)
@@ -169,7 +200,30 @@ type benchCase struct {
 	stream      bool
 	concurrency int
 	requests    int
-	results     [2]benchResult // engine direct, router
+	results     [3]benchResult // engine direct, bare proxy, router
+}
+
+// bareProxy is the floor for the router: net/http/httputil's
+// ReverseProxy in front of the engine, in the same process as the
+// router, with nothing else to do (no key, no routing, no metering). It
+// returns the proxy's URL for endpoint and a function that stops it.
+func bareProxy(endpoint string) (string, func(), error) {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return "", nil, err
+	}
+	path := u.Path
+	u.Path = ""
+	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.FlushInterval = -1 // flush every write, as the router streams
+	rp.Transport = &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: rp, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return "http://" + ln.Addr().String() + path, func() { _ = srv.Close() }, nil
 }
 
 func (c benchCase) String() string {
@@ -333,25 +387,38 @@ func benchReport(requests int, cases []benchCase) string {
 	if len(cases) == 0 {
 		return b.String()
 	}
-	b.WriteString("## End-to-end request path: the router's added latency\n\n")
+	b.WriteString("## End-to-end request path: the router against a bare reverse proxy\n\n")
 	b.WriteString("Chat completions (`max_tokens` 32) against one simulator instance with no added latency, so every microsecond measured is serving overhead. ")
-	b.WriteString("The baseline posts straight to the instance; the router path adds the API-key check, the routing table, forwarding, and the usage event stored in JetStream before the answer completes. ")
+	b.WriteString("Three paths to the same instance: straight to it (the engine), through a bare `net/http/httputil.ReverseProxy` (the floor for any proxy: nothing but forwarding), and through the router, which adds the API-key check, the routing table, request validation, forwarding, the rewrite of the answer, and the usage event stored in JetStream before the answer completes. ")
 	b.WriteString("Latency is the whole answer for non-streaming requests and the time to the first content chunk (time to first token) for streaming ones. ")
-	b.WriteString("Everything runs on the same machine as the load generator. Each case runs twice per target after a warm-up, interleaved, and the run with the better median is kept. ")
-	b.WriteString("Absolute numbers move with the machine; the ratios, taken in one run, are the figures to compare.\n\n")
-	b.WriteString("| case | requests | engine p50 | router p50 | **p50 ratio** | engine p99 | router p99 | **p99 ratio** | engine req/s | router req/s |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("Everything runs in one process on the same machine as the load generator. Each case runs twice per target after a warm-up, interleaved, and the run with the better median is kept. ")
+	b.WriteString("Absolute numbers move with the machine; the ratios, taken in one run, are the figures to compare. ")
+	b.WriteString("*Added* is a path's latency less the engine's; the ratio is the router's added latency over the bare proxy's.\n\n")
+	b.WriteString("| case | requests | engine p50 / p99 | bare proxy p50 / p99 | router p50 / p99 | added p50: proxy / router | **p50 added ratio** | added p99: proxy / router | **p99 added ratio** |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, c := range cases {
-		e, r := c.results[0], c.results[1]
-		fmt.Fprintf(&b, "| %s | %d | %s | %s | **%.2f×** | %s | %s | **%.2f×** | %.0f | %.0f |\n",
-			c, c.requests, ms(e.p50), ms(r.p50), ratio(r.p50, e.p50), ms(e.p99), ms(r.p99), ratio(r.p99, e.p99), e.rps, r.rps)
+		e, x, r := c.results[0], c.results[1], c.results[2]
+		fmt.Fprintf(&b, "| %s | %d | %s / %s | %s / %s | %s / %s | %s / %s | **%s** | %s / %s | **%s** |\n",
+			c, c.requests, ms(e.p50), ms(e.p99), ms(x.p50), ms(x.p99), ms(r.p50), ms(r.p99),
+			ms(x.p50-e.p50), ms(r.p50-e.p50), addedRatio(r.p50-e.p50, x.p50-e.p50),
+			ms(x.p99-e.p99), ms(r.p99-e.p99), addedRatio(r.p99-e.p99, x.p99-e.p99))
 	}
-	b.WriteString("\nAdded latency at the median, router minus engine:")
+	b.WriteString("\nThroughput (requests per second):\n\n| case | engine | bare proxy | router | **router / bare proxy** |\n|---|---:|---:|---:|---:|\n")
 	for _, c := range cases {
-		fmt.Fprintf(&b, " %s: %s;", c, ms(c.results[1].p50-c.results[0].p50))
+		e, x, r := c.results[0], c.results[1], c.results[2]
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | **%.2f×** |\n", c, e.rps, x.rps, r.rps, r.rps/x.rps)
 	}
 	b.WriteString("\n")
 	return b.String()
+}
+
+// addedRatio is a over b as "1.23×", or "—" where the proxy added nothing
+// measurable (a ratio over noise means nothing).
+func addedRatio(a, b time.Duration) string {
+	if b <= 10*time.Microsecond {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f×", float64(a)/float64(b))
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }

@@ -27,6 +27,7 @@ var cliCommands = map[string]func(ctx context.Context, c *cli, args []string) er
 	"ls":      runList,
 	"get":     runGet,
 	"scale":   runScale,
+	"routing": runRouting,
 	"delete":  runDelete,
 	"keys":    runKeys,
 	"models":  runModels,

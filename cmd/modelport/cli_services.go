@@ -116,11 +116,12 @@ func runCatalog(ctx context.Context, c *cli, args []string) error {
 }
 
 func runDeploy(ctx context.Context, c *cli, args []string) error {
-	fs := c.flags("deploy", "NAME --model BASE [--task T] [--instances N] [--billing per-token|per-instance-hour] [--wait]", true)
+	fs := c.flags("deploy", "NAME --model BASE [--task T] [--instances N] [--billing per-token|per-instance-hour] [--routing POLICY] [--wait]", true)
 	model := fs.String("model", "", "base model: from the catalog or registered (modelport models ls lists them); required")
 	task := fs.String("task", "", "text-generation, image-understanding or image-generation (default: the model's only task)")
 	instances := fs.Int("instances", 1, "number of instances")
 	billing := fs.String("billing", "per-token", "billing method: per-token or per-instance-hour")
+	routing := fs.String("routing", "", "routing policy: "+strings.Join(state.RoutingPolicies, ", ")+" (default: prefix-affinity for text generation, least-outstanding otherwise)")
 	wait := fs.Bool("wait", false, "wait until every instance is ready")
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long --wait waits")
 	pos, err := c.parse(fs, args, 1, 1)
@@ -135,6 +136,9 @@ func runDeploy(ctx context.Context, c *cli, args []string) error {
 		return err
 	}
 	req := map[string]any{"name": pos[0], "base_model": *model, "task": *task, "instances": *instances, "billing_method": *billing}
+	if *routing != "" {
+		req["routing_policy"] = *routing
+	}
 	var s state.Service
 	raw, _, err := a.do(ctx, http.MethodPost, "/api/v1/services", req, &s)
 	if err != nil {
@@ -315,6 +319,7 @@ func (c *cli) printService(s state.Service) error {
 		{"Instances", fmt.Sprintf("%d/%d ready", s.ReadyInstances, s.Instances)},
 		{"Status", s.Status},
 		{"Billing method", s.BillingMethod},
+		{"Routing", s.Routing()},
 		{"Owner", s.OwnerID},
 		{"Created", localTime(s.CreatedAt)},
 		{"Updated", localTime(s.UpdatedAt)},
@@ -402,6 +407,39 @@ func runScale(ctx context.Context, c *cli, args []string) error {
 	if c.json() {
 		return c.printJSON(raw)
 	}
+	return c.printService(s)
+}
+
+// runRouting shows a service's routing policy, or sets it.
+func runRouting(ctx context.Context, c *cli, args []string) error {
+	fs := c.flags("routing", "NAME|ID ["+strings.Join(state.RoutingPolicies, "|")+"]", true)
+	pos, err := c.parse(fs, args, 1, 2)
+	if err != nil {
+		return err
+	}
+	a, err := c.client()
+	if err != nil {
+		return err
+	}
+	s, raw, err := resolveService(ctx, a, pos[0])
+	if err != nil {
+		return err
+	}
+	if len(pos) == 1 {
+		if c.json() {
+			return c.printValue(map[string]any{"id": s.ID, "name": s.Name, "routing_policy": s.Routing(), "policies": state.RoutingPolicies})
+		}
+		fmt.Fprintf(c.stdout, "%s is routed by %s (policies: %s; docs/services.md#routing compares them).\n", s.Name, s.Routing(), strings.Join(state.RoutingPolicies, ", "))
+		return nil
+	}
+	from := s.Routing()
+	if raw, _, err = a.do(ctx, http.MethodPut, "/api/v1/services/"+url.PathEscape(s.ID)+"/routing", map[string]string{"policy": pos[1]}, &s); err != nil {
+		return fmt.Errorf("routing %s: %w", s.Name, err)
+	}
+	if c.json() {
+		return c.printJSON(raw)
+	}
+	fmt.Fprintf(c.stderr, "Routing %s by %s (was %s).\n", s.Name, s.Routing(), from)
 	return c.printService(s)
 }
 

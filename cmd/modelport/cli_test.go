@@ -89,7 +89,7 @@ func TestCLI(t *testing.T) {
 	}
 
 	out, stderr := m.ok("", "deploy", "clitest", "--model", "qwen2.5-7b-instruct", "--task", "text-generation",
-		"--instances", "1", "--billing", "per-token", "--wait")
+		"--instances", "1", "--billing", "per-token", "--routing", "round-robin", "--wait")
 	for _, want := range []string{"Status:", "running", "1/1 ready", "u-"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("deploy --wait: no %q in\n%s", want, out)
@@ -115,7 +115,8 @@ func TestCLI(t *testing.T) {
 	for _, ref := range []string{"clitest", svc.ID, svc.AccessName} {
 		out, _ = m.ok("", "get", ref)
 		for _, want := range []string{"Name:", "clitest", "Access name:", svc.AccessName, "Service ID:", svc.ID, "Base model:", "qwen2.5-7b-instruct",
-			"Engine:", svc.Engine, "Task:", "text-generation", "Instances:", "1/1 ready", "Status:", "running", "Billing method:", "per-token", "Created:", "Updated:"} {
+			"Engine:", svc.Engine, "Task:", "text-generation", "Instances:", "1/1 ready", "Status:", "running", "Billing method:", "per-token",
+			"Routing:", "round-robin", "Created:", "Updated:"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("get %s: no %q in\n%s", ref, want, out)
 			}
@@ -125,6 +126,21 @@ func TestCLI(t *testing.T) {
 	m.okJSON(&got, "get", "clitest", "--output", "json")
 	if got.ID != svc.ID || got.AccessName != svc.AccessName {
 		t.Errorf("get --output json: %+v, want %+v", got, svc)
+	}
+
+	// routing shows the policy, and changes it.
+	if out, _ = m.ok("", "routing", "clitest"); !strings.Contains(out, "clitest is routed by round-robin") || !strings.Contains(out, "least-outstanding, prefix-affinity, round-robin") {
+		t.Errorf("routing: %q", out)
+	}
+	out, stderr = m.ok("", "routing", "clitest", "prefix-affinity")
+	if !strings.Contains(stderr, "Routing clitest by prefix-affinity (was round-robin)") || !regexp.MustCompile(`(?m)^Routing: +prefix-affinity$`).MatchString(out) {
+		t.Errorf("routing clitest prefix-affinity: stdout %q, stderr %q", out, stderr)
+	}
+	var routed struct {
+		RoutingPolicy string `json:"routing_policy"`
+	}
+	if m.okJSON(&routed, "get", svc.ID, "--output", "json"); routed.RoutingPolicy != "prefix-affinity" {
+		t.Errorf("after routing: the service says %q", routed.RoutingPolicy)
 	}
 
 	// chat streams the answer to stdout and the usage to stderr.
@@ -214,6 +230,9 @@ func TestCLI(t *testing.T) {
 		{[]string{"deploy", "other", "--model", "no-such-model"}, "param: base_model"},
 		{[]string{"deploy", "other"}, "--model is required"},
 		{[]string{"scale", "clitest", "two"}, "INSTANCES must be a whole number"},
+		{[]string{"routing", "clitest", "sticky"}, "least-outstanding, prefix-affinity, round-robin"},
+		{[]string{"routing", "clitest", "prefix-afinity"}, `did you mean "prefix-affinity"`},
+		{[]string{"deploy", "other", "--model", "qwen2.5-7b-instruct", "--routing", "random"}, "param: routing_policy"},
 		{[]string{"ls", "--output", "yaml"}, "want table or json"},
 		{[]string{"events", "tail", "--subject", "nope.>", "--nats", p.NATSURL, "--nkey", access.SeedFile(p.NATSCreds, access.EventsReader)}, "no event stream holds subjects matching nope.>"},
 		// Another identity's seed: the server knows it, but not as a reader

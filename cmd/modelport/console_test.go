@@ -32,10 +32,11 @@ var consoleScreenshots = []string{
 // (tests/browser/console.test.mjs) against the all-in-one platform: sign
 // in, deploy a text, an image-generation and an image-understanding
 // service through the form, watch them reach running live, try each in
-// the playground, scale one to 2, and delete them, a wrong name refused
-// first; register a model through the Models page, deploy it and delete
-// it once unused; then read the month's statements and close last month.
-// The browser test saves a screenshot of each page but the Models pages.
+// the playground, scale one to 2 and change its routing, and delete
+// them, a wrong name refused first; register a model through the Models
+// page, deploy it and delete it once unused; then read the month's
+// statements and close last month. The browser test saves a screenshot
+// of each page but the Models pages.
 func TestConsole(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the platform and a browser")

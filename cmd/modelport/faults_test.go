@@ -371,7 +371,8 @@ func TestFaultThousandStreams(t *testing.T) {
 						continue
 					}
 					bad.Add(1)
-					firstFailure.CompareAndSwap(nil, fmt.Sprintf("%+v", r))
+					firstFailure.CompareAndSwap(nil, fmt.Sprintf("status %d, done %v, error event %q, read error %v, %d chunks, usage %d+%d",
+						r.status, r.done, r.errMessage, r.readErr, r.content, r.prompt, r.completion))
 				}
 			}()
 		}

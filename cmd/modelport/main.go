@@ -43,6 +43,7 @@ client commands (a running platform; "modelport <command> -h" for flags, docs/cl
   ls        list model services
   get       show a model service
   scale     change a service's number of instances
+  routing   show or change how a service's requests are routed to its instances
   delete    delete a model service (asks for its name)
   keys      manage API keys: create, ls, revoke
   usage     show what a service has used
@@ -70,7 +71,7 @@ func run(ctx context.Context, args []string, getenv config.Getenv, stdout, stder
 		return bench(ctx, args[1:], stdout)
 	case "testmodel":
 		return testmodel(args[1:], stdout, stderr)
-	case "login", "catalog", "models", "deploy", "ls", "get", "scale", "delete", "keys", "usage", "chat", "events", "nats":
+	case "login", "catalog", "models", "deploy", "ls", "get", "scale", "routing", "delete", "keys", "usage", "chat", "events", "nats":
 		return runCLI(ctx, args, getenv, os.Stdin, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)

@@ -523,9 +523,14 @@ func TestOllamaEndToEnd(t *testing.T) {
 				t.Errorf("stream %d: status %d, unclean end: %v", i, r.status, r.readErr)
 			case r.errMessage != "":
 				// Ollama reports usage only at the end: a stream cut short
-				// is billed the tokens its client received.
+				// is billed the prompt as the router counts it and the
+				// tokens its client received, and the client is told so
+				// in a usage chunk before the error event.
 				broken++
-				bill(0, r.content)
+				if r.prompt == 0 || r.completion != r.content {
+					t.Errorf("stream %d cut short: told usage %d+%d for %d chunks received; want the prompt counted and a token a chunk", i, r.prompt, r.completion, r.content)
+				}
+				bill(r.prompt, r.completion)
 			case r.done && r.completion == r.content:
 				whole++
 				bill(r.prompt, r.completion)

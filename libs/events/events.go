@@ -211,6 +211,10 @@ type RequestCompletedV1 struct {
 	TotalTokens      int       `json:"total_tokens"`
 	StartedAt        time.Time `json:"started_at"`
 	FinishedAt       time.Time `json:"finished_at"`
+	// CachedTokens is how many of PromptTokens the engine found in its
+	// prefix cache (usage.prompt_tokens_details.cached_tokens); 0 when
+	// it found none or does not say.
+	CachedTokens int `json:"cached_tokens,omitempty"`
 }
 
 // Subject implements Event.

@@ -169,7 +169,40 @@ type Service struct {
 	// needs. Its placements carry it to the workers. Services created
 	// before it existed have none; their workers use their catalog.
 	Model *events.ModelSpec `json:"model,omitempty"`
+	// RoutingPolicy is how the router chooses among the service's ready
+	// instances: one of RoutingPolicies. Records stored before services
+	// had one have none; see Routing.
+	RoutingPolicy string `json:"routing_policy"`
 }
+
+// Routing returns the service's routing policy: RoutingLeastOutstanding,
+// what every service was routed by before they had a policy, for a
+// record that names none.
+func (s Service) Routing() string {
+	if s.RoutingPolicy == "" {
+		return RoutingLeastOutstanding
+	}
+	return s.RoutingPolicy
+}
+
+// Routing policies: how the router picks a service's instance for a
+// request.
+const (
+	// RoutingLeastOutstanding sends each request to the instance with
+	// the fewest requests in flight.
+	RoutingLeastOutstanding = "least-outstanding"
+	// RoutingPrefixAffinity sends requests that begin alike (a chat's
+	// system prompt and first turn, which every later turn repeats) to
+	// the same instance, whose prefix cache then holds them, unless that
+	// instance is loaded beyond a bound above the average; then to the
+	// least loaded.
+	RoutingPrefixAffinity = "prefix-affinity"
+	// RoutingRoundRobin sends requests to the instances in turn.
+	RoutingRoundRobin = "round-robin"
+)
+
+// RoutingPolicies lists the routing policies a service may have.
+var RoutingPolicies = []string{RoutingLeastOutstanding, RoutingPrefixAffinity, RoutingRoundRobin}
 
 // Autoscale is a service's autoscaling policy.
 type Autoscale struct {

@@ -13,7 +13,8 @@
 //
 // The tests run in order and share one browser page: sign in, deploy one
 // service of each task through the form, then try each one, scale the
-// text service, delete them all, and read the month's statements.
+// text service and change its routing, delete them all, and read the
+// month's statements.
 
 import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync } from 'node:fs';
@@ -372,9 +373,27 @@ test('text service: the playground streams an answer, scaling to 2 shows 2 ready
   await page.locator('dd[data-field="status"] [data-status="running"]').waitFor();
   await assertText(page.locator('dd[data-field="instances"]'), /^2 ready of 2$/);
 
+  // Routing: a text service is routed by prefix affinity; change it to
+  // least outstanding with the keyboard, and the control API says so.
+  const routing = page.locator('dd[data-field="routing_policy"]');
+  assert.equal(await routing.getAttribute('data-policy'), 'prefix-affinity');
+  await assertText(routing, /^Prefix affinity: /);
+  await page.getByRole('button', { name: 'Change routing' }).click();
+  const routingDialog = page.getByRole('dialog', { name: `Routing for ${s.name}` });
+  await routingDialog.waitFor();
+  assert.equal(await page.evaluate(() => document.activeElement.value), 'prefix-affinity', 'the dialog focuses the current policy');
+  await page.keyboard.press('ArrowUp'); // radios move with the arrows: up from prefix-affinity is least-outstanding
+  assert.equal(await routingDialog.getByLabel(/Least outstanding/).isChecked(), true);
+  await routingDialog.getByRole('button', { name: 'Save routing' }).click();
+  await routingDialog.waitFor({ state: 'detached' });
+  await page.locator('dd[data-field="routing_policy"][data-policy="least-outstanding"]').waitFor();
+  await assertText(routing, /^Least outstanding: /);
+  const stored = await (await fetch(new URL('/api/v1/services', base), { headers: { Authorization: `Bearer ${apiKey}` } })).json();
+  assert.equal(stored.find((x) => x.name === s.name).routing_policy, 'least-outstanding');
+
   // Every field of the basic information, and code samples with the
   // real access name and base URL.
-  for (const f of ['name', 'access_name', 'id', 'base_model', 'instances', 'status', 'billing_method']) {
+  for (const f of ['name', 'access_name', 'id', 'base_model', 'instances', 'status', 'billing_method', 'routing_policy']) {
     assert.ok((await page.locator(`dd[data-field="${f}"]`).textContent()).trim() !== '', `${f} is empty`);
   }
   const samples = await page.locator('[role="tabpanel"]:not([hidden]) pre').textContent();

@@ -40,6 +40,8 @@ type Config struct {
 	Heartbeat         time.Duration // MODELPORT_WORKER_HEARTBEAT
 	TimeToFirstToken  time.Duration // MODELPORT_SIM_TTFT: the simulator's time to first token
 	InterTokenLatency time.Duration // MODELPORT_SIM_ITL: the simulator's time per further token
+	PrefixCacheTokens int           // MODELPORT_SIM_PREFIX_CACHE: each simulator instance's prefix cache, in tokens
+	PrefillPerToken   time.Duration // MODELPORT_SIM_PREFILL: the simulator's time per prompt token not in its prefix cache
 	GPUs              int           // MODELPORT_WORKER_GPUS; default: the GPUs nvidia-smi lists, else 0
 	Engines           []string      // MODELPORT_WORKER_ENGINES: real engines this worker may run, e.g. "vllm,llama.cpp"
 	CatalogFile       string        // MODELPORT_CATALOG: a catalog file replacing the built-in one
@@ -60,6 +62,12 @@ type Config struct {
 	CPUThreads int
 }
 
+// DefaultPrefixCacheTokens is a simulator instance's prefix cache when
+// MODELPORT_SIM_PREFIX_CACHE is not set: about what a 7B model's KV cache
+// holds on one 80 GB GPU. Engines cache prefixes by default; so does the
+// simulator.
+const DefaultPrefixCacheTokens = 1 << 17
+
 // ConfigFromEnv reads Config.
 func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 	host, _ := os.Hostname()
@@ -79,6 +87,12 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 		return c, err
 	}
 	if c.InterTokenLatency, err = config.Duration(getenv, "MODELPORT_SIM_ITL", 0); err != nil {
+		return c, err
+	}
+	if c.PrefixCacheTokens, err = config.Int(getenv, "MODELPORT_SIM_PREFIX_CACHE", DefaultPrefixCacheTokens); err != nil {
+		return c, err
+	}
+	if c.PrefillPerToken, err = config.Duration(getenv, "MODELPORT_SIM_PREFILL", 0); err != nil {
 		return c, err
 	}
 	if c.GPUs, err = config.Int(getenv, "MODELPORT_WORKER_GPUS", -1); err != nil {
@@ -127,6 +141,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("MODELPORT_WORKER_CAPACITY must be at least 1")
 	case c.Heartbeat <= 0 || c.Heartbeat >= state.WorkerTTL:
 		return fmt.Errorf("MODELPORT_WORKER_HEARTBEAT must be between 0 and %s", state.WorkerTTL)
+	case c.PrefixCacheTokens < 0:
+		return fmt.Errorf("MODELPORT_SIM_PREFIX_CACHE must not be negative (0 caches nothing)")
+	case c.PrefillPerToken < 0:
+		return fmt.Errorf("MODELPORT_SIM_PREFILL must not be negative")
 	case c.CPUThreads < 0:
 		return fmt.Errorf("MODELPORT_WORKER_CPU_THREADS cannot be negative")
 	}
@@ -240,6 +258,7 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		CPUThreads:       cfg.CPUThreads,
 		Log:              log,
 		TimeToFirstToken: cfg.TimeToFirstToken, InterTokenLatency: cfg.InterTokenLatency,
+		PrefixCacheTokens: cfg.PrefixCacheTokens, PrefillPerToken: cfg.PrefillPerToken,
 	}
 	w := worker.New(cfg.ID, cfg.Capacity, eng, store, bus.Publisher, log, worker.WithSpecs(specs(cat, cfg)),
 		worker.WithModels(modelSpecs(cat, cfg)), worker.WithGPUs(cfg.GPUs), worker.WithMemory(cfg.Memory, cfg.GPUMemory))

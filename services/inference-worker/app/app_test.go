@@ -3,6 +3,7 @@ package app
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/modelport/modelport/libs/catalog"
 	"github.com/modelport/modelport/libs/config"
@@ -56,6 +57,25 @@ func TestConfigRejectsUnknownEngines(t *testing.T) {
 	c, err := ConfigFromEnv(config.Map(map[string]string{"MODELPORT_WORKER_ENGINES": " vllm , llama.cpp", "MODELPORT_WORKER_GPUS": "2"}))
 	if err != nil || len(c.Engines) != 2 || c.GPUs != 2 {
 		t.Errorf("config %+v, %v", c, err)
+	}
+}
+
+// The simulator caches prefixes by default, as engines do; the settings
+// change its cache and prefill time, and negative ones are refused.
+func TestSimulatorPrefixSettings(t *testing.T) {
+	c, err := ConfigFromEnv(config.Map(map[string]string{"MODELPORT_WORKER_GPUS": "0"}))
+	if err != nil || c.PrefixCacheTokens != DefaultPrefixCacheTokens || c.PrefillPerToken != 0 {
+		t.Errorf("defaults: cache %d prefill %v (%v), want %d and 0", c.PrefixCacheTokens, c.PrefillPerToken, err, DefaultPrefixCacheTokens)
+	}
+	c, err = ConfigFromEnv(config.Map(map[string]string{"MODELPORT_WORKER_GPUS": "0", "MODELPORT_SIM_PREFIX_CACHE": "0", "MODELPORT_SIM_PREFILL": "20us"}))
+	if err != nil || c.PrefixCacheTokens != 0 || c.PrefillPerToken != 20*time.Microsecond {
+		t.Errorf("set: cache %d prefill %v (%v), want 0 and 20µs", c.PrefixCacheTokens, c.PrefillPerToken, err)
+	}
+	for _, env := range []map[string]string{{"MODELPORT_SIM_PREFIX_CACHE": "-1"}, {"MODELPORT_SIM_PREFILL": "-1ms"}} {
+		env["MODELPORT_WORKER_GPUS"] = "0"
+		if _, err := ConfigFromEnv(config.Map(env)); err == nil {
+			t.Errorf("%v accepted", env)
+		}
 	}
 }
 

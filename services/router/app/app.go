@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -44,6 +45,10 @@ type Config struct {
 	// AllowPrivateImageURLs lets image URLs reach private, loopback and
 	// link-local addresses.
 	AllowPrivateImageURLs bool // MODELPORT_ALLOW_PRIVATE_IMAGE_URLS
+	// PrefixLoadFactor bounds the prefix-affinity policy: an instance
+	// takes a request for its prefix while its requests in flight stay
+	// within this multiple of the average.
+	PrefixLoadFactor float64 // MODELPORT_PREFIX_LOAD_FACTOR
 	// AllowedHosts are the hosts image URLs may be built on when PublicURL
 	// is unset; with neither, only loopback hosts.
 	AllowedHosts []string // MODELPORT_ALLOWED_HOSTS
@@ -160,6 +165,14 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 		// The scaler stops counting a report after 10s: a few must fit.
 		return c, fmt.Errorf("MODELPORT_LOAD_REPORT_INTERVAL must be between 0 and 3s, not %s", c.LoadReport)
 	}
+	c.PrefixLoadFactor = routing.DefaultLoadFactor
+	if v := getenv("MODELPORT_PREFIX_LOAD_FACTOR"); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f < 1 || f > 100 {
+			return c, fmt.Errorf("MODELPORT_PREFIX_LOAD_FACTOR: %q is not a number from 1 to 100 (a multiple of the average load)", v)
+		}
+		c.PrefixLoadFactor = f
+	}
 	c.ReadyWait, err = config.Duration(getenv, "MODELPORT_READY_WAIT", 10*time.Second)
 	return c, err
 }
@@ -180,6 +193,7 @@ func list(v string) []string {
 // service is ready (Ready) while the watches that keep both current run.
 func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (runner.Service, error) {
 	table := routing.NewTable()
+	table.SetPolicy(state.RoutingPrefixAffinity, &routing.PrefixAffinity{LoadFactor: cfg.PrefixLoadFactor, PrefixBytes: routing.DefaultPrefixBytes})
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	tableWatch, err := transport.WatchTable(watchCtx, bus.KV(state.BucketServices), bus.KV(state.BucketInstances), table, log)
 	if err != nil {

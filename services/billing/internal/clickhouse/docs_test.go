@@ -118,7 +118,7 @@ func TestDocumentedSQL(t *testing.T) {
 	ctx := context.Background()
 	qs := docQueries(t)
 	for _, name := range []string{"tokens-per-service-per-day", "top-keys", "cost-per-month", "statement-per-service", "statement-totals",
-		"prices-at", "requests-by-status", "instance-time-per-day", "rollup-check", "refill-rollup"} {
+		"prices-at", "requests-by-status", "instance-time-per-day", "rollup-check", "refill-rollup", "cache-hit-rate"} {
 		if qs[name] == "" {
 			t.Fatalf("docs/billing.md has no query %q", name)
 		}
@@ -159,6 +159,7 @@ func TestDocumentedSQL(t *testing.T) {
 		e := usage(sv.ID, 37*i%5000, 11*i%700, at)
 		e.BaseModel, e.Status = sv.BaseModel, status[i%len(status)]
 		e.APIKeyID = fmt.Sprintf("key-%d", i%4)
+		e.CachedTokens = e.PromptTokens * (i % 4) / 4 / 16 * 16 // whole blocks, as engines cache them
 		evs = append(evs, e)
 	}
 	insert(t, s, evs...)
@@ -255,6 +256,36 @@ func TestDocumentedSQL(t *testing.T) {
 		}
 		if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("SQL\n%v\nAPI\n%v", got, want)
+		}
+	})
+	t.Run("cache-hit-rate", func(t *testing.T) {
+		type sums struct{ requests, prompt, cached int }
+		want := map[string]sums{}
+		for _, e := range evs {
+			if e.Status != 200 {
+				continue
+			}
+			w := want[e.ServiceID]
+			want[e.ServiceID] = sums{w.requests + 1, w.prompt + e.PromptTokens, w.cached + e.CachedTokens}
+		}
+		rows := query(t, analyst, db, qs["cache-hit-rate"])
+		if len(rows) != len(want) {
+			t.Fatalf("SQL has %d services, want %d: %v", len(rows), len(want), rows)
+		}
+		for _, r := range rows {
+			var got sums
+			var rate float64
+			fmt.Sscan(r[1], &got.requests)
+			fmt.Sscan(r[2], &got.prompt)
+			fmt.Sscan(r[3], &got.cached)
+			fmt.Sscan(r[4], &rate)
+			w := want[r[0]]
+			if got != w {
+				t.Errorf("%s: SQL %+v, want each event once: %+v", r[0], got, w)
+			}
+			if wantRate := float64(w.cached) / float64(w.prompt); w.cached == 0 || rate < wantRate-0.001 || rate > wantRate+0.001 {
+				t.Errorf("%s: hit rate %v, want %.4f (and some hits)", r[0], rate, wantRate)
+			}
 		}
 	})
 	t.Run("requests-by-status", func(t *testing.T) {

@@ -2,6 +2,7 @@ package clickhouse
 
 import (
 	"context"
+	"fmt"
 	"strings"
 )
 
@@ -422,6 +423,28 @@ ORDER BY (service_id, instance_id)`)},
 		{run: replaceView("instance_lines", instanceLinesV2)},
 		{run: replaceView("statements", statementsView)},
 	}},
+
+	// The prompt tokens each request found in the engine's prefix cache,
+	// for cache hit rates per service: 0 for events stored before, and
+	// for engines that do not say.
+	{13, "usage_cached_tokens", []step{{run: addColumn("usage_events", "cached_tokens", "UInt32 DEFAULT 0 AFTER total_tokens")}}},
+}
+
+// addColumn is a step that adds a column to a table unless it is there
+// already: ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS, and the step
+// must be safe to run again. spec is the column's type and what follows
+// it in ADD COLUMN.
+func addColumn(table, column, spec string) func(ctx context.Context, s *Store) error {
+	return func(ctx context.Context, s *Store) error {
+		var n uint64
+		if err := s.conn.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?", s.db, table, column).Scan(&n); err != nil {
+			return fmt.Errorf("look up column %s.%s: %w", table, column, err)
+		}
+		if n > 0 {
+			return nil
+		}
+		return s.conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s.%s ADD COLUMN %s %s", s.db, table, column, spec))
+	}
 }
 
 // rebuildUsageHourly fills usage_hourly from usage_events, each event ID

@@ -209,7 +209,7 @@ func TestMigrateIsIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	if want := []string{"usage_events", "usage_hourly", "instance_events", "services", "prices", "cost_views", "instance_intervals_gone",
-		"price_schedule", "usage_hourly_exact", "statements", "instance_sightings", "effective_dated_views"}; !slices.Equal(got, want) {
+		"price_schedule", "usage_hourly_exact", "statements", "instance_sightings", "effective_dated_views", "usage_cached_tokens"}; !slices.Equal(got, want) {
 		t.Errorf("schema_migrations = %v, want %v", got, want)
 	}
 	if got, want := lines(t, s, "svc-migrate"), (totals{1, 1, 2}); got != want {
@@ -241,6 +241,34 @@ func TestUpgradeFillsTheRollup(t *testing.T) {
 	fill(t, s)
 	if got, want := rollup(t, conn, db, "svc-up"), sumEvents(a, b, c); got != want {
 		t.Errorf("usage_hourly after a new event = %+v, want %+v", got, want)
+	}
+}
+
+// A migration interrupted after it added the cached_tokens column, but
+// before it was recorded, runs again without failing: ClickHouse 18.16
+// has no ADD COLUMN IF NOT EXISTS, so the step looks before it adds.
+func TestCachedTokensMigrationRunsAgain(t *testing.T) {
+	s, conn, db := open(t)
+	ctx := context.Background()
+	// Forget migration 13, as if billing stopped before recording it.
+	if err := conn.Exec(ctx, "RENAME TABLE "+db+".schema_migrations TO "+db+".schema_migrations_old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Exec(ctx, "CREATE TABLE "+db+".schema_migrations (version UInt32, name String, applied_at DateTime DEFAULT now()) ENGINE = MergeTree() ORDER BY version"); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Exec(ctx, "INSERT INTO "+db+".schema_migrations (version, name) SELECT version, name FROM "+db+".schema_migrations_old WHERE name != 'usage_cached_tokens'"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatalf("Migrate with the column already there: %v", err)
+	}
+	e := usage("svc-cached", 100, 10, hour0)
+	e.CachedTokens = 64
+	insert(t, s, e)
+	var cached uint32
+	if err := conn.QueryRow(ctx, "SELECT cached_tokens FROM "+db+".usage_events WHERE service_id = 'svc-cached'").Scan(&cached); err != nil || cached != 64 {
+		t.Errorf("cached_tokens = %d (%v), want 64", cached, err)
 	}
 }
 
@@ -370,26 +398,27 @@ func TestStoredFields(t *testing.T) {
 	s, conn, db := open(t)
 	ctx := context.Background()
 	e := usage("svc-fields", 11, 22, time.Now())
+	e.CachedTokens = 8
 	insert(t, s, e)
 
 	var (
 		eventID, requestID, ownerID, accessName, endpoint string
 		status                                            uint16
-		prompt, completion, total                         uint32
+		prompt, completion, total, cached                 uint32
 		occurred, finished                                time.Time
 	)
-	err := conn.QueryRow(ctx, "SELECT event_id, request_id, owner_id, access_name, endpoint, status, prompt_tokens, completion_tokens, total_tokens, occurred_at, finished_at FROM "+db+".usage_events WHERE service_id = 'svc-fields'").
-		Scan(&eventID, &requestID, &ownerID, &accessName, &endpoint, &status, &prompt, &completion, &total, &occurred, &finished)
+	err := conn.QueryRow(ctx, "SELECT event_id, request_id, owner_id, access_name, endpoint, status, prompt_tokens, completion_tokens, total_tokens, cached_tokens, occurred_at, finished_at FROM "+db+".usage_events WHERE service_id = 'svc-fields'").
+		Scan(&eventID, &requestID, &ownerID, &accessName, &endpoint, &status, &prompt, &completion, &total, &cached, &occurred, &finished)
 	if err != nil {
 		t.Fatal(err)
 	}
 	type row struct {
 		eventID, requestID, ownerID, accessName, endpoint string
 		status                                            uint16
-		prompt, completion, total                         uint32
+		prompt, completion, total, cached                 uint32
 	}
-	got := row{eventID, requestID, ownerID, accessName, endpoint, status, prompt, completion, total}
-	want := row{e.ID, e.RequestID, e.OwnerID, e.AccessName, e.Endpoint, 200, 11, 22, 33}
+	got := row{eventID, requestID, ownerID, accessName, endpoint, status, prompt, completion, total, cached}
+	want := row{e.ID, e.RequestID, e.OwnerID, e.AccessName, e.Endpoint, 200, 11, 22, 33, 8}
 	if got != want {
 		t.Errorf("stored %+v, want %+v", got, want)
 	}

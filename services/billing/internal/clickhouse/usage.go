@@ -74,14 +74,14 @@ func (s *Store) InsertRedeliveredUsage(ctx context.Context, batch []events.Reque
 func (s *Store) insertUsage(ctx context.Context, fresh []events.RequestCompletedV1) error {
 	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+`.usage_events (event_id, request_id, service_id, owner_id,
 	access_name, base_model, api_key_id, instance_id, endpoint, status, prompt_tokens, completion_tokens, total_tokens,
-	started_at, finished_at, occurred_at)`)
+	cached_tokens, started_at, finished_at, occurred_at)`)
 	if err != nil {
 		return errs.Wrap(errs.Unavailable, err, "prepare usage batch")
 	}
 	for _, e := range fresh {
 		if err := b.Append(e.ID, e.RequestID, e.ServiceID, e.OwnerID, e.AccessName, e.BaseModel, e.APIKeyID,
 			e.InstanceID, e.Endpoint, uint16(e.Status), uint32(e.PromptTokens), uint32(e.CompletionTokens),
-			uint32(e.TotalTokens), e.StartedAt, e.FinishedAt, e.OccurredAt); err != nil {
+			uint32(e.TotalTokens), uint32(e.CachedTokens), e.StartedAt, e.FinishedAt, e.OccurredAt); err != nil {
 			_ = b.Abort()
 			return fmt.Errorf("append usage event %s: %w", e.ID, err)
 		}

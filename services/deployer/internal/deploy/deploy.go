@@ -55,6 +55,9 @@ type CreateRequest struct {
 	// Autoscale, when set, lets the scaler size the service; Instances
 	// is then the starting count, within the policy's bounds.
 	Autoscale *state.Autoscale `json:"autoscale,omitempty"`
+	// RoutingPolicy is how the router chooses an instance per request;
+	// empty: DefaultRouting for the task.
+	RoutingPolicy string `json:"routing_policy,omitempty"`
 }
 
 // Models finds the base models a caller may deploy: its own, the public
@@ -113,8 +116,9 @@ func (m *Manager) Catalog() []catalog.Model { return m.catalog.Models() }
 var namePattern = models.NamePattern
 
 // Validate checks a request against the base model the caller asks for
-// and fills defaults: one instance, per-token billing, and the model's
-// only task when it has one. It returns the model.
+// and fills defaults: one instance, per-token billing, the model's only
+// task when it has one, and the task's routing policy. It returns the
+// model.
 func (m *Manager) Validate(ctx context.Context, caller auth.Key, req *CreateRequest) (models.Model, error) {
 	if !namePattern.MatchString(req.Name) {
 		return models.Model{}, errs.InvalidParam("name", "name must be 1-63 lowercase letters, digits or hyphens, starting and ending with a letter or digit")
@@ -172,7 +176,10 @@ func validate(req *CreateRequest, model models.Model) error {
 	if req.BillingMethod != state.BillingPerToken && req.BillingMethod != state.BillingPerInstanceHour {
 		return errs.InvalidParam("billing_method", "billing_method must be per-token or per-instance-hour")
 	}
-	return nil
+	if req.RoutingPolicy == "" {
+		req.RoutingPolicy = DefaultRouting(req.Task)
+	}
+	return ValidateRouting(req.RoutingPolicy, "routing_policy")
 }
 
 // Create validates req, stores the service with status pending, and
@@ -204,6 +211,7 @@ func (m *Manager) Create(ctx context.Context, caller auth.Key, req CreateRequest
 		UpdatedAt:     now,
 		Autoscale:     req.Autoscale,
 		Model:         &spec,
+		RoutingPolicy: req.RoutingPolicy,
 	}
 	if err := m.store.Create(ctx, s); err != nil {
 		return state.Service{}, err

@@ -208,11 +208,25 @@ func TestValidate(t *testing.T) {
 		},
 		{name: "per-instance-hour billing", edit: func(r *req) { r.BillingMethod = state.BillingPerInstanceHour }},
 		{name: "unknown billing", edit: func(r *req) { r.BillingMethod = "free" }, wantParam: "billing_method"},
+		{
+			name:   "text generation is routed by prefix affinity by default",
+			edit:   func(r *req) { r.RoutingPolicy = "" },
+			filled: func(r *req) { r.RoutingPolicy = state.RoutingPrefixAffinity },
+		},
+		{
+			name:   "image generation is routed by load by default",
+			edit:   func(r *req) { r.BaseModel, r.Task, r.RoutingPolicy = "stable-diffusion-xl", "", "" },
+			filled: func(r *req) { r.Task, r.RoutingPolicy = state.TaskImageGeneration, state.RoutingLeastOutstanding },
+		},
+		{name: "round-robin routing", edit: func(r *req) { r.RoutingPolicy = state.RoutingRoundRobin }},
+		{name: "prefix-affinity routing", edit: func(r *req) { r.RoutingPolicy = state.RoutingPrefixAffinity }},
+		{name: "unknown routing", edit: func(r *req) { r.RoutingPolicy = "fastest" }, wantParam: "routing_policy"},
 	}
 	m, _, _ := newManager()
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r := req{Name: "chat", BaseModel: "qwen2.5-7b-instruct", Task: state.TaskTextGeneration, Instances: 2, BillingMethod: state.BillingPerToken}
+			r := req{Name: "chat", BaseModel: "qwen2.5-7b-instruct", Task: state.TaskTextGeneration, Instances: 2, BillingMethod: state.BillingPerToken,
+				RoutingPolicy: state.RoutingLeastOutstanding}
 			tc.edit(&r)
 			want := r
 			if tc.filled != nil {
@@ -251,6 +265,7 @@ func TestCreate(t *testing.T) {
 		ID: s.ID, OwnerID: alice.OwnerID, Name: "chat", AccessName: "u-" + alice.OwnerID + "/chat",
 		BaseModel: "qwen2.5-7b-instruct", Task: state.TaskTextGeneration, Engine: "vllm", Instances: 2,
 		Status: state.StatusPending, StatusReason: deploy.PendingReason, BillingMethod: state.BillingPerToken, CreatedAt: s.CreatedAt, UpdatedAt: s.CreatedAt,
+		RoutingPolicy: state.RoutingPrefixAffinity,
 	}
 	// The service carries the model as it was resolved, for its workers
 	// and the scaler.

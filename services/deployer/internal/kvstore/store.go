@@ -60,6 +60,7 @@ func (s *Store) Get(ctx context.Context, id string) (state.Service, uint64, erro
 	if errs.KindOf(err) == errs.NotFound {
 		return svc, 0, errs.E(errs.NotFound, "service %s not found", id)
 	}
+	svc.RoutingPolicy = svc.Routing() // a record from before services had one
 	return svc, rev, err
 }
 
@@ -83,6 +84,9 @@ func (s *Store) List(ctx context.Context) ([]state.Service, error) {
 	all, err := state.List[state.Service](ctx, s.services, ">")
 	if err != nil {
 		return nil, err
+	}
+	for i := range all {
+		all[i].RoutingPolicy = all[i].Routing()
 	}
 	slices.SortFunc(all, func(a, b state.Service) int {
 		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {

@@ -40,6 +40,7 @@ func NewHandler(m *deploy.Manager, idem *deploy.Idempotent, ks *deploy.Keys, key
 	mux.HandleFunc("POST /api/v1/services/{id}/scale", h.scale)
 	mux.HandleFunc("PUT /api/v1/services/{id}/autoscale", h.setAutoscale)
 	mux.HandleFunc("DELETE /api/v1/services/{id}/autoscale", h.removeAutoscale)
+	mux.HandleFunc("PUT /api/v1/services/{id}/routing", h.setRouting)
 	mux.HandleFunc("GET /api/v1/services/{id}/instances", h.instances)
 	mux.HandleFunc("POST /api/v1/keys", h.createKey)
 	mux.HandleFunc("GET /api/v1/keys", h.listKeys)
@@ -176,6 +177,27 @@ func (h *handler) scale(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s, err := h.m.Scale(r.Context(), caller(r), r.PathValue("id"), *req.Instances)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	httpx.WriteJSON(w, http.StatusOK, s)
+}
+
+// setRouting sets a service's routing policy: {"policy": "..."}.
+func (h *handler) setRouting(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Policy *string `json:"policy"`
+	}
+	if err := httpx.DecodeJSON(r, &req, maxBody); err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	if req.Policy == nil {
+		h.fail(w, r, deploy.ValidateRouting("", "policy"))
+		return
+	}
+	s, err := h.m.SetRouting(r.Context(), caller(r), r.PathValue("id"), *req.Policy)
 	if err != nil {
 		h.fail(w, r, err)
 		return

@@ -185,6 +185,9 @@ func TestOpenAPIMatchesHandlers(t *testing.T) {
 	check(e.alice, "PUT", one+"/autoscale", svcs+"/"+id+"/autoscale", `{"max_instances":0}`, 400)
 	check(e.alice, "POST", one+"/scale", svcs+"/"+id+"/scale", `{"instances":1}`, 409)
 	check(e.alice, "DELETE", one+"/autoscale", svcs+"/"+id+"/autoscale", "", 200)
+	check(e.alice, "PUT", one+"/routing", svcs+"/"+id+"/routing", `{"policy":"round-robin"}`, 200)
+	check(e.alice, "PUT", one+"/routing", svcs+"/"+id+"/routing", `{"policy":"fastest"}`, 400)
+	check(e.bob, "PUT", one+"/routing", svcs+"/"+id+"/routing", `{"policy":"round-robin"}`, 404)
 	check(e.admin, "GET", one+"/instances", svcs+"/"+id+"/instances", "", 200)
 	check(e.alice, "GET", one+"/instances", svcs+"/"+id+"/instances", "", 403)
 	check(e.alice, "GET", one+"/events", svcs+"/"+id+"/events?limit=5", "", 200)
@@ -340,6 +343,7 @@ func TestOpenAPIRefusesUnknownFields(t *testing.T) {
 		"/api/v1/services/{id}":           svc.ID,
 		"/api/v1/services/{id}/scale":     svc.ID,
 		"/api/v1/services/{id}/autoscale": svc.ID,
+		"/api/v1/services/{id}/routing":   svc.ID,
 		"/api/v1/owners/{id}/keys":        org.ID,
 	}
 	const unknown = "unknown_field_for_the_test"

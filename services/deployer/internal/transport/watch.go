@@ -185,6 +185,7 @@ func (l *Live) watch(w http.ResponseWriter, r *http.Request, h *handler) {
 				l.log.WarnContext(ctx, "watch: undecodable service record", "key", e.Key(), "err", err)
 				continue
 			}
+			s.RoutingPolicy = s.Routing()
 			if !visible(who, s) {
 				continue
 			}

@@ -61,6 +61,8 @@ func (l *launch) own(args []string, stderr io.Writer) (*launch, error) {
 	fs.StringVar(&c.BaseModel, "model", "", "the base model named in answers (default the served name)")
 	fs.DurationVar(&c.TimeToFirstToken, "ttft", c.TimeToFirstToken, "time to the first token")
 	fs.DurationVar(&c.InterTokenLatency, "itl", c.InterTokenLatency, "time between tokens")
+	fs.IntVar(&c.PrefixCacheTokens, "prefix-cache", c.PrefixCacheTokens, "prefix cache capacity in tokens; 0 caches nothing")
+	fs.DurationVar(&c.PrefillPerToken, "prefill", c.PrefillPerToken, "time per prompt token not in the prefix cache")
 	fs.IntVar(&c.MaxConcurrent, "max-concurrent", c.MaxConcurrent, "requests answered at once; 0 is unlimited")
 	fs.IntVar(&c.MaxQueue, "max-queue", c.MaxQueue, "requests that may wait for a slot; more get 429")
 	fs.Float64Var(&c.ErrorRate, "error-rate", c.ErrorRate, "share of requests, 0 to 1, that fail with 500")

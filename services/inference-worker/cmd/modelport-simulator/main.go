@@ -5,7 +5,7 @@
 // Run under its own name it takes flags:
 //
 //	modelport-simulator --served-model-name NAME [--model BASE] [--host 127.0.0.1] [--port 8000]
-//	    [--ttft D] [--itl D] [--max-concurrent N] [--max-queue N] [--error-rate R]
+//	    [--ttft D] [--itl D] [--prefill D] [--prefix-cache N] [--max-concurrent N] [--max-queue N] [--error-rate R]
 //	    [--crash-after-tokens N] [--slow-start D] [--seed N]
 //
 // Copied or linked under a real engine's command name, it accepts that
@@ -31,7 +31,8 @@
 //	MODELPORT_SIM_CRASH_AFTER=D        exit with code 3 after D
 //	MODELPORT_SIM_IGNORE_SIGTERM=1     ignore SIGTERM: only SIGINT or SIGKILL stop it
 //	MODELPORT_SIM_SLOW_START=D         health answers 503 for D after start
-//	MODELPORT_SIM_TTFT=D, MODELPORT_SIM_ITL=D
+//	MODELPORT_SIM_TTFT=D, MODELPORT_SIM_ITL=D, MODELPORT_SIM_PREFILL=D (per uncached prompt token),
+//	MODELPORT_SIM_PREFIX_CACHE=N (tokens; 0 caches nothing),
 //	MODELPORT_SIM_MAX_CONCURRENT=N, MODELPORT_SIM_MAX_QUEUE=N, MODELPORT_SIM_ERROR_RATE=R,
 //	MODELPORT_SIM_CRASH_AFTER_TOKENS=N, MODELPORT_SIM_SEED=N
 //

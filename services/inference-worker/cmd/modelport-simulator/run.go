@@ -153,8 +153,10 @@ func envSettings(getenv config.Getenv) (settings, error) {
 	}
 	duration("MODELPORT_SIM_TTFT", &s.cfg.TimeToFirstToken)
 	duration("MODELPORT_SIM_ITL", &s.cfg.InterTokenLatency)
+	duration("MODELPORT_SIM_PREFILL", &s.cfg.PrefillPerToken)
 	duration("MODELPORT_SIM_SLOW_START", &s.cfg.SlowStart)
 	duration("MODELPORT_SIM_CRASH_AFTER", &s.crashAfter)
+	integer("MODELPORT_SIM_PREFIX_CACHE", &s.cfg.PrefixCacheTokens)
 	integer("MODELPORT_SIM_MAX_CONCURRENT", &s.cfg.MaxConcurrent)
 	integer("MODELPORT_SIM_MAX_QUEUE", &s.cfg.MaxQueue)
 	integer("MODELPORT_SIM_CRASH_AFTER_TOKENS", &s.cfg.CrashAfterTokens)
@@ -180,10 +182,10 @@ func envSettings(getenv config.Getenv) (settings, error) {
 // validate rejects settings the simulator cannot honour.
 func validate(cfg simulator.Config) error {
 	switch {
-	case cfg.TimeToFirstToken < 0 || cfg.InterTokenLatency < 0 || cfg.SlowStart < 0:
+	case cfg.TimeToFirstToken < 0 || cfg.InterTokenLatency < 0 || cfg.SlowStart < 0 || cfg.PrefillPerToken < 0:
 		return errors.New("latencies and the slow start must not be negative")
-	case cfg.MaxConcurrent < 0 || cfg.MaxQueue < 0 || cfg.CrashAfterTokens < 0:
-		return errors.New("max-concurrent, max-queue and crash-after-tokens must not be negative")
+	case cfg.MaxConcurrent < 0 || cfg.MaxQueue < 0 || cfg.CrashAfterTokens < 0 || cfg.PrefixCacheTokens < 0:
+		return errors.New("max-concurrent, max-queue, crash-after-tokens and prefix-cache must not be negative")
 	case cfg.ErrorRate < 0 || cfg.ErrorRate > 1:
 		return fmt.Errorf("the error rate must be between 0 and 1, not %g", cfg.ErrorRate)
 	}

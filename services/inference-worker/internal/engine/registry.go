@@ -32,9 +32,13 @@ type Registry struct {
 	Policy supervisor.Policy
 	// Log receives the engines' output at debug level and their life events.
 	Log *slog.Logger
-	// TimeToFirstToken and InterTokenLatency shape the simulator's answers.
+	// TimeToFirstToken and InterTokenLatency shape the simulator's
+	// answers; PrefixCacheTokens and PrefillPerToken its prefix cache and
+	// prefill time (see simulator.Config).
 	TimeToFirstToken  time.Duration
 	InterTokenLatency time.Duration
+	PrefixCacheTokens int
+	PrefillPerToken   time.Duration
 	// Override, when set, runs every instance on this engine whatever its
 	// spec names: "simulator" on a machine without GPUs.
 	Override string
@@ -50,7 +54,8 @@ func (r *Registry) init() {
 	r.once.Do(func() {
 		pool := &portPool{}
 		r.engines = map[string]Engine{
-			"simulator": &pooledSimulator{sim: Simulator{Ports: r.Ports, TimeToFirstToken: r.TimeToFirstToken, InterTokenLatency: r.InterTokenLatency}, pool: pool},
+			"simulator": &pooledSimulator{sim: Simulator{Ports: r.Ports, TimeToFirstToken: r.TimeToFirstToken, InterTokenLatency: r.InterTokenLatency,
+				PrefixCacheTokens: r.PrefixCacheTokens, PrefillPerToken: r.PrefillPerToken}, pool: pool},
 		}
 		for name, a := range Adapters {
 			r.engines[name] = &Process{
@@ -112,10 +117,7 @@ func (s *pooledSimulator) Start(_ context.Context, spec Spec) (Instance, error) 
 		return nil, fmt.Errorf("simulator %s: %w", spec.InstanceID, err)
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
-	srv := simulator.Start(simulator.Config{
-		ServedName: spec.ServedName, BaseModel: spec.BaseModel,
-		TimeToFirstToken: s.sim.TimeToFirstToken, InterTokenLatency: s.sim.InterTokenLatency,
-	}, ln)
+	srv := simulator.Start(s.sim.config(spec), ln)
 	host := s.sim.Ports.Advertise
 	if host == "" {
 		host = s.sim.Ports.Host

@@ -16,6 +16,19 @@ type Simulator struct {
 	Ports             Ports
 	TimeToFirstToken  time.Duration
 	InterTokenLatency time.Duration
+	// PrefixCacheTokens is each instance's prefix cache, in tokens; 0: none.
+	PrefixCacheTokens int
+	// PrefillPerToken is the time per prompt token not in the cache.
+	PrefillPerToken time.Duration
+}
+
+// config is the simulator configuration of an instance for spec.
+func (s *Simulator) config(spec Spec) simulator.Config {
+	return simulator.Config{
+		ServedName: spec.ServedName, BaseModel: spec.BaseModel,
+		TimeToFirstToken: s.TimeToFirstToken, InterTokenLatency: s.InterTokenLatency,
+		PrefixCacheTokens: s.PrefixCacheTokens, PrefillPerToken: s.PrefillPerToken,
+	}
 }
 
 // Name is the engine's name as services report it.
@@ -27,12 +40,7 @@ func (s *Simulator) Start(_ context.Context, spec Spec) (Instance, error) {
 	if err != nil {
 		return nil, fmt.Errorf("simulator %s: %w", spec.InstanceID, err)
 	}
-	srv := simulator.Start(simulator.Config{
-		ServedName:        spec.ServedName,
-		BaseModel:         spec.BaseModel,
-		TimeToFirstToken:  s.TimeToFirstToken,
-		InterTokenLatency: s.InterTokenLatency,
-	}, ln)
+	srv := simulator.Start(s.config(spec), ln)
 	host := s.Ports.Advertise
 	if host == "" {
 		host = s.Ports.Host

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"image"
 	"image/color"
 	_ "image/gif" // registers GIF for image.Decode
@@ -36,6 +37,19 @@ type imageInfo struct {
 // describe is how the answer reports the image.
 func (im imageInfo) describe() string {
 	return fmt.Sprintf("%dx%d %s, dominant colour #%02x%02x%02x", im.width, im.height, im.format, im.dominant.R, im.dominant.G, im.dominant.B)
+}
+
+// appendTokens appends the image's prompt tokens to tokens: ids outside
+// cl100k_base's, drawn from what the answer says of the image, so the same
+// image is the same tokens and a different one almost surely is not.
+func (im imageInfo) appendTokens(tokens []uint32) []uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(im.describe()))
+	base := h.Sum32()
+	for i := range im.tokens {
+		tokens = append(tokens, 300_000+(base+uint32(i))%(1<<30))
+	}
+	return tokens
 }
 
 // loadImage reads, decodes and measures the image ref points at: a base64

@@ -52,6 +52,16 @@ type Config struct {
 	// completion token; an image generation waits TimeToFirstToken.
 	TimeToFirstToken  time.Duration
 	InterTokenLatency time.Duration
+	// PrefixCacheTokens is the capacity, in tokens, of the instance's
+	// prefix cache: prompts are cached in blocks of 16 tokens, least
+	// recently used evicted first, and answers report the prompt tokens
+	// they found there as usage.prompt_tokens_details.cached_tokens.
+	PrefixCacheTokens int
+	// PrefillPerToken is the time the instance takes per prompt token not
+	// in its prefix cache before the first token. Prefills queue one
+	// after another on the instance, as they share an engine's compute;
+	// TimeToFirstToken comes on top.
+	PrefillPerToken time.Duration
 
 	// MaxConcurrent bounds the chat and image requests being answered at
 	// once; 0 is unlimited. Up to MaxQueue more wait for a slot, or until
@@ -87,6 +97,8 @@ type Server struct {
 	fetch   *http.Client // fetches http(s) image URLs
 	gate    *gate
 	faults  *faults
+	cache   *prefixCache // nil: no prefix cache
+	lane    *prefillLane
 
 	mu     sync.RWMutex
 	models map[string]Model // by served name
@@ -122,6 +134,8 @@ func New(cfg Config) *Server {
 		fetch:  &http.Client{Timeout: imageFetchTimeout},
 		gate:   newGate(cfg.MaxConcurrent, cfg.MaxQueue),
 		faults: newFaults(cfg.ErrorRate, cfg.Seed),
+		cache:  newPrefixCache(cfg.PrefixCacheTokens),
+		lane:   &prefillLane{perToken: cfg.PrefillPerToken},
 		models: map[string]Model{},
 	}
 	if cfg.ServedName != "" {

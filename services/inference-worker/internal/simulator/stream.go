@@ -72,7 +72,7 @@ func (c *choice) steps() []step {
 }
 
 // stream sends a as server-sent events: a chunk per choice with the
-// assistant role, then, after TimeToFirstToken, a chunk per piece (see
+// assistant role, then, after the time to its first token, a chunk per piece (see
 // steps), taking the choices in turn and waiting InterTokenLatency per
 // token between chunks; then a chunk per choice with its finish reason, a
 // usage chunk when asked for, and [DONE]. It stops as soon as the client
@@ -97,7 +97,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p *chatParams, a
 			for _, n := range sent {
 				total += n
 			}
-			so := newUsage(a.prompt, total)
+			so := a.usage(total)
 			c.Usage = &so
 		}
 		b, err := json.Marshal(c)
@@ -125,7 +125,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p *chatParams, a
 		steps[i] = a.choices[i].steps()
 		longest = max(longest, len(steps[i]))
 	}
-	wait := s.cfg.TimeToFirstToken
+	wait := a.firstToken
 	total := 0 // completion tokens sent, over the choices
 	for k := range longest {
 		for i := range steps {
@@ -156,11 +156,12 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p *chatParams, a
 		}
 	}
 	if p.includeUsage {
-		u := newUsage(a.prompt, a.completionTokens())
+		u := a.usage(a.completionTokens())
 		if !send([]chunkChoice{}, &u) {
 			return
 		}
 	}
 	_, _ = w.Write([]byte("data: [DONE]\n\n"))
 	_ = rc.Flush()
+	s.remember(a)
 }

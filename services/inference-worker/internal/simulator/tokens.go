@@ -1,6 +1,7 @@
 package simulator
 
 import (
+	"container/list"
 	"fmt"
 	"strings"
 	"sync"
@@ -36,6 +37,95 @@ func CountTokens(text string) int {
 		return 0
 	}
 	return len(encoding().EncodeOrdinary(text))
+}
+
+// Tokens of the simulated chat template, outside cl100k_base's ids. A
+// message is <start> role <sep> text <end> <newline>: four tokens more
+// than its role and text. A reply is primed with <start> assistant <sep>,
+// three tokens, so a prompt followed by its answer and <end> <newline>
+// is, token for token, the start of the next turn's prompt.
+const (
+	tokStart uint32 = 200_000 + iota
+	tokSep
+	tokEnd
+	tokNewline
+)
+
+// tokenIDs returns text's cl100k_base token ids. Long texts are
+// remembered process-wide (see tokenMemo), so the history a conversation
+// sends again on every turn is encoded once.
+func tokenIDs(text string) []uint32 {
+	if text == "" {
+		return nil
+	}
+	if len(text) < memoMinBytes {
+		return encodeIDs(text)
+	}
+	if ids, ok := tokenMemo.get(text); ok {
+		return ids
+	}
+	ids := encodeIDs(text)
+	tokenMemo.put(text, ids)
+	return ids
+}
+
+func encodeIDs(text string) []uint32 {
+	ids := encoding().EncodeOrdinary(text)
+	out := make([]uint32, len(ids))
+	for i, id := range ids {
+		out[i] = uint32(id)
+	}
+	return out
+}
+
+// memoMinBytes is the shortest text tokenIDs remembers: shorter ones
+// encode in microseconds.
+const memoMinBytes = 128
+
+// tokenMemo holds the token ids of up to a million tokens of text, least
+// recently used dropped first. Encoding is a pure function of the text,
+// so sharing the memo between instances changes nothing they answer.
+var tokenMemo = &memo{maxTokens: 1 << 20, byText: map[string]*list.Element{}}
+
+type memo struct {
+	maxTokens int
+
+	mu     sync.Mutex
+	tokens int
+	lru    list.List // of *memoEntry, most recent first
+	byText map[string]*list.Element
+}
+
+type memoEntry struct {
+	text string
+	ids  []uint32
+}
+
+func (m *memo) get(text string) ([]uint32, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.byText[text]
+	if !ok {
+		return nil, false
+	}
+	m.lru.MoveToFront(e)
+	return e.Value.(*memoEntry).ids, true
+}
+
+func (m *memo) put(text string, ids []uint32) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.byText[text]; ok || len(ids) > m.maxTokens {
+		return
+	}
+	m.byText[text] = m.lru.PushFront(&memoEntry{text: text, ids: ids})
+	m.tokens += len(ids)
+	for m.tokens > m.maxTokens {
+		e := m.lru.Back()
+		old := m.lru.Remove(e).(*memoEntry)
+		delete(m.byText, old.text)
+		m.tokens -= len(old.ids)
+	}
 }
 
 // tokenize returns text's tokens, each as its bytes. A token may hold part

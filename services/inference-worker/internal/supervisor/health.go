@@ -32,7 +32,9 @@ func waitHealthy(ctx context.Context, url string, maxInterval time.Duration) err
 				return nil
 			}
 			last = resp.Status
-		} else {
+		} else if ctx.Err() == nil || last == "" {
+			// A poll the deadline cut short says nothing of the
+			// engine: the answer before it does.
 			last = err.Error()
 		}
 		select {

@@ -62,6 +62,9 @@ func (g *Gateway) Chat(ctx context.Context, c Call) (*Reply, error) {
 	if err != nil {
 		return nil, err
 	}
+	// What the routing policy reads of the prompt is copied now: the body
+	// is let go of once it is written to the engine.
+	route := p.route(c.Body)
 	body, err := upstreamBody(c.Body, p, images, c.Hold)
 	if err != nil {
 		return nil, err
@@ -70,7 +73,7 @@ func (g *Gateway) Chat(ctx context.Context, c Call) (*Reply, error) {
 	// it is written.
 	req := newPayload(body, c.Hold.Release)
 	images, c.Body, body = nil, nil, nil
-	up, err := g.forward(ctx, svc, "/chat/completions", req)
+	up, err := g.forward(ctx, svc, "/chat/completions", req, route)
 	if err != nil {
 		var sent *sentError
 		if errors.As(err, &sent) {

@@ -236,8 +236,9 @@ type sentError struct {
 func (e *sentError) Error() string { return e.err.Error() }
 func (e *sentError) Unwrap() error { return e.err }
 
-// forward sends body to the least-loaded ready instance, holding the
-// request until one is ready for up to ReadyWait (ColdStartWait for an
+// forward sends req to the ready instance the service's routing policy
+// chooses for route, holding the request until one is ready for up to
+// ReadyWait (ColdStartWait for an
 // autoscaled service, which may be starting from zero). A request that
 // provably never reached the instance (it could not be reached, or
 // dropped the connection before the body was written), or that the engine
@@ -246,7 +247,7 @@ func (e *sentError) Unwrap() error { return e.err }
 // request runs once. An instance at fault leaves the rotation for a
 // while. sent is called once the body is written to the engine. The
 // request counts in the service's demand until the upstream is closed.
-func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, req *payload) (_ *upstream, err error) {
+func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, req *payload, route routing.Request) (_ *upstream, err error) {
 	finish := g.demand.Begin(svc.ID)
 	defer func() {
 		if err != nil {
@@ -256,7 +257,7 @@ func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, r
 	var tried []string
 	again := false // the instance tried may be tried again if it is the only one
 	for {
-		ep, release, err := g.pick(ctx, svc, tried, again)
+		ep, release, err := g.pick(ctx, svc, route, tried, again)
 		if err != nil {
 			return nil, err
 		}
@@ -350,16 +351,17 @@ func (p *payload) sent() {
 	}
 }
 
-// pick returns an instance for a request to svc, not one of tried: on the
-// first try the least loaded, holding the request until one is ready; on
-// a retry another one now, else, when again, one of tried, else none.
-func (g *Gateway) pick(ctx context.Context, svc state.Service, tried []string, again bool) (*routing.Endpoint, func(), error) {
+// pick returns an instance for route, a request to svc, chosen by the
+// service's routing policy and not one of tried: on the first try holding
+// the request until one is ready; on a retry another one now, else, when
+// again, one of tried, else none.
+func (g *Gateway) pick(ctx context.Context, svc state.Service, route routing.Request, tried []string, again bool) (*routing.Endpoint, func(), error) {
 	unavailable := &errs.Error{Kind: errs.Unavailable, RetryAfter: time.Second,
 		Msg: fmt.Sprintf("service %s has no ready instance (it is %s); retry shortly", svc.AccessName, svc.Status)}
 	if len(tried) > 0 {
-		ep, release, ok := g.table.Pick(svc.ID, tried...)
+		ep, release, ok := g.table.Route(svc.ID, route, tried...)
 		if !ok && again {
-			ep, release, ok = g.table.Pick(svc.ID)
+			ep, release, ok = g.table.Route(svc.ID, route)
 		}
 		if !ok {
 			return nil, nil, unavailable
@@ -374,7 +376,7 @@ func (g *Gateway) pick(ctx context.Context, svc state.Service, tried []string, a
 	defer cancel()
 	stopWaiting := func() {}
 	defer func() { stopWaiting() }()
-	ep, release, err := g.table.Acquire(waitCtx, svc.ID, func() {
+	ep, release, err := g.table.Acquire(waitCtx, svc.ID, route, func() {
 		// The time held for an instance is a span of its own.
 		_, span := otel.Tracer(tracerName).Start(ctx, "wait for a ready instance",
 			trace.WithAttributes(attribute.String("modelport.service_id", svc.ID)))
@@ -432,6 +434,7 @@ func (b *idleBody) Close() error {
 // tokens to the rate limits. Usage is recorded before the client has the
 // whole answer, and the event ID makes a retried publish count once.
 func (g *Gateway) meter(ctx context.Context, c Call, svc state.Service, inst state.Instance, endpoint string, status int, u Usage, started time.Time) error {
+	u = u.billable()
 	if g.Limits != nil {
 		// The engine did the work whether or not the event is stored.
 		g.Limits.Charge(c.Caller.ID, svc.ID, u.PromptTokens+u.CompletionTokens)
@@ -444,7 +447,8 @@ func (g *Gateway) meter(ctx context.Context, c Call, svc state.Service, inst sta
 		AccessName: svc.AccessName, BaseModel: svc.BaseModel, APIKeyID: c.Caller.ID, InstanceID: inst.ID,
 		Endpoint: endpoint, Status: status,
 		PromptTokens: u.PromptTokens, CompletionTokens: u.CompletionTokens, TotalTokens: u.PromptTokens + u.CompletionTokens,
-		StartedAt: started, FinishedAt: time.Now().UTC(),
+		CachedTokens: u.PromptTokensDetails.CachedTokens,
+		StartedAt:    started, FinishedAt: time.Now().UTC(),
 	}
 	if err := g.pub.Publish(context.WithoutCancel(ctx), ev); err != nil {
 		g.log.ErrorContext(ctx, "usage event not recorded", "request_id", c.RequestID, "service_id", svc.ID, "err", err)
@@ -458,6 +462,19 @@ type Usage struct {
 	PromptTokens     int `json:"prompt_tokens"`
 	CompletionTokens int `json:"completion_tokens"`
 	TotalTokens      int `json:"total_tokens"`
+	// PromptTokensDetails.CachedTokens is how many prompt tokens the
+	// engine found in its prefix cache, where it says; left out of the
+	// JSON when none.
+	PromptTokensDetails struct {
+		CachedTokens int `json:"cached_tokens"`
+	} `json:"prompt_tokens_details,omitzero"`
+}
+
+// billable returns u as it is metered: an engine's cached count is at
+// most its prompt, and never negative.
+func (u Usage) billable() Usage {
+	u.PromptTokensDetails.CachedTokens = min(max(u.PromptTokensDetails.CachedTokens, 0), u.PromptTokens)
+	return u
 }
 
 // Models lists the services caller may call, as OpenAI model objects.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/router/internal/routing"
 )
 
 // ImageSaver keeps a generated image for download and returns its URL.
@@ -91,7 +92,7 @@ func (g *Gateway) GenerateImages(ctx context.Context, c Call, images ImageSaver,
 	prompt := Usage{PromptTokens: countTokens(*p.Prompt)}
 	req := newPayload(upBody, nil)
 	upBody = nil
-	up, err := g.forward(ctx, svc, "/images/generations", req)
+	up, err := g.forward(ctx, svc, "/images/generations", req, routing.Request{})
 	if err != nil {
 		var sent *sentError
 		if errors.As(err, &sent) {

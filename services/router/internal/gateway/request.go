@@ -15,6 +15,7 @@ import (
 	"github.com/modelport/modelport/libs/httpx"
 	"github.com/modelport/modelport/libs/jsonscan"
 	"github.com/modelport/modelport/libs/state"
+	"github.com/modelport/modelport/services/router/internal/routing"
 )
 
 // chatParams are the chat parameters the gateway checks. Their types are
@@ -59,6 +60,8 @@ type chatParams struct {
 	// prompt is the messages' text, for counting the prompt's tokens when
 	// the engine does not report them.
 	prompt *prompt
+	// content is where each message's content sits in the body, as sent.
+	content []jsonscan.Span
 }
 
 type streamOptions struct {
@@ -261,6 +264,7 @@ func (p *chatParams) validate(body []byte, maxImageBytes int64) error {
 	}); err != nil || len(content) != len(p.Messages) {
 		return errs.E(errs.Invalid, "request body is not valid JSON")
 	}
+	p.content = content
 	p.prompt = &prompt{}
 	for i, m := range p.Messages {
 		switch m.Role {
@@ -466,6 +470,30 @@ func checkDataURL(u []byte, max int64) error {
 		return errors.New("the data URL holds no image")
 	}
 	return nil
+}
+
+// route is what the routing policy may read of the request, whose body is
+// body: its messages' roles and contents as sent, up to and including the
+// first user message, at most routing.DefaultPrefixBytes of content in
+// all (what routing.PrefixKey reads). The contents are copied, so that the
+// request holds no part of body once the body is let go of, as it may
+// hold megabytes of inline images.
+func (p *chatParams) route(body []byte) routing.Request {
+	var msgs []routing.Message
+	left := routing.DefaultPrefixBytes
+	for i, m := range p.Messages {
+		if i >= len(p.content) {
+			break
+		}
+		c := body[p.content[i].Start:p.content[i].End]
+		c = bytes.Clone(c[:min(len(c), left)])
+		left -= len(c)
+		msgs = append(msgs, routing.Message{Role: m.Role, Content: c})
+		if m.Role == "user" || left == 0 {
+			break
+		}
+	}
+	return routing.Request{Messages: msgs}
 }
 
 // checkTask refuses what the service's task cannot serve.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/modelport/modelport/libs/errs"
+	"github.com/modelport/modelport/libs/jsonscan"
 	"github.com/modelport/modelport/libs/state"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -36,9 +37,13 @@ type Stream struct {
 	sawUsage bool
 	chunks   int // chunks with content, for an engine that reports no usage
 	finished bool
-	idled    bool        // ended for sending nothing for the idle timeout
-	gone     atomic.Bool // the client went away
-	once     sync.Once
+	// idJSON and modelJSON are the id and the access name as JSON
+	// strings, for every chunk.
+	idJSON, modelJSON []byte
+	billed            Usage       // what Close recorded
+	idled             bool        // ended for sending nothing for the idle timeout
+	gone              atomic.Bool // the client went away
+	once              sync.Once
 }
 
 // ClientGone tells the stream that its client went away, as when sending
@@ -93,29 +98,55 @@ func (s *Stream) Next() ([]byte, error) {
 }
 
 // rewrite turns an engine chunk into the client's: Modelport's id and the
-// access name, and usage only where the client asked for it.
+// access name, and usage only where the client asked for it. It splices
+// the chunk rather than decoding and encoding it again: the engine's
+// members keep their order and bytes, but for the id and the model, and
+// the usage where it is dropped.
 func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(data, &m); err != nil || m == nil {
-		// null decodes without error into a nil map: not a chunk either.
+	data = bytes.TrimSpace(data)
+	if !json.Valid(data) || jsonscan.Kind(data) != "object" {
+		// null is not a chunk either.
+		s.up.fail()
+		return nil, false, errs.E(errs.Upstream, "the engine sent a malformed chunk")
+	}
+	// The last member of a name wins, as encoding/json reads a chunk.
+	var usage, choices, errv jsonscan.Span
+	var hasUsage, hasChoices, hasError bool
+	var members [8]chunkMember
+	ms := members[:0]
+	if err := jsonscan.Members(data, jsonscan.All(data), func(key string, v jsonscan.Span) error {
+		switch key {
+		case "usage":
+			usage, hasUsage = v, true
+		case "choices":
+			choices, hasChoices = v, true
+		case "error":
+			errv, hasError = v, true
+		}
+		ms = append(ms, chunkMember{key, v})
+		return nil
+	}); err != nil {
 		s.up.fail()
 		return nil, false, errs.Wrap(errs.Upstream, err, "the engine sent a malformed chunk")
 	}
-	if e, ok := m["error"]; ok {
-		return nil, false, engineError(502, append(append([]byte(`{"error":`), e...), '}'))
+	if hasError {
+		return nil, false, engineError(502, append(append([]byte(`{"error":`), data[errv.Start:errv.End]...), '}'))
 	}
-	var u *Usage
-	if raw, ok := m["usage"]; ok && json.Unmarshal(raw, &u) == nil && u != nil {
-		s.usage, s.sawUsage = *u, true
+	if hasUsage {
+		var u *Usage
+		if json.Unmarshal(data[usage.Start:usage.End], &u) == nil && u != nil {
+			s.usage, s.sawUsage = *u, true
+		}
 	}
-	final := string(bytes.TrimSpace(m["choices"])) == "[]"
+	final := hasChoices && string(bytes.TrimSpace(data[choices.Start:choices.End])) == "[]"
+	dropUsage := false
 	switch {
 	case final && !s.opts.IncludeUsage:
 		return nil, true, nil
 	case !final && !s.opts.ContinuousUsageStats:
-		delete(m, "usage")
+		dropUsage = true
 	}
-	if !final && hasContent(m["choices"]) {
+	if !final && hasChoices && hasContent(data[choices.Start:choices.End]) {
 		s.chunks++
 		if s.chunks == 1 {
 			ttft := time.Since(s.started)
@@ -125,10 +156,61 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 			}
 		}
 	}
-	m["id"], _ = marshal(s.id)
-	m["model"], _ = marshal(s.svc.AccessName)
-	out, err = marshal(m)
-	return out, false, err
+	if s.idJSON == nil {
+		s.idJSON, _ = marshal(s.id)
+		s.modelJSON, _ = marshal(s.svc.AccessName)
+	}
+	out = make([]byte, 0, len(data)+len(s.idJSON)+len(s.modelJSON)+16)
+	out = append(out, '{')
+	put := func(key string, v []byte) {
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		out = append(appendKey(out, key), v...)
+	}
+	put("id", s.idJSON)
+	put("model", s.modelJSON)
+	for i, m := range ms {
+		switch {
+		case m.key == "id" || m.key == "model":
+			continue
+		case m.key == "usage" && dropUsage:
+			continue
+		}
+		if laterMember(ms[i+1:], m.key) {
+			continue // a repeated name: the last one stands
+		}
+		put(m.key, data[m.at.Start:m.at.End])
+	}
+	return append(out, '}'), false, nil
+}
+
+// chunkMember is a member of an engine's chunk: its name and its value.
+type chunkMember struct {
+	key string
+	at  jsonscan.Span
+}
+
+// laterMember reports whether a member named key follows.
+func laterMember(rest []chunkMember, key string) bool {
+	for _, m := range rest {
+		if m.key == key {
+			return true
+		}
+	}
+	return false
+}
+
+// appendKey appends key as a JSON string and a colon.
+func appendKey(out []byte, key string) []byte {
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x80 {
+			k, _ := marshal(key)
+			return append(append(out, k...), ':')
+		}
+	}
+	out = append(append(append(out, '"'), key...), '"')
+	return append(out, ':')
 }
 
 // hasContent reports whether a chunk's choices carry generated content:
@@ -164,6 +246,7 @@ func (s *Stream) Close() error {
 	var err error
 	s.once.Do(func() {
 		s.up.close()
+		s.lines.release()
 		status := 200
 		switch {
 		case !s.finished && s.clientGone():
@@ -179,9 +262,27 @@ func (s *Stream) Close() error {
 				"service_id", s.svc.ID, "status", status, "content_chunks", s.chunks)
 			u = Usage{PromptTokens: s.prompt.tokens(), CompletionTokens: s.chunks}
 		}
+		u.TotalTokens = u.PromptTokens + u.CompletionTokens
+		u = u.billable()
+		s.billed = u
 		err = s.g.meter(s.ctx, s.call, s.svc, s.up.instance, chatEndpoint, status, u, s.started)
 	})
 	return err
+}
+
+// UsageChunk is the last chunk of a stream that ended early, for a
+// client that asked for usage (stream_options.include_usage): what Close
+// billed, so that the client knows it before the error event. It is nil
+// where the client did not ask, and must be called after Close.
+func (s *Stream) UsageChunk() []byte {
+	if !s.opts.IncludeUsage {
+		return nil
+	}
+	b, _ := marshal(map[string]any{
+		"id": s.id, "object": "chat.completion.chunk", "created": s.started.Unix(),
+		"model": s.svc.AccessName, "choices": []any{}, "usage": s.billed,
+	})
+	return b
 }
 
 // maxEvent bounds one server-sent event from an engine, so an engine
@@ -194,8 +295,24 @@ type lineReader struct {
 	max int
 }
 
+// readers keeps the 64 KiB buffers of streams that ended for the next
+// ones, rather than allocating one per stream.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+
 func newLineReader(r io.Reader) *lineReader {
-	return &lineReader{r: bufio.NewReaderSize(r, 64<<10), max: maxEvent}
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(r)
+	return &lineReader{r: br, max: maxEvent}
+}
+
+// release gives the reader's buffer back; the reader is not used again.
+func (l *lineReader) release() {
+	if l.r == nil {
+		return
+	}
+	l.r.Reset(nil)
+	readers.Put(l.r)
+	l.r = nil
 }
 
 // errEventTooLarge is an engine event over maxEvent.

@@ -201,7 +201,8 @@ func checkEvents(t *testing.T, pub *fakePublisher, instanceID string, status int
 		AccessName: aliceChat.AccessName, BaseModel: aliceChat.BaseModel, APIKeyID: alice.ID, InstanceID: instanceID,
 		Endpoint: "/v1/chat/completions", Status: status,
 		PromptTokens: u.PromptTokens, CompletionTokens: u.CompletionTokens, TotalTokens: u.PromptTokens + u.CompletionTokens,
-		StartedAt: ev.StartedAt, FinishedAt: ev.FinishedAt,
+		CachedTokens: u.PromptTokensDetails.CachedTokens,
+		StartedAt:    ev.StartedAt, FinishedAt: ev.FinishedAt,
 	}
 	if ev != want {
 		t.Errorf("usage event\n %+v, want\n %+v", ev, want)

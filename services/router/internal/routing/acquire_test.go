@@ -27,7 +27,7 @@ func holdRequests(t *testing.T, tb *routing.Table, ctx context.Context, svc stri
 	for i := range n {
 		held := make(chan struct{})
 		go func() {
-			e, release, err := tb.Acquire(ctx, svc, func() { close(held) })
+			e, release, err := tb.Acquire(ctx, svc, routing.Request{}, func() { close(held) })
 			a := acquired{order: i, release: release, err: err}
 			if err == nil {
 				a.instance = e.Instance.ID
@@ -77,7 +77,7 @@ func TestAcquireWakesInOrder(t *testing.T) {
 	late := make(chan acquired, 1)
 	held := make(chan struct{})
 	go func() {
-		e, release, err := tb.Acquire(context.Background(), "s1", func() { close(held) })
+		e, release, err := tb.Acquire(context.Background(), "s1", routing.Request{}, func() { close(held) })
 		a := acquired{order: n, release: release, err: err}
 		if err == nil {
 			a.instance = e.Instance.ID
@@ -165,7 +165,7 @@ func TestAcquireSpreadWait(t *testing.T) {
 		}
 	}
 	// A request that comes when none is held picks at once.
-	if _, release, err := tb.Acquire(context.Background(), "s1", func() { t.Error("held with an instance up") }); err != nil {
+	if _, release, err := tb.Acquire(context.Background(), "s1", routing.Request{}, func() { t.Error("held with an instance up") }); err != nil {
 		t.Fatal(err)
 	} else {
 		release()
@@ -179,7 +179,7 @@ func TestAcquireGivesUp(t *testing.T) {
 	tb.PutService(service("s1", "u-o/a"))
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	_, _, err := tb.Acquire(ctx, "s1", nil)
+	_, _, err := tb.Acquire(ctx, "s1", routing.Request{}, nil)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err %v, want the deadline", err)
 	}

@@ -6,7 +6,6 @@ package routing
 import (
 	"container/list"
 	"context"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -19,7 +18,8 @@ import (
 type Endpoint struct {
 	Instance    state.Instance
 	outstanding atomic.Int64
-	downUntil   atomic.Int64 // unix nanoseconds; 0 when healthy
+	downUntil   atomic.Int64  // unix nanoseconds; 0 when healthy
+	idHash      atomic.Uint64 // a hash of the instance ID, once a policy asked for it; 0 before
 }
 
 // Outstanding returns the number of requests in flight to the instance.
@@ -40,6 +40,7 @@ type Table struct {
 	byAccess  map[string]state.Service
 	byID      map[string]state.Service
 	endpoints map[string][]*Endpoint // by service ID
+	policies  map[string]Policy      // by name
 	waiting   map[string]*queue      // by service ID: requests held for an instance
 	// SpreadWait is how long requests held for a service starting from
 	// zero are kept for instances still to come, when fewer are up than
@@ -48,10 +49,10 @@ type Table struct {
 	SpreadWait time.Duration
 }
 
-// NewTable returns an empty table.
+// NewTable returns an empty table with the default routing policies.
 func NewTable() *Table {
 	return &Table{byAccess: map[string]state.Service{}, byID: map[string]state.Service{}, endpoints: map[string][]*Endpoint{},
-		waiting: map[string]*queue{}, SpreadWait: time.Second}
+		policies: DefaultPolicies(), waiting: map[string]*queue{}, SpreadWait: time.Second}
 }
 
 // PutService adds or replaces a service.
@@ -142,43 +143,63 @@ func (t *Table) DeleteInstance(serviceID, instanceID string) {
 	}
 }
 
-// Pick returns the ready instance of a service with the fewest
-// outstanding requests, ties broken at random, skipping the instance IDs
-// in exclude and, while any other is healthy, instances marked failed.
-// The caller must call release when the request ends.
+// Pick returns a ready instance of a service for a request the policy
+// knows nothing of: see Route.
 func (t *Table) Pick(serviceID string, exclude ...string) (e *Endpoint, release func(), ok bool) {
-	t.mu.RLock()
-	eps := t.endpoints[serviceID]
-	t.mu.RUnlock()
-	return pick(eps, exclude)
+	return t.Route(serviceID, Request{}, exclude...)
 }
 
-// pick is Pick over eps.
-func pick(eps []*Endpoint, exclude []string) (e *Endpoint, release func(), ok bool) {
-	now := time.Now().UnixNano()
-	healthy := slices.ContainsFunc(eps, func(c *Endpoint) bool { return !c.down(now) && !slices.Contains(exclude, c.Instance.ID) })
-	var best *Endpoint
-	ties := 0
-	for _, c := range eps {
-		if slices.Contains(exclude, c.Instance.ID) || healthy && c.down(now) {
-			continue
-		}
-		switch {
-		case best == nil || c.Outstanding() < best.Outstanding():
-			best, ties = c, 1
-		case c.Outstanding() == best.Outstanding():
-			ties++
-			if rand.IntN(ties) == 0 { // reservoir sampling over the tied
-				best = c
-			}
-		}
-	}
-	if best == nil {
+// Route returns a ready instance of a service for r, chosen by the
+// service's routing policy, skipping the instance IDs in exclude and,
+// while any other is healthy, instances marked failed. The caller must
+// call release when the request ends.
+func (t *Table) Route(serviceID string, r Request, exclude ...string) (e *Endpoint, release func(), ok bool) {
+	t.mu.RLock()
+	eps := t.endpoints[serviceID]
+	p := t.policy(t.byID[serviceID].Routing())
+	t.mu.RUnlock()
+	r.ServiceID = serviceID
+	return pick(eps, p, r, exclude)
+}
+
+// pick chooses among the usable instances of eps by p and counts the
+// request on the one chosen.
+func pick(eps []*Endpoint, p Policy, r Request, exclude []string) (e *Endpoint, release func(), ok bool) {
+	cands := usable(eps, exclude, time.Now().UnixNano())
+	if len(cands) == 0 {
 		return nil, nil, false
 	}
+	best := p.Choose(cands, r)
 	best.outstanding.Add(1)
 	var once sync.Once
 	return best, func() { once.Do(func() { best.outstanding.Add(-1) }) }, true
+}
+
+// usable returns the instances of eps not in exclude and, while any of
+// those is healthy, not marked failed: eps itself when that is all of
+// them, the common case, which costs no allocation.
+func usable(eps []*Endpoint, exclude []string, now int64) []*Endpoint {
+	healthy, all := 0, true
+	for _, c := range eps {
+		switch {
+		case slices.Contains(exclude, c.Instance.ID):
+			all = false
+		case c.down(now):
+			all = false
+		default:
+			healthy++
+		}
+	}
+	if all {
+		return eps
+	}
+	out := make([]*Endpoint, 0, len(eps))
+	for _, c := range eps {
+		if !slices.Contains(exclude, c.Instance.ID) && (healthy == 0 || !c.down(now)) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // InstanceLoad is one ready instance's requests in flight.
@@ -210,8 +231,9 @@ type queue struct {
 }
 
 // waiter is one held request; its grant is sent once, when it is handed an
-// instance.
+// instance chosen for r by the service's routing policy.
 type waiter struct {
+	r     Request
 	grant chan grant
 	elem  *list.Element
 }
@@ -221,22 +243,23 @@ type grant struct {
 	release func()
 }
 
-// Acquire returns a ready instance of a service as Pick does, or, when it
-// has none, holds the request until one comes up or ctx ends (ctx's error).
-// Held requests are served in the order they came, and none is passed by
-// a later request. They are woken by an instance's arrival, not by
-// polling: when the service has all the instances it wants, every held
-// request is handed one, least loaded first; while it has fewer, each
-// arrival takes its share of the held requests and the rest wait for the
-// next, or SpreadWait, so that a service starting from zero spreads them
-// over the instances that come up. waiting, when not nil, is called once
-// if the request is held. The caller must call release when the request
-// ends.
-func (t *Table) Acquire(ctx context.Context, serviceID string, waiting func()) (e *Endpoint, release func(), err error) {
+// Acquire returns a ready instance of a service for r as Route does, or,
+// when it has none, holds the request until one comes up or ctx ends
+// (ctx's error). Held requests are served in the order they came, and
+// none is passed by a later request. They are woken by an instance's
+// arrival, not by polling: when the service has all the instances it
+// wants, every held request is handed one, each chosen for its request by
+// the service's routing policy; while it has fewer, each arrival takes its
+// share of the held requests and the rest wait for the next, or
+// SpreadWait, so that a service starting from zero spreads them over the
+// instances that come up. waiting, when not nil, is called once if the
+// request is held. The caller must call release when the request ends.
+func (t *Table) Acquire(ctx context.Context, serviceID string, r Request, waiting func()) (e *Endpoint, release func(), err error) {
+	r.ServiceID = serviceID
 	t.mu.Lock()
 	q := t.waiting[serviceID]
 	if q == nil || q.waiters.Len() == 0 {
-		if e, release, ok := pick(t.endpoints[serviceID], nil); ok {
+		if e, release, ok := pick(t.endpoints[serviceID], t.policy(t.byID[serviceID].Routing()), r, nil); ok {
 			t.mu.Unlock()
 			return e, release, nil
 		}
@@ -245,7 +268,7 @@ func (t *Table) Acquire(ctx context.Context, serviceID string, waiting func()) (
 		q = &queue{}
 		t.waiting[serviceID] = q
 	}
-	w := &waiter{grant: make(chan grant, 1)}
+	w := &waiter{r: r, grant: make(chan grant, 1)}
 	w.elem = q.waiters.PushBack(w)
 	t.mu.Unlock()
 	if waiting != nil {
@@ -285,12 +308,14 @@ func (t *Table) handOut(serviceID string, all bool) {
 		// This arrival and each still to come get an equal share.
 		n = (n + want - len(eps)) / (want - len(eps) + 1)
 	}
+	p := t.policy(t.byID[serviceID].Routing())
 	for ; n > 0 && q.waiters.Len() > 0; n-- {
-		e, release, ok := pick(eps, nil)
+		w := q.waiters.Front().Value.(*waiter)
+		e, release, ok := pick(eps, p, w.r, nil)
 		if !ok {
 			break
 		}
-		w := q.waiters.Remove(q.waiters.Front()).(*waiter)
+		q.waiters.Remove(w.elem)
 		w.elem = nil
 		w.grant <- grant{e, release}
 	}

@@ -190,7 +190,9 @@ func (h *handler) chat(w http.ResponseWriter, r *http.Request) {
 }
 
 // stream sends a chat completion as server-sent events. The usage is
-// recorded before "data: [DONE]", and also when the stream ends early.
+// recorded before "data: [DONE]", and also when the stream ends early;
+// then a client that asked for usage gets what was billed in a last chunk
+// before the error event.
 // While the engine sends nothing (a long prefill), the client gets an SSE
 // comment every KeepAlive. A client that cannot be written to has gone
 // away: the stream is told, and ends as 499.
@@ -257,6 +259,14 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request, s *gateway.Stre
 		if err != nil {
 			if r.Context().Err() == nil && !errors.Is(err, context.Canceled) {
 				h.log.WarnContext(r.Context(), "stream failed", "err", err)
+				// The usage first: the official clients stop reading at
+				// an error event.
+				if err := s.Close(); err != nil {
+					h.log.ErrorContext(r.Context(), "stream usage", "err", err)
+				}
+				if u := s.UsageChunk(); u != nil {
+					_ = send(u)
+				}
 				_ = send(gateway.ErrorEvent(err))
 			}
 			return

@@ -48,7 +48,7 @@ func NewMetrics(table *routing.Table, demand *routing.Demand, budget *gateway.Bu
 		return nil, err
 	}
 	if m.tokens, err = meter.Int64Counter("modelport.router.tokens",
-		metric.WithDescription("Tokens metered, per model service and type (prompt or completion).")); err != nil {
+		metric.WithDescription("Tokens metered, per model service and type: prompt, completion, and cached_prompt (the prompt tokens the engine found in its prefix cache).")); err != nil {
 		return nil, err
 	}
 	if m.tokenRate, err = meter.Float64Histogram("modelport.router.output_tokens_per_second",
@@ -96,6 +96,7 @@ func (m *Metrics) Answered(svc state.Service, endpoint string, status int, elaps
 		attribute.String("endpoint", endpoint), attribute.String("status", strconv.Itoa(status))))
 	m.tokens.Add(ctx, int64(u.PromptTokens), metric.WithAttributes(model(svc), attribute.String("type", "prompt")))
 	m.tokens.Add(ctx, int64(u.CompletionTokens), metric.WithAttributes(model(svc), attribute.String("type", "completion")))
+	m.tokens.Add(ctx, int64(u.PromptTokensDetails.CachedTokens), metric.WithAttributes(model(svc), attribute.String("type", "cached_prompt")))
 	if elapsed > 0 && u.CompletionTokens > 0 {
 		m.tokenRate.Record(ctx, float64(u.CompletionTokens)/elapsed.Seconds(), metric.WithAttributes(model(svc)))
 	}

@@ -1347,3 +1347,56 @@ func (d *droppingReader) Read(p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// TestStreamCutShortTellsUsage: a stream the engine cuts short, for a
+// client that asked for usage, ends with a usage chunk holding exactly
+// what was metered, before the error event (the official clients stop
+// reading at the error); a client that did not ask gets no usage chunk.
+func TestStreamCutShortTellsUsage(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	e := newFakeEngine(t, func(w http.ResponseWriter, req *http.Request) {
+		_, _ = io.ReadAll(req.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		for _, c := range []string{"a", "b"} {
+			fmt.Fprint(w, "data: "+`{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"`+c+`"},"finish_reason":null}]}`+"\n\n")
+		}
+		// The engine dies: no usage, no [DONE].
+	})
+	r.instance(chatService, "i-a", e.URL)
+	for i, asked := range []bool{true, false} {
+		body := `{"model":"` + chatService.AccessName + `","messages":[{"role":"user","content":"count to a large number"}],"stream":true`
+		if asked {
+			body += `,"stream_options":{"include_usage":true}`
+		}
+		body += `}`
+		resp, out, err := r.do(context.Background(), "/v1/chat/completions", body)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("status %v: %v", resp, err)
+		}
+		data, _ := sseEvents(t, strings.NewReader(string(out)))
+		metered := r.waitUsage(i + 1)[i]
+		if metered.Status != 502 || metered.CompletionTokens != 2 || metered.PromptTokens == 0 {
+			t.Errorf("metered %+v; want 502 with the prompt counted and the 2 chunks sent", metered)
+		}
+		if !asked {
+			if len(data) != 3 || strings.Contains(strings.Join(data, ""), `"usage"`) {
+				t.Errorf("without include_usage: events %q, want 2 chunks and an error event, no usage", data)
+			}
+			continue
+		}
+		if len(data) != 4 || !strings.Contains(data[3], `"error"`) {
+			t.Fatalf("events %q; want 2 chunks, a usage chunk and an error event", data)
+		}
+		var chunk struct {
+			Choices []any          `json:"choices"`
+			Usage   *gateway.Usage `json:"usage"`
+		}
+		if err := json.Unmarshal([]byte(data[2]), &chunk); err != nil || chunk.Usage == nil || len(chunk.Choices) != 0 {
+			t.Fatalf("third event %q is not a usage chunk (%v)", data[2], err)
+		}
+		want := gateway.Usage{PromptTokens: metered.PromptTokens, CompletionTokens: metered.CompletionTokens, TotalTokens: metered.TotalTokens}
+		if *chunk.Usage != want {
+			t.Errorf("the client was told %+v, billed %+v", *chunk.Usage, want)
+		}
+	}
+}

@@ -2,7 +2,7 @@
 // Escape, and marks the page behind it inert. Closing returns focus to
 // the element that opened the dialog.
 
-import { field, h } from './dom.js';
+import { field, h, routingPolicies } from './dom.js';
 
 // openDialog shows a modal with a title, body nodes and a form; submit is
 // called with the form and may throw to keep the dialog open with the
@@ -84,6 +84,31 @@ export function scaleDialog(api, store, svc) {
         throw new Error('Fix the instance count first.');
       }
       const updated = await api.control('POST', `/services/${encodeURIComponent(svc.id)}/scale`, { instances: Number(input.value) });
+      store.put(updated);
+      return updated;
+    },
+  });
+}
+
+// routingDialog asks how the router should pick the service's instance
+// for each request, and sets it; the next request follows.
+export function routingDialog(api, store, svc) {
+  const radios = routingPolicies.map((p) => h('input', { type: 'radio', name: 'policy', id: `routing-${p.id}`, value: p.id, checked: p.id === svc.routing_policy }));
+  const group = h('fieldset', { class: 'radio-group' },
+    h('legend', {}, 'Routing policy'),
+    routingPolicies.map((p, i) => h('div', { class: 'radio' },
+      radios[i],
+      h('label', { for: radios[i].id }, h('strong', {}, p.name), h('span', { class: 'hint' }, p.hint)),
+    )),
+  );
+  return openDialog({
+    title: `Routing for ${svc.name}`,
+    body: [h('p', {}, 'Choose how requests are spread over the ready instances. The change applies from the next request.'), group],
+    submitLabel: 'Save routing',
+    initialFocus: radios.find((r) => r.checked) || radios[0],
+    submit: async () => {
+      const chosen = radios.find((r) => r.checked);
+      const updated = await api.control('PUT', `/services/${encodeURIComponent(svc.id)}/routing`, { policy: chosen.value });
       store.put(updated);
       return updated;
     },

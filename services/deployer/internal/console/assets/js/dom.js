@@ -92,6 +92,19 @@ export function billingName(m) {
   return billingNames[m] || m;
 }
 
+// routingPolicies are the ways the router can pick a service's instance
+// for a request, in the order the control API lists them, with what each
+// does.
+export const routingPolicies = [
+  { id: 'least-outstanding', name: 'Least outstanding', hint: 'Each request goes to the instance with the fewest requests in flight.' },
+  { id: 'prefix-affinity', name: 'Prefix affinity', hint: 'A chat conversation stays on the instance whose prefix cache holds its earlier turns, while that instance is not much busier than the others: its answers start sooner.' },
+  { id: 'round-robin', name: 'Round robin', hint: 'The instances take requests in turn, however busy they are.' },
+];
+export function routingName(p) {
+  const r = routingPolicies.find((x) => x.id === p);
+  return r ? r.name : p;
+}
+
 // statusBadge is a service status as a coloured badge with its text;
 // reason, when the control API gives one, says why.
 export function statusBadge(status, reason) {

@@ -3,8 +3,8 @@
 // access name and base URL, a usage chart from the billing API, and its
 // recent lifecycle events.
 
-import { ago, billingName, clear, codeBlock, copyButton, engineBadge, h, money, num, statusBadge, taskName, uid, when } from '../dom.js';
-import { deleteDialog, scaleDialog, secretDialog } from '../dialogs.js';
+import { ago, billingName, clear, codeBlock, copyButton, engineBadge, h, money, num, routingName, routingPolicies, statusBadge, taskName, uid, when } from '../dom.js';
+import { deleteDialog, routingDialog, scaleDialog, secretDialog } from '../dialogs.js';
 import { samples } from '../samples.js';
 import { barChart } from '../chart.js';
 
@@ -72,7 +72,9 @@ export function renderDetail(main, ctx, id) {
 
     const scaleBtn = h('button', { type: 'button', class: 'btn btn-secondary' }, 'Scale');
     const deleteBtn = h('button', { type: 'button', class: 'btn btn-danger' }, 'Delete');
+    const routingBtn = h('button', { type: 'button', class: 'btn btn-secondary btn-small', 'aria-label': 'Change routing' }, 'Change');
     scaleBtn.addEventListener('click', () => scaleDialog(a, st, cur));
+    routingBtn.addEventListener('click', () => routingDialog(a, st, cur));
     deleteBtn.addEventListener('click', async () => {
       const done = await deleteDialog(a, st, cur);
       if (done) navigate('#/services');
@@ -102,6 +104,7 @@ export function renderDetail(main, ctx, id) {
           fact('instances', 'Instance count'),
           fact('status', 'Status'),
           fact('autoscale', 'Autoscaling'),
+          fact('routing_policy', 'Routing', routingBtn),
           fact('billing_method', 'Billing method'),
           fact('engine', 'Engine'),
           fact('created_at', 'Created'),
@@ -133,12 +136,16 @@ export function renderDetail(main, ctx, id) {
       facts.autoscale.textContent = a
         ? `${a.min_instances} to ${a.max_instances} instances, aiming at ${a.target_in_flight} requests in flight per instance${a.min_instances === 0 && a.scale_to_zero_after_seconds ? `; to zero after ${a.scale_to_zero_after_seconds}s without requests` : ''}`
         : 'Off: the instance count stays where it is set';
+      const policy = routingPolicies.find((p) => p.id === s.routing_policy);
+      facts.routing_policy.textContent = policy ? `${policy.name}: ${policy.hint}` : routingName(s.routing_policy);
+      facts.routing_policy.dataset.policy = s.routing_policy;
       facts.billing_method.textContent = billingName(s.billing_method);
       clear(facts.engine).append(engineBadge(s.engine));
       facts.created_at.textContent = when(s.created_at);
       facts.updated_at.textContent = `${when(s.updated_at)} (${ago(s.updated_at)})`;
       const busy = s.status === 'deleting' || s.status === 'deleted';
       scaleBtn.disabled = busy;
+      routingBtn.disabled = busy;
       deleteBtn.disabled = s.status === 'deleted';
       document.title = `${s.name} · Modelport console`;
     };
