@@ -18,10 +18,11 @@ const lookupChunk = 1000
 // the batch this Store has not stored lately, then, when the batch holds
 // usage of hours already over, one small INSERT noting them for FillRollup
 // to fill again. It looks nothing up in ClickHouse: an event delivered
-// for the first time is normally new, and looking each batch up cost more
-// than storing it (see InsertRedeliveredUsage for events that may be
-// stored already). Duplicates inside the batch and events this Store
-// stored among the last recentIDs are left out; anything else that
+// for the first time is normally new, and a lookup costs a query over the
+// service's recent rows before each insert (see InsertRedeliveredUsage
+// for events that may be stored already). Duplicates inside the batch, events this Store
+// stored among the last recentCapacity, and events another of its
+// inserts is storing at the same moment are left out; anything else that
 // reaches usage_events twice (a duplicate publish outside JetStream's
 // duplicate window, two writers at once, a retry after an insert the
 // client saw fail but the server kept) is still counted once by the
@@ -38,12 +39,13 @@ func (s *Store) InsertUsage(ctx context.Context, batch []events.RequestCompleted
 	if len(batch) == 0 {
 		return nil
 	}
-	fresh := s.recent.unseen(batch)
+	fresh := s.recent.claim(batch)
 	if len(fresh) > 0 {
 		if err := s.insertUsage(ctx, fresh); err != nil {
+			s.recent.release(fresh)
 			return err
 		}
-		s.recent.add(fresh)
+		s.recent.stored(fresh)
 	}
 	return s.markHours(ctx, batch, time.Now().UTC().Truncate(time.Hour))
 }
@@ -57,16 +59,19 @@ func (s *Store) InsertRedeliveredUsage(ctx context.Context, batch []events.Reque
 	if len(batch) == 0 {
 		return nil
 	}
-	fresh, err := s.unstoredUsage(ctx, s.recent.unseen(batch))
+	claimed := s.recent.claim(batch)
+	fresh, err := s.unstoredUsage(ctx, claimed)
 	if err != nil {
+		s.recent.release(claimed)
 		return err
 	}
 	if len(fresh) > 0 {
 		if err := s.insertUsage(ctx, fresh); err != nil {
+			s.recent.release(claimed)
 			return err
 		}
-		s.recent.add(fresh)
 	}
+	s.recent.stored(claimed) // inserted now or found stored
 	return s.markHours(ctx, batch, time.Now().UTC().Truncate(time.Hour))
 }
 
