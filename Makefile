@@ -61,8 +61,9 @@ test: DEPS := test
 test: deps engines vet $(WITH_CLICKHOUSE)
 	$(WITH_CLICKHOUSE) $(GO) test -race -count=1 -timeout 20m $(PKGS)
 
-## test-faults: the fault tests alone (a killed worker mid-stream, a NATS restart, a
-## thousand streaming clients, NATS and router deaths on a cluster, a query of death, a
+## test-faults: the fault tests alone (the all-in-one killed under load and started again
+## on its data, a killed worker mid-stream, a NATS restart, a thousand streaming
+## clients, NATS and router deaths on a cluster, a query of death, a
 ## blackholed instance, a hung stream, a flood of made-up API keys, a ClickHouse outage,
 ## duplicate and poison events, lost stops, billing replicas starting together, retried
 ## inserts, late usage after a month closed, and the control plane under five minutes of

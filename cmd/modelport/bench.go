@@ -40,10 +40,21 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 	routerBin := fs.String("router-bin", "", "the router binary for the hostile image scenario (default: router beside this binary)")
 	only := fs.String("only", "", "run only this section: latency, lifecycle, prefix-routing, hostile-images, engine or billing")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the latency section (every path: the load, the engine, the proxy and the router in this process) to this file")
+	billingEvents := fs.Int("billing-events", 300_000, "usage events in the billing section's throughput burst")
+	billingProfile := fs.String("billing-profile", "", "write CPU and allocation profiles of the billing throughput burst to files starting with this")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	run := func(section string) bool { return *only == "" || *only == section }
+	if *only == "billing" {
+		// The billing section brings its own NATS server and ClickHouse.
+		report := benchReport(*requests, nil) + benchBilling(ctx, *billingEvents, *billingProfile)
+		fmt.Fprint(stdout, report)
+		if *out != "" {
+			return os.WriteFile(*out, []byte(report), 0o644)
+		}
+		return nil
+	}
 	dir, err := os.MkdirTemp("", "modelport-bench-")
 	if err != nil {
 		return err
@@ -173,7 +184,7 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 		life += section
 	}
 	if run("billing") {
-		life += benchBilling(ctx, 10*(*requests))
+		life += benchBilling(ctx, *billingEvents, *billingProfile)
 	}
 	report := benchReport(*requests, cases) + life
 	fmt.Fprint(stdout, report)

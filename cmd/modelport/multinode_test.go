@@ -220,7 +220,8 @@ func (c *cluster) chatVia(t *testing.T, router, model string) int {
 // routers, round robin, from several goroutines, and records each outcome
 // by the request ID it sent.
 type loadGen struct {
-	model string
+	model  string
+	prefix string // of request IDs: "mn" unless set before run
 
 	mu       sync.Mutex
 	routers  []string
@@ -240,7 +241,7 @@ type answer struct {
 }
 
 func newLoadGen(model string, routers ...string) *loadGen {
-	return &loadGen{model: model, routers: routers, answered: map[string]answer{}, unknown: map[string]string{}}
+	return &loadGen{model: model, prefix: "mn", routers: routers, answered: map[string]answer{}, unknown: map[string]string{}}
 }
 
 // drop stops sending new requests to router; requests already sent to it
@@ -251,22 +252,28 @@ func (l *loadGen) drop(router string) {
 	l.routers = slices.DeleteFunc(l.routers, func(r string) bool { return r == router })
 }
 
-// pick returns the next router, round robin.
+// pick returns the next router, round robin, or "" once every router is
+// dropped.
 func (l *loadGen) pick() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if len(l.routers) == 0 {
+		return ""
+	}
 	l.next++
 	return l.routers[l.next%len(l.routers)]
 }
 
-// run starts n clients that send requests until ctx ends; the returned
-// channel closes once they have all stopped.
+// run starts n clients that send requests until ctx ends or every router
+// is dropped; the returned channel closes once they have all stopped.
 func (l *loadGen) run(ctx context.Context, n int) <-chan struct{} {
 	var wg sync.WaitGroup
 	for g := range n {
 		wg.Go(func() {
 			for i := 0; ctx.Err() == nil; i++ {
-				l.send(ctx, fmt.Sprintf("mn-%d-%d", g, i), 8+i%16)
+				if !l.send(ctx, fmt.Sprintf("%s-%d-%d", l.prefix, g, i), 8+i%16) {
+					return
+				}
 			}
 		})
 	}
@@ -275,9 +282,13 @@ func (l *loadGen) run(ctx context.Context, n int) <-chan struct{} {
 	return done
 }
 
-// send sends one request and records its outcome.
-func (l *loadGen) send(ctx context.Context, id string, maxTokens int) {
+// send sends one request and records its outcome; it reports false, and
+// sends nothing, once every router is dropped.
+func (l *loadGen) send(ctx context.Context, id string, maxTokens int) bool {
 	router := l.pick()
+	if router == "" {
+		return false
+	}
 	client := openai.NewClient(option.WithBaseURL(router+"/v1/"), option.WithAPIKey(testAdminKey), option.WithMaxRetries(0))
 	start := time.Now()
 	// The request runs to its end even when the test stops the load: an
@@ -302,6 +313,7 @@ func (l *loadGen) send(ctx context.Context, id string, maxTokens int) {
 	default:
 		l.failures = append(l.failures, fmt.Sprintf("%s via %s after %s: %v", id, router, took.Round(time.Millisecond), err))
 	}
+	return true
 }
 
 func (l *loadGen) answeredCount() int { return int(l.count.Load()) }

@@ -152,6 +152,9 @@ func StartWith(ctx context.Context, dir string, tcpPort int, o Options) (*Server
 	}
 }
 
+// Pid returns the server's process ID.
+func (s *Server) Pid() int { return s.cmd.Process.Pid }
+
 // Stop terminates the server and waits for it to exit.
 func (s *Server) Stop() {
 	if s.cmd.Process == nil {

@@ -91,7 +91,7 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 		ClickHouseMigratePassword: getenv("MODELPORT_CLICKHOUSE_MIGRATE_PASSWORD"),
 	}
 	var err error
-	if c.BatchSize, err = config.Int(getenv, "MODELPORT_BILLING_BATCH", 500); err != nil {
+	if c.BatchSize, err = config.Int(getenv, "MODELPORT_BILLING_BATCH", 5000); err != nil {
 		return c, err
 	}
 	for _, d := range []struct {
@@ -112,6 +112,11 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 	}
 	return c, c.Validate()
 }
+
+// usageInserters is how many usage batches billing stores at once while
+// it fetches the next: two keep ClickHouse busy while one batch is on its
+// way, and more only add parts for ClickHouse to merge.
+const usageInserters = 2
 
 // withDefaults fills the durations a Config built in code left zero.
 func (c Config) withDefaults() Config {
@@ -246,7 +251,7 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		}()
 		defer func() { <-jobsDone }()
 		for attempt := uint64(1); runCtx.Err() == nil; attempt++ {
-			consumed, err := transport.Consume(runCtx, bus.JS, svc, dead, transport.BatchConfig{Size: cfg.BatchSize, MaxWait: cfg.BatchWait}, log)
+			consumed, err := transport.Consume(runCtx, bus.JS, svc, dead, transport.BatchConfig{Size: cfg.BatchSize, MaxWait: cfg.BatchWait, Inserters: usageInserters}, log)
 			if err == nil {
 				<-consumed
 				return

@@ -17,7 +17,11 @@ import (
 // UsageWriter stores usage events. Storing an event ID again must not
 // count it twice. Implemented by internal/clickhouse.
 type UsageWriter interface {
+	// InsertUsage stores events delivered for the first time.
 	InsertUsage(ctx context.Context, batch []events.RequestCompletedV1) error
+	// InsertRedeliveredUsage stores events delivered before, which an
+	// earlier attempt may have stored already; it may cost a lookup.
+	InsertRedeliveredUsage(ctx context.Context, batch []events.RequestCompletedV1) error
 }
 
 // LifecycleWriter stores instance and service lifecycle events, each event
@@ -326,9 +330,16 @@ func New(store Store, services Services, opts ...Option) *Service {
 // Now returns the Service's clock reading, in UTC to the second.
 func (s *Service) Now() time.Time { return s.now().UTC().Truncate(time.Second) }
 
-// Record stores a batch of checked usage events.
+// Record stores a batch of checked usage events delivered for the first
+// time.
 func (s *Service) Record(ctx context.Context, batch []events.RequestCompletedV1) error {
 	return s.store.InsertUsage(ctx, batch)
+}
+
+// RecordRedelivered stores a batch of checked usage events delivered
+// before, some of which may be stored already.
+func (s *Service) RecordRedelivered(ctx context.Context, batch []events.RequestCompletedV1) error {
+	return s.store.InsertRedeliveredUsage(ctx, batch)
 }
 
 // RecordInstances stores a batch of checked instance events.

@@ -198,6 +198,10 @@ func (f *fakeStore) InsertUsage(_ context.Context, batch []events.RequestComplet
 	return nil
 }
 
+func (f *fakeStore) InsertRedeliveredUsage(ctx context.Context, batch []events.RequestCompletedV1) error {
+	return f.InsertUsage(ctx, batch)
+}
+
 func (f *fakeStore) InsertInstanceEvents(_ context.Context, evs []billing.InstanceEvent) error {
 	f.recorded = append(f.recorded, evs...)
 	return nil

@@ -7,7 +7,8 @@
 // Every table that holds events is a ReplacingMergeTree whose sorting key
 // ends in the event ID, and every query collapses rows by event ID first,
 // so answers are exact before merges run. Usage is also kept from being
-// stored twice in the first place where it can be (see InsertUsage), and
+// stored twice in the first place where it cheaply can be (see
+// InsertUsage and InsertRedeliveredUsage), and
 // the hourly rollup is filled from the collapsed raw events, so it is
 // exact whatever reached the raw table (see FillRollup).
 package clickhouse
@@ -27,10 +28,11 @@ import (
 )
 
 // Store is a billing.Store. It is safe for concurrent use; see InsertUsage
-// for what concurrent writers of usage mean for the hourly rollup.
+// for what concurrent writers of usage mean.
 type Store struct {
-	conn driver.Conn
-	db   string
+	conn   driver.Conn
+	db     string
+	recent *recentIDs
 }
 
 var _ billing.Store = (*Store)(nil)
@@ -71,7 +73,7 @@ func Open(addr, db string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse %s: %w", addr, err)
 	}
-	return &Store{conn: conn, db: db}, nil
+	return &Store{conn: conn, db: db, recent: newRecentIDs(recentCapacity)}, nil
 }
 
 // Close closes the connections.

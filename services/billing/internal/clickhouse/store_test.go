@@ -477,3 +477,70 @@ func TestRollupBackfillIsChunkedAndResumable(t *testing.T) {
 		t.Errorf("usage_hourly = %+v, want %+v", got, want)
 	}
 }
+
+// TestRedeliveredUsageIsLookedUp stores usage through one Store and hands
+// it again to a second one on the same database, as when billing stopped
+// between an insert and its acks and another process (or the same one
+// started again) gets the events redelivered. Redelivered events are
+// looked up and not stored again; an event delivered for the first time
+// is not looked up, so a second Store given it stores it again, and it
+// still counts once.
+func TestRedeliveredUsageIsLookedUp(t *testing.T) {
+	addr, db := chtest.New(t)
+	ctx := context.Background()
+	storeOn := func() *clickhouse.Store {
+		s, err := clickhouse.Open(addr, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		if err := s.Migrate(ctx); err != nil {
+			t.Fatalf("Migrate: %v", err)
+		}
+		return s
+	}
+	first := storeOn()
+	conn, err := ch.Open(&ch.Options{Addr: []string{addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if err := conn.Exec(ctx, "SYSTEM STOP MERGES "+db+".usage_events"); err != nil {
+		t.Fatal(err)
+	}
+	a, b, c := usage("svc-r", 1, 2, hour0), usage("svc-r", 3, 4, hour0.Add(time.Minute)), usage("svc-r", 5, 6, hour0.Add(2*time.Minute))
+	insert(t, first, a, b)
+	want := sumEvents(a, b, c)
+
+	second := storeOn()
+	if err := second.InsertRedeliveredUsage(ctx, []events.RequestCompletedV1{a, b, c, c}); err != nil {
+		t.Fatalf("InsertRedeliveredUsage: %v", err)
+	}
+	if got := rawRows(t, conn, db, "svc-r"); got != 3 {
+		t.Errorf("raw rows after the redelivery = %d, want 3: a redelivered event already stored was stored again", got)
+	}
+	if got := lines(t, second, "svc-r"); got != want {
+		t.Errorf("lines = %+v, want %+v", got, want)
+	}
+
+	// The first Store remembers what it stored: handing it a again, as a
+	// first delivery (a duplicate publish), stores nothing.
+	insert(t, first, a)
+	if got := rawRows(t, conn, db, "svc-r"); got != 3 {
+		t.Errorf("raw rows = %d, want 3: an event the store just stored was stored again", got)
+	}
+	// A third Store does not know it and does not look first deliveries
+	// up: the row lands twice, and counts once.
+	third := storeOn()
+	insert(t, third, a)
+	if got := rawRows(t, conn, db, "svc-r"); got != 4 {
+		t.Errorf("raw rows = %d, want 4", got)
+	}
+	fill(t, third)
+	if got := lines(t, third, "svc-r"); got != want {
+		t.Errorf("lines with a duplicate row = %+v, want %+v", got, want)
+	}
+	if got := rollup(t, conn, db, "svc-r"); got != want {
+		t.Errorf("usage_hourly with a duplicate row = %+v, want %+v", got, want)
+	}
+}

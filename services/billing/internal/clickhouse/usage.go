@@ -15,36 +15,63 @@ import (
 const lookupChunk = 1000
 
 // InsertUsage implements billing.UsageWriter: one INSERT for the events of
-// the batch that are not stored yet, then one small INSERT noting the
-// hours the batch touched, which FillRollup fills again. Duplicates inside
-// the batch and events already in usage_events (a redelivery after the
-// insert succeeded but the acks did not reach JetStream, a duplicate
-// publish outside JetStream's duplicate window) are left out. The lookup
-// and the insert are not one atomic step: two writers inserting the same
-// event at the same moment, or a retry after an insert the client saw fail
-// but the server kept, store it twice. The raw table and every query on it
-// still count each event ID once, and so does the rollup, which is filled
-// from the collapsed raw events. Hours that had ended when the insert
-// succeeded are noted after it, so a noted hour's usage is already
-// visible; they are noted even when every event was stored already, since
-// the attempt that stored them may have failed before noting them. The
-// hour in progress needs no note: it is filled first after it ends (and
-// the rollup's grace, which also covers clocks that differ by less), when
+// the batch this Store has not stored lately, then, when the batch holds
+// usage of hours already over, one small INSERT noting them for FillRollup
+// to fill again. It looks nothing up in ClickHouse: an event delivered
+// for the first time is normally new, and a lookup costs a query over the
+// service's recent rows before each insert (see InsertRedeliveredUsage
+// for events that may be stored already). Duplicates inside the batch, events this Store
+// stored among the last recentCapacity, and events another of its
+// inserts is storing at the same moment are left out; anything else that
+// reaches usage_events twice (a duplicate publish outside JetStream's
+// duplicate window, two writers at once, a retry after an insert the
+// client saw fail but the server kept) is still counted once by the
+// raw table, every query on it and the rollup, which is filled from the
+// collapsed raw events. Hours that had ended when the insert succeeded
+// are noted after it, so a noted hour's usage is already visible; they
+// are noted even when every event was stored already, since the attempt
+// that stored them may have failed before noting them. The hour in
+// progress needs no note: it is filled first after it ends (and the
+// rollup's grace, which also covers clocks that differ by less), when
 // this insert is long visible. So a batch of current usage, the usual
-// case, costs no more round trips than before.
+// case, costs one round trip. It is safe for concurrent use.
 func (s *Store) InsertUsage(ctx context.Context, batch []events.RequestCompletedV1) error {
 	if len(batch) == 0 {
 		return nil
 	}
-	fresh, err := s.unstoredUsage(ctx, batch)
+	fresh := s.recent.claim(batch)
+	if len(fresh) > 0 {
+		if err := s.insertUsage(ctx, fresh); err != nil {
+			s.recent.release(fresh)
+			return err
+		}
+		s.recent.stored(fresh)
+	}
+	return s.markHours(ctx, batch, time.Now().UTC().Truncate(time.Hour))
+}
+
+// InsertRedeliveredUsage implements billing.UsageWriter for events
+// delivered before, which an earlier attempt may have stored (billing
+// stopped between the insert and the acks, or the insert's answer was
+// lost): it looks up which of their IDs usage_events holds already and
+// stores the others as InsertUsage does.
+func (s *Store) InsertRedeliveredUsage(ctx context.Context, batch []events.RequestCompletedV1) error {
+	if len(batch) == 0 {
+		return nil
+	}
+	claimed := s.recent.claim(batch)
+	fresh, err := s.unstoredUsage(ctx, claimed)
 	if err != nil {
+		s.recent.release(claimed)
 		return err
 	}
 	if len(fresh) > 0 {
 		if err := s.insertUsage(ctx, fresh); err != nil {
+			s.recent.release(claimed)
 			return err
 		}
 	}
+	s.recent.stored(claimed) // inserted now or found stored
 	return s.markHours(ctx, batch, time.Now().UTC().Truncate(time.Hour))
 }
 
@@ -70,18 +97,11 @@ func (s *Store) insertUsage(ctx context.Context, fresh []events.RequestCompleted
 	return nil
 }
 
-// unstoredUsage returns the events of batch, each ID once, whose IDs are
+// unstoredUsage returns the events of batch (each ID once) whose IDs are
 // not in usage_events yet. The lookup is narrowed by the sorting key
 // (service, time) so it reads few granules.
 func (s *Store) unstoredUsage(ctx context.Context, batch []events.RequestCompletedV1) ([]events.RequestCompletedV1, error) {
-	seen := make(map[string]bool, len(batch))
-	unique := make([]events.RequestCompletedV1, 0, len(batch))
-	for _, e := range batch {
-		if !seen[e.ID] {
-			seen[e.ID] = true
-			unique = append(unique, e)
-		}
-	}
+	unique := batch
 	stored := map[string]bool{}
 	for start := 0; start < len(unique); start += lookupChunk {
 		chunk := unique[start:min(start+lookupChunk, len(unique))]
@@ -118,7 +138,7 @@ func (s *Store) unstoredUsage(ctx context.Context, batch []events.RequestComplet
 	if len(stored) == 0 {
 		return unique, nil
 	}
-	fresh := unique[:0]
+	fresh := make([]events.RequestCompletedV1, 0, len(unique)-len(stored))
 	for _, e := range unique {
 		if !stored[e.ID] {
 			fresh = append(fresh, e)

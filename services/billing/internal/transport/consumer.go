@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/modelport/modelport/libs/errs"
@@ -45,37 +46,47 @@ var Lifecycle = [][2]string{{events.StreamWorker, DurableInstances}, {events.Str
 // for: it is acked and not stored.
 var errSkip = errors.New("not billed")
 
-// BatchConfig bounds a batch by size and by how long the first event waits.
+// BatchConfig bounds a batch by size and by how long the first event
+// waits, and says how many batches are stored at once.
 type BatchConfig struct {
 	Size    int
 	MaxWait time.Duration
+	// Inserters is how many batches are decoded and stored at once while
+	// the next is fetched; 0 is one.
+	Inserters int
 }
 
-// batchConsumer reads one durable pull consumer in batches: decode each
-// message (an Invalid error dead-letters it, errSkip acks it unstored),
-// store the batch, then ack it. A batch the store refuses is nakked whole
-// and retried with backoff.
+// batchConsumer reads one durable pull consumer in batches. One goroutine
+// fetches batches; each of cfg.Inserters goroutines takes one at a time,
+// decodes each message (an Invalid error dead-letters it, errSkip acks it
+// unstored), stores the batch, then acks it. So a message is acked only
+// once the insert that holds it succeeded, whatever order batches finish
+// in. A batch the store refuses is nakked whole and retried with backoff.
 type batchConsumer[T any] struct {
 	durable string
 	stream  string
 	filters []string
 	decode  func(subject string, data []byte) (T, error)
 	store   func(ctx context.Context, batch []T) error
-	dead    *DeadLetters
-	cfg     BatchConfig
-	log     *slog.Logger
+	// storeAgain, when set, stores instead of store the events JetStream
+	// delivered before, which an earlier attempt may have stored.
+	storeAgain func(ctx context.Context, batch []T) error
+	dead       *DeadLetters
+	cfg        BatchConfig
+	log        *slog.Logger
 }
 
 // start creates or updates the consumer and reads it until ctx ends, then
-// closes the returned channel once the batch in hand is stored and acked,
-// so a clean stop leaves nothing waiting for redelivery.
+// closes the returned channel once the batches in hand are stored and
+// acked, so a clean stop leaves nothing waiting for redelivery.
 func (c *batchConsumer[T]) start(ctx context.Context, js jetstream.JetStream) (<-chan struct{}, error) {
 	size := max(c.cfg.Size, 1)
+	inserters := max(c.cfg.Inserters, 1)
 	cfg := jetstream.ConsumerConfig{
 		Durable:       c.durable,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       time.Minute,
-		MaxAckPending: 4 * size,
+		MaxAckPending: (inserters + 3) * size, // being stored, waiting, being fetched, and a spare
 	}
 	if len(c.filters) == 1 {
 		cfg.FilterSubject = c.filters[0]
@@ -88,39 +99,93 @@ func (c *batchConsumer[T]) start(ctx context.Context, js jetstream.JetStream) (<
 	}
 	natsx.WatchLag(c.stream, c.durable, cons)
 	log := c.log.With("consumer", c.durable)
+	fetched := make(chan []jetstream.Msg)
+	var inserting sync.WaitGroup
+	for range inserters {
+		inserting.Add(1)
+		go func() {
+			defer inserting.Done()
+			c.insert(ctx, fetched, log)
+		}()
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		defer inserting.Wait()
+		defer close(fetched)
 		failures := uint64(0)
 		for ctx.Err() == nil {
-			err := c.batch(ctx, cons, size, log)
-			if err == nil {
-				failures = 0
+			msgs, err := c.fetch(cons, size)
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				failures++
+				wait := natsx.Backoff(failures)
+				log.WarnContext(ctx, "fetch failed; retrying", "err", err, "retry_in", wait)
+				select {
+				case <-ctx.Done():
+				case <-time.After(wait):
+				}
 				continue
 			}
-			if ctx.Err() != nil {
-				return
-			}
-			failures++
-			wait := natsx.Backoff(failures)
-			log.WarnContext(ctx, "batch not stored; its events stay in JetStream and will be retried", "err", err, "retry_in", wait)
-			select {
-			case <-ctx.Done():
-			case <-time.After(wait):
+			failures = 0
+			if len(msgs) > 0 {
+				// Handed over even when ctx has ended: the inserters
+				// store what was fetched before they stop.
+				fetched <- msgs
 			}
 		}
 	}()
 	return done, nil
 }
 
-func (c *batchConsumer[T]) batch(ctx context.Context, cons jetstream.Consumer, size int, log *slog.Logger) error {
-	msgs, err := cons.Fetch(size, jetstream.FetchMaxWait(c.cfg.MaxWait))
+// fetch returns the next batch: size messages, or fewer once the first
+// has waited cfg.MaxWait.
+func (c *batchConsumer[T]) fetch(cons jetstream.Consumer, size int) ([]jetstream.Msg, error) {
+	batch, err := cons.Fetch(size, jetstream.FetchMaxWait(c.cfg.MaxWait))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var batch []T
-	var held []jetstream.Msg
-	for msg := range msgs.Messages() {
+	var msgs []jetstream.Msg
+	for msg := range batch.Messages() {
+		msgs = append(msgs, msg)
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
+		c.log.Debug("fetch", "consumer", c.durable, "err", err)
+	}
+	return msgs, nil
+}
+
+// insert stores the batches it takes from fetched until fetched closes,
+// backing off after a batch that was not stored.
+func (c *batchConsumer[T]) insert(ctx context.Context, fetched <-chan []jetstream.Msg, log *slog.Logger) {
+	failures := uint64(0)
+	for msgs := range fetched {
+		err := c.process(ctx, msgs, log)
+		if err == nil {
+			failures = 0
+			continue
+		}
+		if ctx.Err() != nil {
+			// Nakked; the next start reads it again.
+			continue
+		}
+		failures++
+		wait := natsx.Backoff(failures)
+		log.WarnContext(ctx, "batch not stored; its events stay in JetStream and will be retried", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+}
+
+// process decodes, stores and acks one fetched batch.
+func (c *batchConsumer[T]) process(ctx context.Context, msgs []jetstream.Msg, log *slog.Logger) error {
+	var batch, again []T
+	var held, heldAgain []jetstream.Msg
+	for _, msg := range msgs {
 		ev, err := c.decode(msg.Subject(), msg.Data())
 		if errors.Is(err, errSkip) {
 			if err := msg.Ack(); err != nil {
@@ -133,13 +198,16 @@ func (c *batchConsumer[T]) batch(ctx context.Context, cons jetstream.Consumer, s
 			c.reject(ctx, msg, err, log)
 			continue
 		}
+		if c.storeAgain != nil && redelivered(msg) {
+			again = append(again, ev)
+			heldAgain = append(heldAgain, msg)
+			continue
+		}
 		batch = append(batch, ev)
 		held = append(held, msg)
 	}
-	if err := msgs.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
-		log.DebugContext(ctx, "fetch", "err", err)
-	}
-	if len(batch) == 0 {
+	held = append(held, heldAgain...)
+	if len(held) == 0 {
 		return nil
 	}
 	// The batch's span links to each publisher's span.
@@ -156,13 +224,20 @@ func (c *batchConsumer[T]) batch(ctx context.Context, cons jetstream.Consumer, s
 		trace.WithAttributes(
 			attribute.String("messaging.system", "nats"),
 			attribute.String("messaging.consumer.group.name", c.durable),
-			attribute.Int("messaging.batch.message_count", len(batch)),
+			attribute.Int("messaging.batch.message_count", len(held)),
 		))
 	defer span.End()
 	// The batch in hand is finished even when ctx ends meanwhile.
 	storeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	if err := c.store(storeCtx, batch); err != nil {
+	err := error(nil)
+	if len(batch) > 0 {
+		err = c.store(storeCtx, batch)
+	}
+	if err == nil && len(again) > 0 {
+		err = c.storeAgain(storeCtx, again)
+	}
+	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
 		for _, m := range held {
 			_ = m.Nak()
@@ -178,6 +253,12 @@ func (c *batchConsumer[T]) batch(ctx context.Context, cons jetstream.Consumer, s
 		}
 	}
 	return nil
+}
+
+// redelivered reports whether JetStream delivered msg before.
+func redelivered(msg jetstream.Msg) bool {
+	md, err := msg.Metadata()
+	return err != nil || md.NumDelivered > 1
 }
 
 // reject dead-letters an invalid message. When the dead letter cannot be
@@ -208,13 +289,13 @@ const tracerName = "github.com/modelport/modelport/services/billing/internal/tra
 // instances whose worker died), and service lifecycle. The returned
 // channel closes once all have stopped after ctx ends.
 func Consume(ctx context.Context, js jetstream.JetStream, svc *billing.Service, dead *DeadLetters, cfg BatchConfig, log *slog.Logger) (<-chan struct{}, error) {
-	small := BatchConfig{Size: min(cfg.Size, 100), MaxWait: cfg.MaxWait}
+	small := BatchConfig{Size: min(cfg.Size, 100), MaxWait: cfg.MaxWait, Inserters: 1}
 	consumers := []interface {
 		start(context.Context, jetstream.JetStream) (<-chan struct{}, error)
 	}{
 		&batchConsumer[events.RequestCompletedV1]{
 			durable: Durable, stream: events.StreamUsage, filters: []string{events.SubjectRequestCompletedV1},
-			decode: decodeUsage, store: svc.Record, dead: dead, cfg: cfg, log: log,
+			decode: decodeUsage, store: svc.Record, storeAgain: svc.RecordRedelivered, dead: dead, cfg: cfg, log: log,
 		},
 		&batchConsumer[billing.InstanceEvent]{
 			durable: DurableInstances, stream: events.StreamWorker,

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -540,4 +541,88 @@ func rawConn(t *testing.T, e *env) ch.Conn {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// slowFirstInsert holds the first usage insert until release closes,
+// having recorded its batch and told entered; later inserts go straight
+// through.
+type slowFirstInsert struct {
+	*clickhouse.Store
+	once    atomic.Bool
+	held    []events.RequestCompletedV1
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s *slowFirstInsert) InsertUsage(ctx context.Context, batch []events.RequestCompletedV1) error {
+	if s.once.CompareAndSwap(false, true) {
+		s.held = batch
+		close(s.entered)
+		<-s.release
+	}
+	return s.Store.InsertUsage(ctx, batch)
+}
+
+// TestUsageIsAckedOnlyOnceStored holds one batch's insert while later
+// batches are stored by the other inserter: they are stored and acked,
+// and the held one stays unacked (JetStream would deliver it again were
+// billing to die now) until its own insert succeeds.
+func TestUsageIsAckedOnlyOnceStored(t *testing.T) {
+	e := newEnv(t)
+	slow := &slowFirstInsert{Store: e.store, entered: make(chan struct{}), release: make(chan struct{})}
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(slow.release) }) }
+	e.consume(e.billing(slow))
+	t.Cleanup(release) // before the consumers stop, which waits for the held batch
+	svc := e.service(e.alice, state.BillingPerToken, time.Now().Add(-time.Hour))
+
+	var all []events.RequestCompletedV1
+	publish := func(n, prompt int) {
+		for i := range n {
+			ev := usageEvent(svc, "k", prompt+i, 1, time.Now())
+			all = append(all, ev)
+			e.publish(ev)
+		}
+	}
+	publish(20, 1)
+	select {
+	case <-slow.entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no batch reached the store")
+	}
+	publish(60, 100)
+	held := map[string]bool{}
+	for _, ev := range slow.held {
+		held[ev.ID] = true
+	}
+	var rest []events.RequestCompletedV1
+	for _, ev := range all {
+		if !held[ev.ID] {
+			rest = append(rest, ev)
+		}
+	}
+	eventually(t, 30*time.Second, "the later batches stored and acked while the first is held", func() error {
+		if got, want := e.stored(svc.ID), sumOf(rest...); got != want {
+			return fmt.Errorf("stored %+v, want %+v", got, want)
+		}
+		c, err := e.bus.JS.Consumer(e.ctx, events.StreamUsage, transport.Durable)
+		if err != nil {
+			return err
+		}
+		info, err := c.Info(e.ctx)
+		if err != nil {
+			return err
+		}
+		if info.NumAckPending != len(slow.held) || info.NumPending != 0 {
+			return fmt.Errorf("%d waiting for ack, %d pending; want the held batch's %d waiting for ack", info.NumAckPending, info.NumPending, len(slow.held))
+		}
+		return nil
+	})
+	release()
+	eventually(t, 30*time.Second, "every batch stored once and acked", func() error {
+		if got, want := e.stored(svc.ID), sumOf(all...); got != want {
+			return fmt.Errorf("stored %+v, want %+v", got, want)
+		}
+		return e.drained(events.StreamUsage, transport.Durable)
+	})
 }

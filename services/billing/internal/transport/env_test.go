@@ -103,7 +103,7 @@ func (e *env) billing(store billing.Store, opts ...billing.Option) *billing.Serv
 func (e *env) consume(svc *billing.Service) {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(e.ctx)
-	done, err := transport.Consume(ctx, e.svcBus.JS, svc, e.dead, transport.BatchConfig{Size: 50, MaxWait: 50 * time.Millisecond}, quiet)
+	done, err := transport.Consume(ctx, e.svcBus.JS, svc, e.dead, transport.BatchConfig{Size: 50, MaxWait: 50 * time.Millisecond, Inserters: 2}, quiet)
 	if err != nil {
 		cancel()
 		e.t.Fatal(err)
