@@ -107,8 +107,8 @@ follow what the platform does.
 ## Subjects and streams
 
 Subjects read ` + "`<domain>.<entity>.<past-verb>.v<N>`" + `, for example
-` + "`deploy.service.created.v1`" + `. Adding an optional field keeps the version; any
-other change is a new version, published beside the old one until consumers
+` + "`deploy.service.created.v1`" + `. Adding an optional field or an enum value keeps the
+version; any other change is a new version, published beside the old one until consumers
 move. Each domain has one stream:
 
 | Stream | Subjects | Holds |
