@@ -366,20 +366,22 @@ func (s *Supervisor) spawn() (*proc, error) {
 		Path: path, Args: append([]string{s.cmd.Name}, s.cmd.Args...), Env: s.cmd.Env, Dir: s.cmd.Dir,
 		// One pipe for both keeps their lines in the order written.
 		Stdout: w, Stderr: w,
-		// The engine holds the pipe's read end too (unused, as its fd
-		// 3), so the pipe never breaks under it: when the worker dies,
-		// the engine's last lines fill the pipe's buffer instead of
-		// killing it with SIGPIPE before it has stopped the processes it
-		// started (Ollama logs as it shuts its model runner down).
-		ExtraFiles:  []*os.File{r},
 		SysProcAttr: sysProcAttr(),
 	}
-	if err := c.Start(); err != nil {
+	// The engine holds the pipe's read end too (unused, as its fd 3).
+	keep := engineReadEnd(r)
+	if keep != nil {
+		c.ExtraFiles = []*os.File{keep}
+	}
+	err = c.Start()
+	w.Close()
+	if keep != nil {
+		keep.Close()
+	}
+	if err != nil {
 		r.Close()
-		w.Close()
 		return nil, err
 	}
-	w.Close()
 	p := &proc{cmd: c, pgid: c.Process.Pid, exited: make(chan struct{}), logs: make(chan struct{}), out: r}
 	go s.readLogs(p)
 	go func() {

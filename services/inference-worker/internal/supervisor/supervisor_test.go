@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -424,5 +425,29 @@ func TestOutputLogged(t *testing.T) {
 		if strings.Contains(l, "line=to-std") && (!strings.Contains(l, "level=DEBUG") || !strings.Contains(l, "instance_id=i-42")) {
 			t.Errorf("log line %q: want debug level and the instance ID", l)
 		}
+	}
+}
+
+// TestStopWhileSomethingElseHoldsTheOutput: a process the engine started
+// in a session of its own (outside the engine's process group, so Stop
+// cannot reach it) keeps the output pipe open; Stop still returns once
+// the engine is gone, its log reader given up.
+func TestStopWhileSomethingElseHoldsTheOutput(t *testing.T) {
+	if _, err := exec.LookPath("setsid"); err != nil {
+		t.Fatal("setsid not found: install util-linux (apt-get install util-linux)")
+	}
+	h := newHealth(t, http.StatusOK)
+	s, rec := start(t, sh("setsid sleep 30 & exec sleep 60", h), fast, nil)
+	rec.waitFor(t, "ready", isState(supervisor.Ready))
+	t.Cleanup(func() { _ = exec.Command("pkill", "-f", "^sleep 30$").Run() })
+	stopped := make(chan error, 1)
+	go func() { stopped <- s.Stop(context.Background()) }()
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Stop did not return while a process outside the engine's group holds its output open")
 	}
 }

@@ -2,7 +2,10 @@
 
 package supervisor
 
-import "syscall"
+import (
+	"os"
+	"syscall"
+)
 
 // sysProcAttr puts the engine in a process group of its own, so that Stop
 // reaches every process it forks. Only Linux can also tie its life to the
@@ -10,3 +13,7 @@ import "syscall"
 func sysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true}
 }
+
+// engineReadEnd is nil: only on Linux does the engine hold its output
+// pipe's read end.
+func engineReadEnd(*os.File) *os.File { return nil }

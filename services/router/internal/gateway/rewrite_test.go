@@ -42,6 +42,7 @@ func FuzzRewrite(f *testing.F) {
 		`{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}`,
 		`{"choices":[{"delta":{"content":"x"}}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4},"model":"a","model":"b"}`,
 		` {"model":"m","usage":null,"choices":[ ] ,"id":1} `,
+		"{\"choices\":\n[{\"delta\":\r\n{\"content\":\"a\"}}]}",
 		`{"\u0069d":"x","mo\"del":1,"é":[],"choices":[{"delta":{"role":"assistant"}}]}`,
 		`{}`, `null`, `[]`, `{"id":`, `"chunk"`,
 	} {
@@ -73,6 +74,9 @@ func FuzzRewrite(f *testing.F) {
 			t.Fatalf("%q: skip %v, want %v", data, skip, wantSkip)
 		case skip:
 			return
+		}
+		if bytes.ContainsAny(out, "\r\n") {
+			t.Fatalf("%q rewritten to %q: a line break ends the client's event early", data, out)
 		}
 		var got map[string]any
 		if err := json.Unmarshal(out, &got); err != nil {

@@ -47,6 +47,7 @@ type Stream struct {
 	// strings, for every chunk.
 	idJSON, modelJSON []byte
 	billed            Usage       // what Close recorded
+	toldUsage         bool        // the engine's usage chunk (choices: []) went to the client
 	idled             bool        // ended for sending nothing for the idle timeout
 	gone              atomic.Bool // the client went away
 	once              sync.Once
@@ -131,6 +132,14 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 		s.up.fail()
 		return nil, false, errs.E(errs.Upstream, "the engine sent a malformed chunk")
 	}
+	if bytes.ContainsAny(data, "\r\n") {
+		// A chunk sent on several data lines, or with line breaks as
+		// whitespace: spliced as it is, it would end the client's event
+		// early. In valid JSON a raw line break is only ever whitespace.
+		var b bytes.Buffer
+		_ = json.Compact(&b, data)
+		data = b.Bytes()
+	}
 	// The last member of a name wins, as encoding/json reads a chunk.
 	var usage, choices, errv jsonscan.Span
 	var hasUsage, hasChoices, hasError bool
@@ -165,6 +174,8 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 	switch {
 	case final && !s.opts.IncludeUsage:
 		return nil, true, nil
+	case final:
+		s.toldUsage = true
 	case !final && !s.opts.ContinuousUsageStats:
 		dropUsage = true
 	}
@@ -340,10 +351,11 @@ type eventShaper interface {
 // UsageChunk is the last chunk of a stream that ended early, for a
 // client that asked for usage (stream_options.include_usage): what Close
 // billed, so that the client knows it before the error event. It is nil
-// where the client did not ask, or for a Responses stream, whose clients
-// read usage only from its last event, and must be called after Close.
+// where the client did not ask, where the engine's own usage chunk already
+// reached it, or for a Responses stream, whose clients read usage only
+// from its last event, and must be called after Close.
 func (s *Stream) UsageChunk() []byte {
-	if !s.opts.IncludeUsage || s.events != nil {
+	if !s.opts.IncludeUsage || s.events != nil || s.toldUsage {
 		return nil
 	}
 	object := "chat.completion.chunk"

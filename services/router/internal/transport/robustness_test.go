@@ -1400,3 +1400,30 @@ func TestStreamCutShortTellsUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamCutAfterEngineUsageTellsItOnce: an engine that sent its own
+// usage chunk and then died before [DONE] has told the client its usage;
+// the router does not send a second usage chunk a client could add up.
+func TestStreamCutAfterEngineUsageTellsItOnce(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	e := newFakeEngine(t, func(w http.ResponseWriter, req *http.Request) {
+		_, _ = io.ReadAll(req.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: "+`{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":"stop"}]}`+"\n\n")
+		fmt.Fprint(w, "data: "+`{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}`+"\n\n")
+		// The engine dies before [DONE].
+	})
+	r.instance(chatService, "i-a", e.URL)
+	body := `{"model":"` + chatService.AccessName + `","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}`
+	resp, out, err := r.do(context.Background(), "/v1/chat/completions", body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("status %v: %v", resp, err)
+	}
+	data, _ := sseEvents(t, strings.NewReader(string(out)))
+	if n := strings.Count(strings.Join(data, "\n"), `"usage"`); len(data) != 3 || n != 1 || !strings.Contains(data[2], `"error"`) {
+		t.Fatalf("events %q; want the chunk, the engine's usage chunk once, and an error event", data)
+	}
+	if got := r.waitUsage(1)[0]; got.PromptTokens != 9 || got.CompletionTokens != 1 {
+		t.Errorf("metered %+v, want the engine's 9+1", got)
+	}
+}
