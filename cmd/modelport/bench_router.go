@@ -20,6 +20,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/modelport/modelport/libs/access"
 )
 
 // The router's memory under a hostile image workload: a router process of
@@ -144,7 +146,8 @@ func runHostileImages(ctx context.Context, c *http.Client, p *platform, key, rou
 	addr := ln.Addr().String()
 	ln.Close()
 	cmd := exec.CommandContext(ctx, routerBin)
-	cmd.Env = append(os.Environ(), append([]string{"MODELPORT_NATS_URL=" + p.NATSURL, "MODELPORT_HTTP_ADDR=" + addr}, hostileSettings...)...)
+	cmd.Env = append(os.Environ(), append([]string{"MODELPORT_NATS_URL=" + p.NATSURL, "MODELPORT_HTTP_ADDR=" + addr,
+		"MODELPORT_NATS_NKEY=" + access.SeedFile(p.NATSCreds, access.Router)}, hostileSettings...)...)
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
