@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -147,9 +148,22 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 				if round == 0 {
 					n = min(n, 100)
 				}
+				var before map[string]stageTotal
+				if round > 0 && t == len(targets)-1 {
+					if before, err = routerStages(ctx, client, p.BaseURL, key, c.stream); err != nil {
+						return err
+					}
+				}
 				r, err := runLoad(ctx, client, target, n, c.concurrency, c.stream, body)
 				if err != nil {
 					return fmt.Errorf("%s, %s: %w", target.name, c, err)
+				}
+				if before != nil {
+					after, err := routerStages(ctx, client, p.BaseURL, key, c.stream)
+					if err != nil {
+						return err
+					}
+					c.addStages(before, after)
 				}
 				if round > 0 && (c.results[t].rps == 0 || r.p50 < c.results[t].p50) {
 					c.results[t] = r
@@ -201,6 +215,76 @@ type benchCase struct {
 	concurrency int
 	requests    int
 	results     [3]benchResult // engine direct, bare proxy, router
+	// stages is the router's time per stage over its measured runs.
+	stages map[string]stageTotal
+}
+
+// stageTotal is a stage's requests and time, as the router's
+// modelport.router.stage.duration histogram counts them.
+type stageTotal struct {
+	count   float64
+	seconds float64
+}
+
+// addStages adds what the router's stage histogram gained from before
+// to after.
+func (c *benchCase) addStages(before, after map[string]stageTotal) {
+	if c.stages == nil {
+		c.stages = map[string]stageTotal{}
+	}
+	for name, a := range after {
+		b := before[name]
+		t := c.stages[name]
+		t.count += a.count - b.count
+		t.seconds += a.seconds - b.seconds
+		c.stages[name] = t
+	}
+}
+
+// routerStages reads the router's stage histogram, for streamed requests
+// or not, from its /metrics.
+func routerStages(ctx context.Context, c *http.Client, base, key string, stream bool) (map[string]stageTotal, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("router metrics: %v %s", err, resp.Status)
+	}
+	out := map[string]stageTotal{}
+	const metricName = "modelport_router_stage_duration_seconds_"
+	for line := range strings.Lines(string(b)) {
+		rest, ok := strings.CutPrefix(line, metricName)
+		if !ok || !strings.Contains(rest, fmt.Sprintf(`stream="%t"`, stream)) {
+			continue
+		}
+		kind, labels, _ := strings.Cut(rest, "{")
+		_, stage, _ := strings.Cut(labels, `stage="`)
+		stage, _, _ = strings.Cut(stage, `"`)
+		fields := strings.Fields(line)
+		v, err := strconv.ParseFloat(fields[len(fields)-1], 64)
+		if err != nil {
+			continue
+		}
+		t := out[stage]
+		switch kind {
+		case "sum":
+			t.seconds = v
+		case "count":
+			t.count = v
+		default:
+			continue
+		}
+		out[stage] = t
+	}
+	return out, nil
 }
 
 // bareProxy is the floor for the router: net/http/httputil's
@@ -408,9 +492,43 @@ func benchReport(requests int, cases []benchCase) string {
 		e, x, r := c.results[0], c.results[1], c.results[2]
 		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | **%.2f×** |\n", c, e.rps, x.rps, r.rps, r.rps/x.rps)
 	}
+	b.WriteString(stageReport(cases))
 	b.WriteString("\n")
 	return b.String()
 }
+
+// stageReport is where the router's time goes in each case.
+func stageReport(cases []benchCase) string {
+	var b strings.Builder
+	b.WriteString("\nWhere the router's time goes: the mean time a request spent in each stage of the router over the measured runs, from the router's own `modelport.router.stage.duration` histogram (its sum over its count). ")
+	b.WriteString("*auth* runs from the request reaching the router's API (after the HTTP server, tracing and request ID) to its key checked and its limits applied; *parse* is reading the request's JSON, checking it, resolving the service and admitting it; ")
+	b.WriteString("*engine* runs from writing the request to the engine to the engine's answer headers, and includes the engine's own time (for a non-streamed answer the whole generation: compare the engine's p50 above); *answer* reads the rest of a whole answer; ")
+	b.WriteString("*publish* stores the usage event in JetStream, before the client has the whole answer (a stream's, before its last event, outside its time to first token); *first content* runs from a stream's headers to its first content.\n\n")
+	b.WriteString("| stage |")
+	for _, c := range cases {
+		fmt.Fprintf(&b, " %s |", c)
+	}
+	b.WriteString("\n|---|")
+	for range cases {
+		b.WriteString("---:|")
+	}
+	b.WriteString("\n")
+	for _, stage := range []string{"auth", "read", "parse", "route", "engine", "answer", "rewrite", "metrics", "publish", "write", "first_content"} {
+		fmt.Fprintf(&b, "| %s |", strings.ReplaceAll(stage, "_", " "))
+		for _, c := range cases {
+			t := c.stages[stage]
+			if t.count == 0 {
+				b.WriteString(" — |")
+				continue
+			}
+			fmt.Fprintf(&b, " %s |", us(time.Duration(t.seconds/t.count*float64(time.Second))))
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+func us(d time.Duration) string { return fmt.Sprintf("%.1f µs", float64(d)/float64(time.Microsecond)) }
 
 // addedRatio is a over b as "1.23×", or "—" where the proxy added nothing
 // measurable (a ratio over noise means nothing).

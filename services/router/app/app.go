@@ -210,6 +210,12 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		return runner.Service{}, err
 	}
 	g.Observer = metrics
+	stages, err := transport.NewStageMetrics(nil)
+	if err != nil {
+		stopWatch()
+		metrics.Close()
+		return runner.Service{}, err
+	}
 	limits := ratelimit.New(cfg.RateLimits, nil)
 	g.Limits = limits
 	g.Images = transport.NewImageFetcher(cfg.ImageFetchTimeout, cfg.AllowPrivateImageURLs)
@@ -238,6 +244,7 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		Handler: transport.NewHandler(g, images, keys, limits, transport.Options{
 			PublicURL: cfg.PublicURL, AllowedHosts: cfg.AllowedHosts, TrustedProxies: cfg.TrustedProxies,
 			BodyTimeout: cfg.BodyTimeout, KeepAlive: cfg.KeepAlive, AuthFailures: cfg.AuthFailures,
+			Stages: stages,
 		}, log),
 		Stop: func(context.Context) { stopWatch(); metrics.Close() },
 		Ready: func() error {

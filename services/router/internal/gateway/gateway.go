@@ -254,6 +254,7 @@ func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, r
 			finish()
 		}
 	}()
+	tm := TimingOf(ctx)
 	var tried []string
 	again := false // the instance tried may be tried again if it is the only one
 	for {
@@ -261,8 +262,10 @@ func (g *Gateway) forward(ctx context.Context, svc state.Service, path string, r
 		if err != nil {
 			return nil, err
 		}
+		tm.Mark(StageRoute)
 		engCtx, cancel := context.WithCancelCause(ctx)
 		status, resp, err := g.engine.Open(engCtx, ep.Instance.Endpoint, path, req.bytes(), req.sent)
+		tm.Mark(StageEngine)
 		if err != nil {
 			release()
 			cancel(nil)
@@ -434,6 +437,7 @@ func (b *idleBody) Close() error {
 // tokens to the rate limits. Usage is recorded before the client has the
 // whole answer, and the event ID makes a retried publish count once.
 func (g *Gateway) meter(ctx context.Context, c Call, svc state.Service, inst state.Instance, endpoint string, status int, u Usage, started time.Time) error {
+	tm, start := TimingOf(ctx), time.Now()
 	u = u.billable()
 	if g.Limits != nil {
 		// The engine did the work whether or not the event is stored.
@@ -442,6 +446,9 @@ func (g *Gateway) meter(ctx context.Context, c Call, svc state.Service, inst sta
 	if g.Observer != nil {
 		g.Observer.Answered(svc, endpoint, status, time.Since(started), u)
 	}
+	tm.Add(StageMetrics, start)
+	start = time.Now()
+	defer tm.Add(StagePublish, start)
 	ev := events.RequestCompletedV1{
 		Meta: events.NewMeta(), RequestID: c.RequestID, ServiceID: svc.ID, OwnerID: svc.OwnerID,
 		AccessName: svc.AccessName, BaseModel: svc.BaseModel, APIKeyID: c.Caller.ID, InstanceID: inst.ID,

@@ -50,6 +50,8 @@ type promptCounter interface{ tokens() int }
 // call's body must no longer be referenced: only x.body is kept, and only
 // until it is written.
 func (g *Gateway) relay(ctx context.Context, c Call, svc state.Service, started time.Time, x exchange) (*Reply, error) {
+	tm := TimingOf(ctx)
+	tm.Mark(StageParse)
 	req := newPayload(x.body, c.Hold.Release)
 	x.body = nil
 	up, err := g.forward(ctx, svc, x.path, req, x.route)
@@ -76,6 +78,7 @@ func (g *Gateway) relay(ctx context.Context, c Call, svc state.Service, started 
 	}
 	defer up.close()
 	b, tail, err := readAnswer(up.body, maxAnswer)
+	tm.Mark(StageAnswer)
 	switch {
 	case ctx.Err() != nil:
 		// The client went away while the answer was being read; the
@@ -96,6 +99,7 @@ func (g *Gateway) relay(ctx context.Context, c Call, svc state.Service, started 
 		return nil, err
 	}
 	out, usage, err := x.rewrite(b, x.id, svc.AccessName)
+	tm.Mark(StageRewrite)
 	if err != nil {
 		up.fail()
 		g.observeFailure(svc, x.endpoint, err, started)

@@ -182,6 +182,7 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 	if !final && hasChoices && hasContent(data[choices.Start:choices.End]) {
 		s.chunks++
 		if s.chunks == 1 {
+			TimingOf(s.ctx).Mark(StageFirst)
 			ttft := time.Since(s.started)
 			trace.SpanFromContext(s.ctx).AddEvent("first token", trace.WithAttributes(attribute.Float64("ttft_seconds", ttft.Seconds())))
 			if s.g.Observer != nil {

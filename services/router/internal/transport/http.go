@@ -51,6 +51,9 @@ type Options struct {
 	// may have per minute before its requests are refused unread (429);
 	// zero: no limit.
 	AuthFailures int
+	// Stages, when set, records where the router's time on each relayed
+	// request goes.
+	Stages *StageMetrics
 }
 
 // NewHandler returns the OpenAI API under /v1. Everything but image
@@ -77,7 +80,7 @@ func NewHandler(g *gateway.Gateway, images *ImageStore, keys httpx.Verifier, lim
 	failures := ratelimit.NewFailures(opts.AuthFailures, nil)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+imagePath+"{name}", images.serve)
-	mux.Handle("/v1/", httpx.Chain(api,
+	mux.Handle("/v1/", httpx.Chain(api, timed,
 		limitFailures(failures, h.clients, log),
 		httpx.Authenticate(countFailures{keys, failures}),
 		limitKeys(limits, log)))
@@ -176,11 +179,14 @@ func readBody(w http.ResponseWriter, r *http.Request, hold *gateway.Hold) ([]byt
 // answer, or its stream as server-sent events.
 func (h *handler) relay(serve func(context.Context, gateway.Call) (*gateway.Reply, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		tm := gateway.TimingOf(r.Context())
+		tm.Mark(gateway.StageAuth)
 		c, err := h.call(w, r)
 		if err != nil {
 			h.fail(w, r, err)
 			return
 		}
+		tm.Mark(gateway.StageRead)
 		defer c.Hold.Release()
 		reply, err := serve(r.Context(), c)
 		if err != nil {
@@ -190,9 +196,12 @@ func (h *handler) relay(serve func(context.Context, gateway.Call) (*gateway.Repl
 		if reply.Stream == nil {
 			w.Header().Set("Content-Type", "application/json")
 			_, _ = w.Write(reply.Body)
+			tm.Mark(gateway.StageWrite)
+			h.opts.Stages.Record(tm, false)
 			return
 		}
 		h.stream(w, r, reply.Stream)
+		h.opts.Stages.Record(tm, true)
 	}
 }
 
