@@ -473,7 +473,7 @@ func benchReport(requests int, cases []benchCase) string {
 	}
 	b.WriteString("## End-to-end request path: the router against a bare reverse proxy\n\n")
 	b.WriteString("Chat completions (`max_tokens` 32) against one simulator instance with no added latency, so every microsecond measured is serving overhead. ")
-	b.WriteString("Three paths to the same instance: straight to it (the engine), through a bare `net/http/httputil.ReverseProxy` (the floor for any proxy: nothing but forwarding), and through the router, which adds the API-key check, the routing table, request validation, forwarding, the rewrite of the answer, and the usage event stored in JetStream before the answer completes. ")
+	b.WriteString("Three paths to the same instance: straight to it (the engine), through a bare `net/http/httputil.ReverseProxy` (the floor for any proxy: nothing but forwarding), and through the router, which adds the API-key check, the routing table, request validation, forwarding, the rewrite of the answer, and the usage event recorded before the answer completes (the all-in-one writes it to its usage spool, which forwards it to JetStream in batches: docs/billing.md). ")
 	b.WriteString("Latency is the whole answer for non-streaming requests and the time to the first content chunk (time to first token) for streaming ones. ")
 	b.WriteString("Everything runs in one process on the same machine as the load generator. Each case runs twice per target after a warm-up, interleaved, and the run with the better median is kept. ")
 	b.WriteString("Absolute numbers move with the machine; the ratios, taken in one run, are the figures to compare. ")
@@ -503,7 +503,7 @@ func stageReport(cases []benchCase) string {
 	b.WriteString("\nWhere the router's time goes: the mean time a request spent in each stage of the router over the measured runs, from the router's own `modelport.router.stage.duration` histogram (its sum over its count). ")
 	b.WriteString("*auth* runs from the request reaching the router's API (after the HTTP server, tracing and request ID) to its key checked and its limits applied; *parse* is reading the request's JSON, checking it, resolving the service and admitting it; ")
 	b.WriteString("*engine* runs from writing the request to the engine to the engine's answer headers, and includes the engine's own time (for a non-streamed answer the whole generation: compare the engine's p50 above); *answer* reads the rest of a whole answer; ")
-	b.WriteString("*publish* stores the usage event in JetStream, before the client has the whole answer (a stream's, before its last event, outside its time to first token); *first content* runs from a stream's headers to its first content.\n\n")
+	b.WriteString("*publish* records the usage event (here: written to the usage spool), before the client has the whole answer (a stream's, before its last event, outside its time to first token); *first content* runs from a stream's headers to its first content.\n\n")
 	b.WriteString("| stage |")
 	for _, c := range cases {
 		fmt.Fprintf(&b, " %s |", c)

@@ -230,12 +230,24 @@ func TestFaultWorkerKilledMidStream(t *testing.T) {
 // TestFaultNATSRestart restarts the NATS server (a separate process, same
 // port and store) under steady traffic: the services reconnect, traffic
 // succeeds again, and billing holds exactly the usage of the requests that
-// were answered, none of those refused during the outage.
+// were answered, none of those refused during the outage. The router
+// stores each usage event in JetStream before its answer completes, or,
+// with a usage spool, writes it to the spool, which forwards it once NATS
+// is back.
 func TestFaultNATSRestart(t *testing.T) {
+	t.Run("usage stored before the answer", func(t *testing.T) { natsRestart(t, false) })
+	t.Run("usage spooled", func(t *testing.T) { natsRestart(t, true) })
+}
+
+func natsRestart(t *testing.T, spool bool) {
 	server := buildNATSServer(t, t.TempDir())
 	sec := newNATSSecurity(t)
 	nd := startNATSServer(t, server, sec)
-	c := startClusterOn(t, nd.clientURL, sec.seeds, sec.clientEnv(), workerSpec{id: "w1", capacity: 2})
+	env := sec.clientEnv()
+	if spool {
+		env = append(env, "MODELPORT_USAGE_SPOOL="+t.TempDir()) // read by the one router
+	}
+	c := startClusterOn(t, nd.clientURL, sec.seeds, env, workerSpec{id: "w1", capacity: 2})
 	svc := c.deploy(t, "weathered", 1)
 
 	var (

@@ -148,6 +148,11 @@ func startPlatform(ctx context.Context, getenv config.Getenv, log *slog.Logger) 
 	if err != nil {
 		return nil, err
 	}
+	if rcfg.UsageSpool == "" {
+		// Usage waits on the same disk as the embedded JetStream's store,
+		// and reaches it within milliseconds.
+		rcfg.UsageSpool = filepath.Join(cfg.DataDir, "router-spool")
+	}
 
 	d, err := deployer.Start(ctx, dcfg, p.buses[access.Deployer], log.With("component", "deployer"))
 	if err != nil {

@@ -50,14 +50,10 @@ func (p *Publisher) Publish(ctx context.Context, ev events.Event) error {
 		))
 	defer span.End()
 
-	data, err := json.Marshal(ev)
+	msg, err := message(ctx, ev)
 	if err != nil {
-		return fmt.Errorf("encode %s: %w", ev.Subject(), err)
+		return err
 	}
-	msg := nats.NewMsg(ev.Subject())
-	msg.Data = data
-	msg.Header.Set(jetstream.MsgIDHeader, ev.EventID())
-	otel.GetTextMapPropagator().Inject(ctx, HeaderCarrier(msg.Header))
 
 	var lastErr error
 	deadline := time.Now().Add(PublishRetryWindow)
@@ -96,4 +92,18 @@ func (p *Publisher) Publish(ctx context.Context, ev events.Event) error {
 	instruments().published.Add(ctx, 1, outcomeFailed, subjectAttr(ev.Subject()))
 	span.RecordError(lastErr)
 	return fmt.Errorf("publish %s %s: %w", ev.Subject(), ev.EventID(), lastErr)
+}
+
+// message is ev as JetStream stores it: the event ID as message ID, the
+// trace context of ctx in the headers.
+func message(ctx context.Context, ev events.Event) (*nats.Msg, error) {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", ev.Subject(), err)
+	}
+	msg := nats.NewMsg(ev.Subject())
+	msg.Data = data
+	msg.Header.Set(jetstream.MsgIDHeader, ev.EventID())
+	otel.GetTextMapPropagator().Inject(ctx, HeaderCarrier(msg.Header))
+	return msg, nil
 }

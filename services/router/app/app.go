@@ -67,6 +67,11 @@ type Config struct {
 	// AuthFailures is how many failed authentications per minute a client
 	// address may have before it is refused unread; 0: no limit.
 	AuthFailures int // MODELPORT_AUTH_FAILURE_LIMIT
+	// UsageSpool, when set, is a directory of this router's own where
+	// usage events are written before an answer completes, and forwarded
+	// to JetStream from there (natsx.Spool); without it each event is
+	// stored in JetStream before its answer completes.
+	UsageSpool string // MODELPORT_USAGE_SPOOL
 }
 
 // DefaultRequestMemory is the default MODELPORT_REQUEST_MEMORY: half the
@@ -83,6 +88,7 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 			return c, fmt.Errorf("MODELPORT_PUBLIC_URL: %q is not an http(s) URL such as https://api.example.com", c.PublicURL)
 		}
 	}
+	c.UsageSpool = getenv("MODELPORT_USAGE_SPOOL")
 	c.AllowedHosts = list(getenv("MODELPORT_ALLOWED_HOSTS"))
 	for _, p := range list(getenv("MODELPORT_TRUSTED_PROXIES")) {
 		prefix, err := netip.ParsePrefix(p)
@@ -201,7 +207,28 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 		return runner.Service{}, err
 	}
 	demand := routing.NewDemand()
-	g := gateway.New(table, demand, transport.NewEngineClient(cfg.EngineTimeout, cfg.DialTimeout), bus.Publisher, log)
+	var pub gateway.Publisher = bus.Publisher
+	closeSpool := func(context.Context) {}
+	if cfg.UsageSpool != "" {
+		spool, err := natsx.OpenSpool(cfg.UsageSpool, bus.JS, 0, log)
+		if err != nil {
+			stopWatch()
+			return runner.Service{}, err
+		}
+		pub = spool
+		closeSpool = func(ctx context.Context) {
+			if err := spool.Close(ctx); err != nil {
+				log.Warn("usage spool", "err", err)
+			}
+		}
+	}
+	started := false
+	defer func() {
+		if !started {
+			closeSpool(context.Background())
+		}
+	}()
+	g := gateway.New(table, demand, transport.NewEngineClient(cfg.EngineTimeout, cfg.DialTimeout), pub, log)
 	g.ReadyWait, g.ColdStartWait, g.IdleTimeout = cfg.ReadyWait, cfg.ColdStartWait, cfg.IdleTimeout
 	g.Budget = gateway.NewBudget(cfg.RequestMemory)
 	metrics, err := transport.NewMetrics(table, demand, g.Budget)
@@ -240,13 +267,14 @@ func Start(ctx context.Context, cfg Config, bus *natsx.Bus, log *slog.Logger) (r
 	if cfg.PublicURL == "" && len(cfg.AllowedHosts) == 0 {
 		log.Info("MODELPORT_PUBLIC_URL is not set: generated images are linked only for requests to a loopback address; elsewhere clients must ask for b64_json")
 	}
+	started = true
 	return runner.Service{
 		Handler: transport.NewHandler(g, images, keys, limits, transport.Options{
 			PublicURL: cfg.PublicURL, AllowedHosts: cfg.AllowedHosts, TrustedProxies: cfg.TrustedProxies,
 			BodyTimeout: cfg.BodyTimeout, KeepAlive: cfg.KeepAlive, AuthFailures: cfg.AuthFailures,
 			Stages: stages,
 		}, log),
-		Stop: func(context.Context) { stopWatch(); metrics.Close() },
+		Stop: func(ctx context.Context) { stopWatch(); metrics.Close(); closeSpool(ctx) },
 		Ready: func() error {
 			return errors.Join(tableWatch.Ready(), keys.Ready())
 		},

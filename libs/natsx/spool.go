@@ -1,0 +1,490 @@
+package natsx
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/modelport/modelport/libs/errs"
+	"github.com/modelport/modelport/libs/events"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// A Spool publishes events the way Publisher does, but Publish returns as
+// soon as the event is written to a log on local disk; a goroutine of its
+// own forwards what the log holds to JetStream, in batches, and a segment
+// of the log is deleted once JetStream has stored every event in it.
+//
+// What Publish has returned for is never lost to the process ending,
+// however it ends (SIGKILL included): the write is in the operating
+// system's hands, and the next Spool opened on the directory forwards
+// whatever the last one had not. An event forwarded twice that way is
+// stored once, by its message ID (the event ID). The log is not synced to
+// the device on every write: a machine that loses power may lose the
+// events of the last moments not yet forwarded (JetStream stores within
+// milliseconds while it is reachable).
+//
+// A directory belongs to one Spool at a time (a lock file says so). While
+// JetStream cannot be reached, events wait in the log; past MaxPending
+// bytes of them, Publish refuses (errs.Unavailable).
+type Spool struct {
+	dir string
+	js  jetstream.JetStream
+	log *slog.Logger
+	// MaxPending bounds the bytes of events written and not yet stored
+	// in JetStream.
+	maxPending int64
+	lock       *os.File
+
+	mu       sync.Mutex
+	closed   bool
+	file     *os.File // the segment appended to
+	seq      uint64   // its number
+	size     int64    // its length
+	segments map[uint64]*segment
+	pending  []*record // written, not yet handed to the forwarder
+	bytes    int64     // of events not yet stored
+	stored   *sync.Cond
+
+	wake    chan struct{}
+	stop    chan struct{}
+	stopped chan struct{}
+}
+
+// segment is one file of the log: how many of its events are not yet
+// stored, and whether it is still appended to.
+type segment struct {
+	path        string
+	outstanding int
+	sealed      bool
+}
+
+// record is one event in the log.
+type record struct {
+	seq  uint64 // its segment
+	msg  *nats.Msg
+	size int64
+}
+
+// SpoolSegmentSize is the length past which a segment is sealed and a new
+// one begun.
+const SpoolSegmentSize = 4 << 20
+
+// DefaultSpoolMaxPending is the default bound on the bytes of events
+// waiting in a spool.
+const DefaultSpoolMaxPending = 256 << 20
+
+// forwardBatch is how many events the forwarder has in flight at once.
+const forwardBatch = 512
+
+// OpenSpool opens the spool in dir (creating it), takes it for this
+// process, and starts forwarding to js what a previous one left and what
+// Publish writes from now on. maxPending <= 0 means
+// DefaultSpoolMaxPending.
+func OpenSpool(dir string, js jetstream.JetStream, maxPending int64, log *slog.Logger) (*Spool, error) {
+	if maxPending <= 0 {
+		maxPending = DefaultSpoolMaxPending
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("usage spool: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("usage spool: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("usage spool %s is in use by another process (each router needs a directory of its own): %w", dir, err)
+	}
+	s := &Spool{dir: dir, js: js, log: log, maxPending: maxPending, lock: lock, segments: map[uint64]*segment{},
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{})}
+	s.stored = sync.NewCond(&s.mu)
+	left, err := s.recover()
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	if err := s.rotate(); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	if left > 0 {
+		log.Info("usage spool: forwarding events a previous run left", "events", left, "dir", dir)
+	}
+	go s.forward()
+	s.signal()
+	return s, nil
+}
+
+// recover reads the segments a previous spool left, in order, queueing
+// their events; a segment's torn end (a write cut short) is dropped.
+func (s *Spool) recover() (int, error) {
+	names, err := filepath.Glob(filepath.Join(s.dir, "*.log"))
+	if err != nil {
+		return 0, err
+	}
+	slices.Sort(names)
+	n := 0
+	for _, name := range names {
+		seq, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(name), ".log"), 10, 64)
+		if err != nil {
+			continue
+		}
+		recs, torn, err := readSegment(name, seq)
+		if err != nil {
+			return n, fmt.Errorf("usage spool: %w", err)
+		}
+		if torn {
+			s.log.Warn("usage spool: a segment ends in a write cut short; the events before it are forwarded", "file", name)
+		}
+		s.seq = max(s.seq, seq)
+		s.segments[seq] = &segment{path: name, outstanding: len(recs), sealed: true}
+		for _, r := range recs {
+			s.bytes += r.size
+		}
+		s.pending = append(s.pending, recs...)
+		n += len(recs)
+		if len(recs) == 0 {
+			_ = os.Remove(name)
+			delete(s.segments, seq)
+		}
+	}
+	return n, nil
+}
+
+// rotate seals the segment appended to and begins the next. Called with
+// s.mu held, or before the forwarder starts.
+func (s *Spool) rotate() error {
+	if s.file != nil {
+		if err := s.file.Close(); err != nil {
+			s.log.Warn("usage spool: closing a segment", "err", err)
+		}
+		seg := s.segments[s.seq]
+		seg.sealed = true
+		s.dropIfDone(s.seq, seg)
+	}
+	s.seq++
+	path := filepath.Join(s.dir, fmt.Sprintf("%020d.log", s.seq))
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND|os.O_EXCL, 0o640)
+	if err != nil {
+		s.file = nil
+		return fmt.Errorf("usage spool: %w", err)
+	}
+	s.file, s.size = f, 0
+	s.segments[s.seq] = &segment{path: path}
+	return nil
+}
+
+// dropIfDone deletes a sealed segment whose events are all stored.
+func (s *Spool) dropIfDone(seq uint64, seg *segment) {
+	if !seg.sealed || seg.outstanding > 0 {
+		return
+	}
+	if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Warn("usage spool: removing a forwarded segment", "file", seg.path, "err", err)
+	}
+	delete(s.segments, seq)
+}
+
+// Publish writes ev to the spool; JetStream stores it shortly after, with
+// its event ID as message ID and ctx's trace context in its headers.
+func (s *Spool) Publish(ctx context.Context, ev events.Event) error {
+	ctx, span := otel.Tracer(tracerName).Start(ctx, "spool "+ev.Subject(),
+		trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(
+			attribute.String("messaging.system", "nats"),
+			attribute.String("messaging.destination.name", ev.Subject()),
+			attribute.String("messaging.message.id", ev.EventID()),
+		))
+	defer span.End()
+	msg, err := message(ctx, ev)
+	if err != nil {
+		return err
+	}
+	frame := encodeRecord(msg)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return errs.E(errs.Unavailable, "publish %s %s: the usage spool is closed", ev.Subject(), ev.EventID())
+	case s.bytes+int64(len(frame)) > s.maxPending:
+		span.RecordError(errSpoolFull)
+		return errs.Wrap(errs.Unavailable, errSpoolFull, "publish %s %s: %d bytes of events wait for JetStream", ev.Subject(), ev.EventID(), s.bytes)
+	case s.file == nil:
+		if err := s.rotate(); err != nil {
+			return err
+		}
+	}
+	if _, err := s.file.Write(frame); err != nil {
+		// The segment may hold part of the frame: begin another, which
+		// the next Publish writes to; this event is not published.
+		span.RecordError(err)
+		_ = s.rotate()
+		return errs.Wrap(errs.Unavailable, err, "publish %s %s: writing the usage spool", ev.Subject(), ev.EventID())
+	}
+	s.size += int64(len(frame))
+	s.bytes += int64(len(frame))
+	s.segments[s.seq].outstanding++
+	s.pending = append(s.pending, &record{seq: s.seq, msg: msg, size: int64(len(frame))})
+	if s.size >= SpoolSegmentSize {
+		if err := s.rotate(); err != nil {
+			s.log.Warn("usage spool: beginning a segment", "err", err)
+		}
+	}
+	s.signal()
+	return nil
+}
+
+var errSpoolFull = errors.New("the usage spool is full: JetStream has not stored its events for a while")
+
+func (s *Spool) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// forward hands what is pending to JetStream, a batch at a time, until
+// Close; events JetStream did not store are tried again, after a pause
+// that grows while it keeps failing.
+func (s *Spool) forward() {
+	defer close(s.stopped)
+	backoff := time.Duration(0)
+	for {
+		s.mu.Lock()
+		batch := s.pending[:min(len(s.pending), forwardBatch)]
+		s.pending = s.pending[len(batch):]
+		s.mu.Unlock()
+		if len(batch) == 0 {
+			select {
+			case <-s.wake:
+				continue
+			case <-s.stop:
+				return
+			}
+		}
+		failed := s.send(batch)
+		s.mu.Lock()
+		for _, r := range batch {
+			if slices.Contains(failed, r) {
+				continue
+			}
+			s.bytes -= r.size
+			if seg := s.segments[r.seq]; seg != nil {
+				seg.outstanding--
+				s.dropIfDone(r.seq, seg)
+			}
+		}
+		// Not stored: first in line again.
+		s.pending = append(failed, s.pending...)
+		s.stored.Broadcast()
+		s.mu.Unlock()
+		if len(failed) == 0 {
+			backoff = 0
+			continue
+		}
+		backoff = min(max(2*backoff, 50*time.Millisecond), 2*time.Second)
+		select {
+		case <-time.After(backoff):
+		case <-s.stop:
+			return
+		}
+	}
+}
+
+// send publishes a batch without waiting between messages and returns
+// those JetStream did not store.
+func (s *Spool) send(batch []*record) (failed []*record) {
+	type inFlight struct {
+		r   *record
+		ack jetstream.PubAckFuture
+	}
+	sent := time.Now()
+	flights := make([]inFlight, 0, len(batch))
+	var lastErr error
+	for _, r := range batch {
+		ack, err := s.js.PublishMsgAsync(r.msg)
+		if err != nil {
+			failed, lastErr = append(failed, r), err
+			continue
+		}
+		flights = append(flights, inFlight{r, ack})
+	}
+	timeout := time.NewTimer(publishAttemptTimeout)
+	defer timeout.Stop()
+	rec := recorderOf(s.js.Conn())
+	for _, f := range flights {
+		select {
+		case <-f.ack.Ok():
+			instruments().published.Add(context.Background(), 1, outcomeStored, subjectAttr(f.r.msg.Subject))
+			continue
+		case err := <-f.ack.Err():
+			lastErr = err
+		case <-timeout.C:
+			lastErr = errors.New("no ack from JetStream in time")
+			// Every later future has had as long: stop waiting.
+			timeout.Reset(0)
+		}
+		failed = append(failed, f.r)
+	}
+	if len(failed) > 0 {
+		outcome := outcomeFailed
+		if rec.deniedSince(failed[0].msg.Subject, sent) {
+			outcome = outcomeDenied
+		}
+		instruments().published.Add(context.Background(), int64(len(failed)), outcome, subjectAttr(failed[0].msg.Subject))
+		s.log.Warn("usage spool: events not stored in JetStream yet; trying again", "events", len(failed), "err", lastErr)
+	}
+	return failed
+}
+
+// Pending returns how many bytes of events wait to be stored in
+// JetStream.
+func (s *Spool) Pending() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bytes
+}
+
+// Close refuses further events, waits until JetStream has stored every
+// event written (or ctx ends: what is left stays in the log for the next
+// spool on the directory), and lets go of the directory.
+func (s *Spool) Close(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	stopWaiting := context.AfterFunc(ctx, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.stored.Broadcast()
+	})
+	for s.bytes > 0 && ctx.Err() == nil {
+		s.stored.Wait()
+	}
+	stopWaiting()
+	left := s.bytes
+	if s.file != nil {
+		_ = s.file.Close()
+		seg := s.segments[s.seq]
+		seg.sealed = true
+		s.dropIfDone(s.seq, seg)
+		s.file = nil
+	}
+	s.mu.Unlock()
+	close(s.stop)
+	<-s.stopped
+	_ = s.lock.Close() // and with it the lock
+	if left > 0 {
+		return fmt.Errorf("usage spool: %d bytes of events not yet stored in JetStream stay in %s for the next start: %w", left, s.dir, ctx.Err())
+	}
+	return nil
+}
+
+// A record on disk: its length and CRC-32C (of what follows them), then
+// the subject, the headers and the data, each after its length.
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+func encodeRecord(msg *nats.Msg) []byte {
+	var hdr strings.Builder
+	for k, vs := range msg.Header {
+		for _, v := range vs {
+			hdr.WriteString(k)
+			hdr.WriteString(": ")
+			hdr.WriteString(v)
+			hdr.WriteString("\r\n")
+		}
+	}
+	body := make([]byte, 0, 8+4+len(msg.Subject)+4+hdr.Len()+4+len(msg.Data))
+	body = append(body, make([]byte, 8)...)
+	body = binary.LittleEndian.AppendUint32(body, uint32(len(msg.Subject)))
+	body = append(body, msg.Subject...)
+	body = binary.LittleEndian.AppendUint32(body, uint32(hdr.Len()))
+	body = append(body, hdr.String()...)
+	body = binary.LittleEndian.AppendUint32(body, uint32(len(msg.Data)))
+	body = append(body, msg.Data...)
+	binary.LittleEndian.PutUint32(body[0:4], uint32(len(body)-8))
+	binary.LittleEndian.PutUint32(body[4:8], crc32.Checksum(body[8:], crcTable))
+	return body
+}
+
+// readSegment reads a segment's records; torn reports an end that is not
+// a whole record (the last write cut short).
+func readSegment(path string, seq uint64) (recs []*record, torn bool, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, false, err
+	}
+	defer f.Close()
+	r := bufio.NewReader(f)
+	var head [8]byte
+	for {
+		if _, err := io.ReadFull(r, head[:]); err != nil {
+			return recs, !errors.Is(err, io.EOF), nil
+		}
+		n := binary.LittleEndian.Uint32(head[0:4])
+		if n > 64<<20 {
+			return recs, true, nil
+		}
+		body := make([]byte, n)
+		if _, err := io.ReadFull(r, body); err != nil {
+			return recs, true, nil
+		}
+		if crc32.Checksum(body, crcTable) != binary.LittleEndian.Uint32(head[4:8]) {
+			return recs, true, nil
+		}
+		msg, ok := decodeRecord(body)
+		if !ok {
+			return recs, true, nil
+		}
+		recs = append(recs, &record{seq: seq, msg: msg, size: int64(8 + n)})
+	}
+}
+
+func decodeRecord(b []byte) (*nats.Msg, bool) {
+	field := func() ([]byte, bool) {
+		if len(b) < 4 {
+			return nil, false
+		}
+		n := binary.LittleEndian.Uint32(b)
+		if uint64(len(b)-4) < uint64(n) {
+			return nil, false
+		}
+		f := b[4 : 4+n]
+		b = b[4+n:]
+		return f, true
+	}
+	subject, ok1 := field()
+	hdr, ok2 := field()
+	data, ok3 := field()
+	if !ok1 || !ok2 || !ok3 || len(subject) == 0 {
+		return nil, false
+	}
+	msg := nats.NewMsg(string(subject))
+	for line := range strings.SplitSeq(strings.TrimSuffix(string(hdr), "\r\n"), "\r\n") {
+		if k, v, ok := strings.Cut(line, ": "); ok {
+			msg.Header.Add(k, v)
+		}
+	}
+	msg.Data = data
+	return msg, true
+}
