@@ -12,5 +12,8 @@ func KillSpool(s *Spool) {
 	s.mu.Unlock()
 	close(s.stop)
 	<-s.stopped
+	if s.gauge != nil {
+		_ = s.gauge.Unregister()
+	}
 	_ = s.lock.Close()
 }

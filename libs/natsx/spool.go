@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -66,6 +67,7 @@ type Spool struct {
 	wake    chan struct{}
 	stop    chan struct{}
 	stopped chan struct{}
+	gauge   metric.Registration
 }
 
 // segment is one file of the log: how many of its events are not yet
@@ -127,6 +129,15 @@ func OpenSpool(dir string, js jetstream.JetStream, maxPending int64, log *slog.L
 	}
 	if left > 0 {
 		log.Info("usage spool: forwarding events a previous run left", "events", left, "dir", dir)
+	}
+	meter := otel.Meter(tracerName)
+	waiting, err := meter.Int64ObservableGauge("modelport.events.spooled", metric.WithUnit("By"),
+		metric.WithDescription("Bytes of events a usage spool holds that JetStream has not stored yet; near MODELPORT_USAGE_SPOOL's bound (256 MiB), answers are withheld."))
+	if err == nil {
+		s.gauge, _ = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+			o.ObserveInt64(waiting, s.Pending())
+			return nil
+		}, waiting)
 	}
 	go s.forward()
 	s.signal()
@@ -393,6 +404,9 @@ func (s *Spool) Close(ctx context.Context) error {
 	s.mu.Unlock()
 	close(s.stop)
 	<-s.stopped
+	if s.gauge != nil {
+		_ = s.gauge.Unregister()
+	}
 	_ = s.lock.Close() // and with it the lock
 	if left > 0 {
 		return fmt.Errorf("usage spool: %d bytes of events not yet stored in JetStream stay in %s for the next start: %w", left, s.dir, ctx.Err())
