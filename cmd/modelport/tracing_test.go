@@ -66,7 +66,7 @@ func TestTracingAndMetrics(t *testing.T) {
 		"the router's server span, child of the client's": false,
 		"the router's client span to the engine":          false,
 		"the engine's server span, child of that":         false,
-		"publish usage.request.completed.v1":              false,
+		"the usage event's span":                          false,
 		"billing's batch span, linked to the trace":       false,
 	}
 	eventually(t, 30*time.Second, "every span of the request", func() error {
@@ -85,8 +85,9 @@ func TestTracingAndMetrics(t *testing.T) {
 				want["the router's server span, child of the client's"] = true
 			case inTrace && s.SpanKind == trace.SpanKindServer && engineCalls[s.Parent.SpanID()]:
 				want["the engine's server span, child of that"] = true
-			case inTrace && s.Name == "publish usage.request.completed.v1":
-				want["publish usage.request.completed.v1"] = true
+			case inTrace && s.Name == "spool usage.request.completed.v1":
+				// The all-in-one's router spools usage (MODELPORT_USAGE_SPOOL).
+				want["the usage event's span"] = true
 			case s.Name == "process billing-usage batch":
 				for _, l := range s.Links {
 					if l.SpanContext.TraceID().String() == traceID {
