@@ -39,7 +39,8 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 	out := fs.String("out", "", "write the report (markdown) to this file")
 	realEngine := fs.Bool("engine", true, "also measure a real engine: Ollama (`make engines`) serving a tiny model")
 	routerBin := fs.String("router-bin", "", "the router binary for the hostile image scenario (default: router beside this binary)")
-	only := fs.String("only", "", "run only this section: latency, lifecycle, prefix-routing, hostile-images, engine or billing")
+	only := fs.String("only", "", "run only this section: latency, lifecycle, prefix-routing, hostile-images, streams, engine or billing")
+	streams := fs.Int("streams", 1000, "streams held open at once in the streams section")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the latency section (every path: the load, the engine, the proxy and the router in this process) to this file")
 	billingEvents := fs.Int("billing-events", 300_000, "usage events in the billing section's throughput burst")
 	billingProfile := fs.String("billing-profile", "", "write CPU and allocation profiles of the billing throughput burst to files starting with this")
@@ -189,6 +190,13 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	if run("hostile-images") {
 		life += benchHostileImages(ctx, &http.Client{Timeout: 5 * time.Minute}, p, key, *routerBin)
+	}
+	if run("streams") {
+		section, err := benchStreams(ctx, *streams, *routerBin)
+		if err != nil {
+			return fmt.Errorf("streams: %w", err)
+		}
+		life += section
 	}
 	if *realEngine && run("engine") {
 		section, err := benchEngine(ctx, client, p.BaseURL, key, p.ModelDirs[0])

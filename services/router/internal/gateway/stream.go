@@ -380,9 +380,16 @@ type lineReader struct {
 	max int
 }
 
-// readers keeps the 64 KiB buffers of streams that ended for the next
-// ones, rather than allocating one per stream.
-var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+// readBuffer is a stream's read buffer: an engine's chunks are a few
+// hundred bytes, and what the connection has read is already in the HTTP
+// client's buffer of the same size, so a larger one would only hold
+// memory for as long as a stream is open (thousands may be); a longer
+// line is gathered from several reads (see line).
+const readBuffer = 4 << 10
+
+// readers keeps the buffers of streams that ended for the next ones,
+// rather than allocating one per stream.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBuffer) }}
 
 func newLineReader(r io.Reader) *lineReader {
 	br := readers.Get().(*bufio.Reader)
