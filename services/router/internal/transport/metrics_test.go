@@ -99,7 +99,7 @@ func grepLines(s, sub string) string {
 func TestMetricsAttrCacheBounded(t *testing.T) {
 	var c attrCache
 	for i := range maxCachedServices + 100 {
-		c.service("u-o/s" + strconv.Itoa(i)).status("/v1/chat/completions", 200)
+		c.service("u-o/s"+strconv.Itoa(i)).status("/v1/chat/completions", 200)
 		if n := len(c.services); n > maxCachedServices {
 			t.Fatalf("%d services cached, want at most %d", n, maxCachedServices)
 		}
