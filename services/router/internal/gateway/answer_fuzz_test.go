@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/modelport/modelport/libs/errs"
+	"github.com/modelport/modelport/libs/jsonscan"
 )
 
 // referenceCompletion is what rewriteCompletion must agree with, written
@@ -190,5 +191,31 @@ func FuzzRewriteAnswer(f *testing.F) {
 			t.Fatalf("%q: usage %+v, want %+v", b, gotU, wantU)
 		}
 		sameMembers(t, b, got, want, "id", "model")
+	})
+}
+
+// FuzzReadUsage: readUsage reads every usage value as decoding it into a
+// *Usage does, and refuses what that refuses.
+func FuzzReadUsage(f *testing.F) {
+	for _, seed := range []string{
+		`{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}`,
+		`{"PROMPT_TOKENS":1,"prompt_tokens":2,"prompt_tokens_details":{"cached_tokens":1},"prompt_tokens_details":null}`,
+		`{"prompt_tokens":1.5}`, `{"prompt_tokens":1e2}`, `{"prompt_tokens":"2"}`, `{"prompt_tokens":-9223372036854775808}`,
+		`{"total_tokens":9223372036854775808}`, `{"total_tokens":-0}`, `{"prompt_tokens_details":7}`, `{"prompt_tokens_details":{"Cached_Tokens":[]}}`,
+		"{\"prompt_to\u212aens\":3}", `{"completion_tokens":null,"x":{"prompt_tokens":"a"}}`, `null`, `[]`, `7`, `{}`, ` { } `,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		raw = bytes.TrimSpace(raw)
+		if !json.Valid(raw) {
+			return
+		}
+		var want *Usage
+		wantOK := json.Unmarshal(raw, &want) == nil && want != nil
+		got, ok := readUsage(raw, jsonscan.All(raw))
+		if ok != wantOK || ok && got != *want {
+			t.Fatalf("readUsage(%s) = %+v, %v; want %+v, %v", raw, got, ok, want, wantOK)
+		}
 	})
 }

@@ -141,8 +141,11 @@ func rewriteCompletion(b []byte, id, model string) ([]byte, Usage, error) {
 			hasModel = true
 		}
 	}
-	var u *Usage
-	if usage == nil || json.Unmarshal(b[usage.Start:usage.End], &u) != nil || u == nil {
+	if usage == nil {
+		return nil, Usage{}, errs.E(errs.Upstream, "the engine answered without usage")
+	}
+	u, ok := readUsage(b, *usage)
+	if !ok {
 		return nil, Usage{}, errs.E(errs.Upstream, "the engine answered without usage")
 	}
 	if choices == nil {
@@ -185,7 +188,7 @@ func rewriteCompletion(b []byte, id, model string) ([]byte, Usage, error) {
 			out = append(out, b[m.at.Start:m.at.End]...)
 		}
 	}
-	return append(out, '}'), *u, nil
+	return append(out, '}'), u, nil
 }
 
 // skipSpace returns the offset of b's first byte that is not whitespace.
@@ -277,4 +280,76 @@ func messageWithToolCalls(b []byte, v jsonscan.Span) []byte {
 	}
 	ms = append(ms, member{key: "tool_calls", set: []byte("[]")})
 	return appendAsMap(make([]byte, 0, v.End-v.Start+16), b, ms)
+}
+
+// readUsage reads the usage at v in b as encoding/json decodes it into a
+// *Usage, without reflection: names matched ignoring case, the last of
+// duplicates standing, null leaving a field as it is, and anything that is
+// not an integer in range refused. It reports false where decoding would
+// fail or leave the usage nil (null).
+func readUsage(b []byte, v jsonscan.Span) (Usage, bool) {
+	var u Usage
+	if b[v.Start] != '{' {
+		return u, false
+	}
+	ok := true
+	err := jsonscan.Members(b, v, func(key string, at jsonscan.Span) error {
+		lit := b[at.Start:at.End]
+		switch {
+		case strings.EqualFold(key, "prompt_tokens"):
+			ok = readInt(lit, &u.PromptTokens) && ok
+		case strings.EqualFold(key, "completion_tokens"):
+			ok = readInt(lit, &u.CompletionTokens) && ok
+		case strings.EqualFold(key, "total_tokens"):
+			ok = readInt(lit, &u.TotalTokens) && ok
+		case strings.EqualFold(key, "prompt_tokens_details"):
+			switch lit[0] {
+			case 'n':
+			case '{':
+				return jsonscan.Members(b, at, func(key string, at jsonscan.Span) error {
+					if strings.EqualFold(key, "cached_tokens") {
+						ok = readInt(b[at.Start:at.End], &u.PromptTokensDetails.CachedTokens) && ok
+					}
+					return nil
+				})
+			default:
+				ok = false
+			}
+		}
+		return nil
+	})
+	return u, ok && err == nil
+}
+
+// readInt stores in p the JSON literal lit as encoding/json decodes it
+// into an int: null leaves p as it is; anything but an integer that fits
+// is refused.
+func readInt(lit []byte, p *int) bool {
+	if string(lit) == "null" {
+		return true
+	}
+	neg := lit[0] == '-'
+	digits := lit
+	if neg {
+		digits = lit[1:]
+	}
+	if len(digits) == 0 || len(digits) > 19 {
+		return false
+	}
+	var n uint64
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return false
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	switch {
+	case neg && n <= 1<<63:
+		*p = int(-int64(n-1) - 1)
+	case !neg && n < 1<<63:
+		*p = int(n)
+	default:
+		return false
+	}
+	return true
 }
