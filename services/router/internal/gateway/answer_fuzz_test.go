@@ -219,3 +219,23 @@ func FuzzReadUsage(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkRewriteCompletion measures rewriting an engine's chat
+// completion, spliced, against decoding and encoding it whole (the
+// reference), in the same run.
+func BenchmarkRewriteCompletion(b *testing.B) {
+	for _, bc := range []struct {
+		name    string
+		rewrite func([]byte, string, string) ([]byte, Usage, error)
+	}{{"decode and encode", referenceCompletion}, {"splice", rewriteCompletion}} {
+		b.Run(bc.name, func(b *testing.B) {
+			in := []byte(engineCompletion)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, _, err := bc.rewrite(in, "cmp-0123456789abcdef0123456789abcdef", "u-alice/chat"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
