@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"reflect"
 	"strings"
+	"sync"
 
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/libs/jsonscan"
@@ -262,10 +263,24 @@ type field struct {
 // fieldList is a struct's JSON fields in declaration order.
 type fieldList []field
 
+// fieldLists holds jsonFields' answer for each struct type it has read:
+// every request a router check walks reads the same few types again.
+var fieldLists sync.Map // reflect.Type → fieldList
+
 // jsonFields returns the fields encoding/json reads into t: exported
 // fields by their tag name or Go name, and the fields of embedded structs
-// without a tag.
+// without a tag. The list is shared: callers must not change it.
 func jsonFields(t reflect.Type) fieldList {
+	if fs, ok := fieldLists.Load(t); ok {
+		return fs.(fieldList)
+	}
+	fs := readFields(t)
+	fieldLists.Store(t, fs)
+	return fs
+}
+
+// readFields is jsonFields, read from t's fields by reflection.
+func readFields(t reflect.Type) fieldList {
 	var out fieldList
 	for f := range t.Fields() {
 		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
@@ -273,7 +288,7 @@ func jsonFields(t reflect.Type) fieldList {
 			continue
 		}
 		if f.Anonymous && tag == "" && derefType(f.Type).Kind() == reflect.Struct {
-			out = append(out, jsonFields(derefType(f.Type))...)
+			out = append(out, readFields(derefType(f.Type))...)
 			continue
 		}
 		if !f.IsExported() {

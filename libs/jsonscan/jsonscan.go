@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"unicode/utf8"
 )
 
 // ErrMalformed is JSON the scanner cannot walk. Callers check their JSON
@@ -191,13 +192,16 @@ func Member(b []byte, v Span, key string) (Span, bool, error) {
 	return found, ok, err
 }
 
-// Unquote returns the text of the JSON string literal q. Without escapes
-// it is a plain conversion; with them, encoding/json decodes it.
+// Unquote returns the text of the JSON string literal q, as encoding/json
+// reads it. Without escapes, and in valid UTF-8, it is a plain
+// conversion; otherwise encoding/json decodes it (each byte that is not
+// UTF-8 becomes U+FFFD, so two keys that differ only there are one name,
+// as they are to encoding/json).
 func Unquote(q []byte) (string, error) {
 	if len(q) < 2 || q[0] != '"' || q[len(q)-1] != '"' {
 		return "", ErrMalformed
 	}
-	if bytes.IndexByte(q, '\\') < 0 {
+	if bytes.IndexByte(q, '\\') < 0 && utf8.Valid(q) {
 		return string(q[1 : len(q)-1]), nil
 	}
 	var s string
@@ -205,6 +209,28 @@ func Unquote(q []byte) (string, error) {
 		return "", ErrMalformed
 	}
 	return s, nil
+}
+
+// AppendCompact appends the JSON value src to dst without the whitespace
+// between its tokens, byte for byte what json.Compact writes, without
+// checking it: src must be valid JSON. A value with no such whitespace is
+// copied whole.
+func AppendCompact(dst, src []byte) []byte {
+	start := 0
+	for i := 0; i < len(src); i++ {
+		switch src[i] {
+		case '"':
+			end, err := stringEnd(src, i)
+			if err != nil {
+				return append(dst, src[start:]...)
+			}
+			i = end - 1
+		case ' ', '\t', '\n', '\r':
+			dst = append(dst, src[start:i]...)
+			start = i + 1
+		}
+	}
+	return append(dst, src[start:]...)
 }
 
 // Kind names the JSON type of the value starting at b[0], as

@@ -1,6 +1,8 @@
 package jsonscan_test
 
 import (
+	"bytes"
+	"encoding/json"
 	"reflect"
 	"testing"
 
@@ -49,4 +51,44 @@ func TestScanner(t *testing.T) {
 			t.Errorf("%s: walked without an error", bad)
 		}
 	}
+}
+
+// FuzzAppendCompact: AppendCompact writes what json.Compact writes, for
+// every valid JSON value.
+func FuzzAppendCompact(f *testing.F) {
+	for _, seed := range []string{
+		`{"a" : [1, 2 ,{"b":"x y"}], "c":"\" }"}`, " \t\n[ ]\r\n", `"a\\"`, `"\\\" "`, `{}`, `null`, "{\"\xff \": \" \u2028 <&>\"}",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, src []byte) {
+		if !json.Valid(src) {
+			return
+		}
+		var want bytes.Buffer
+		if err := json.Compact(&want, src); err != nil {
+			t.Fatal(err)
+		}
+		if got := jsonscan.AppendCompact([]byte("x"), src); string(got[1:]) != want.String() || got[0] != 'x' {
+			t.Fatalf("AppendCompact(%q) = %q, want %q", src, got, "x"+want.String())
+		}
+	})
+}
+
+// FuzzUnquote: a string literal reads as encoding/json reads it, bytes
+// that are not UTF-8 included.
+func FuzzUnquote(f *testing.F) {
+	for _, seed := range []string{`"a"`, `"\u0069d"`, "\"\xff\xfe\"", "\"\xed\xa0\x80\"", `"\ud800"`, `"é"`, `""`} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, q []byte) {
+		var want string
+		if json.Unmarshal(q, &want) != nil || len(q) < 2 || q[0] != '"' || q[len(q)-1] != '"' {
+			return
+		}
+		got, err := jsonscan.Unquote(q)
+		if err != nil || got != want {
+			t.Fatalf("Unquote(%q) = %q, %v; want %q", q, got, err, want)
+		}
+	})
 }

@@ -171,46 +171,6 @@ func readLimited(r io.Reader, limit int64) ([]byte, error) {
 // newCompletionID returns "cmp-" and 32 hex digits.
 func newCompletionID() string { return "cmp-" + strings.ReplaceAll(uuid.NewString(), "-", "") }
 
-// rewriteCompletion turns an engine's chat completion into the client's:
-// Modelport's id, the access name as model, and message.tool_calls always
-// present (an empty list where there are none). Every other field stays as
-// the engine wrote it.
-func rewriteCompletion(b []byte, id, model string) ([]byte, Usage, error) {
-	var err error
-	var cc map[string]json.RawMessage
-	if err := json.Unmarshal(b, &cc); err != nil {
-		return nil, Usage{}, errs.Wrap(errs.Upstream, err, "the engine's answer is not a chat completion")
-	}
-	var u *Usage
-	if err := json.Unmarshal(cc["usage"], &u); err != nil || u == nil {
-		return nil, Usage{}, errs.E(errs.Upstream, "the engine answered without usage")
-	}
-	var choices []map[string]json.RawMessage
-	if err := json.Unmarshal(cc["choices"], &choices); err != nil {
-		return nil, Usage{}, errs.Wrap(errs.Upstream, err, "the engine's choices are malformed")
-	}
-	for _, ch := range choices {
-		var msg map[string]json.RawMessage
-		if json.Unmarshal(ch["message"], &msg) != nil || msg == nil {
-			continue
-		}
-		if tc, ok := msg["tool_calls"]; !ok || string(tc) == "null" {
-			msg["tool_calls"] = json.RawMessage("[]")
-			if ch["message"], err = marshal(msg); err != nil {
-				return nil, Usage{}, err
-			}
-		}
-	}
-	if cc["choices"], err = marshal(choices); err != nil {
-		return nil, Usage{}, err
-	}
-	cc["id"], _ = marshal(id)
-	cc["object"] = json.RawMessage(`"chat.completion"`)
-	cc["model"], _ = marshal(model)
-	out, err := marshal(cc)
-	return out, *u, err
-}
-
 // engineError turns an engine's error answer into an error for the client:
 // the engine's own message for request errors, a gateway error otherwise.
 func engineError(status int, body []byte) error {

@@ -185,8 +185,11 @@ func rewriteAnswer(b []byte, id, model, what string) ([]byte, Usage, error) {
 	}); err != nil {
 		return nil, Usage{}, errs.Wrap(errs.Upstream, err, "the engine's answer is not %s", what)
 	}
-	var u *Usage
-	if usageAt == nil || json.Unmarshal(b[usageAt.Start:usageAt.End], &u) != nil || u == nil {
+	if usageAt == nil {
+		return nil, Usage{}, errs.E(errs.Upstream, "the engine answered without usage")
+	}
+	u, ok := readUsage(b, *usageAt)
+	if !ok {
 		return nil, Usage{}, errs.E(errs.Upstream, "the engine answered without usage")
 	}
 	var edits []edit
@@ -219,5 +222,5 @@ func rewriteAnswer(b []byte, id, model, what string) ([]byte, Usage, error) {
 		out = append(append(out, b[last:e.at.Start]...), e.text...)
 		last = e.at.End
 	}
-	return append(out, b[last:]...), *u, nil
+	return append(out, b[last:]...), u, nil
 }

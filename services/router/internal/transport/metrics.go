@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/modelport/modelport/libs/httpx"
@@ -26,6 +27,7 @@ type Metrics struct {
 	tokens    metric.Int64Counter
 	tokenRate metric.Float64Histogram
 	observe   metric.Registration
+	attrs     attrCache
 }
 
 // Close stops observing the routing table and demand.
@@ -92,13 +94,13 @@ func model(svc state.Service) attribute.KeyValue { return attribute.String("mode
 // Answered implements gateway.Observer.
 func (m *Metrics) Answered(svc state.Service, endpoint string, status int, elapsed time.Duration, u gateway.Usage) {
 	ctx := context.Background()
-	m.duration.Record(ctx, elapsed.Seconds(), metric.WithAttributes(model(svc),
-		attribute.String("endpoint", endpoint), attribute.String("status", strconv.Itoa(status))))
-	m.tokens.Add(ctx, int64(u.PromptTokens), metric.WithAttributes(model(svc), attribute.String("type", "prompt")))
-	m.tokens.Add(ctx, int64(u.CompletionTokens), metric.WithAttributes(model(svc), attribute.String("type", "completion")))
-	m.tokens.Add(ctx, int64(u.PromptTokensDetails.CachedTokens), metric.WithAttributes(model(svc), attribute.String("type", "cached_prompt")))
+	a := m.attrs.service(svc.AccessName)
+	m.duration.Record(ctx, elapsed.Seconds(), a.status(endpoint, status)...)
+	m.tokens.Add(ctx, int64(u.PromptTokens), a.prompt...)
+	m.tokens.Add(ctx, int64(u.CompletionTokens), a.completion...)
+	m.tokens.Add(ctx, int64(u.PromptTokensDetails.CachedTokens), a.cached...)
 	if elapsed > 0 && u.CompletionTokens > 0 {
-		m.tokenRate.Record(ctx, float64(u.CompletionTokens)/elapsed.Seconds(), metric.WithAttributes(model(svc)))
+		m.tokenRate.Record(ctx, float64(u.CompletionTokens)/elapsed.Seconds(), a.model...)
 	}
 }
 
@@ -109,11 +111,97 @@ func (m *Metrics) Failed(svc state.Service, endpoint string, err error, elapsed 
 	if errors.Is(err, context.Canceled) {
 		status = 499
 	}
-	m.duration.Record(context.Background(), elapsed.Seconds(), metric.WithAttributes(model(svc),
-		attribute.String("endpoint", endpoint), attribute.String("status", strconv.Itoa(status))))
+	m.duration.Record(context.Background(), elapsed.Seconds(), m.attrs.service(svc.AccessName).status(endpoint, status)...)
 }
 
 // FirstToken implements gateway.Observer.
 func (m *Metrics) FirstToken(svc state.Service, ttft time.Duration) {
-	m.ttft.Record(context.Background(), ttft.Seconds(), metric.WithAttributes(model(svc)))
+	m.ttft.Record(context.Background(), ttft.Seconds(), m.attrs.service(svc.AccessName).model...)
+}
+
+// Bounds on the attribute sets kept: the services (by access name) and,
+// per service, the endpoint and status pairs. Past them the cache starts
+// over, so names of renamed and deleted services cannot pile up.
+const (
+	maxCachedServices = 4096
+	maxCachedStatuses = 256
+)
+
+// attrCache keeps the attribute sets the router records with, built and
+// sorted once per service rather than at every record. Safe for
+// concurrent use.
+type attrCache struct {
+	mu       sync.RWMutex
+	services map[string]*serviceAttrs
+}
+
+// serviceAttrs are the options that record one service's measurements.
+type serviceAttrs struct {
+	model                      []metric.RecordOption // model
+	prompt, completion, cached []metric.AddOption    // model and type
+
+	name     string
+	mu       sync.RWMutex
+	statuses map[endpointStatus][]metric.RecordOption // model, endpoint and status
+}
+
+type endpointStatus struct {
+	endpoint string
+	status   int
+}
+
+// service returns the attributes of the service with the access name.
+func (c *attrCache) service(name string) *serviceAttrs {
+	c.mu.RLock()
+	a := c.services[name]
+	c.mu.RUnlock()
+	if a != nil {
+		return a
+	}
+	a = newServiceAttrs(name)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old := c.services[name]; old != nil {
+		return old
+	}
+	if c.services == nil || len(c.services) >= maxCachedServices {
+		c.services = make(map[string]*serviceAttrs)
+	}
+	c.services[name] = a
+	return a
+}
+
+func newServiceAttrs(name string) *serviceAttrs {
+	m := attribute.String("model", name)
+	tokens := func(typ string) []metric.AddOption {
+		return []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(m, attribute.String("type", typ)))}
+	}
+	return &serviceAttrs{
+		name:       name,
+		model:      []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(m))},
+		prompt:     tokens("prompt"),
+		completion: tokens("completion"),
+		cached:     tokens("cached_prompt"),
+	}
+}
+
+// status returns the options that record a request to endpoint that
+// ended with status.
+func (a *serviceAttrs) status(endpoint string, status int) []metric.RecordOption {
+	k := endpointStatus{endpoint, status}
+	a.mu.RLock()
+	opts := a.statuses[k]
+	a.mu.RUnlock()
+	if opts != nil {
+		return opts
+	}
+	opts = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(attribute.String("model", a.name),
+		attribute.String("endpoint", endpoint), attribute.String("status", strconv.Itoa(status))))}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.statuses == nil || len(a.statuses) >= maxCachedStatuses {
+		a.statuses = make(map[endpointStatus][]metric.RecordOption)
+	}
+	a.statuses[k] = opts
+	return opts
 }
