@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -126,7 +127,7 @@ func (s *Stream) Next() ([]byte, error) {
 // members keep their order and bytes, but for the id and the model, and
 // the usage where it is dropped.
 func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
-	data = bytes.TrimSpace(data)
+	data = bytes.Trim(data, jsonSpace) // JSON's own whitespace: "{}\v" is not a chunk
 	if !json.Valid(data) || jsonscan.Kind(data) != "object" {
 		// null is not a chunk either.
 		s.up.fail()
@@ -164,9 +165,8 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 		return nil, false, engineError(502, append(append([]byte(`{"error":`), data[errv.Start:errv.End]...), '}'))
 	}
 	if hasUsage {
-		var u *Usage
-		if json.Unmarshal(data[usage.Start:usage.End], &u) == nil && u != nil {
-			s.usage, s.sawUsage = *u, true
+		if u, ok := readUsage(data, usage); ok {
+			s.usage, s.sawUsage = u, true
 		}
 	}
 	final := hasChoices && string(bytes.TrimSpace(data[choices.Start:choices.End])) == "[]"
@@ -217,6 +217,13 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 	}
 	put("id", s.idJSON)
 	put("model", s.modelJSON)
+	var last map[string]int // for many members: the index of each name's last
+	if len(ms) > 16 {
+		last = make(map[string]int, len(ms))
+		for i, m := range ms {
+			last[m.key] = i
+		}
+	}
 	for i, m := range ms {
 		switch {
 		case m.key == "id" || m.key == "model":
@@ -224,13 +231,16 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 		case m.key == "usage" && dropUsage:
 			continue
 		}
-		if laterMember(ms[i+1:], m.key) {
+		if last != nil && last[m.key] != i || last == nil && laterMember(ms[i+1:], m.key) {
 			continue // a repeated name: the last one stands
 		}
 		put(m.key, data[m.at.Start:m.at.End])
 	}
 	return append(out, '}'), false, nil
 }
+
+// jsonSpace is the whitespace JSON allows around a value.
+const jsonSpace = " \t\r\n"
 
 // chunkMember is a member of an engine's chunk: its name and its value.
 type chunkMember struct {
@@ -261,31 +271,89 @@ func appendKey(out []byte, key string) []byte {
 }
 
 // hasContent reports whether a chunk's choices carry generated content:
-// text (a chat delta's or a legacy completion's), reasoning or tool calls, as opposed to the role-only chunk engines
-// send first or the empty delta of a finish chunk.
-func hasContent(choices json.RawMessage) bool {
-	var cs []struct {
-		Text  *string `json:"text"` // a legacy completion's
-		Delta struct {
-			Content          *string         `json:"content"`
-			ReasoningContent *string         `json:"reasoning_content"`
-			ToolCalls        json.RawMessage `json:"tool_calls"`
-		} `json:"delta"`
-	}
-	if json.Unmarshal(choices, &cs) != nil {
+// text (a chat delta's or a legacy completion's), reasoning or tool calls,
+// as opposed to the role-only chunk engines send first or the empty delta
+// of a finish chunk. It reads the choices as encoding/json would decode
+// them into the fields it looks at (names matched ignoring case, a later
+// member of a name replacing an earlier one, a repeated delta merged into
+// the first), without decoding them: choices that encoding/json would not
+// decode into those fields (a wrong type anywhere in them) have none.
+// choices is valid JSON.
+func hasContent(choices []byte) bool {
+	if len(choices) == 0 {
 		return false
 	}
-	for _, c := range cs {
-		d := c.Delta
-		if c.Text != nil && *c.Text != "" {
-			return true
-		}
-		if d.Content != nil && *d.Content != "" || d.ReasoningContent != nil && *d.ReasoningContent != "" ||
-			len(d.ToolCalls) > 0 && string(d.ToolCalls) != "null" && string(d.ToolCalls) != "[]" {
-			return true
+	switch choices[0] {
+	case 'n':
+		return false
+	case '[':
+	default:
+		return false
+	}
+	found, ok := false, true
+	err := jsonscan.Elements(choices, jsonscan.All(choices), func(_ int, el jsonscan.Span) error {
+		c, good := readChoice(choices, el)
+		ok = ok && good
+		found = found || c
+		return nil
+	})
+	return err == nil && ok && found
+}
+
+// readChoice reads a choice as hasContent does: whether it has content,
+// and false for good where encoding/json would fail to decode it.
+func readChoice(b []byte, v jsonscan.Span) (content, good bool) {
+	switch b[v.Start] {
+	case 'n':
+		return false, true
+	case '{':
+	default:
+		return false, false
+	}
+	// What a decode would leave in each field: a string's raw value, or
+	// "" for none (nil).
+	var text, deltaContent, reasoning, toolCalls []byte
+	good = true
+	str := func(at jsonscan.Span, dst *[]byte) {
+		switch b[at.Start] {
+		case '"':
+			*dst = b[at.Start:at.End]
+		case 'n':
+			*dst = nil
+		default:
+			good = false
 		}
 	}
-	return false
+	_ = jsonscan.Members(b, v, func(key string, at jsonscan.Span) error {
+		switch {
+		case strings.EqualFold(key, "text"):
+			str(at, &text)
+		case strings.EqualFold(key, "delta"):
+			switch b[at.Start] {
+			case 'n': // a struct is left as it is
+			case '{':
+				return jsonscan.Members(b, at, func(key string, at jsonscan.Span) error {
+					switch {
+					case strings.EqualFold(key, "content"):
+						str(at, &deltaContent)
+					case strings.EqualFold(key, "reasoning_content"):
+						str(at, &reasoning)
+					case strings.EqualFold(key, "tool_calls"):
+						toolCalls = b[at.Start:at.End]
+					}
+					return nil
+				})
+			default:
+				good = false
+			}
+		}
+		return nil
+	})
+	// A JSON string is empty only as "".
+	nonEmpty := func(q []byte) bool { return len(q) > 2 }
+	content = nonEmpty(text) || nonEmpty(deltaContent) || nonEmpty(reasoning) ||
+		len(toolCalls) > 0 && string(toolCalls) != "null" && string(toolCalls) != "[]"
+	return content, good
 }
 
 // Close ends the stream and records its usage exactly once, however it
