@@ -183,8 +183,10 @@ func (c *batchConsumer[T]) insert(ctx context.Context, fetched <-chan []jetstrea
 
 // process decodes, stores and acks one fetched batch.
 func (c *batchConsumer[T]) process(ctx context.Context, msgs []jetstream.Msg, log *slog.Logger) error {
-	var batch, again []T
-	var held, heldAgain []jetstream.Msg
+	batch := make([]T, 0, len(msgs))
+	held := make([]jetstream.Msg, 0, len(msgs))
+	var again []T
+	var heldAgain []jetstream.Msg
 	for _, msg := range msgs {
 		ev, err := c.decode(msg.Subject(), msg.Data())
 		if errors.Is(err, errSkip) {
@@ -345,10 +347,16 @@ func Consume(ctx context.Context, js jetstream.JetStream, svc *billing.Service, 
 	return all, nil
 }
 
+// decodeUsage decodes and checks a usage event: the plain form
+// publishers write without reflection, anything else with
+// encoding/json, which decides what is malformed.
 func decodeUsage(_ string, data []byte) (events.RequestCompletedV1, error) {
-	var ev events.RequestCompletedV1
-	if err := natsx.Decode(data, &ev); err != nil {
-		return ev, err
+	ev, ok := decodeUsagePlain(data)
+	if !ok {
+		ev = events.RequestCompletedV1{}
+		if err := natsx.Decode(data, &ev); err != nil {
+			return ev, err
+		}
 	}
 	return ev, billing.Check(ev)
 }
