@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -128,7 +127,9 @@ func runBillingBench(ctx context.Context, n int, profile string) (billingBench, 
 	}
 	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
 
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// Billing's warnings (a batch not stored, a fetch that failed) go to
+	// stderr, so a stall in the numbers comes with its cause.
+	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	bus, err := natsx.Open(ctx, ns.ClientURL(), "bench-billing", 1, quiet)
 	if err != nil {
 		return r, err
