@@ -386,12 +386,20 @@ func Consume(ctx context.Context, js jetstream.JetStream, svc *billing.Service, 
 func decodeUsage(_ string, data []byte) (events.RequestCompletedV1, error) {
 	ev, ok := decodeUsagePlain(data)
 	if !ok {
-		ev = events.RequestCompletedV1{}
-		if err := natsx.Decode(data, &ev); err != nil {
+		var err error
+		if ev, err = decodeUsageJSON(data); err != nil {
 			return ev, err
 		}
 	}
 	return ev, billing.Check(ev)
+}
+
+// decodeUsageJSON decodes with encoding/json. It is a function of its own
+// so that only its event, handed to Decode, is allocated on the heap.
+func decodeUsageJSON(data []byte) (events.RequestCompletedV1, error) {
+	var ev events.RequestCompletedV1
+	err := natsx.Decode(data, &ev)
+	return ev, err
 }
 
 func decodeInstance(subject string, data []byte) (billing.InstanceEvent, error) {
