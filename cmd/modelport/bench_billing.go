@@ -81,9 +81,10 @@ func benchBilling(ctx context.Context, n int, profile string) string {
 		"this section measured 6,967 events/s sustained, with p99 lag 933 ms at half that rate, on the same 2-CPU machine at load 3 to 8, " +
 		"using 164 µs of CPU per event (68 µs in this process, 96 µs in ClickHouse). " +
 		"Before usage events were decoded without reflection and received continuously into batches of 10,000 " +
-		"(billing fetched at most 5,000 at a time and decoded them with encoding/json), this section used 41 to 43 µs of CPU per event in this process " +
-		"and 11 to 14 µs in ClickHouse, and measured at best 29,165 events/s (load 2.1); run alternately with the current code on the same 2-CPU machine " +
-		"at loads of 4 to 8, the current code used 38 to 45 µs and 8 µs.\n")
+		"(billing fetched at most 5,000 at a time and decoded them with encoding/json), this section used 38 to 43 µs of CPU per event in this process " +
+		"and 11 to 14 µs in ClickHouse, and measured at best 34,662 events/s (load 2.1); run alternately with it on the same 2-CPU machine at loads of 1 to 8, " +
+		"the current code used 38 to 45 µs and 6 to 8 µs, and 34,705 events/s at best (load 1.3). Billing's own part fell from about 11 to about 6 µs per event " +
+		"(CPU profiles of the two), less than the embedded NATS server's varies from run to run.\n")
 	return b.String()
 }
 
