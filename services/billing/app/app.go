@@ -91,7 +91,7 @@ func ConfigFromEnv(getenv config.Getenv) (Config, error) {
 		ClickHouseMigratePassword: getenv("MODELPORT_CLICKHOUSE_MIGRATE_PASSWORD"),
 	}
 	var err error
-	if c.BatchSize, err = config.Int(getenv, "MODELPORT_BILLING_BATCH", 5000); err != nil {
+	if c.BatchSize, err = config.Int(getenv, "MODELPORT_BILLING_BATCH", 10000); err != nil {
 		return c, err
 	}
 	for _, d := range []struct {

@@ -394,39 +394,40 @@ func TestUsageLines(t *testing.T) {
 	}
 }
 
+// TestStoredFields checks that each field of a usage event lands in its
+// own column: every one holds a value no other does.
 func TestStoredFields(t *testing.T) {
 	s, conn, db := open(t)
 	ctx := context.Background()
 	e := usage("svc-fields", 11, 22, time.Now())
 	e.CachedTokens = 8
+	e.Status = 201
+	e.BaseModel, e.APIKeyID, e.InstanceID = "model-fields", "key-fields", "instance-fields"
+	e.StartedAt = e.OccurredAt.Add(-3 * time.Second)
+	e.FinishedAt = e.OccurredAt.Add(-time.Second)
 	insert(t, s, e)
 
-	var (
-		eventID, requestID, ownerID, accessName, endpoint string
-		status                                            uint16
-		prompt, completion, total, cached                 uint32
-		occurred, finished                                time.Time
-	)
-	err := conn.QueryRow(ctx, "SELECT event_id, request_id, owner_id, access_name, endpoint, status, prompt_tokens, completion_tokens, total_tokens, cached_tokens, occurred_at, finished_at FROM "+db+".usage_events WHERE service_id = 'svc-fields'").
-		Scan(&eventID, &requestID, &ownerID, &accessName, &endpoint, &status, &prompt, &completion, &total, &cached, &occurred, &finished)
+	type row struct {
+		EventID, RequestID, ServiceID, OwnerID, AccessName, BaseModel, APIKeyID, InstanceID, Endpoint string
+		Status                                                                                        uint16
+		Prompt, Completion, Total, Cached                                                             uint32
+		Started, Finished, Occurred                                                                   int64
+	}
+	var got row
+	var started, finished, occurred time.Time
+	err := conn.QueryRow(ctx, `SELECT event_id, request_id, service_id, owner_id, access_name, base_model, api_key_id, instance_id, endpoint,
+	status, prompt_tokens, completion_tokens, total_tokens, cached_tokens, started_at, finished_at, occurred_at
+	FROM `+db+".usage_events WHERE service_id = 'svc-fields'").
+		Scan(&got.EventID, &got.RequestID, &got.ServiceID, &got.OwnerID, &got.AccessName, &got.BaseModel, &got.APIKeyID, &got.InstanceID, &got.Endpoint,
+			&got.Status, &got.Prompt, &got.Completion, &got.Total, &got.Cached, &started, &finished, &occurred)
 	if err != nil {
 		t.Fatal(err)
 	}
-	type row struct {
-		eventID, requestID, ownerID, accessName, endpoint string
-		status                                            uint16
-		prompt, completion, total, cached                 uint32
-	}
-	got := row{eventID, requestID, ownerID, accessName, endpoint, status, prompt, completion, total, cached}
-	want := row{e.ID, e.RequestID, e.OwnerID, e.AccessName, e.Endpoint, 200, 11, 22, 33, 8}
+	got.Started, got.Finished, got.Occurred = started.Unix(), finished.Unix(), occurred.Unix()
+	want := row{e.ID, e.RequestID, e.ServiceID, e.OwnerID, e.AccessName, e.BaseModel, e.APIKeyID, e.InstanceID, e.Endpoint,
+		201, 11, 22, 33, 8, e.StartedAt.Unix(), e.FinishedAt.Unix(), e.OccurredAt.Unix()}
 	if got != want {
-		t.Errorf("stored %+v, want %+v", got, want)
-	}
-	if !occurred.Equal(e.OccurredAt) {
-		t.Errorf("occurred_at = %v, want %v", occurred.UTC(), e.OccurredAt)
-	}
-	if !finished.Truncate(time.Second).Equal(e.FinishedAt.Truncate(time.Second)) {
-		t.Errorf("finished_at = %v, want %v", finished.UTC(), e.FinishedAt)
+		t.Errorf("stored\n%+v\nwant\n%+v", got, want)
 	}
 }
 

@@ -75,7 +75,8 @@ func (s *Store) InsertRedeliveredUsage(ctx context.Context, batch []events.Reque
 	return s.markHours(ctx, batch, time.Now().UTC().Truncate(time.Hour))
 }
 
-// insertUsage stores events in usage_events with one INSERT.
+// insertUsage stores events in usage_events with one INSERT, appended
+// column by column (a row at a time boxes each of its 17 values).
 func (s *Store) insertUsage(ctx context.Context, fresh []events.RequestCompletedV1) error {
 	b, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+s.db+`.usage_events (event_id, request_id, service_id, owner_id,
 	access_name, base_model, api_key_id, instance_id, endpoint, status, prompt_tokens, completion_tokens, total_tokens,
@@ -83,16 +84,59 @@ func (s *Store) insertUsage(ctx context.Context, fresh []events.RequestCompleted
 	if err != nil {
 		return errs.Wrap(errs.Unavailable, err, "prepare usage batch")
 	}
-	for _, e := range fresh {
-		if err := b.Append(e.ID, e.RequestID, e.ServiceID, e.OwnerID, e.AccessName, e.BaseModel, e.APIKeyID,
-			e.InstanceID, e.Endpoint, uint16(e.Status), uint32(e.PromptTokens), uint32(e.CompletionTokens),
-			uint32(e.TotalTokens), uint32(e.CachedTokens), e.StartedAt, e.FinishedAt, e.OccurredAt); err != nil {
+	n := len(fresh)
+	strs := func(f func(e *events.RequestCompletedV1) string) []string {
+		out := make([]string, n)
+		for i := range fresh {
+			out[i] = f(&fresh[i])
+		}
+		return out
+	}
+	u32 := func(f func(e *events.RequestCompletedV1) int) []uint32 {
+		out := make([]uint32, n)
+		for i := range fresh {
+			out[i] = uint32(f(&fresh[i]))
+		}
+		return out
+	}
+	times := func(f func(e *events.RequestCompletedV1) time.Time) []time.Time {
+		out := make([]time.Time, n)
+		for i := range fresh {
+			out[i] = f(&fresh[i])
+		}
+		return out
+	}
+	status := make([]uint16, n)
+	for i := range fresh {
+		status[i] = uint16(fresh[i].Status)
+	}
+	columns := []any{
+		strs(func(e *events.RequestCompletedV1) string { return e.ID }),
+		strs(func(e *events.RequestCompletedV1) string { return e.RequestID }),
+		strs(func(e *events.RequestCompletedV1) string { return e.ServiceID }),
+		strs(func(e *events.RequestCompletedV1) string { return e.OwnerID }),
+		strs(func(e *events.RequestCompletedV1) string { return e.AccessName }),
+		strs(func(e *events.RequestCompletedV1) string { return e.BaseModel }),
+		strs(func(e *events.RequestCompletedV1) string { return e.APIKeyID }),
+		strs(func(e *events.RequestCompletedV1) string { return e.InstanceID }),
+		strs(func(e *events.RequestCompletedV1) string { return e.Endpoint }),
+		status,
+		u32(func(e *events.RequestCompletedV1) int { return e.PromptTokens }),
+		u32(func(e *events.RequestCompletedV1) int { return e.CompletionTokens }),
+		u32(func(e *events.RequestCompletedV1) int { return e.TotalTokens }),
+		u32(func(e *events.RequestCompletedV1) int { return e.CachedTokens }),
+		times(func(e *events.RequestCompletedV1) time.Time { return e.StartedAt }),
+		times(func(e *events.RequestCompletedV1) time.Time { return e.FinishedAt }),
+		times(func(e *events.RequestCompletedV1) time.Time { return e.OccurredAt }),
+	}
+	for i, col := range columns {
+		if err := b.Column(i).Append(col); err != nil {
 			_ = b.Abort()
-			return fmt.Errorf("append usage event %s: %w", e.ID, err)
+			return fmt.Errorf("append usage column %d: %w", i, err)
 		}
 	}
-	if err := send(ctx, b, "usage_events", len(fresh)); err != nil {
-		return errs.Wrap(errs.Unavailable, err, "insert %d usage events", len(fresh))
+	if err := send(ctx, b, "usage_events", n); err != nil {
+		return errs.Wrap(errs.Unavailable, err, "insert %d usage events", n)
 	}
 	return nil
 }

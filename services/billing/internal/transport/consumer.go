@@ -52,12 +52,14 @@ type BatchConfig struct {
 	Size    int
 	MaxWait time.Duration
 	// Inserters is how many batches are decoded and stored at once while
-	// the next is fetched; 0 is one.
+	// the next is received; 0 is one.
 	Inserters int
 }
 
-// batchConsumer reads one durable pull consumer in batches. One goroutine
-// fetches batches; each of cfg.Inserters goroutines takes one at a time,
+// batchConsumer reads one durable pull consumer in batches. JetStream
+// delivers messages continuously to one goroutine, which cuts them into
+// batches (full, or once the first has waited cfg.MaxWait); each of
+// cfg.Inserters goroutines takes one at a time,
 // decodes each message (an Invalid error dead-letters it, errSkip acks it
 // unstored), stores the batch, then acks it. So a message is acked only
 // once the insert that holds it succeeded, whatever order batches finish
@@ -86,7 +88,7 @@ func (c *batchConsumer[T]) start(ctx context.Context, js jetstream.JetStream) (<
 		Durable:       c.durable,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       time.Minute,
-		MaxAckPending: (inserters + 3) * size, // being stored, waiting, being fetched, and a spare
+		MaxAckPending: (inserters + 3) * size, // being stored, being cut, and received ahead in two buffers
 	}
 	if len(c.filters) == 1 {
 		cfg.FilterSubject = c.filters[0]
@@ -108,53 +110,84 @@ func (c *batchConsumer[T]) start(ctx context.Context, js jetstream.JetStream) (<
 			c.insert(ctx, fetched, log)
 		}()
 	}
+	// JetStream pushes messages to a Consume callback, up to size of them
+	// ahead of the batches; batch cuts them into batches.
+	delivered := make(chan jetstream.Msg, size)
+	go c.receive(ctx, cons, size, delivered, log)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		defer inserting.Wait()
 		defer close(fetched)
-		failures := uint64(0)
-		for ctx.Err() == nil {
-			msgs, err := c.fetch(cons, size)
-			if err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				failures++
-				wait := natsx.Backoff(failures)
-				log.WarnContext(ctx, "fetch failed; retrying", "err", err, "retry_in", wait)
-				select {
-				case <-ctx.Done():
-				case <-time.After(wait):
-				}
-				continue
-			}
-			failures = 0
-			if len(msgs) > 0 {
-				// Handed over even when ctx has ended: the inserters
-				// store what was fetched before they stop.
-				fetched <- msgs
-			}
-		}
+		// Batches are handed over even after ctx has ended: the
+		// inserters store what was received before they stop.
+		c.batch(delivered, size, fetched)
 	}()
 	return done, nil
 }
 
-// fetch returns the next batch: size messages, or fewer once the first
-// has waited cfg.MaxWait.
-func (c *batchConsumer[T]) fetch(cons jetstream.Consumer, size int) ([]jetstream.Msg, error) {
-	batch, err := cons.Fetch(size, jetstream.FetchMaxWait(c.cfg.MaxWait))
-	if err != nil {
-		return nil, err
+// receive hands each message the consumer delivers to delivered until ctx
+// ends, then stops asking for more, hands over those already received,
+// and closes delivered. Should consuming stop by itself (the consumer
+// deleted, the connection closed), it starts again with backoff.
+func (c *batchConsumer[T]) receive(ctx context.Context, cons jetstream.Consumer, size int, delivered chan<- jetstream.Msg, log *slog.Logger) {
+	defer close(delivered)
+	failures := uint64(0)
+	for ctx.Err() == nil {
+		cc, err := cons.Consume(func(msg jetstream.Msg) { delivered <- msg },
+			jetstream.PullMaxMessages(size),
+			jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+				log.DebugContext(ctx, "consume", "err", err)
+			}))
+		if err == nil {
+			select {
+			case <-ctx.Done():
+				cc.Drain()
+				<-cc.Closed()
+				return
+			case <-cc.Closed():
+				err = errors.New("consuming stopped")
+			}
+		}
+		failures++
+		wait := natsx.Backoff(failures)
+		log.WarnContext(ctx, "consume failed; retrying", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
 	}
-	var msgs []jetstream.Msg
-	for msg := range batch.Messages() {
-		msgs = append(msgs, msg)
+}
+
+// batch cuts the messages from delivered into batches of at most size,
+// each handed to fetched once full or once its first message has waited
+// cfg.MaxWait, until delivered closes.
+func (c *batchConsumer[T]) batch(delivered <-chan jetstream.Msg, size int, fetched chan<- []jetstream.Msg) {
+	timer := time.NewTimer(c.cfg.MaxWait)
+	timer.Stop()
+	for {
+		first, ok := <-delivered
+		if !ok {
+			return
+		}
+		msgs := make([]jetstream.Msg, 1, size)
+		msgs[0] = first
+		timer.Reset(c.cfg.MaxWait)
+	fill:
+		for len(msgs) < size {
+			select {
+			case msg, ok := <-delivered:
+				if !ok {
+					break fill
+				}
+				msgs = append(msgs, msg)
+			case <-timer.C:
+				break fill
+			}
+		}
+		timer.Stop()
+		fetched <- msgs
 	}
-	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
-		c.log.Debug("fetch", "consumer", c.durable, "err", err)
-	}
-	return msgs, nil
 }
 
 // insert stores the batches it takes from fetched until fetched closes,
@@ -183,8 +216,10 @@ func (c *batchConsumer[T]) insert(ctx context.Context, fetched <-chan []jetstrea
 
 // process decodes, stores and acks one fetched batch.
 func (c *batchConsumer[T]) process(ctx context.Context, msgs []jetstream.Msg, log *slog.Logger) error {
-	var batch, again []T
-	var held, heldAgain []jetstream.Msg
+	batch := make([]T, 0, len(msgs))
+	held := make([]jetstream.Msg, 0, len(msgs))
+	var again []T
+	var heldAgain []jetstream.Msg
 	for _, msg := range msgs {
 		ev, err := c.decode(msg.Subject(), msg.Data())
 		if errors.Is(err, errSkip) {
@@ -345,12 +380,26 @@ func Consume(ctx context.Context, js jetstream.JetStream, svc *billing.Service, 
 	return all, nil
 }
 
+// decodeUsage decodes and checks a usage event: the plain form
+// publishers write without reflection, anything else with
+// encoding/json, which decides what is malformed.
 func decodeUsage(_ string, data []byte) (events.RequestCompletedV1, error) {
-	var ev events.RequestCompletedV1
-	if err := natsx.Decode(data, &ev); err != nil {
-		return ev, err
+	ev, ok := decodeUsagePlain(data)
+	if !ok {
+		var err error
+		if ev, err = decodeUsageJSON(data); err != nil {
+			return ev, err
+		}
 	}
 	return ev, billing.Check(ev)
+}
+
+// decodeUsageJSON decodes with encoding/json. It is a function of its own
+// so that only its event, handed to Decode, is allocated on the heap.
+func decodeUsageJSON(data []byte) (events.RequestCompletedV1, error) {
+	var ev events.RequestCompletedV1
+	err := natsx.Decode(data, &ev)
+	return ev, err
 }
 
 func decodeInstance(subject string, data []byte) (billing.InstanceEvent, error) {
