@@ -90,8 +90,10 @@ type record struct {
 const SpoolSegmentSize = 4 << 20
 
 // DefaultSpoolMaxPending is the default bound on the bytes of events
-// waiting in a spool.
-const DefaultSpoolMaxPending = 256 << 20
+// waiting in a spool (also held in memory until stored): about 100,000
+// usage events, a minute and a half of JetStream away at 1,000 answers a
+// second.
+const DefaultSpoolMaxPending = 64 << 20
 
 // forwardBatch is how many events the forwarder has in flight at once.
 const forwardBatch = 512
@@ -132,7 +134,7 @@ func OpenSpool(dir string, js jetstream.JetStream, maxPending int64, log *slog.L
 	}
 	meter := otel.Meter(tracerName)
 	waiting, err := meter.Int64ObservableGauge("modelport.events.spooled", metric.WithUnit("By"),
-		metric.WithDescription("Bytes of events a usage spool holds that JetStream has not stored yet; near MODELPORT_USAGE_SPOOL's bound (256 MiB), answers are withheld."))
+		metric.WithDescription("Bytes of events a usage spool holds that JetStream has not stored yet; near the spool's bound (64 MiB), answers are withheld."))
 	if err == nil {
 		s.gauge, _ = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 			o.ObserveInt64(waiting, s.Pending())
@@ -307,7 +309,9 @@ func (s *Spool) forward() {
 		s.pending = append(failed, s.pending...)
 		s.stored.Broadcast()
 		s.mu.Unlock()
-		if len(failed) == 0 {
+		if len(failed) < len(batch) {
+			// JetStream is storing: what failed is tried again with
+			// the next batch, without a pause for the rest.
 			backoff = 0
 			continue
 		}
@@ -340,18 +344,36 @@ func (s *Spool) send(batch []*record) (failed []*record) {
 	}
 	timeout := time.NewTimer(publishAttemptTimeout)
 	defer timeout.Stop()
+	expired := false // past the timeout, answers already in are still taken
 	rec := recorderOf(s.js.Conn())
 	for _, f := range flights {
+		var wait <-chan time.Time
+		if !expired {
+			wait = timeout.C
+		}
 		select {
 		case <-f.ack.Ok():
 			instruments().published.Add(context.Background(), 1, outcomeStored, subjectAttr(f.r.msg.Subject))
 			continue
 		case err := <-f.ack.Err():
 			lastErr = err
-		case <-timeout.C:
+		case <-wait:
+			expired = true
 			lastErr = errors.New("no ack from JetStream in time")
-			// Every later future has had as long: stop waiting.
-			timeout.Reset(0)
+		default:
+			if !expired {
+				// Not answered yet: wait for it, or for the timeout.
+				select {
+				case <-f.ack.Ok():
+					instruments().published.Add(context.Background(), 1, outcomeStored, subjectAttr(f.r.msg.Subject))
+					continue
+				case err := <-f.ack.Err():
+					lastErr = err
+				case <-timeout.C:
+					expired = true
+					lastErr = errors.New("no ack from JetStream in time")
+				}
+			}
 		}
 		failed = append(failed, f.r)
 	}
