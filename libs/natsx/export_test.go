@@ -10,10 +10,5 @@ func KillSpool(s *Spool) {
 		s.file = nil
 	}
 	s.mu.Unlock()
-	close(s.stop)
-	<-s.stopped
-	if s.gauge != nil {
-		_ = s.gauge.Unregister()
-	}
-	_ = s.lock.Close()
+	s.release()
 }

@@ -41,13 +41,7 @@ func NewPublisher(js jetstream.JetStream) *Publisher { return &Publisher{js: js}
 // elects a leader. The message ID is the event ID, so a retried publish is
 // stored once. The trace context of ctx travels in the headers.
 func (p *Publisher) Publish(ctx context.Context, ev events.Event) error {
-	ctx, span := otel.Tracer(tracerName).Start(ctx, "publish "+ev.Subject(),
-		trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(
-			attribute.String("messaging.system", "nats"),
-			attribute.String("messaging.destination.name", ev.Subject()),
-			attribute.String("messaging.message.id", ev.EventID()),
-		))
+	ctx, span := producerSpan(ctx, "publish", ev)
 	defer span.End()
 
 	msg, err := message(ctx, ev)
@@ -106,4 +100,16 @@ func message(ctx context.Context, ev events.Event) (*nats.Msg, error) {
 	msg.Header.Set(jetstream.MsgIDHeader, ev.EventID())
 	otel.GetTextMapPropagator().Inject(ctx, HeaderCarrier(msg.Header))
 	return msg, nil
+}
+
+// producerSpan starts the span of an event on its way to JetStream,
+// named for what is done with it ("publish", "spool") and its subject.
+func producerSpan(ctx context.Context, verb string, ev events.Event) (context.Context, trace.Span) {
+	return otel.Tracer(tracerName).Start(ctx, verb+" "+ev.Subject(),
+		trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(
+			attribute.String("messaging.system", "nats"),
+			attribute.String("messaging.destination.name", ev.Subject()),
+			attribute.String("messaging.message.id", ev.EventID()),
+		))
 }

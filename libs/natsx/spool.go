@@ -23,9 +23,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
-	"go.opentelemetry.io/otel/trace"
 )
 
 // A Spool publishes events the way Publisher does, but Publish returns as
@@ -219,13 +217,7 @@ func (s *Spool) dropIfDone(seq uint64, seg *segment) {
 // Publish writes ev to the spool; JetStream stores it shortly after, with
 // its event ID as message ID and ctx's trace context in its headers.
 func (s *Spool) Publish(ctx context.Context, ev events.Event) error {
-	ctx, span := otel.Tracer(tracerName).Start(ctx, "spool "+ev.Subject(),
-		trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(
-			attribute.String("messaging.system", "nats"),
-			attribute.String("messaging.destination.name", ev.Subject()),
-			attribute.String("messaging.message.id", ev.EventID()),
-		))
+	ctx, span := producerSpan(ctx, "spool", ev)
 	defer span.End()
 	msg, err := message(ctx, ev)
 	if err != nil {
@@ -344,38 +336,20 @@ func (s *Spool) send(batch []*record) (failed []*record) {
 	}
 	timeout := time.NewTimer(publishAttemptTimeout)
 	defer timeout.Stop()
-	expired := false // past the timeout, answers already in are still taken
+	deadline := timeout.C
 	rec := recorderOf(s.js.Conn())
+	stored := map[string]int64{} // by subject: counted once a batch
 	for _, f := range flights {
-		var wait <-chan time.Time
-		if !expired {
-			wait = timeout.C
-		}
-		select {
-		case <-f.ack.Ok():
-			instruments().published.Add(context.Background(), 1, outcomeStored, subjectAttr(f.r.msg.Subject))
+		err := ackOf(f.ack, &deadline)
+		if err == nil {
+			stored[f.r.msg.Subject]++
 			continue
-		case err := <-f.ack.Err():
-			lastErr = err
-		case <-wait:
-			expired = true
-			lastErr = errors.New("no ack from JetStream in time")
-		default:
-			if !expired {
-				// Not answered yet: wait for it, or for the timeout.
-				select {
-				case <-f.ack.Ok():
-					instruments().published.Add(context.Background(), 1, outcomeStored, subjectAttr(f.r.msg.Subject))
-					continue
-				case err := <-f.ack.Err():
-					lastErr = err
-				case <-timeout.C:
-					expired = true
-					lastErr = errors.New("no ack from JetStream in time")
-				}
-			}
 		}
+		lastErr = err
 		failed = append(failed, f.r)
+	}
+	for subject, n := range stored {
+		instruments().published.Add(context.Background(), n, outcomeStored, subjectAttr(subject))
 	}
 	if len(failed) > 0 {
 		outcome := outcomeFailed
@@ -386,6 +360,38 @@ func (s *Spool) send(batch []*record) (failed []*record) {
 		s.log.Warn("usage spool: events not stored in JetStream yet; trying again", "events", len(failed), "err", lastErr)
 	}
 	return failed
+}
+
+// errNoAck is a publish JetStream did not answer in time.
+var errNoAck = errors.New("no ack from JetStream in time")
+
+// expired is a deadline that has passed.
+var expired = func() <-chan time.Time {
+	c := make(chan time.Time)
+	close(c)
+	return c
+}()
+
+// ackOf returns a publish's outcome: nil once stored. It waits until
+// *deadline, which becomes expired once it has passed: an answer already
+// in is still taken then.
+func ackOf(f jetstream.PubAckFuture, deadline *<-chan time.Time) error {
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	default:
+	}
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	case <-*deadline:
+		*deadline = expired
+		return errNoAck
+	}
 }
 
 // Pending returns how many bytes of events wait to be stored in
@@ -424,16 +430,21 @@ func (s *Spool) Close(ctx context.Context) error {
 		s.file = nil
 	}
 	s.mu.Unlock()
+	s.release()
+	if left > 0 {
+		return fmt.Errorf("usage spool: %d bytes of events not yet stored in JetStream stay in %s for the next start: %w", left, s.dir, ctx.Err())
+	}
+	return nil
+}
+
+// release stops the forwarder and lets go of the directory.
+func (s *Spool) release() {
 	close(s.stop)
 	<-s.stopped
 	if s.gauge != nil {
 		_ = s.gauge.Unregister()
 	}
 	_ = s.lock.Close() // and with it the lock
-	if left > 0 {
-		return fmt.Errorf("usage spool: %d bytes of events not yet stored in JetStream stay in %s for the next start: %w", left, s.dir, ctx.Err())
-	}
-	return nil
 }
 
 // A record on disk: its length and CRC-32C (of what follows them), then
