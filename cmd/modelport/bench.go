@@ -218,6 +218,35 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 
 type benchTarget struct{ name, url, key string }
 
+// benchAdminKey is the admin key of the platforms the bench starts.
+const benchAdminKey = "mp-bench-admin-key-0123456789abcdef"
+
+// startBenchPlatform starts an all-in-one platform of its own in a new
+// temporary folder named after prefix, with settings over the bench's
+// (an embedded NATS on a free port, the admin key benchAdminKey, and a
+// ClickHouse that never answers: billing waits and events stay in
+// JetStream); stop stops it and removes the folder.
+func startBenchPlatform(ctx context.Context, prefix string, settings map[string]string) (p *platform, stop func(), err error) {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return nil, nil, err
+	}
+	env := map[string]string{
+		"MODELPORT_DATA_DIR":        dir,
+		"MODELPORT_HTTP_ADDR":       "127.0.0.1:0",
+		"MODELPORT_NATS_PORT":       "-1",
+		"MODELPORT_ADMIN_KEY":       benchAdminKey,
+		"MODELPORT_CLICKHOUSE_ADDR": "127.0.0.1:9",
+	}
+	maps.Copy(env, settings)
+	log, _ := telemetry.Setup(ctx, "modelport-bench", io.Discard, slog.LevelError)
+	if p, err = startPlatform(ctx, config.Map(env), log); err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, err
+	}
+	return p, func() { p.Close(context.WithoutCancel(ctx)); os.RemoveAll(dir) }, nil
+}
+
 type benchCase struct {
 	stream      bool
 	concurrency int

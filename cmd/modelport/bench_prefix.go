@@ -11,17 +11,14 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/modelport/modelport/libs/access"
-	"github.com/modelport/modelport/libs/config"
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/natsx"
-	"github.com/modelport/modelport/libs/telemetry"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -85,31 +82,15 @@ type instanceShare struct {
 // section. Requests are streamed; time to first token is the time to the
 // first content chunk at the client, through the router.
 func benchPrefixRouting(ctx context.Context, w chatWorkload) (string, error) {
-	dir, err := os.MkdirTemp("", "modelport-bench-prefix-")
+	p, stop, err := startBenchPlatform(ctx, "modelport-bench-prefix-", prefixBenchEngine)
 	if err != nil {
 		return "", err
 	}
-	defer os.RemoveAll(dir)
-	const key = "mp-bench-admin-key-0123456789abcdef"
-	env := map[string]string{
-		"MODELPORT_DATA_DIR":        dir,
-		"MODELPORT_HTTP_ADDR":       "127.0.0.1:0",
-		"MODELPORT_NATS_PORT":       "-1",
-		"MODELPORT_ADMIN_KEY":       key,
-		"MODELPORT_CLICKHOUSE_ADDR": "127.0.0.1:9", // billing waits; events stay in JetStream
-	}
-	for k, v := range prefixBenchEngine {
-		env[k] = v
-	}
-	log, _ := telemetry.Setup(ctx, "modelport-bench", io.Discard, slog.LevelError)
-	p, err := startPlatform(ctx, config.Map(env), log)
-	if err != nil {
-		return "", err
-	}
-	defer p.Close(context.WithoutCancel(ctx))
+	defer stop()
+	const key = benchAdminKey
 	// The usage events are read as people follow them: by the read-only
 	// identity, with message gets.
-	nc, js, err := natsx.Connect(p.NATSURL, access.EventsReader, log, natsx.NKeyFile(access.SeedFile(p.NATSCreds, access.EventsReader)))
+	nc, js, err := natsx.Connect(p.NATSURL, access.EventsReader, slog.New(slog.DiscardHandler), natsx.NKeyFile(access.SeedFile(p.NATSCreds, access.EventsReader)))
 	if err != nil {
 		return "", err
 	}

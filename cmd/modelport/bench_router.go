@@ -9,19 +9,14 @@ import (
 	"image/png"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/modelport/modelport/libs/access"
 )
 
 // The router's memory under a hostile image workload: a router process of
@@ -117,15 +112,9 @@ var hostileImage = sync.OnceValue(func() []byte {
 })
 
 func runHostileImages(ctx context.Context, c *http.Client, p *platform, key, routerBin string) ([]hostileResult, error) {
-	if routerBin == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return nil, err
-		}
-		routerBin = filepath.Join(filepath.Dir(exe), "router")
-	}
-	if _, err := os.Stat(routerBin); err != nil {
-		return nil, fmt.Errorf("no router binary at %s (make build puts one beside bin/modelport): %v", routerBin, err)
+	routerBin, err := findRouterBinary(routerBin)
+	if err != nil {
+		return nil, err
 	}
 	model, err := benchDeploy(ctx, c, p.BaseURL, key, "bench-vision", "qwen2-vl-7b-instruct", "image-understanding")
 	if err != nil {
@@ -139,35 +128,12 @@ func runHostileImages(ctx context.Context, c *http.Client, p *platform, key, rou
 	}))
 	defer images.Close()
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	router, err := startRouterProcess(ctx, p, routerBin, hostileSettings)
 	if err != nil {
 		return nil, err
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	cmd := exec.CommandContext(ctx, routerBin)
-	cmd.Env = append(os.Environ(), append([]string{"MODELPORT_NATS_URL=" + p.NATSURL, "MODELPORT_HTTP_ADDR=" + addr,
-		"MODELPORT_NATS_NKEY=" + access.SeedFile(p.NATSCreds, access.Router)}, hostileSettings...)...)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	defer func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	}()
-	base := "http://" + addr
-	if err := waitHealthy(ctx, c, base); err != nil {
-		return nil, fmt.Errorf("router: %v; its log: %s", err, logs.String())
-	}
+	defer router.stop()
+	base, pid := router.base, router.cmd.Process.Pid
 	// The router learns of the instance through its watch, at start.
 	text := func(n int) []byte {
 		b, _ := json.Marshal(map[string]any{"model": model, "max_tokens": 16,
@@ -183,7 +149,7 @@ func runHostileImages(ctx context.Context, c *http.Client, p *platform, key, rou
 		return b
 	}
 	// A warm-up, so the baseline is a router that has served.
-	if _, err := hostileLoad(ctx, c, base, key, cmd.Process.Pid, "warm-up", 16, 4, text, false); err != nil {
+	if _, err := hostileLoad(ctx, c, base, key, pid, "warm-up", 16, 4, text, false); err != nil {
 		return nil, err
 	}
 	var out []hostileResult
@@ -193,14 +159,14 @@ func runHostileImages(ctx context.Context, c *http.Client, p *platform, key, rou
 	}{{"text (baseline)", text}, {fmt.Sprintf("%d image URLs per request", hostileImages), hostile}} {
 		// VmHWM, the peak since the router started, is this workload's
 		// only for the last and heaviest.
-		r, err := hostileLoad(ctx, c, base, key, cmd.Process.Pid, w.name, hostileRequests, hostileConcurrency, w.body, len(out) == 1)
+		r, err := hostileLoad(ctx, c, base, key, pid, w.name, hostileRequests, hostileConcurrency, w.body, len(out) == 1)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, r)
 	}
 	if out[0].answered == 0 || out[1].answered == 0 {
-		return nil, fmt.Errorf("no request answered (%+v); router log: %s", out, logs.String())
+		return nil, fmt.Errorf("no request answered (%+v); router log: %s", out, router.logs.String())
 	}
 	return out, nil
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -23,8 +22,6 @@ import (
 	"time"
 
 	"github.com/modelport/modelport/libs/access"
-	"github.com/modelport/modelport/libs/config"
-	"github.com/modelport/modelport/libs/telemetry"
 )
 
 // The many-streams scenario: many streaming chat completions held open at
@@ -93,38 +90,16 @@ func benchStreams(ctx context.Context, n int, routerBin string) (string, error) 
 	if err != nil {
 		return "", err
 	}
-	if routerBin == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return "", err
-		}
-		routerBin = filepath.Join(filepath.Dir(exe), "router")
-	}
-	if _, err := os.Stat(routerBin); err != nil {
-		return "", fmt.Errorf("no router binary at %s (make build puts one beside bin/modelport): %v", routerBin, err)
-	}
-	dir, err := os.MkdirTemp("", "modelport-bench-streams-")
+	routerBin, err = findRouterBinary(routerBin)
 	if err != nil {
 		return "", err
 	}
-	defer os.RemoveAll(dir)
-	const key = "mp-bench-admin-key-0123456789abcdef"
-	env := map[string]string{
-		"MODELPORT_DATA_DIR":        dir,
-		"MODELPORT_HTTP_ADDR":       "127.0.0.1:0",
-		"MODELPORT_NATS_PORT":       "-1",
-		"MODELPORT_ADMIN_KEY":       key,
-		"MODELPORT_CLICKHOUSE_ADDR": "127.0.0.1:9", // billing waits; events stay in JetStream
-	}
-	for k, v := range streamsEngine {
-		env[k] = v
-	}
-	log, _ := telemetry.Setup(ctx, "modelport-bench", io.Discard, slog.LevelError)
-	p, err := startPlatform(ctx, config.Map(env), log)
+	p, stop, err := startBenchPlatform(ctx, "modelport-bench-streams-", streamsEngine)
 	if err != nil {
 		return "", err
 	}
-	defer p.Close(context.WithoutCancel(ctx))
+	defer stop()
+	const key = benchAdminKey
 	ctl := &http.Client{Timeout: time.Minute}
 	model, endpoint, err := benchService(ctx, ctl, p.BaseURL, key)
 	if err != nil {
@@ -339,6 +314,22 @@ func firstAnswer(ctx context.Context, c *http.Client, target benchTarget, body [
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// findRouterBinary returns bin, or, when empty, the router beside this
+// binary, where make build puts it; an error says where it is missing.
+func findRouterBinary(bin string) (string, error) {
+	if bin == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return "", err
+		}
+		bin = filepath.Join(filepath.Dir(exe), "router")
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return "", fmt.Errorf("no router binary at %s (make build puts one beside bin/modelport): %v", bin, err)
+	}
+	return bin, nil
 }
 
 // routerProcess is a router binary run against a platform's NATS with the
