@@ -208,17 +208,7 @@ func (s *Server) streamText(w http.ResponseWriter, r *http.Request, p *chatParam
 			}
 		}
 	}
-	for i := range a.choices {
-		if !send([]textChoice{{Index: i, FinishReason: &a.choices[i].finish}}, nil) {
-			return
-		}
-	}
-	if p.includeUsage {
-		u := a.usage(a.completionTokens())
-		if !send([]textChoice{}, &u) {
-			return
-		}
-	}
-	_, _ = w.Write([]byte("data: [DONE]\n\n"))
-	_ = rc.Flush()
+	endStream(w, rc, a, p.includeUsage, send, func(i int, finish *string) textChoice {
+		return textChoice{Index: i, FinishReason: finish}
+	})
 }

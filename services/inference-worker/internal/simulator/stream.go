@@ -150,18 +150,32 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p *chatParams, a
 			}
 		}
 	}
+	if !endStream(w, rc, a, p.includeUsage, send, func(i int, finish *string) chunkChoice {
+		return chunkChoice{Index: i, FinishReason: finish}
+	}) {
+		return
+	}
+	s.remember(a)
+}
+
+// endStream ends a stream of a's choices as every stream ends: a chunk
+// per choice with its finish reason, the usage where the client asked for
+// it, and [DONE]; choice builds a finish chunk's choice. It returns false
+// when the client went away first.
+func endStream[C any](w http.ResponseWriter, rc *http.ResponseController, a *chatAnswer, includeUsage bool,
+	send func([]C, *usage) bool, choice func(i int, finish *string) C) bool {
 	for i := range a.choices {
-		if !send([]chunkChoice{{Index: i, FinishReason: &a.choices[i].finish}}, nil) {
-			return
+		if !send([]C{choice(i, &a.choices[i].finish)}, nil) {
+			return false
 		}
 	}
-	if p.includeUsage {
+	if includeUsage {
 		u := a.usage(a.completionTokens())
-		if !send([]chunkChoice{}, &u) {
-			return
+		if !send([]C{}, &u) {
+			return false
 		}
 	}
 	_, _ = w.Write([]byte("data: [DONE]\n\n"))
 	_ = rc.Flush()
-	s.remember(a)
+	return true
 }
