@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -464,6 +463,11 @@ feed:
 }
 
 func timeRequest(ctx context.Context, c *http.Client, target benchTarget, body []byte, stream bool) (time.Duration, error) {
+	if stream {
+		var ttft time.Duration
+		err := timeStream(ctx, c, target, body, func(d time.Duration) { ttft = d }, func() {})
+		return ttft, err
+	}
 	req, _ := http.NewRequestWithContext(ctx, "POST", target.url, bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	if target.key != "" {
@@ -479,25 +483,8 @@ func timeRequest(ctx context.Context, c *http.Client, target benchTarget, body [
 		b, _ := io.ReadAll(resp.Body)
 		return 0, fmt.Errorf("status %d: %s", resp.StatusCode, b)
 	}
-	if !stream {
-		_, err := io.Copy(io.Discard, resp.Body)
-		return time.Since(t0), err
-	}
-	var ttft time.Duration
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if ttft == 0 && strings.HasPrefix(line, "data: ") && strings.Contains(line, `"content":"`) && !strings.Contains(line, `"content":""`) {
-			ttft = time.Since(t0)
-		}
-		if line == "data: [DONE]" {
-			if ttft == 0 {
-				return 0, fmt.Errorf("stream without content")
-			}
-			return ttft, nil
-		}
-	}
-	return 0, fmt.Errorf("stream ended without [DONE]: %v", sc.Err())
+	_, err = io.Copy(io.Discard, resp.Body)
+	return time.Since(t0), err
 }
 
 func benchReport(requests int, cases []benchCase) string {
