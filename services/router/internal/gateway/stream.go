@@ -64,6 +64,13 @@ func (s *Stream) ClientGone() {
 	}
 }
 
+// OnWait sets f to run whenever Next is about to wait for more of the
+// engine's answer, having used up what the engine had sent: the moment
+// to flush the events written so far to the client, so that the events
+// an engine sent at once go out in one write rather than one each, while
+// none waits on the engine's next.
+func (s *Stream) OnWait(f func()) { s.lines.src.wait = f }
+
 // clientGone reports whether the client went away.
 func (s *Stream) clientGone() bool { return s.gone.Load() || s.ctx.Err() != nil }
 
@@ -445,7 +452,22 @@ const maxEvent = 16 << 20
 // lineReader reads server-sent events.
 type lineReader struct {
 	r   *bufio.Reader
+	src source
 	max int
+}
+
+// source is the engine's answer under a lineReader's buffer: each read
+// from it, which may wait for the engine, runs wait first.
+type source struct {
+	r    io.Reader
+	wait func()
+}
+
+func (s *source) Read(p []byte) (int, error) {
+	if s.wait != nil {
+		s.wait()
+	}
+	return s.r.Read(p)
 }
 
 // readBuffer is a stream's read buffer: an engine's chunks are a few
@@ -460,9 +482,9 @@ const readBuffer = 4 << 10
 var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBuffer) }}
 
 func newLineReader(r io.Reader) *lineReader {
-	br := readers.Get().(*bufio.Reader)
-	br.Reset(r)
-	return &lineReader{r: br, max: maxEvent}
+	l := &lineReader{r: readers.Get().(*bufio.Reader), src: source{r: r}, max: maxEvent}
+	l.r.Reset(&l.src)
+	return l
 }
 
 // release gives the reader's buffer back; the reader is not used again.

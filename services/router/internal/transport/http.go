@@ -220,14 +220,26 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request, s *gateway.Stre
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	// mu orders writes from this goroutine and the keep-alive timer's.
+	// Events are flushed when the stream waits for more of the engine's
+	// answer, and at its end, as a proxy flushes after each read from
+	// upstream: what the engine sent at once reaches the client in one
+	// write, and nothing waits for the engine's next event unflushed.
 	var mu sync.Mutex
-	done := false
+	done, unflushed := false, false
 	write := func(parts ...[]byte) error {
 		for _, p := range parts {
 			if _, err := w.Write(p); err != nil {
 				return err
 			}
 		}
+		unflushed = true
+		return nil
+	}
+	flush := func() error {
+		if !unflushed {
+			return nil
+		}
+		unflushed = false
 		return rc.Flush()
 	}
 	var keepAlive *time.Timer
@@ -239,7 +251,7 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request, s *gateway.Stre
 			if done {
 				return
 			}
-			if err := write([]byte(": keep-alive\n\n")); err != nil {
+			if err := write([]byte(": keep-alive\n\n")); err != nil || flush() != nil {
 				s.ClientGone()
 				return
 			}
@@ -247,6 +259,13 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request, s *gateway.Stre
 		})
 		mu.Unlock()
 	}
+	s.OnWait(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if err := flush(); err != nil {
+			s.ClientGone()
+		}
+	})
 	defer func() {
 		mu.Lock()
 		defer mu.Unlock()
@@ -254,6 +273,7 @@ func (h *handler) stream(w http.ResponseWriter, r *http.Request, s *gateway.Stre
 		if keepAlive != nil {
 			keepAlive.Stop()
 		}
+		_ = flush()
 	}()
 	send := func(data []byte) error {
 		mu.Lock()

@@ -57,6 +57,8 @@ type rigOptions struct {
 	idle      time.Duration // the gateway's idle timeout; 0: none
 	budget    int64         // the gateway's byte budget; 0: none
 	handler   Options
+	// wrap, when set, wraps the router's handler (outermost).
+	wrap func(http.Handler) http.Handler
 }
 
 func newRig(t *testing.T, o rigOptions) *rig {
@@ -87,7 +89,11 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		t.Fatal(err)
 	}
 	r.key = r.newKey(owner)
-	r.srv = httptest.NewServer(httpx.Chain(NewHandler(r.g, images, r.keys, nil, o.handler, quiet), httpx.RequestID))
+	h := httpx.Chain(NewHandler(r.g, images, r.keys, nil, o.handler, quiet), httpx.RequestID)
+	if o.wrap != nil {
+		h = o.wrap(h)
+	}
+	r.srv = httptest.NewServer(h)
 	t.Cleanup(r.srv.Close)
 	return r
 }
