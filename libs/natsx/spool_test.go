@@ -240,3 +240,38 @@ func TestSpoolRefusesWhenFull(t *testing.T) {
 		t.Fatalf("took %d events of about 600 bytes within 4096 bytes", taken)
 	}
 }
+
+// TestSpoolGathersEventsWrittenApart: events written one at a time, apart
+// (an answer each), while the forwarder is idle reach JetStream in one
+// batch, not one batch an event; Close does not wait out the linger.
+func TestSpoolGathersEventsWrittenApart(t *testing.T) {
+	defer natsx.SetSpoolLinger(2 * time.Second)()
+	s := natstest.New(t)
+	bus := s.Bus(t, access.Router)
+	spool, err := natsx.OpenSpool(t.TempDir(), bus.JS, 0, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A previous spool's events (none here) are forwarded at once: give
+	// the forwarder the moment it takes to find none and wait.
+	time.Sleep(50 * time.Millisecond)
+	const n = 5
+	for i := range n {
+		if err := spool.Publish(context.Background(), usageEvent(i)); err != nil {
+			t.Fatal(err)
+		}
+		// Long enough for a forwarder that sends at once to have sent.
+		time.Sleep(30 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := spool.Close(ctx); err != nil {
+		t.Fatalf("close within a second, the linger being 2s: %v", err)
+	}
+	if _, msgs := usageIDs(t, s); msgs != n {
+		t.Fatalf("USAGE holds %d messages, want %d", msgs, n)
+	}
+	if b := natsx.SpoolBatches(spool); b != 1 {
+		t.Fatalf("%d events written 30ms apart went to JetStream in %d batches, want 1", n, b)
+	}
+}
