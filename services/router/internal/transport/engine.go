@@ -14,6 +14,7 @@ import (
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/services/router/internal/gateway"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/metric/noop"
 )
 
 // EngineClient posts to engines over HTTP, with trace context.
@@ -38,7 +39,11 @@ func NewEngineClient(firstByte, dial time.Duration) *EngineClient {
 	tr.MaxIdleConnsPerHost = 256
 	tr.ResponseHeaderTimeout = firstByte
 	tr.DialContext = (&net.Dialer{Timeout: dial, KeepAlive: 30 * time.Second}).DialContext
-	return &EngineClient{client: &http.Client{Transport: otelhttp.NewTransport(tr)}}
+	// Each engine request gets its client span and carries the trace
+	// context; its timings are the router's own stage metrics (engine,
+	// answer), so the HTTP client metrics the wrapper would also record,
+	// per request, are left out.
+	return &EngineClient{client: &http.Client{Transport: otelhttp.NewTransport(tr, otelhttp.WithMeterProvider(noop.NewMeterProvider()))}}
 }
 
 // Open implements gateway.Engine. It tells a request that never reached
