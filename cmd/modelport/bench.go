@@ -56,18 +56,7 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		return nil
 	}
-	dir, err := os.MkdirTemp("", "modelport-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	const key = "mp-bench-admin-key-0123456789abcdef"
 	settings := map[string]string{
-		"MODELPORT_DATA_DIR":        dir,
-		"MODELPORT_HTTP_ADDR":       "127.0.0.1:0",
-		"MODELPORT_NATS_PORT":       "-1",
-		"MODELPORT_ADMIN_KEY":       key,
-		"MODELPORT_CLICKHOUSE_ADDR": "127.0.0.1:9", // billing waits; events stay in JetStream
 		// Scale-to-zero is quick to reach between the cold-start runs.
 		"MODELPORT_AUTOSCALE_INTERVAL":   "100ms",
 		"MODELPORT_LOAD_REPORT_INTERVAL": "100ms",
@@ -78,18 +67,13 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 		maps.Copy(settings, engineSettings)
-		// Ollama keeps the models it imports here, not in the user's store.
-		if err := os.Setenv("OLLAMA_MODELS", filepath.Join(dir, "ollama")); err != nil {
-			return err
-		}
 	}
-	env := config.Map(settings)
-	log, _ := telemetry.Setup(ctx, "modelport-bench", io.Discard, slog.LevelError)
-	p, err := startPlatform(ctx, env, log)
+	p, stop, err := startBenchPlatform(ctx, "modelport-bench-", settings)
 	if err != nil {
 		return err
 	}
-	defer p.Close(context.WithoutCancel(ctx))
+	defer stop()
+	const key = benchAdminKey
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256}}
 	model, endpoint, err := benchService(ctx, client, p.BaseURL, key)
@@ -225,6 +209,11 @@ const benchAdminKey = "mp-bench-admin-key-0123456789abcdef"
 // (an embedded NATS on a free port, the admin key benchAdminKey, and a
 // ClickHouse that never answers: billing waits and events stay in
 // JetStream); stop stops it and removes the folder.
+//
+// A platform whose settings let its worker run Ollama (benchEngineSetup's)
+// has Ollama keep the models it imports in that folder, not in the user's
+// store: Ollama reads OLLAMA_MODELS from the environment it inherits from
+// this process, so it is set there until stop puts back what was before.
 func startBenchPlatform(ctx context.Context, prefix string, settings map[string]string) (p *platform, stop func(), err error) {
 	dir, err := os.MkdirTemp("", prefix)
 	if err != nil {
@@ -238,12 +227,48 @@ func startBenchPlatform(ctx context.Context, prefix string, settings map[string]
 		"MODELPORT_CLICKHOUSE_ADDR": "127.0.0.1:9",
 	}
 	maps.Copy(env, settings)
+	cleanup := func() { os.RemoveAll(dir) }
+	if runsOllama(env) {
+		restore, err := setenvUntil("OLLAMA_MODELS", filepath.Join(dir, "ollama"))
+		if err != nil {
+			cleanup()
+			return nil, nil, err
+		}
+		cleanup = func() { restore(); os.RemoveAll(dir) }
+	}
 	log, _ := telemetry.Setup(ctx, "modelport-bench", io.Discard, slog.LevelError)
 	if p, err = startPlatform(ctx, config.Map(env), log); err != nil {
-		os.RemoveAll(dir)
+		cleanup()
 		return nil, nil, err
 	}
-	return p, func() { p.Close(context.WithoutCancel(ctx)); os.RemoveAll(dir) }, nil
+	return p, func() { p.Close(context.WithoutCancel(ctx)); cleanup() }, nil
+}
+
+// runsOllama reports whether a platform's settings let its worker run
+// Ollama.
+func runsOllama(env map[string]string) bool {
+	for e := range strings.SplitSeq(env["MODELPORT_WORKER_ENGINES"], ",") {
+		if strings.TrimSpace(e) == "ollama" {
+			return true
+		}
+	}
+	return false
+}
+
+// setenvUntil sets key to value in this process's environment and returns
+// the function that puts back what was there before.
+func setenvUntil(key, value string) (restore func(), err error) {
+	old, had := os.LookupEnv(key)
+	if err := os.Setenv(key, value); err != nil {
+		return nil, err
+	}
+	return func() {
+		if had {
+			os.Setenv(key, old)
+		} else {
+			os.Unsetenv(key)
+		}
+	}, nil
 }
 
 type benchCase struct {

@@ -34,27 +34,45 @@ type streamResult struct {
 	completion int    // usage.completion_tokens of the final chunk, if any
 	errMessage string // the message of an error event, or of the error that refused the request
 	done       bool   // data: [DONE]
-	readErr    error  // the connection failed without an error event
+	readErr    error  // the stream did not end cleanly: a torn connection or an event that is not JSON
 }
 
-// streamChat sends a streaming chat completion asking for usage and reads
-// it to the end; onChunk is called with the running count of content
-// chunks.
+// streamChat sends a streaming chat completion for model with the admin
+// key, asking for usage, and reads it to the end; onChunk is called with
+// the running count of content chunks.
 func streamChat(ctx context.Context, client *http.Client, base, model string, maxTokens int, onChunk func(int)) streamResult {
-	body, _ := json.Marshal(map[string]any{
-		"model": model, "stream": true, "max_tokens": maxTokens, "stream_options": map[string]bool{"include_usage": true},
-		"messages": []map[string]string{{"role": "user", "content": "Count slowly to a very large number."}},
-	})
-	return streamChatBody(ctx, client, base, body, onChunk)
+	return streamChatBody(ctx, client, base, testAdminKey, streamBody(model, maxTokens, "Count slowly to a very large number."), onChunk)
 }
 
-// streamChatBody is streamChat with a request body of the caller's.
-func streamChatBody(ctx context.Context, client *http.Client, base string, body []byte, onChunk func(int)) streamResult {
+// streamBody is a streaming chat completion request for model that asks
+// for usage, with one user message; maxTokens 0 leaves max_tokens out.
+func streamBody(model string, maxTokens int, content string) []byte {
+	req := map[string]any{
+		"model": model, "stream": true, "stream_options": map[string]bool{"include_usage": true},
+		"messages": []map[string]string{{"role": "user", "content": content}},
+	}
+	if maxTokens > 0 {
+		req["max_tokens"] = maxTokens
+	}
+	body, _ := json.Marshal(req)
+	return body
+}
+
+// streamChatBody posts body to base's chat completions with key and reads
+// the stream to its end; onChunk, if not nil, is called with the running
+// count of content chunks.
+//
+// A read error is always readErr, even after an error event: the platform
+// ends a stream it cannot finish with an error event and then closes it
+// cleanly (the terminating chunk of the response), so a connection torn
+// after the error event is a fault of its own that the event must not
+// hide.
+func streamChatBody(ctx context.Context, client *http.Client, base, key string, body []byte, onChunk func(int)) streamResult {
 	req, err := http.NewRequestWithContext(ctx, "POST", base+"/v1/chat/completions", bytes.NewReader(body))
 	if err != nil {
 		return streamResult{readErr: err}
 	}
-	req.Header.Set("Authorization", "Bearer "+testAdminKey)
+	req.Header.Set("Authorization", "Bearer "+key)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
@@ -115,9 +133,7 @@ func streamChatBody(ctx context.Context, client *http.Client, base string, body 
 			r.prompt, r.completion = chunk.Usage.Prompt, chunk.Usage.Completion
 		}
 	}
-	if err := sc.Err(); err != nil && r.errMessage == "" {
-		r.readErr = err
-	}
+	r.readErr = sc.Err()
 	return r
 }
 

@@ -501,7 +501,7 @@ func TestOllamaEndToEnd(t *testing.T) {
 		for i := range streams {
 			wg.Go(func() {
 				var once sync.Once
-				results[i] = streamChatBody(context.Background(), http.DefaultClient, p.BaseURL, body(i), func(n int) {
+				results[i] = streamChatBody(context.Background(), http.DefaultClient, p.BaseURL, testAdminKey, body(i), func(n int) {
 					if n == 10 {
 						once.Do(flowing.Done)
 					}
@@ -552,7 +552,7 @@ func TestOllamaEndToEnd(t *testing.T) {
 		// Retry-After, which is not billed: a client retries it.
 		var r streamResult
 		for try := 0; ; try++ {
-			r = streamChatBody(context.Background(), http.DefaultClient, p.BaseURL, body(99), nil)
+			r = streamChatBody(context.Background(), http.DefaultClient, p.BaseURL, testAdminKey, body(99), nil)
 			if r.status != http.StatusServiceUnavailable || try == 5 {
 				break
 			}

@@ -9,7 +9,6 @@ package main
 // runs them.
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -441,7 +440,7 @@ func TestFaultHungStream(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	res := streamChatKey(ctx, http.DefaultClient, r.routerURL, tn.key, tn.svc.AccessName)
+	res := streamChatBody(ctx, http.DefaultClient, r.routerURL, tn.key, streamBody(tn.svc.AccessName, 0, "Count slowly."), nil)
 	if res.readErr != nil || res.status != 200 {
 		t.Fatalf("the stream did not end cleanly: %+v", res)
 	}
@@ -470,58 +469,6 @@ func TestFaultHungStream(t *testing.T) {
 		}
 		return nil
 	})
-}
-
-// streamChatKey is streamChat with a key of the caller's choosing.
-func streamChatKey(ctx context.Context, client *http.Client, base, key, model string) streamResult {
-	body, _ := json.Marshal(map[string]any{
-		"model": model, "stream": true, "stream_options": map[string]bool{"include_usage": true},
-		"messages": []map[string]string{{"role": "user", "content": "Count slowly."}},
-	})
-	req, err := http.NewRequestWithContext(ctx, "POST", base+"/v1/chat/completions", strings.NewReader(string(body)))
-	if err != nil {
-		return streamResult{readErr: err}
-	}
-	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := client.Do(req)
-	if err != nil {
-		return streamResult{readErr: err}
-	}
-	defer resp.Body.Close()
-	r := streamResult{status: resp.StatusCode}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		data, ok := strings.CutPrefix(sc.Text(), "data: ")
-		if !ok {
-			continue
-		}
-		if data == "[DONE]" {
-			r.done = true
-			continue
-		}
-		var chunk struct {
-			Choices []struct {
-				Delta struct {
-					Content string `json:"content"`
-				} `json:"delta"`
-			} `json:"choices"`
-			Error *struct {
-				Message string `json:"message"`
-			} `json:"error"`
-		}
-		if err := json.Unmarshal([]byte(data), &chunk); err != nil {
-			r.readErr = fmt.Errorf("bad event %q: %v", data, err)
-			return r
-		}
-		if chunk.Error != nil {
-			r.errMessage = chunk.Error.Message
-		}
-		if len(chunk.Choices) > 0 && chunk.Choices[0].Delta.Content != "" {
-			r.content++
-		}
-	}
-	r.readErr = sc.Err()
-	return r
 }
 
 // TestFaultRandomKeyFlood: 20,000 requests with made-up keys, from many

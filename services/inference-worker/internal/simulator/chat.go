@@ -83,13 +83,8 @@ func (a *chatAnswer) completionTokens() int {
 
 func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 	var req chatRequest
-	if err := decodeBody(w, r, &req); err != nil {
-		fail(w, err)
-		return
-	}
-	base, ok := s.baseModel(req.Model)
+	base, ok := s.decodeFor(w, r, &req)
 	if !ok {
-		notServed(w, req.Model)
 		return
 	}
 	p, err := req.validate()

@@ -87,13 +87,8 @@ func prompts(raw json.RawMessage) ([]string, []int, *requestError) {
 // a chat template: n choices per prompt, indexed prompt by prompt.
 func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 	var req completionRequest
-	if err := decodeBody(w, r, &req); err != nil {
-		fail(w, err)
-		return
-	}
-	base, ok := s.baseModel(req.Model)
+	base, ok := s.decodeFor(w, r, &req)
 	if !ok {
-		notServed(w, req.Model)
 		return
 	}
 	texts, counts, rerr := prompts(req.Prompt)

@@ -46,13 +46,8 @@ type embedding struct {
 // tokens.
 func (s *Server) embeddings(w http.ResponseWriter, r *http.Request) {
 	var req embeddingRequest
-	if err := decodeBody(w, r, &req); err != nil {
-		fail(w, err)
-		return
-	}
-	base, ok := s.baseModel(req.Model)
+	base, ok := s.decodeFor(w, r, &req)
 	if !ok {
-		notServed(w, req.Model)
 		return
 	}
 	texts, counts, rerr := prompts(req.Input)

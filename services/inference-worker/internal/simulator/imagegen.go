@@ -64,12 +64,7 @@ func imageOutputTokens(width, height int) int {
 // from the prompt, after TimeToFirstToken.
 func (s *Server) imageGenerations(w http.ResponseWriter, r *http.Request) {
 	var req imageRequest
-	if err := decodeBody(w, r, &req); err != nil {
-		fail(w, err)
-		return
-	}
-	if _, ok := s.baseModel(req.Model); !ok {
-		notServed(w, req.Model)
+	if _, ok := s.decodeFor(w, r, &req); !ok {
 		return
 	}
 	if strings.TrimSpace(req.Prompt) == "" {

@@ -236,12 +236,6 @@ func (s *Server) Model(name string) (Model, bool) {
 	return m, ok
 }
 
-// baseModel is the base model name is served as.
-func (s *Server) baseModel(name string) (string, bool) {
-	m, ok := s.Model(name)
-	return m.BaseModel, ok
-}
-
 // health answers 200 once loaded, 503 before.
 func (s *Server) health(w http.ResponseWriter, _ *http.Request) {
 	if !s.Ready() {
@@ -263,9 +257,29 @@ func (s *Server) listModels(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
 }
 
-// notServed is the 404 for a model the instance does not answer to.
-func notServed(w http.ResponseWriter, model string) {
-	writeError(w, http.StatusNotFound, fmt.Sprintf("model %q is not served here", model), "model")
+// modelRequest is a request body that names the model it is for.
+type modelRequest interface{ modelName() string }
+
+func (req *chatRequest) modelName() string       { return req.Model }
+func (req *completionRequest) modelName() string { return req.Model }
+func (req *embeddingRequest) modelName() string  { return req.Model }
+func (req *imageRequest) modelName() string      { return req.Model }
+
+// decodeFor reads r's body into req and returns the base model served
+// under the name req asks for. When it returns false it has written the
+// error answer (400 or 413 for a body it cannot read, 404 for a model not
+// served here) and the handler stops.
+func (s *Server) decodeFor(w http.ResponseWriter, r *http.Request, req modelRequest) (string, bool) {
+	if err := decodeBody(w, r, req); err != nil {
+		fail(w, err)
+		return "", false
+	}
+	m, ok := s.Model(req.modelName())
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("model %q is not served here", req.modelName()), "model")
+		return "", false
+	}
+	return m.BaseModel, true
 }
 
 // requestError is a request the simulator refuses, as the OpenAI error
