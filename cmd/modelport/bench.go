@@ -86,11 +86,13 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 			break
 		}
 		for _, conc := range []int{1, 64} {
-			n := *requests
+			n, rounds := *requests, 2
 			if conc == 1 {
-				n = max(*requests/6, 100)
+				// One at a time is quick and the most exposed to the
+				// machine's hiccups: more requests, more runs.
+				n, rounds = max(*requests/3, 100), 5
 			}
-			cases = append(cases, benchCase{stream: stream, concurrency: conc, requests: n})
+			cases = append(cases, benchCase{stream: stream, concurrency: conc, requests: n, rounds: rounds})
 		}
 	}
 	proxy, stopProxy, err := bareProxy(endpoint)
@@ -124,9 +126,9 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 			})
 			return b
 		}
-		// A warm-up, then two measured runs per target, interleaved; the
-		// better run of each is kept to damp noise from the machine.
-		for round := 0; round < 3; round++ {
+		// A warm-up, then c.rounds measured runs per target, interleaved;
+		// the best run of each is kept to damp noise from the machine.
+		for round := 0; round <= c.rounds; round++ {
 			for t, target := range targets {
 				n := c.requests
 				if round == 0 {
@@ -274,6 +276,7 @@ func setenvUntil(key, value string) (restore func(), err error) {
 type benchCase struct {
 	stream      bool
 	concurrency int
+	rounds      int // measured runs per target, after a warm-up
 	requests    int
 	results     [3]benchResult // engine direct, bare proxy, router
 	// stages is the router's time per stage over its measured runs.
@@ -524,7 +527,7 @@ func benchReport(requests int, cases []benchCase) string {
 	b.WriteString("Chat completions (`max_tokens` 32) against one simulator instance with no added latency, so every microsecond measured is serving overhead. ")
 	b.WriteString("Three paths to the same instance: straight to it (the engine), through a bare `net/http/httputil.ReverseProxy` (the floor for any proxy: nothing but forwarding), and through the router, which adds the API-key check, the routing table, request validation, forwarding, the rewrite of the answer, and the usage event recorded before the answer completes (the all-in-one writes it to its usage spool, which forwards it to JetStream in batches: docs/billing.md). ")
 	b.WriteString("Latency is the whole answer for non-streaming requests and the time to the first content chunk (time to first token) for streaming ones. ")
-	b.WriteString("Everything runs in one process on the same machine as the load generator. Each case runs twice per target after a warm-up, interleaved, and the run with the better median is kept. ")
+	b.WriteString("Everything runs in one process on the same machine as the load generator. Each case runs several times per target after a warm-up (5 runs at concurrency 1, which are quick and the most exposed to the machine's hiccups; 2 at 64), interleaved, and the run with the best median is kept. ")
 	b.WriteString("Absolute numbers move with the machine; the ratios, taken in one run, are the figures to compare. ")
 	b.WriteString("*Added* is a path's latency less the engine's; the ratio is the router's added latency over the bare proxy's.\n\n")
 	b.WriteString("| case | requests | engine p50 / p99 | bare proxy p50 / p99 | router p50 / p99 | added p50: proxy / router | **p50 added ratio** | added p99: proxy / router | **p99 added ratio** |\n")
