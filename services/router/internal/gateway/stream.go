@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -552,8 +553,17 @@ func (l *lineReader) event() ([]byte, error) {
 
 // line returns the next line with its LF, or what is left at the end of
 // the body with the reader's error. A line over l.max is errEventTooLarge.
+// A line that fits the read buffer is returned in it, valid until the
+// next read; a longer one is gathered in a slice of its own.
 func (l *lineReader) line() ([]byte, error) {
-	var line []byte
+	frag, err := l.r.ReadSlice('\n')
+	if len(frag) > l.max+2 { // +2: the CR LF
+		return nil, errEventTooLarge
+	}
+	if !errors.Is(err, bufio.ErrBufferFull) {
+		return frag, err
+	}
+	line := slices.Clone(frag)
 	for {
 		frag, err := l.r.ReadSlice('\n')
 		if len(line)+len(frag) > l.max+2 { // +2: the CR LF
