@@ -202,6 +202,9 @@ func Unquote(q []byte) (string, error) {
 		return "", ErrMalformed
 	}
 	if bytes.IndexByte(q, '\\') < 0 && utf8.Valid(q) {
+		if s, ok := commonName(q[1 : len(q)-1]); ok {
+			return s, nil
+		}
 		return string(q[1 : len(q)-1]), nil
 	}
 	var s string
@@ -209,6 +212,69 @@ func Unquote(q []byte) (string, error) {
 		return "", ErrMalformed
 	}
 	return s, nil
+}
+
+// commonName returns the names OpenAI's requests and answers use most
+// without allocating a string for each, as a chunk of a stream is read
+// many times over.
+func commonName(b []byte) (string, bool) {
+	switch string(b) { // compared without a conversion
+	case "id":
+		return "id", true
+	case "object":
+		return "object", true
+	case "created":
+		return "created", true
+	case "model":
+		return "model", true
+	case "system_fingerprint":
+		return "system_fingerprint", true
+	case "choices":
+		return "choices", true
+	case "index":
+		return "index", true
+	case "delta":
+		return "delta", true
+	case "message":
+		return "message", true
+	case "role":
+		return "role", true
+	case "content":
+		return "content", true
+	case "text":
+		return "text", true
+	case "reasoning_content":
+		return "reasoning_content", true
+	case "tool_calls":
+		return "tool_calls", true
+	case "logprobs":
+		return "logprobs", true
+	case "finish_reason":
+		return "finish_reason", true
+	case "usage":
+		return "usage", true
+	case "prompt_tokens":
+		return "prompt_tokens", true
+	case "completion_tokens":
+		return "completion_tokens", true
+	case "total_tokens":
+		return "total_tokens", true
+	case "prompt_tokens_details":
+		return "prompt_tokens_details", true
+	case "cached_tokens":
+		return "cached_tokens", true
+	case "error":
+		return "error", true
+	case "messages":
+		return "messages", true
+	case "stream":
+		return "stream", true
+	case "stream_options":
+		return "stream_options", true
+	case "max_tokens":
+		return "max_tokens", true
+	}
+	return "", false
 }
 
 // AppendCompact appends the JSON value src to dst without the whitespace

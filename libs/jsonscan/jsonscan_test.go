@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/modelport/modelport/libs/jsonscan"
@@ -91,4 +92,37 @@ func FuzzUnquote(f *testing.F) {
 			t.Fatalf("Unquote(%q) = %q, %v; want %q", q, got, err, want)
 		}
 	})
+}
+
+// TestUnquoteCommonNamesAllocateNothing: the names of a stream chunk are
+// read without a string allocated for each, and read as any other name.
+func TestUnquoteCommonNamesAllocateNothing(t *testing.T) {
+	chunk := []byte(`{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`)
+	var names []string
+	var walk func(v jsonscan.Span)
+	walk = func(v jsonscan.Span) {
+		_ = jsonscan.Members(chunk, v, func(key string, at jsonscan.Span) error {
+			names = append(names, key)
+			walk(at)
+			return nil
+		})
+		_ = jsonscan.Elements(chunk, v, func(_ int, at jsonscan.Span) error {
+			walk(at)
+			return nil
+		})
+	}
+	walk(jsonscan.All(chunk))
+	want := []string{"id", "object", "created", "model", "choices", "index", "delta", "content", "finish_reason", "usage", "prompt_tokens", "completion_tokens", "total_tokens"}
+	if !slices.Equal(names, want) {
+		t.Fatalf("names %q, want %q", names, want)
+	}
+	for _, name := range want {
+		q := []byte(`"` + name + `"`)
+		if allocs := testing.AllocsPerRun(100, func() { _, _ = jsonscan.Unquote(q) }); allocs != 0 {
+			t.Errorf("jsonscan.Unquote(%s) allocates %.0f times, want 0", q, allocs)
+		}
+	}
+	if s, err := jsonscan.Unquote([]byte(`"models"`)); err != nil || s != "models" {
+		t.Errorf("jsonscan.Unquote of another name: %q, %v", s, err)
+	}
 }
