@@ -201,11 +201,13 @@ func Unquote(q []byte) (string, error) {
 	if len(q) < 2 || q[0] != '"' || q[len(q)-1] != '"' {
 		return "", ErrMalformed
 	}
-	if bytes.IndexByte(q, '\\') < 0 && utf8.Valid(q) {
+	if bytes.IndexByte(q, '\\') < 0 {
 		if s, ok := commonName(q[1 : len(q)-1]); ok {
 			return s, nil
 		}
-		return string(q[1 : len(q)-1]), nil
+		if utf8.Valid(q) {
+			return string(q[1 : len(q)-1]), nil
+		}
 	}
 	var s string
 	if err := json.Unmarshal(q, &s); err != nil {

@@ -141,7 +141,7 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 		s.up.fail()
 		return nil, false, errs.E(errs.Upstream, "the engine sent a malformed chunk")
 	}
-	if bytes.ContainsAny(data, "\r\n") {
+	if bytes.IndexByte(data, '\n') >= 0 || bytes.IndexByte(data, '\r') >= 0 {
 		// A chunk sent on several data lines, or with line breaks as
 		// whitespace: spliced as it is, it would end the client's event
 		// early. In valid JSON a raw line break is only ever whitespace.
