@@ -89,6 +89,9 @@ func TestStreamFlushesWhenItWaitsForTheEngine(t *testing.T) {
 	if waitedInVain.Load() {
 		t.Error("the client did not have the first chunk while the router waited for the engine's next")
 	}
+	if len(events) == 0 {
+		t.Fatal("no events reached the client")
+	}
 	if len(events) != burst+2 || !strings.Contains(events[0], `"first"`) || events[len(events)-1] != "[DONE]" {
 		t.Fatalf("got %d events (%q ... %q), want the first chunk, %d more and [DONE]", len(events), events[0], events[len(events)-1], burst)
 	}
