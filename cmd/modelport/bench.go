@@ -203,6 +203,19 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 
 type benchTarget struct{ name, url, key string }
 
+// post sends body to the target as JSON, with its key where it has one,
+// and returns the answer and when it was sent.
+func (t benchTarget) post(ctx context.Context, c *http.Client, body []byte) (*http.Response, time.Time, error) {
+	req, _ := http.NewRequestWithContext(ctx, "POST", t.url, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	if t.key != "" {
+		req.Header.Set("Authorization", "Bearer "+t.key)
+	}
+	t0 := time.Now()
+	resp, err := c.Do(req)
+	return resp, t0, err
+}
+
 // benchAdminKey is the admin key of the platforms the bench starts.
 const benchAdminKey = "mp-bench-admin-key-0123456789abcdef"
 
@@ -496,13 +509,7 @@ func timeRequest(ctx context.Context, c *http.Client, target benchTarget, body [
 		err := timeStream(ctx, c, target, body, func(d time.Duration) { ttft = d }, func() {})
 		return ttft, err
 	}
-	req, _ := http.NewRequestWithContext(ctx, "POST", target.url, bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	if target.key != "" {
-		req.Header.Set("Authorization", "Bearer "+target.key)
-	}
-	t0 := time.Now()
-	resp, err := c.Do(req)
+	resp, t0, err := target.post(ctx, c, body)
 	if err != nil {
 		return 0, err
 	}

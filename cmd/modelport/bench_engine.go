@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -253,12 +252,7 @@ func streamTokens(ctx context.Context, c *http.Client, target benchTarget, model
 		"model": model, "stream": true, "max_tokens": 256, "temperature": 0, "stream_options": map[string]bool{"include_usage": true},
 		"messages": []map[string]string{{"role": "user", "content": fmt.Sprintf("Benchmark stream %d: write a long story.", i)}},
 	})
-	req, _ := http.NewRequestWithContext(ctx, "POST", target.url, bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	if target.key != "" {
-		req.Header.Set("Authorization", "Bearer "+target.key)
-	}
-	resp, err := c.Do(req)
+	resp, _, err := target.post(ctx, c, body)
 	if err != nil {
 		return 0, err
 	}

@@ -266,13 +266,7 @@ func runStreams(ctx context.Context, c, ctl *http.Client, key string, target ben
 // from its start to its first content chunk, reads the stream to [DONE]
 // and then calls ended (only if opened was called).
 func timeStream(ctx context.Context, c *http.Client, target benchTarget, body []byte, opened func(time.Duration), ended func()) error {
-	req, _ := http.NewRequestWithContext(ctx, "POST", target.url, bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	if target.key != "" {
-		req.Header.Set("Authorization", "Bearer "+target.key)
-	}
-	t0 := time.Now()
-	resp, err := c.Do(req)
+	resp, t0, err := target.post(ctx, c, body)
 	if err != nil {
 		return err
 	}
