@@ -157,6 +157,19 @@ func (r *chunkedReader) Read(p []byte) (int, error) {
 	return k, nil
 }
 
+// readEvents reads events from lr until it fails, and returns them with
+// the error that ended the reading.
+func readEvents(lr *lineReader) ([][]byte, error) {
+	var got [][]byte
+	for {
+		data, err := lr.event()
+		if err != nil {
+			return got, err
+		}
+		got = append(got, data)
+	}
+}
+
 // referenceEvents reads a whole SSE body as lineReader should, the simple
 // way, with lines over max+2 bytes (their line end included) or data over
 // max bytes an error.
@@ -248,15 +261,7 @@ func FuzzSSE(f *testing.F) {
 		lr := newLineReader(&chunkedReader{b: body, n: int(chunk)%64 + 1})
 		lr.max = max
 		want, wantTooLarge := referenceEvents(body, max)
-		var got [][]byte
-		var err error
-		for {
-			var data []byte
-			if data, err = lr.event(); err != nil {
-				break
-			}
-			got = append(got, data)
-		}
+		got, err := readEvents(lr)
 		if len(got) != len(want) {
 			t.Fatalf("events %q, want %q", got, want)
 		}

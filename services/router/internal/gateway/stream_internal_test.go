@@ -30,15 +30,7 @@ func TestLineReaderLongEvents(t *testing.T) {
 			lr := newLineReader(&chunkedReader{b: []byte(tc.body), n: write})
 			lr.max = 512 << 10
 			want, wantTooLarge := referenceEvents([]byte(tc.body), lr.max)
-			var got [][]byte
-			var err error
-			for {
-				var data []byte
-				if data, err = lr.event(); err != nil {
-					break
-				}
-				got = append(got, data)
-			}
+			got, err := readEvents(lr)
 			lr.release()
 			if len(got) != len(want) {
 				t.Fatalf("%s, writes of %d: %d events, want %d", tc.name, write, len(got), len(want))
