@@ -149,25 +149,25 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 		_ = json.Compact(&b, data)
 		data = b.Bytes()
 	}
-	// The last member of a name wins, as encoding/json reads a chunk.
-	var usage, choices, errv jsonscan.Span
-	var hasUsage, hasChoices, hasError bool
-	var members [8]chunkMember
-	ms := members[:0]
-	if err := jsonscan.Members(data, jsonscan.All(data), func(key string, v jsonscan.Span) error {
-		switch key {
-		case "usage":
-			usage, hasUsage = v, true
-		case "choices":
-			choices, hasChoices = v, true
-		case "error":
-			errv, hasError = v, true
-		}
-		ms = append(ms, chunkMember{key, v})
-		return nil
-	}); err != nil {
+	var members [8]member
+	ms, err := objectMembers(members[:0], data, jsonscan.All(data))
+	if err != nil {
 		s.up.fail()
 		return nil, false, errs.Wrap(errs.Upstream, err, "the engine sent a malformed chunk")
+	}
+	// The last member of a name wins, as encoding/json reads a chunk.
+	ms = lastOfEach(ms)
+	var usage, choices, errv jsonscan.Span
+	var hasUsage, hasChoices, hasError bool
+	for _, m := range ms {
+		switch m.key {
+		case "usage":
+			usage, hasUsage = m.at, true
+		case "choices":
+			choices, hasChoices = m.at, true
+		case "error":
+			errv, hasError = m.at, true
+		}
 	}
 	if hasError {
 		return nil, false, engineError(502, append(append([]byte(`{"error":`), data[errv.Start:errv.End]...), '}'))
@@ -225,22 +225,12 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 	}
 	put("id", s.idJSON)
 	put("model", s.modelJSON)
-	var last map[string]int // for many members: the index of each name's last
-	if len(ms) > 16 {
-		last = make(map[string]int, len(ms))
-		for i, m := range ms {
-			last[m.key] = i
-		}
-	}
-	for i, m := range ms {
+	for _, m := range ms {
 		switch {
 		case m.key == "id" || m.key == "model":
 			continue
 		case m.key == "usage" && dropUsage:
 			continue
-		}
-		if last != nil && last[m.key] != i || last == nil && laterMember(ms[i+1:], m.key) {
-			continue // a repeated name: the last one stands
 		}
 		put(m.key, data[m.at.Start:m.at.End])
 	}
@@ -249,22 +239,6 @@ func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 
 // jsonSpace is the whitespace JSON allows around a value.
 const jsonSpace = " \t\r\n"
-
-// chunkMember is a member of an engine's chunk: its name and its value.
-type chunkMember struct {
-	key string
-	at  jsonscan.Span
-}
-
-// laterMember reports whether a member named key follows.
-func laterMember(rest []chunkMember, key string) bool {
-	for _, m := range rest {
-		if m.key == key {
-			return true
-		}
-	}
-	return false
-}
 
 // appendKey appends key as a JSON string and a colon.
 func appendKey(out []byte, key string) []byte {
