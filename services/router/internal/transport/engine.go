@@ -13,14 +13,21 @@ import (
 
 	"github.com/modelport/modelport/libs/errs"
 	"github.com/modelport/modelport/services/router/internal/gateway"
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
-	"go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
 
-// EngineClient posts to engines over HTTP, with trace context.
+// EngineClient posts to engines over HTTP, with trace context: each call
+// has a client span, from the request to the end of its answer, and sends
+// its trace context to the engine.
 type EngineClient struct {
-	client *http.Client
+	transport http.RoundTripper
 }
+
+const tracerName = "github.com/modelport/modelport/services/router/transport"
 
 var _ gateway.Engine = (*EngineClient)(nil)
 
@@ -39,11 +46,10 @@ func NewEngineClient(firstByte, dial time.Duration) *EngineClient {
 	tr.MaxIdleConnsPerHost = 256
 	tr.ResponseHeaderTimeout = firstByte
 	tr.DialContext = (&net.Dialer{Timeout: dial, KeepAlive: 30 * time.Second}).DialContext
-	// Each engine request gets its client span and carries the trace
-	// context; its timings are the router's own stage metrics (engine,
-	// answer), so the HTTP client metrics the wrapper would also record,
-	// per request, are left out.
-	return &EngineClient{client: &http.Client{Transport: otelhttp.NewTransport(tr, otelhttp.WithMeterProvider(noop.NewMeterProvider()))}}
+	// Engines are called through the transport itself: an engine does
+	// not redirect, and the timings of its calls are the router's own
+	// stage metrics (engine, answer), so no HTTP client metrics are kept.
+	return &EngineClient{transport: tr}
 }
 
 // Open implements gateway.Engine. It tells a request that never reached
@@ -53,20 +59,29 @@ func NewEngineClient(firstByte, dial time.Duration) *EngineClient {
 // fresh connection that fails, or an engine too slow to answer, is the
 // instance's fault; a kept-alive connection the engine had closed is not.
 func (c *EngineClient) Open(ctx context.Context, endpoint, path string, body []byte, sent func()) (int, io.ReadCloser, error) {
+	url := endpoint + path
+	ctx, span := otel.Tracer(tracerName).Start(ctx, "HTTP POST", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("http.request.method", http.MethodPost), attribute.String("url.full", url)))
+	status, answer, err := c.open(ctx, endpoint, url, body, sent)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		span.End()
+		return 0, nil, err
+	}
+	span.SetAttributes(attribute.Int("http.response.status_code", status))
+	if status >= 500 {
+		span.SetStatus(codes.Error, http.StatusText(status))
+	}
+	return status, &tracedBody{ReadCloser: answer, span: span}, nil
+}
+
+func (c *EngineClient) open(ctx context.Context, endpoint, url string, body []byte, sent func()) (int, io.ReadCloser, error) {
 	src := &bodySource{b: body, sent: sent}
 	first, _ := src.open()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint+path, first)
-	if err != nil {
-		return 0, nil, &gateway.EngineError{Err: fmt.Errorf("engine request: %w", err)}
-	}
-	req.ContentLength = int64(len(body))
-	// The transport may send a request again on a new connection when a
-	// kept-alive one failed before anything was written.
-	req.GetBody = src.open
-	req.Header.Set("Content-Type", "application/json")
 	var mu sync.Mutex
 	var conn, reused, wrote bool
-	trace := &httptrace.ClientTrace{
+	hooks := &httptrace.ClientTrace{
 		GotConn: func(info httptrace.GotConnInfo) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -78,7 +93,17 @@ func (c *EngineClient) Open(ctx context.Context, endpoint, path string, body []b
 			wrote = info.Err == nil
 		},
 	}
-	resp, err := c.client.Do(req.WithContext(httptrace.WithClientTrace(ctx, trace)))
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, hooks), http.MethodPost, url, first)
+	if err != nil {
+		return 0, nil, &gateway.EngineError{Err: fmt.Errorf("engine request: %w", err)}
+	}
+	req.ContentLength = int64(len(body))
+	// The transport may send a request again on a new connection when a
+	// kept-alive one failed before anything was written.
+	req.GetBody = src.open
+	req.Header.Set("Content-Type", "application/json")
+	otel.GetTextMapPropagator().Inject(ctx, propagation.HeaderCarrier(req.Header))
+	resp, err := c.transport.RoundTrip(req)
 	// The request may stay referenced as long as its answer is read; only
 	// the body being written may still hold the bytes.
 	src.drop()
@@ -181,4 +206,36 @@ func (s *sendBody) Close() error {
 	defer s.mu.Unlock()
 	s.b = nil
 	return nil
+}
+
+// tracedBody is an engine's answer; its span ends with it, at its end or
+// when it is closed.
+type tracedBody struct {
+	io.ReadCloser
+	span trace.Span
+	once sync.Once
+}
+
+func (b *tracedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		b.end(err)
+	}
+	return n, err
+}
+
+func (b *tracedBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.end(nil)
+	return err
+}
+
+func (b *tracedBody) end(err error) {
+	b.once.Do(func() {
+		if err != nil && !errors.Is(err, io.EOF) {
+			b.span.RecordError(err)
+			b.span.SetStatus(codes.Error, "reading the answer: "+err.Error())
+		}
+		b.span.End()
+	})
 }
