@@ -15,6 +15,7 @@ import (
 	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/chlocal"
 	"github.com/modelport/modelport/libs/config"
+	"github.com/modelport/modelport/libs/httpx"
 	"github.com/modelport/modelport/libs/natsembed"
 	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/runner"
@@ -196,7 +197,7 @@ func startPlatform(ctx context.Context, getenv config.Getenv, log *slog.Logger) 
 		return nil, fmt.Errorf("listen %s: %w", cfg.HTTPAddr, err)
 	}
 	p.BaseURL = "http://" + ln.Addr().String()
-	p.srv = &http.Server{Handler: runner.Edge(runner.WithHealth(mux, p.buses[access.Router], getenv("MODELPORT_METRICS_TOKEN"), r.Ready), "modelport", log), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	p.srv = &http.Server{Handler: httpx.Edge(runner.WithHealth(mux, p.buses[access.Router], getenv("MODELPORT_METRICS_TOKEN"), r.Ready), "modelport", log), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	p.srv.RegisterOnShutdown(d.EndStreams) // open watch streams would hold Shutdown up
 	go func() { p.done <- p.srv.Serve(ln) }()
 	return p, nil

@@ -28,6 +28,7 @@ import (
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/chtest"
 	"github.com/modelport/modelport/libs/config"
+	"github.com/modelport/modelport/libs/httpx"
 	"github.com/modelport/modelport/libs/natstest"
 	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/runner"
@@ -65,7 +66,7 @@ func startRouterRig(t *testing.T, env map[string]string) *routerRig {
 		t.Fatal(err)
 	}
 	serve := func(svc runner.Service) string {
-		srv := httptest.NewServer(runner.Edge(runner.WithHealth(svc.Handler, r.bus, "", svc.Ready), "test", log))
+		srv := httptest.NewServer(httpx.Edge(runner.WithHealth(svc.Handler, r.bus, "", svc.Ready), "test", log))
 		t.Cleanup(srv.Close)
 		t.Cleanup(func() { svc.Stop(context.Background()) })
 		return srv.URL

@@ -1,20 +1,18 @@
 // Package httpx holds what every Modelport HTTP edge shares: OpenAI-style
-// error bodies mapped from errs kinds, JSON helpers, and middleware for
-// request IDs, bearer authentication, panics and access logs.
+// error bodies mapped from errs kinds, JSON helpers, bearer
+// authentication, and Edge: each request's span, ID, server metric,
+// access log and recovery from panics.
 package httpx
 
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"math"
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
 
-	"github.com/google/uuid"
 	"github.com/modelport/modelport/libs/auth"
 	"github.com/modelport/modelport/libs/errs"
 )
@@ -94,27 +92,6 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-type requestIDKey struct{}
-
-// RequestIDFromContext returns the request ID set by RequestID.
-func RequestIDFromContext(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey{}).(string)
-	return id
-}
-
-// RequestID gives every request an ID: the caller's x-request-id when it is
-// short and printable, otherwise a new one. The response echoes it.
-func RequestID(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id := r.Header.Get("X-Request-Id")
-		if id == "" || len(id) > 128 || strings.ContainsFunc(id, func(c rune) bool { return c < 0x21 || c > 0x7e }) {
-			id = strings.ReplaceAll(uuid.NewString(), "-", "")
-		}
-		w.Header().Set("X-Request-Id", id)
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id)))
-	})
-}
-
 // Verifier checks a bearer secret; *auth.Keyring implements it.
 type Verifier interface {
 	Verify(ctx context.Context, secret string) (auth.Key, error)
@@ -136,59 +113,6 @@ func Authenticate(v Verifier) func(http.Handler) http.Handler {
 				return
 			}
 			next.ServeHTTP(w, r.WithContext(auth.NewContext(r.Context(), k)))
-		})
-	}
-}
-
-// statusRecorder remembers the status a handler wrote.
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (s *statusRecorder) WriteHeader(code int) {
-	if s.status == 0 {
-		s.status = code
-	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *statusRecorder) Write(b []byte) (int, error) {
-	if s.status == 0 {
-		s.status = http.StatusOK
-	}
-	return s.ResponseWriter.Write(b)
-}
-
-// Flush lets streaming handlers flush through the recorder.
-func (s *statusRecorder) Flush() {
-	if f, ok := s.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
-// Unwrap lets http.ResponseController reach the real writer.
-func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
-
-// Log writes one line per request: method, path, status, duration, and
-// recovers from a panic in next with a 500.
-func Log(log *slog.Logger) func(http.Handler) http.Handler {
-	return func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			start := time.Now()
-			rec := &statusRecorder{ResponseWriter: w}
-			defer func() {
-				if p := recover(); p != nil {
-					log.ErrorContext(r.Context(), "panic", "panic", fmt.Sprint(p), "path", r.URL.Path)
-					if rec.status == 0 {
-						WriteError(rec, errs.E(errs.Internal, "panic"))
-					}
-				}
-				log.InfoContext(r.Context(), "http", "method", r.Method, "path", r.URL.Path,
-					"status", rec.status, "ms", time.Since(start).Milliseconds(),
-					"request_id", RequestIDFromContext(r.Context()))
-			}()
-			next.ServeHTTP(rec, r)
 		})
 	}
 }

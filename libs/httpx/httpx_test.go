@@ -310,9 +310,9 @@ func TestRequestID(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var inCtx string
-			h := httpx.RequestID(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h := httpx.Edge(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				inCtx = httpx.RequestIDFromContext(r.Context())
-			}))
+			}), "test", quietLog)
 			req := httptest.NewRequest(http.MethodGet, "/", nil)
 			if tc.incoming != "" {
 				req.Header["X-Request-Id"] = []string{tc.incoming}
@@ -337,7 +337,7 @@ func TestRequestID(t *testing.T) {
 	}
 	t.Run("fresh ids differ", func(t *testing.T) {
 		ids := map[string]bool{}
-		h := httpx.RequestID(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+		h := httpx.Edge(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), "test", quietLog)
 		for range 100 {
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
@@ -472,12 +472,12 @@ func TestDecodeJSONThroughWriteError(t *testing.T) {
 	}
 }
 
-func TestLogRecovers(t *testing.T) {
+func TestEdgeRecovers(t *testing.T) {
 	var logs bytes.Buffer
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
-	h := httpx.Chain(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+	h := httpx.Edge(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
 		panic("boom")
-	}), httpx.RequestID, httpx.Log(log))
+	}), "test", log)
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/v1/models", nil))
 
@@ -505,7 +505,7 @@ func TestLogRecovers(t *testing.T) {
 	}
 }
 
-func TestLogStatus(t *testing.T) {
+func TestEdgeLogsStatus(t *testing.T) {
 	tests := []struct {
 		name    string
 		handler http.HandlerFunc
@@ -518,7 +518,7 @@ func TestLogStatus(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var logs bytes.Buffer
-			h := httpx.Log(slog.New(slog.NewJSONHandler(&logs, nil)))(tc.handler)
+			h := httpx.Edge(tc.handler, "test", slog.New(slog.NewJSONHandler(&logs, nil)))
 			h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/", nil))
 			var line struct {
 				Status int `json:"status"`

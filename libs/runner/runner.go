@@ -22,7 +22,6 @@ import (
 	"github.com/modelport/modelport/libs/natsx"
 	"github.com/modelport/modelport/libs/state"
 	"github.com/modelport/modelport/libs/telemetry"
-	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 )
 
 // Common are the settings every service binary reads.
@@ -141,7 +140,7 @@ func Run(ctx context.Context, name string, getenv config.Getenv, stderr io.Write
 		return fmt.Errorf("listen %s: %w", common.HTTPAddr, err)
 	}
 	log.Info("serving", "addr", ln.Addr().String(), "nats", common.NATSURL)
-	err = Serve(ctx, ln, Edge(WithHealth(svc.Handler, bus, common.MetricsToken, svc.Ready), name, log), log)
+	err = Serve(ctx, ln, httpx.Edge(WithHealth(svc.Handler, bus, common.MetricsToken, svc.Ready), name, log), log)
 	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
 	defer cancel()
 	svc.Stop(stopCtx)
@@ -198,12 +197,6 @@ func (v metricsVerifier) Verify(ctx context.Context, secret string) (auth.Key, e
 		return auth.Key{ID: "metrics-token", Admin: true}, nil
 	}
 	return v.keys.Verify(ctx, secret)
-}
-
-// Edge wraps an HTTP handler in the middleware every public edge shares,
-// outermost first: tracing, request ID, access log (which also recovers).
-func Edge(h http.Handler, name string, log *slog.Logger) http.Handler {
-	return otelhttp.NewHandler(httpx.Chain(h, httpx.RequestID, httpx.Log(log)), name)
 }
 
 // Serve serves h on ln until ctx ends, then shuts down gracefully.

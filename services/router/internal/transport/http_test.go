@@ -162,7 +162,7 @@ func newRouter(t *testing.T, o routerOptions) *router {
 	}
 
 	h := NewHandler(g, images, keys, limits, Options{BodyTimeout: o.bodyTimeout}, quiet)
-	rt.srv = httptest.NewServer(httpx.Chain(h, httpx.RequestID))
+	rt.srv = httptest.NewServer(httpx.Edge(h, "test", quiet))
 	t.Cleanup(rt.srv.Close)
 	return rt
 }

@@ -89,7 +89,7 @@ func newRig(t *testing.T, o rigOptions) *rig {
 		t.Fatal(err)
 	}
 	r.key = r.newKey(owner)
-	h := httpx.Chain(NewHandler(r.g, images, r.keys, nil, o.handler, quiet), httpx.RequestID)
+	h := httpx.Edge(NewHandler(r.g, images, r.keys, nil, o.handler, quiet), "test", quiet)
 	if o.wrap != nil {
 		h = o.wrap(h)
 	}
