@@ -152,10 +152,12 @@ func (s *statusRecorder) Write(b []byte) (int, error) {
 }
 
 // Flush lets streaming handlers flush through the recorder.
-func (s *statusRecorder) Flush() {
-	if f, ok := s.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
+func (s *statusRecorder) Flush() { _ = s.FlushError() }
+
+// FlushError is what http.ResponseController's Flush calls: the writer's
+// own flush, with its error (a client gone).
+func (s *statusRecorder) FlushError() error {
+	return http.NewResponseController(s.ResponseWriter).Flush()
 }
 
 // Unwrap lets http.ResponseController reach the real writer.
