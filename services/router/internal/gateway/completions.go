@@ -168,7 +168,7 @@ func rewriteTextCompletion(b []byte, id, model string) ([]byte, Usage, error) {
 // names the answer, for errors. The two values are spliced in: an answer
 // of large vectors is checked once and copied once, never decoded whole.
 func rewriteAnswer(b []byte, id, model, what string) ([]byte, Usage, error) {
-	if !json.Valid(b) || bytes.IndexByte(bytes.TrimSpace(b), '{') != 0 {
+	if !jsonscan.Valid(b) || bytes.IndexByte(bytes.TrimSpace(b), '{') != 0 {
 		return nil, Usage{}, errs.E(errs.Upstream, "the engine's answer is not %s", what)
 	}
 	var idAt, modelAt, usageAt *jsonscan.Span

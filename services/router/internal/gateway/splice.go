@@ -112,7 +112,7 @@ var chatCompletionObject = []byte(`"chat.completion"`)
 // message.tool_calls [] where the engine wrote none or null. The checks
 // and errors are those of decoding the answer into maps.
 func rewriteCompletion(b []byte, id, model string) ([]byte, Usage, error) {
-	if !json.Valid(b) || jsonscan.Kind(b[skipSpace(b):]) != "object" {
+	if !jsonscan.Valid(b) || jsonscan.Kind(b[skipSpace(b):]) != "object" {
 		var cc map[string]json.RawMessage
 		if err := json.Unmarshal(b, &cc); err != nil {
 			return nil, Usage{}, errs.Wrap(errs.Upstream, err, "the engine's answer is not a chat completion")

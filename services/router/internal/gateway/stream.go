@@ -136,7 +136,7 @@ func (s *Stream) Next() ([]byte, error) {
 // the usage where it is dropped.
 func (s *Stream) rewrite(data []byte) (out []byte, skip bool, err error) {
 	data = bytes.Trim(data, jsonSpace) // JSON's own whitespace: "{}\v" is not a chunk
-	if !json.Valid(data) || jsonscan.Kind(data) != "object" {
+	if !jsonscan.Valid(data) || jsonscan.Kind(data) != "object" {
 		// null is not a chunk either.
 		s.up.fail()
 		return nil, false, errs.E(errs.Upstream, "the engine sent a malformed chunk")
