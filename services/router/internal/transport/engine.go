@@ -76,6 +76,7 @@ func (c *EngineClient) Open(ctx context.Context, endpoint, path string, body []b
 	return status, &tracedBody{ReadCloser: answer, span: span}, nil
 }
 
+// open sends the request and tells, on failure, how far it got.
 func (c *EngineClient) open(ctx context.Context, endpoint, url string, body []byte, sent func()) (int, io.ReadCloser, error) {
 	src := &bodySource{b: body, sent: sent}
 	first, _ := src.open()
