@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/modelport/modelport/libs/events"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // KillSpool ends s as the end of its process would: nothing more is
@@ -59,7 +60,7 @@ func EncodeRecord(ev events.Event) ([]byte, error) {
 func ScanSegment(r io.Reader) (ids []string, size int64, torn bool, err error) {
 	recs, torn, err := scanSegment(r, 1)
 	for _, rec := range recs {
-		ids = append(ids, rec.msg.Header.Get("Nats-Msg-Id"))
+		ids = append(ids, rec.msg.Header.Get(jetstream.MsgIDHeader))
 		size += rec.size
 	}
 	return ids, size, torn, err
