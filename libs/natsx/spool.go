@@ -38,9 +38,10 @@ import (
 // and which is mapped into memory, shared with the file: Publish copies an
 // event into the mapping, with no system call. A full disk therefore
 // fails when a segment begins, not while events are written. A sealed
-// segment is cut to the length of its events. The pages of the mapping
-// written to count in the process's resident memory (file-backed pages
-// the kernel writes back and may reclaim): at most one segment's length.
+// segment is cut to the length of its events. The mapping's pages, made
+// present when the segment begins, count in the process's resident
+// memory: one segment's length, file-backed pages the kernel writes back
+// to the file.
 //
 // What Publish has returned for is never lost to the process ending,
 // however it ends (SIGKILL included): a write into a shared mapping is in
