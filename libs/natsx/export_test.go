@@ -18,6 +18,7 @@ func KillSpool(s *Spool) {
 	s.mu.Lock()
 	s.closed = true
 	if s.file != nil {
+		<-s.faulted
 		_ = syscall.Munmap(s.mapped)
 		_ = s.file.Close()
 		s.file, s.mapped = nil, nil

@@ -67,10 +67,11 @@ type Spool struct {
 
 	mu       sync.Mutex
 	closed   bool
-	file     *os.File // the segment appended to
-	mapped   []byte   // its mapping, as long as the file
-	seq      uint64   // its number
-	size     int64    // the length of its events
+	file     *os.File      // the segment appended to
+	mapped   []byte        // its mapping, as long as the file
+	faulted  chan struct{} // closed once its pages are made present
+	seq      uint64        // its number
+	size     int64         // the length of its events
 	segments map[uint64]*segment
 	pending  []*record // written, not yet handed to the forwarder
 	bytes    int64     // of events not yet stored
@@ -227,6 +228,14 @@ func (s *Spool) rotate(need int) error {
 	}
 	s.file, s.mapped, s.size = f, mapped, 0
 	s.segments[s.seq] = &segment{path: path}
+	// The pages are made present beside the copies, not before the
+	// event that found no room waits for them all.
+	faulted := make(chan struct{})
+	go func() {
+		defer close(faulted)
+		prefault(mapped)
+	}()
+	s.faulted = faulted
 	return nil
 }
 
@@ -236,6 +245,7 @@ func (s *Spool) seal() {
 	if s.file == nil {
 		return
 	}
+	<-s.faulted // before the mapping goes
 	if err := sealSegment(s.file, s.mapped, s.size); err != nil {
 		s.log.Warn("usage spool: sealing a segment", "file", s.file.Name(), "err", err)
 	}

@@ -28,7 +28,6 @@ func beginSegment(path string, size int64) (f *os.File, mapped []byte, err error
 	if err != nil {
 		return nil, nil, fmt.Errorf("mapping %s: %w", path, err)
 	}
-	prefault(mapped)
 	return f, mapped, nil
 }
 
