@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,24 +19,6 @@ import (
 	"github.com/modelport/modelport/libs/natstest"
 	"github.com/modelport/modelport/libs/natsx"
 )
-
-// logBuffer is a log the spool's goroutines may write to at once.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // records returns the events as a spool writes them, one after the other.
 func records(t testing.TB, evs ...events.RequestCompletedV1) []byte {
@@ -61,9 +42,16 @@ func eventIDs(evs []events.RequestCompletedV1) []string {
 	return ids
 }
 
-// storedOnce fails unless USAGE holds each of want once, and nothing else.
-func storedOnce(t *testing.T, s *natstest.Server, want []string) {
+// drained closes spool, which waits for JetStream to store every event
+// in it, and fails unless USAGE then holds each of want once, and nothing
+// else, and the spool's directory no segment.
+func drained(t *testing.T, s *natstest.Server, spool *natsx.Spool, dir string, want []string) {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := spool.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
 	ids, msgs := usageIDs(t, s)
 	if msgs != len(want) || len(ids) != len(want) {
 		t.Fatalf("USAGE holds %d messages with %d IDs, want %d", msgs, len(ids), len(want))
@@ -73,25 +61,36 @@ func storedOnce(t *testing.T, s *natstest.Server, want []string) {
 			t.Fatalf("event %s lost", id)
 		}
 	}
+	if left := segments(t, dir); len(left) != 0 {
+		t.Fatalf("segments left after every event was stored: %v", left)
+	}
+}
+
+// openSpool opens a spool in a directory of its own on a JetStream server
+// of its own, and returns the segment it begins, to write to.
+func openSpool(t *testing.T) (s *natstest.Server, spool *natsx.Spool, dir, segment string) {
+	t.Helper()
+	s = natstest.New(t)
+	bus := s.Bus(t, access.Router)
+	dir = t.TempDir()
+	spool, err := natsx.OpenSpool(dir, bus.JS, 0, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	segs := segments(t, dir)
+	if len(segs) != 1 {
+		t.Fatalf("segments %v, want the one written to", segs)
+	}
+	return s, spool, dir, segs[0]
 }
 
 // TestSpoolReservesASegmentWhenItBegins: the segment a spool writes to has
 // its disk blocks allocated when it begins, so a full disk is an error
 // then, not a SIGBUS on a later write through the mapping.
 func TestSpoolReservesASegmentWhenItBegins(t *testing.T) {
-	s := natstest.New(t)
-	bus := s.Bus(t, access.Router)
-	dir := t.TempDir()
-	spool, err := natsx.OpenSpool(dir, bus.JS, 0, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, spool, _, seg := openSpool(t)
 	t.Cleanup(func() { natsx.KillSpool(spool) })
-	segs := segments(t, dir)
-	if len(segs) != 1 {
-		t.Fatalf("segments %v, want the one written to", segs)
-	}
-	info, err := os.Stat(segs[0])
+	info, err := os.Stat(seg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,22 +142,15 @@ func TestSpoolRecoversASegmentWithAZeroTail(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%020d.log", 7)), tc.segment, 0o640); err != nil {
 				t.Fatal(err)
 			}
-			var log logBuffer
+			// Read once Close has stopped the spool's goroutines.
+			var log bytes.Buffer
 			spool, err := natsx.OpenSpool(dir, bus.JS, 0, slog.New(slog.NewTextHandler(&log, nil)))
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := spool.Close(ctx); err != nil {
-				t.Fatal(err)
-			}
-			storedOnce(t, s, eventIDs(tc.want))
+			drained(t, s, spool, dir, eventIDs(tc.want))
 			if warned := strings.Contains(log.String(), "cut short"); warned != tc.torn {
 				t.Fatalf("a torn end reported %v, want %v; the log:\n%s", warned, tc.torn, log.String())
-			}
-			if left := segments(t, dir); len(left) != 0 {
-				t.Fatalf("segments left after every event was stored: %v", left)
 			}
 		})
 	}
@@ -250,15 +242,7 @@ func TestSpoolWritesAcrossSegments(t *testing.T) {
 	}
 	publish(second, many(3000)...)
 	publish(second, bigEvent(4000, 2*segment), usageEvent(4001))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := second.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
-	storedOnce(t, s, eventIDs(written))
-	if left := segments(t, dir); len(left) != 0 {
-		t.Fatalf("segments left after every event was stored: %v", left)
-	}
+	drained(t, s, second, dir, eventIDs(written))
 }
 
 // TestSpoolRefusesAnEventItsMappingFaultsOn: an I/O error behind the
@@ -266,22 +250,12 @@ func TestSpoolWritesAcrossSegments(t *testing.T) {
 // SIGBUS; the event is refused as Unavailable, the process goes on, and
 // the next event goes to a new segment. Every event taken is stored once.
 func TestSpoolRefusesAnEventItsMappingFaultsOn(t *testing.T) {
-	s := natstest.New(t)
-	bus := s.Bus(t, access.Router)
-	dir := t.TempDir()
-	spool, err := natsx.OpenSpool(dir, bus.JS, 0, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, spool, dir, seg := openSpool(t)
 	taken := []events.RequestCompletedV1{usageEvent(1)}
 	if err := spool.Publish(context.Background(), taken[0]); err != nil {
 		t.Fatal(err)
 	}
-	segs := segments(t, dir)
-	if len(segs) != 1 {
-		t.Fatalf("segments %v, want one", segs)
-	}
-	if err := os.Truncate(segs[0], 0); err != nil {
+	if err := os.Truncate(seg, 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := spool.Publish(context.Background(), usageEvent(2)); errs.KindOf(err) != errs.Unavailable {
@@ -291,15 +265,7 @@ func TestSpoolRefusesAnEventItsMappingFaultsOn(t *testing.T) {
 	if err := spool.Publish(context.Background(), taken[1]); err != nil {
 		t.Fatalf("publish after a fault: %v", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := spool.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
-	storedOnce(t, s, eventIDs(taken))
-	if left := segments(t, dir); len(left) != 0 {
-		t.Fatalf("segments left after every event was stored: %v", left)
-	}
+	drained(t, s, spool, dir, eventIDs(taken))
 }
 
 // FuzzReadSegment reads any bytes as a segment: it never panics, never
