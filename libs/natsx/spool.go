@@ -180,7 +180,9 @@ func OpenSpool(dir string, js jetstream.JetStream, maxPending int64, log *slog.L
 }
 
 // recover reads the segments a previous spool left, in order, queueing
-// their events; a segment's torn end (a write cut short) is dropped.
+// their events; a segment's torn end (a write cut short) is dropped. A
+// segment the disk fails to read stops the spool from opening, rather
+// than be deleted with events in it unread.
 func (s *Spool) recover() (int, error) {
 	names, err := filepath.Glob(filepath.Join(s.dir, "*.log"))
 	if err != nil {
@@ -228,8 +230,8 @@ func (s *Spool) rotate(need int) error {
 	}
 	s.file, s.mapped, s.size = f, mapped, 0
 	s.segments[s.seq] = &segment{path: path}
-	// The pages are made present beside the copies, not before the
-	// event that found no room waits for them all.
+	// Its pages are made present by a goroutine of their own: the event
+	// that found no room in the last segment does not wait for them.
 	faulted := make(chan struct{})
 	go func() {
 		defer close(faulted)
