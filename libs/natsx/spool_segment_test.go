@@ -156,6 +156,39 @@ func TestSpoolRecoversASegmentWithAZeroTail(t *testing.T) {
 	}
 }
 
+// TestSpoolRefusesASegmentItCannotRead: a segment the disk fails to read
+// (here, a directory where a segment should be) stops a spool from
+// opening on it, rather than be taken for a torn end and deleted unread.
+func TestSpoolRefusesASegmentItCannotRead(t *testing.T) {
+	s := natstest.New(t)
+	bus := s.Bus(t, access.Router)
+	dir := t.TempDir()
+	unreadable := filepath.Join(dir, fmt.Sprintf("%020d.log", 3))
+	if err := os.Mkdir(unreadable, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	spool, err := natsx.OpenSpool(dir, bus.JS, 0, quiet)
+	if err == nil {
+		natsx.KillSpool(spool)
+		t.Fatal("a spool opened on a segment it could not read")
+	}
+	if !strings.Contains(err.Error(), unreadable) {
+		t.Fatalf("the refusal %q does not name the segment", err)
+	}
+	if _, err := os.Stat(unreadable); err != nil {
+		t.Fatalf("the segment: %v", err)
+	}
+	// The directory is let go of for the next try.
+	if err := os.Remove(unreadable); err != nil {
+		t.Fatal(err)
+	}
+	spool, err = natsx.OpenSpool(dir, bus.JS, 0, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	natsx.KillSpool(spool)
+}
+
 // bigEvent is a usage event of about size bytes.
 func bigEvent(i, size int) events.RequestCompletedV1 {
 	ev := usageEvent(i)
