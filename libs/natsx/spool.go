@@ -33,14 +33,25 @@ import (
 // waits a few milliseconds for more events before it sends), and a segment
 // of the log is deleted once JetStream has stored every event in it.
 //
+// The segment appended to is a file whose blocks are reserved on disk when
+// it begins (SpoolSegmentSize, or one event's length where that is more)
+// and which is mapped into memory, shared with the file: Publish copies an
+// event into the mapping, with no system call. A full disk therefore
+// fails when a segment begins, not while events are written. A sealed
+// segment is cut to the length of its events. The mapping's pages, made
+// present when the segment begins, count in the process's resident
+// memory: one segment's length, file-backed pages the kernel writes back
+// to the file.
+//
 // What Publish has returned for is never lost to the process ending,
-// however it ends (SIGKILL included): the write is in the operating
-// system's hands, and the next Spool opened on the directory forwards
-// whatever the last one had not. An event forwarded twice that way is
-// stored once, by its message ID (the event ID). The log is not synced to
-// the device on every write: a machine that loses power may lose the
-// events of the last moments not yet forwarded (JetStream stores within
-// milliseconds while it is reachable).
+// however it ends (SIGKILL included): a write into a shared mapping is in
+// the operating system's page cache at once, as one with write(2) is, and
+// the next Spool opened on the directory forwards whatever the last one
+// had not. An event forwarded twice that way is stored once, by its
+// message ID (the event ID). The log is not synced to the device on every
+// write: a machine that loses power may lose the events of the last
+// moments not yet forwarded (JetStream stores within milliseconds while
+// it is reachable).
 //
 // A directory belongs to one Spool at a time (a lock file says so). While
 // JetStream cannot be reached, events wait in the log; past MaxPending
@@ -56,9 +67,11 @@ type Spool struct {
 
 	mu       sync.Mutex
 	closed   bool
-	file     *os.File // the segment appended to
-	seq      uint64   // its number
-	size     int64    // its length
+	file     *os.File      // the segment appended to
+	mapped   []byte        // its mapping, as long as the file
+	faulted  chan struct{} // closed once its pages are made present
+	seq      uint64        // its number
+	size     int64         // the length of its events
 	segments map[uint64]*segment
 	pending  []*record // written, not yet handed to the forwarder
 	bytes    int64     // of events not yet stored
@@ -88,9 +101,17 @@ type record struct {
 	size int64
 }
 
-// SpoolSegmentSize is the length past which a segment is sealed and a new
-// one begun.
+// SpoolSegmentSize is the length of a segment: one is sealed and the next
+// begun when an event does not fit in the room left. An event longer than
+// that has a segment of its own length.
 const SpoolSegmentSize = 4 << 20
+
+// segmentSize is SpoolSegmentSize, set smaller by tests.
+var segmentSize int64 = SpoolSegmentSize
+
+// maxRecord is the longest record a segment is read with: a longer length
+// is taken for a torn one.
+const maxRecord = 64 << 20
 
 // DefaultSpoolMaxPending is the default bound on the bytes of events
 // waiting in a spool (also held in memory until stored): about 100,000
@@ -137,7 +158,7 @@ func OpenSpool(dir string, js jetstream.JetStream, maxPending int64, log *slog.L
 		lock.Close()
 		return nil, err
 	}
-	if err := s.rotate(); err != nil {
+	if err := s.rotate(0); err != nil {
 		lock.Close()
 		return nil, err
 	}
@@ -159,7 +180,9 @@ func OpenSpool(dir string, js jetstream.JetStream, maxPending int64, log *slog.L
 }
 
 // recover reads the segments a previous spool left, in order, queueing
-// their events; a segment's torn end (a write cut short) is dropped.
+// their events; a segment's torn end (a write cut short) is dropped. A
+// segment the disk fails to read stops the spool from opening, rather
+// than be deleted with events in it unread.
 func (s *Spool) recover() (int, error) {
 	names, err := filepath.Glob(filepath.Join(s.dir, "*.log"))
 	if err != nil {
@@ -194,27 +217,44 @@ func (s *Spool) recover() (int, error) {
 	return n, nil
 }
 
-// rotate seals the segment appended to and begins the next. Called with
-// s.mu held, or before the forwarder starts.
-func (s *Spool) rotate() error {
-	if s.file != nil {
-		if err := s.file.Close(); err != nil {
-			s.log.Warn("usage spool: closing a segment", "err", err)
-		}
-		seg := s.segments[s.seq]
-		seg.sealed = true
-		s.dropIfDone(s.seq, seg)
-	}
+// rotate seals the segment appended to and begins the next, with room for
+// at least need bytes. Called with s.mu held, or before the forwarder
+// starts.
+func (s *Spool) rotate(need int) error {
+	s.seal()
 	s.seq++
 	path := filepath.Join(s.dir, fmt.Sprintf("%020d.log", s.seq))
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND|os.O_EXCL, 0o640)
+	f, mapped, err := beginSegment(path, max(segmentSize, int64(need)))
 	if err != nil {
-		s.file = nil
 		return fmt.Errorf("usage spool: %w", err)
 	}
-	s.file, s.size = f, 0
+	s.file, s.mapped, s.size = f, mapped, 0
 	s.segments[s.seq] = &segment{path: path}
+	// Its pages are made present by a goroutine of their own: the event
+	// that found no room in the last segment does not wait for them.
+	faulted := make(chan struct{})
+	go func() {
+		defer close(faulted)
+		prefault(mapped)
+	}()
+	s.faulted = faulted
 	return nil
+}
+
+// seal ends the segment appended to, if any: its mapping goes and its file
+// is cut to the length of its events.
+func (s *Spool) seal() {
+	if s.file == nil {
+		return
+	}
+	<-s.faulted // before the mapping goes
+	if err := sealSegment(s.file, s.mapped, s.size); err != nil {
+		s.log.Warn("usage spool: sealing a segment", "file", s.file.Name(), "err", err)
+	}
+	s.file, s.mapped = nil, nil
+	seg := s.segments[s.seq]
+	seg.sealed = true
+	s.dropIfDone(s.seq, seg)
 }
 
 // dropIfDone deletes a sealed segment whose events are all stored.
@@ -246,27 +286,25 @@ func (s *Spool) Publish(ctx context.Context, ev events.Event) error {
 	case s.bytes+int64(len(frame)) > s.maxPending:
 		span.RecordError(errSpoolFull)
 		return errs.Wrap(errs.Unavailable, errSpoolFull, "publish %s %s: %d bytes of events wait for JetStream", ev.Subject(), ev.EventID(), s.bytes)
-	case s.file == nil:
-		if err := s.rotate(); err != nil {
-			return err
+	case s.file == nil || s.size+int64(len(frame)) > int64(len(s.mapped)):
+		// No segment (the last one could not begin) or no room left.
+		if err := s.rotate(len(frame)); err != nil {
+			span.RecordError(err)
+			return errs.Wrap(errs.Unavailable, err, "publish %s %s: beginning a usage spool segment", ev.Subject(), ev.EventID())
 		}
 	}
-	if _, err := s.file.Write(frame); err != nil {
-		// The segment may hold part of the frame: begin another, which
-		// the next Publish writes to; this event is not published.
+	if err := put(s.mapped[s.size:], frame); err != nil {
+		// The segment may hold part of the frame, past its events:
+		// sealing it cuts that off. The next Publish begins another;
+		// this event is not published.
 		span.RecordError(err)
-		_ = s.rotate()
+		s.seal()
 		return errs.Wrap(errs.Unavailable, err, "publish %s %s: writing the usage spool", ev.Subject(), ev.EventID())
 	}
 	s.size += int64(len(frame))
 	s.bytes += int64(len(frame))
 	s.segments[s.seq].outstanding++
 	s.pending = append(s.pending, &record{seq: s.seq, msg: msg, size: int64(len(frame))})
-	if s.size >= SpoolSegmentSize {
-		if err := s.rotate(); err != nil {
-			s.log.Warn("usage spool: beginning a segment", "err", err)
-		}
-	}
 	s.signal()
 	return nil
 }
@@ -454,13 +492,7 @@ func (s *Spool) Close(ctx context.Context) error {
 	}
 	stopWaiting()
 	left := s.bytes
-	if s.file != nil {
-		_ = s.file.Close()
-		seg := s.segments[s.seq]
-		seg.sealed = true
-		s.dropIfDone(s.seq, seg)
-		s.file = nil
-	}
+	s.seal()
 	s.mu.Unlock()
 	s.release()
 	if left > 0 {
@@ -506,27 +538,51 @@ func encodeRecord(msg *nats.Msg) []byte {
 	return body
 }
 
-// readSegment reads a segment's records; torn reports an end that is not
-// a whole record (the last write cut short).
+// readSegment reads a segment's records.
 func readSegment(path string, seq uint64) (recs []*record, torn bool, err error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, false, err
 	}
 	defer f.Close()
-	r := bufio.NewReader(f)
+	recs, torn, err = scanSegment(bufio.NewReader(f), seq)
+	if err != nil {
+		return nil, false, fmt.Errorf("reading %s: %w", path, err)
+	}
+	return recs, torn, nil
+}
+
+// scanSegment reads the records of a segment from r. A segment its spool
+// did not seal (the process ended first) goes on after its last record
+// with the zeros of its reserved length: a record length of zero, with
+// nothing but zeros after it, ends the records as the end of the file
+// does. No record has length zero (its subject's, headers' and data's
+// lengths are in it). torn reports any other end: the last write cut
+// short, whatever follows it.
+func scanSegment(r io.Reader, seq uint64) (recs []*record, torn bool, err error) {
 	var head [8]byte
 	for {
-		if _, err := io.ReadFull(r, head[:]); err != nil {
-			return recs, !errors.Is(err, io.EOF), nil
+		n, err := io.ReadFull(r, head[:])
+		switch {
+		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+			return recs, !zeros(head[:n]), nil
+		case err != nil:
+			return nil, false, err
 		}
-		n := binary.LittleEndian.Uint32(head[0:4])
-		if n > 64<<20 {
+		size := binary.LittleEndian.Uint32(head[0:4])
+		if size == 0 {
+			end, err := zerosToEnd(r)
+			return recs, !zeros(head[:]) || !end, err
+		}
+		if size > maxRecord {
 			return recs, true, nil
 		}
-		body := make([]byte, n)
+		body := make([]byte, size)
 		if _, err := io.ReadFull(r, body); err != nil {
-			return recs, true, nil
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return recs, true, nil
+			}
+			return nil, false, err
 		}
 		if crc32.Checksum(body, crcTable) != binary.LittleEndian.Uint32(head[4:8]) {
 			return recs, true, nil
@@ -535,7 +591,34 @@ func readSegment(path string, seq uint64) (recs []*record, torn bool, err error)
 		if !ok {
 			return recs, true, nil
 		}
-		recs = append(recs, &record{seq: seq, msg: msg, size: int64(8 + n)})
+		recs = append(recs, &record{seq: seq, msg: msg, size: int64(8 + size)})
+	}
+}
+
+// zeros reports whether b holds only zeros.
+func zeros(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// zerosToEnd reports whether what is left of r is zeros.
+func zerosToEnd(r io.Reader) (bool, error) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		if !zeros(buf[:n]) {
+			return false, nil
+		}
+		if errors.Is(err, io.EOF) {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
 	}
 }
 

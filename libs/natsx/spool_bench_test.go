@@ -34,3 +34,25 @@ func BenchmarkSpoolPublish(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkSpoolWrite is Publish alone: with JetStream away, the forwarder
+// takes no share of the machine while events are written (they wait in
+// the spool). Run it with a fixed -benchtime (30000x): every event stays
+// in memory and on disk until the benchmark ends.
+func BenchmarkSpoolWrite(b *testing.B) {
+	s := natstest.New(b)
+	cut := s.Bus(b, access.Router)
+	cut.Conn.Close()
+	spool, err := natsx.OpenSpool(b.TempDir(), cut.JS, 1<<40, quiet)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer natsx.KillSpool(spool)
+	ev := usageEvent(1)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := spool.Publish(context.Background(), ev); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
