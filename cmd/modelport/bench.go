@@ -140,9 +140,14 @@ func bench(ctx context.Context, args []string, stdout io.Writer) error {
 						return err
 					}
 				}
+				cpu := processCPU(os.Getpid())
 				r, err := runLoad(ctx, client, target, n, c.concurrency, c.stream, body)
 				if err != nil {
 					return fmt.Errorf("%s, %s: %w", target.name, c, err)
+				}
+				if round > 0 {
+					c.cpu[t] += processCPU(os.Getpid()) - cpu
+					c.served[t] += n
 				}
 				if before != nil {
 					after, err := routerStages(ctx, client, p.BaseURL, key, c.stream)
@@ -292,6 +297,10 @@ type benchCase struct {
 	rounds      int // measured runs per target, after a warm-up
 	requests    int
 	results     [3]benchResult // engine direct, bare proxy, router
+	// cpu is the process's CPU time over each target's measured runs, and
+	// served their requests.
+	cpu    [3]time.Duration
+	served [3]int
 	// stages is the router's time per stage over its measured runs.
 	stages map[string]stageTotal
 }
@@ -546,10 +555,17 @@ func benchReport(requests int, cases []benchCase) string {
 			ms(x.p50-e.p50), ms(r.p50-e.p50), addedRatio(r.p50-e.p50, x.p50-e.p50),
 			ms(x.p99-e.p99), ms(r.p99-e.p99), addedRatio(r.p99-e.p99, x.p99-e.p99))
 	}
-	b.WriteString("\nThroughput (requests per second):\n\n| case | engine | bare proxy | router | **router / bare proxy** |\n|---|---:|---:|---:|---:|\n")
+	b.WriteString("\nThroughput (requests per second), and the CPU time this process spent per request over each target's measured runs (user and system: the load generator and the engine, the bare proxy or the router, and for the router its usage events forwarded to JetStream and stored there; billing does not run here). CPU time depends far less on the machine's scheduling than latency does, so the router's CPU per request over the bare proxy's is the steadiest measure of what its work costs. At concurrency 1 it includes the cost of waking up for each request, which a busy server does not pay.\n\n| case | engine | bare proxy | router | **router / bare proxy** | CPU per request: engine / bare proxy / router | **router's CPU over the proxy's** |\n|---|---:|---:|---:|---:|---:|---:|\n")
 	for _, c := range cases {
 		e, x, r := c.results[0], c.results[1], c.results[2]
-		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | **%.2f×** |\n", c, e.rps, x.rps, r.rps, r.rps/x.rps)
+		var per [3]time.Duration
+		for t := range per {
+			if c.served[t] > 0 {
+				per[t] = c.cpu[t] / time.Duration(c.served[t])
+			}
+		}
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.0f | **%.2f×** | %s / %s / %s | **%s** |\n", c, e.rps, x.rps, r.rps, r.rps/x.rps,
+			us(per[0]), us(per[1]), us(per[2]), us(per[2]-per[1]))
 	}
 	b.WriteString(stageReport(cases))
 	b.WriteString("\n")
