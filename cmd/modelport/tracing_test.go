@@ -13,10 +13,7 @@ import (
 
 	"github.com/modelport/modelport/libs/chtest"
 	"github.com/modelport/modelport/libs/config"
-	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/propagation"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"github.com/modelport/modelport/libs/telemetrytest"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -28,12 +25,7 @@ import (
 // ClickHouse's instruments.
 func TestTracingAndMetrics(t *testing.T) {
 	log := testLogger() // sets up telemetry; the provider below replaces its tracer
-	spans := tracetest.NewInMemoryExporter()
-	prevTP, prevProp := otel.GetTracerProvider(), otel.GetTextMapPropagator()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(spans))
-	otel.SetTracerProvider(tp)
-	otel.SetTextMapPropagator(propagation.TraceContext{})
-	t.Cleanup(func() { otel.SetTracerProvider(prevTP); otel.SetTextMapPropagator(prevProp) })
+	spans := telemetrytest.Spans(t)
 
 	chAddr, chDB := chtest.New(t)
 	const metricsToken = "scraper-secret-for-the-test"

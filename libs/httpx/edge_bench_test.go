@@ -10,10 +10,8 @@ import (
 
 	"github.com/modelport/modelport/libs/httpx"
 	"github.com/modelport/modelport/libs/telemetry"
+	"github.com/modelport/modelport/libs/telemetrytest"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
-	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/propagation"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
 // BenchmarkEdge measures Edge around a handler that writes a small JSON
@@ -21,10 +19,7 @@ import (
 // middleware around a request-ID and an access-log middleware (what Edge
 // replaced), in the same run, with spans recorded and metrics on.
 func BenchmarkEdge(b *testing.B) {
-	prevTP, prevProp := otel.GetTracerProvider(), otel.GetTextMapPropagator()
-	otel.SetTracerProvider(sdktrace.NewTracerProvider())
-	otel.SetTextMapPropagator(propagation.TraceContext{})
-	b.Cleanup(func() { otel.SetTracerProvider(prevTP); otel.SetTextMapPropagator(prevProp) })
+	telemetrytest.Traces(b)
 	telemetry.MetricsHandler().ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/metrics", nil))
 	answer := []byte(`{"id":"x","choices":[{"message":{"content":"hi"}}]}`)
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -10,12 +10,9 @@ import (
 
 	"github.com/modelport/modelport/libs/httpx"
 	"github.com/modelport/modelport/libs/telemetry"
-	"go.opentelemetry.io/otel"
+	"github.com/modelport/modelport/libs/telemetrytest"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/propagation"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -24,12 +21,7 @@ var quietLog = slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Lev
 // Edge's span continues the caller's trace and the handler runs inside
 // it; its status follows the answer's.
 func TestEdgeSpan(t *testing.T) {
-	spans := tracetest.NewInMemoryExporter()
-	prevTP, prevProp := otel.GetTracerProvider(), otel.GetTextMapPropagator()
-	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSyncer(spans)))
-	otel.SetTextMapPropagator(propagation.TraceContext{})
-	t.Cleanup(func() { otel.SetTracerProvider(prevTP); otel.SetTextMapPropagator(prevProp) })
-
+	spans := telemetrytest.Spans(t)
 	var inside trace.SpanContext
 	h := httpx.Edge(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		inside = trace.SpanContextFromContext(r.Context())

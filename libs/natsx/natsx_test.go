@@ -16,11 +16,10 @@ import (
 	"github.com/modelport/modelport/libs/events"
 	"github.com/modelport/modelport/libs/natstest"
 	"github.com/modelport/modelport/libs/natsx"
+	"github.com/modelport/modelport/libs/telemetrytest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/propagation"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -322,15 +321,7 @@ func TestMalformedEventTerminates(t *testing.T) {
 }
 
 func TestTraceContextTravels(t *testing.T) {
-	tp := sdktrace.NewTracerProvider()
-	prevTP, prevProp := otel.GetTracerProvider(), otel.GetTextMapPropagator()
-	otel.SetTracerProvider(tp)
-	otel.SetTextMapPropagator(propagation.TraceContext{})
-	t.Cleanup(func() {
-		otel.SetTracerProvider(prevTP)
-		otel.SetTextMapPropagator(prevProp)
-		_ = tp.Shutdown(context.Background())
-	})
+	telemetrytest.Traces(t)
 
 	bus, ctx := open(t)
 	seen := make(chan trace.SpanContext, 10)
@@ -342,7 +333,7 @@ func TestTraceContextTravels(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	pctx, span := tp.Tracer("natsx-test").Start(ctx, "request")
+	pctx, span := otel.Tracer("natsx-test").Start(ctx, "request")
 	if err := bus.Publisher.Publish(pctx, created()); err != nil {
 		t.Fatal(err)
 	}

@@ -7,9 +7,8 @@ import (
 	"github.com/modelport/modelport/libs/access"
 	"github.com/modelport/modelport/libs/natstest"
 	"github.com/modelport/modelport/libs/natsx"
+	"github.com/modelport/modelport/libs/telemetrytest"
 	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/propagation"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
 // BenchmarkSpoolPublish is the router's cost of recording a usage event
@@ -17,8 +16,7 @@ import (
 func BenchmarkSpoolPublish(b *testing.B) {
 	s := natstest.New(b)
 	bus := s.Bus(b, access.Router)
-	otel.SetTextMapPropagator(propagation.TraceContext{})
-	otel.SetTracerProvider(sdktrace.NewTracerProvider())
+	telemetrytest.Traces(b)
 	spool, err := natsx.OpenSpool(b.TempDir(), bus.JS, 0, quiet)
 	if err != nil {
 		b.Fatal(err)

@@ -9,9 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelport/modelport/libs/telemetrytest"
 	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/propagation"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
 // BenchmarkEngineOpen measures one engine call through the engine client
@@ -19,11 +18,7 @@ import (
 // against the same call through a bare http.Client, in the same run, with
 // spans recorded as the router records them.
 func BenchmarkEngineOpen(b *testing.B) {
-	tp := sdktrace.NewTracerProvider()
-	prevTP, prevProp := otel.GetTracerProvider(), otel.GetTextMapPropagator()
-	otel.SetTracerProvider(tp)
-	otel.SetTextMapPropagator(propagation.TraceContext{})
-	b.Cleanup(func() { otel.SetTracerProvider(prevTP); otel.SetTextMapPropagator(prevProp) })
+	telemetrytest.Traces(b)
 	answer := []byte(`{"id":"x","choices":[{"message":{"content":"hi"}}]}`)
 	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
@@ -32,7 +27,7 @@ func BenchmarkEngineOpen(b *testing.B) {
 	}))
 	b.Cleanup(engine.Close)
 	body := []byte(`{"model":"m","messages":[{"role":"user","content":"hello"}],"max_tokens":32}`)
-	ctx, span := tp.Tracer("bench").Start(context.Background(), "request")
+	ctx, span := otel.Tracer("bench").Start(context.Background(), "request")
 	defer span.End()
 	b.Run("engine client", func(b *testing.B) {
 		c := NewEngineClient(10*time.Second, 0)

@@ -9,31 +9,16 @@ import (
 	"testing"
 	"time"
 
-	"go.opentelemetry.io/otel"
+	"github.com/modelport/modelport/libs/telemetrytest"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/propagation"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 )
-
-// recordSpans installs a tracer provider that keeps ended spans, for the
-// test's length.
-func recordSpans(t *testing.T) *tracetest.InMemoryExporter {
-	t.Helper()
-	spans := tracetest.NewInMemoryExporter()
-	prevTP, prevProp := otel.GetTracerProvider(), otel.GetTextMapPropagator()
-	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSyncer(spans)))
-	otel.SetTextMapPropagator(propagation.TraceContext{})
-	t.Cleanup(func() { otel.SetTracerProvider(prevTP); otel.SetTextMapPropagator(prevProp) })
-	return spans
-}
 
 // An engine call's client span runs until its answer is read, carries the
 // status, and is the parent the engine is told of.
 func TestEngineCallSpan(t *testing.T) {
-	spans := recordSpans(t)
+	spans := telemetrytest.Spans(t)
 	var parent string
 	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		parent = r.Header.Get("Traceparent")
@@ -69,7 +54,7 @@ func TestEngineCallSpan(t *testing.T) {
 
 // A call that never reaches an engine ends its span at once, as an error.
 func TestEngineCallSpanOfARefusedCall(t *testing.T) {
-	spans := recordSpans(t)
+	spans := telemetrytest.Spans(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
