@@ -30,7 +30,9 @@ const instrumentation = "github.com/modelport/modelport/libs/httpx"
 //     method and status only (a label from anything else the client chooses,
 //     such as its Host header, would let it grow the metrics without bound);
 //   - one access-log line;
-//   - a panic in h answered 500 and logged, not a dropped connection.
+//   - a panic in h answered 500 and logged, not a dropped connection
+//     (but http.ErrAbortHandler, a response ended on purpose, goes on to
+//     net/http, which drops the connection).
 func Edge(h http.Handler, name string, log *slog.Logger) http.Handler {
 	duration, err := otel.Meter(instrumentation).Float64Histogram("http.server.request.duration",
 		metric.WithUnit("s"), metric.WithDescription("Duration of HTTP server requests."))
@@ -66,7 +68,13 @@ func (e *edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = r.WithContext(ctx)
 	rec := &statusRecorder{ResponseWriter: w}
 	defer func() {
-		if p := recover(); p != nil {
+		p := recover()
+		switch {
+		case p == http.ErrAbortHandler:
+			// A handler ending the response on purpose: net/http drops
+			// the connection quietly once Edge has counted it.
+			defer panic(p)
+		case p != nil:
 			e.log.ErrorContext(ctx, "panic", "panic", fmt.Sprint(p), "path", r.URL.Path)
 			if rec.status == 0 {
 				WriteError(rec, errs.E(errs.Internal, "panic"))

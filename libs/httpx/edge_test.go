@@ -98,3 +98,26 @@ func TestEdgeMetric(t *testing.T) {
 		t.Error("a client-chosen Host or method became a metric label")
 	}
 }
+
+// A handler that aborts its response on purpose (http.ErrAbortHandler)
+// is not answered 500: the panic goes on to net/http, which drops the
+// connection, once the request is logged.
+func TestEdgePassesOnAnAbort(t *testing.T) {
+	var logs strings.Builder
+	h := httpx.Edge(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		panic(http.ErrAbortHandler)
+	}), "test", slog.New(slog.NewJSONHandler(&logs, nil)))
+	rec := httptest.NewRecorder()
+	func() {
+		defer func() {
+			if p := recover(); p != http.ErrAbortHandler {
+				t.Errorf("Edge let %v through; want http.ErrAbortHandler", p)
+			}
+		}()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/v1/x", nil))
+	}()
+	if strings.Contains(logs.String(), `"msg":"panic"`) || !strings.Contains(logs.String(), `"msg":"http"`) {
+		t.Errorf("logs %s: want the request's line and no panic", logs.String())
+	}
+}
